@@ -1,0 +1,302 @@
+"""One typed, frozen configuration tree; presets are YAML files in `configs/`.
+
+Read at the boundary only (CLI, runner): models and loops receive plain values. Overrides are
+`section.key=value` strings whose values are parsed as YAML and checked against the field's type;
+an unknown key is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from resnetlab.errors import UserError
+
+
+def default_data_dir() -> str:
+    """`$RESNETLAB_DATA`, else the user cache dir (`$XDG_CACHE_HOME/resnetlab/data`)."""
+    if os.environ.get("RESNETLAB_DATA"):
+        return os.environ["RESNETLAB_DATA"]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "resnetlab", "data")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "cifar_resnet20"  # any name from `resnetlab.models.list_models()`
+    depth: int | None = None  # only for the generic `cifar_resnet` / `cifar_plain` (6n+2)
+    shortcut: Literal["A", "B", "C"] | None = None  # None: the paper's (A for CIFAR, B for ImageNet)
+    stride_in_1x1: bool = True  # paper's Caffe release; False = torchvision "v1.5"
+    zero_init_residual: bool = False  # not in the paper
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "cifar10"  # cifar10 | cifar100 | mnist | fashion-mnist | imagenet | imagefolder
+    dir: str = field(default_factory=default_data_dir)
+    download: bool = True  # fetch from the official location when missing (needs internet)
+    val_split: int = 0  # >0: hold out this many training images (paper: 5000 -> 45k/5k)
+    augment: bool = True  # pad 4 + random crop + flip (CIFAR); scale + crop + flip + PCA (ImageNet)
+    pad: int = 4
+    mean: Literal["pixel", "channel"] = "pixel"  # paper: per-pixel mean subtraction
+    normalize_std: bool = False  # paper: mean subtraction only
+    # ImageNet / ImageFolder only:
+    scale_min: int = 256  # shorter side resized to a random size in [scale_min, scale_max]
+    scale_max: int = 480
+    crop: int = 224
+    lighting: float = 0.1  # AlexNet PCA colour augmentation std (0 disables)
+    workers: int = 8
+    skip_corrupt: bool = False  # True: skip unreadable images and count them; False: stop and name it
+    mean_samples: int = 10000  # training images sampled to compute the mean
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: Literal["multistep", "plateau"] = "multistep"  # plateau: ImageNet's "when error plateaus"
+    milestones: tuple[int, ...] = (32000, 48000)  # multistep: divide lr by 10 at these iterations
+    gamma: float = 0.1
+    plateau_patience: int = 3  # plateau: evaluations without improvement before dividing
+    warmup_lr: float | None = None  # 110/1202 layers: 0.01 ...
+    warmup_until_error: float = 80.0  # ... until the training error (%) is below this
+    base_batch_size: int | None = None  # linear lr scaling: lr * batch_size / base_batch_size
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 128  # global, across all processes
+    max_iters: int = 64000
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    channels_last: bool = True
+    compile: bool = False
+    eval_batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Any config tree as a plain nested dict (tuples as lists), ready for YAML or JSON."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists so the dict dumps as plain YAML/JSON."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` converted to type `tp`, or raise UserError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, key)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin is tuple:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        return tuple(_check(v, item_tp, key) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)  # 6.4e4 in YAML
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def valid_keys(root: type = None) -> list[str]:  # type: ignore[assignment]
+    """Every `section.key` of a config tree (default: the classification `Config`)."""
+    keys = []
+    for section, section_tp in _section_types(root or Config).items():
+        keys += [f"{section}.{k}" for k in _section_types(section_tp)]
+    return keys
+
+
+def _validate(cfg: Any) -> Any:
+    """Cross-field checks that no single type can express (classification tree only)."""
+    if not isinstance(cfg, Config):
+        return cfg
+    t, o = cfg.train, cfg.optim
+    for key, value in (
+        ("train.batch_size", t.batch_size),
+        ("train.max_iters", t.max_iters),
+        ("train.eval_every", t.eval_every),
+        ("train.checkpoint_every", t.checkpoint_every),
+        ("train.log_every", t.log_every),
+        ("train.eval_batch_size", t.eval_batch_size),
+    ):
+        if value < 1:
+            raise UserError(f"{key}: must be >= 1, got {value}")
+    if o.lr <= 0:
+        raise UserError(f"optim.lr: must be > 0, got {o.lr}")
+    if list(o.milestones) != sorted(o.milestones) or any(m < 1 for m in o.milestones):
+        raise UserError(f"optim.milestones: must be increasing positive iterations, got {list(o.milestones)}")
+    if cfg.data.val_split < 0:
+        raise UserError(f"data.val_split: must be >= 0, got {cfg.data.val_split}")
+    if cfg.data.scale_min > cfg.data.scale_max:
+        raise UserError("data.scale_min must be <= data.scale_max")
+    return cfg
+
+
+def from_dict(d: dict[str, Any], base: Any = None) -> Any:
+    """Build a config tree from a nested dict (as in a preset YAML) on top of `base` (default: the
+    default `Config()`; pass another frozen dataclass tree, e.g. detection's, to validate that)."""
+    base = base if base is not None else Config()
+    root = type(base)
+    if not isinstance(d, dict):
+        raise UserError(f"config must be a mapping of sections, got {type(d).__name__}")
+    sections = _section_types(root)
+    new = {}
+    for section, section_tp in sections.items():
+        values = d.get(section) or {}
+        if not isinstance(values, dict):
+            raise UserError(f"{section}: expected a mapping, got {values!r}")
+        fields = _section_types(section_tp)
+        unknown = [k for k in values if k not in fields]
+        if unknown:
+            raise UserError(
+                f"unknown config key {section}.{unknown[0]}; valid keys: {', '.join(valid_keys(root))}"
+            )
+        checked = {k: _check(v, fields[k], f"{section}.{k}") for k, v in values.items()}
+        new[section] = dataclasses.replace(getattr(base, section), **checked)
+    unknown_sections = [k for k in d if k not in sections]
+    if unknown_sections:
+        raise UserError(
+            f"unknown config section {unknown_sections[0]!r}; valid keys: {', '.join(valid_keys(root))}"
+        )
+    return _validate(root(**new))
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Apply `section.key=value` strings (value parsed as YAML: `optim.milestones=[400]`)."""
+    keys = valid_keys(type(cfg))
+    nested: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key.count(".") != 1:
+            raise UserError(f"override {item!r} must look like section.key=value; valid keys: {', '.join(keys)}")
+        if key not in keys:
+            raise UserError(f"unknown config key {key}; valid keys: {', '.join(keys)}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = value
+    return from_dict(nested, base=cfg)
+
+
+def configs_dir() -> Path:
+    """The presets folder: `configs/` at the repository root (or `$RESNETLAB_CONFIGS`)."""
+    env = os.environ.get("RESNETLAB_CONFIGS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> Config:
+    """A preset by name (`cifar10-resnet20`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = configs_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise UserError(f"no preset {name_or_path!r}; presets: {', '.join(list_presets())}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    return from_dict(data)
+
+
+def load_config(preset: str | None, overrides: list[str] | None = None) -> Config:
+    cfg = load_preset(preset) if preset else Config()
+    return apply_overrides(cfg, overrides or [])
+
+
+def dump(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def model_options(cfg: ModelConfig, *, num_classes: int, in_channels: int) -> dict[str, Any]:
+    """The keyword options `create_model(cfg.name, ...)` takes for this model config."""
+    opts: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
+    if cfg.name.startswith("vgg"):
+        return opts
+    if cfg.depth is not None:
+        opts["depth"] = cfg.depth
+    if cfg.shortcut is not None:
+        opts["shortcut"] = cfg.shortcut
+    if cfg.zero_init_residual:
+        opts["zero_init_residual"] = True
+    if not cfg.name.startswith("cifar") and not cfg.stride_in_1x1:
+        opts["stride_in_1x1"] = False
+    return opts

@@ -1,0 +1,26 @@
+"""The networks of the paper: `create_model(name, **options)`, `list_models()`."""
+
+from resnetlab.models.interop import load_torchvision_checkpoint
+from resnetlab.models.registry import (
+    CIFAR_DEPTHS,
+    IMAGENET_DEPTHS,
+    cifar_resnet,
+    create_model,
+    imagenet_resnet,
+    list_models,
+)
+from resnetlab.models.resnet import BasicBlock, Bottleneck, ResNet, ZeroPadShortcut
+
+__all__ = [
+    "CIFAR_DEPTHS",
+    "IMAGENET_DEPTHS",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "ZeroPadShortcut",
+    "cifar_resnet",
+    "create_model",
+    "imagenet_resnet",
+    "list_models",
+    "load_torchvision_checkpoint",
+]

@@ -1,0 +1,135 @@
+"""Named builders: `create_model("resnet50", **options)` and `list_models()`.
+
+The paper's tables live here as data. Only builders and the CLI read configuration; model classes
+take explicit keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torchvision
+from torch import nn
+
+from resnetlab.models.resnet import BasicBlock, Bottleneck, ResNet
+
+# Table 1: depth -> (block, blocks per stage conv2_x..conv5_x).
+IMAGENET_DEPTHS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, ...]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+
+# Sec. 4.2 / table 6: depth 6n+2 -> n, with three stages of 16, 32, 64 filters.
+CIFAR_DEPTHS: dict[int, int] = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
+CIFAR_WIDTHS = (16, 32, 64)
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def imagenet_resnet(
+    depth: int,
+    *,
+    residual: bool = True,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    shortcut: str = "B",  # tables 3/4: ResNet-50/101/152 use B
+    stride_in_1x1: bool = True,  # the paper's Caffe release; False = torchvision v1.5
+    zero_init_residual: bool = False,
+) -> ResNet:
+    if depth not in IMAGENET_DEPTHS:
+        raise ValueError(f"ImageNet ResNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {depth}")
+    block, layers = IMAGENET_DEPTHS[depth]
+    return ResNet(
+        block=block,
+        layers=layers,
+        widths=IMAGENET_WIDTHS,
+        stem="imagenet",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        shortcut=shortcut,  # type: ignore[arg-type]
+        residual=residual,
+        stride_in_1x1=stride_in_1x1,
+        zero_init_residual=zero_init_residual,
+    )
+
+
+def cifar_resnet(
+    depth: int,
+    *,
+    residual: bool = True,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    shortcut: str = "A",  # sec. 4.2: identity shortcuts everywhere, zero-padding when widening
+    zero_init_residual: bool = False,
+) -> ResNet:
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, ...), got {depth}")
+    n = (depth - 2) // 6
+    return ResNet(
+        block=BasicBlock,
+        layers=(n, n, n),
+        widths=CIFAR_WIDTHS,
+        stem="cifar",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        shortcut=shortcut,  # type: ignore[arg-type]
+        residual=residual,
+        zero_init_residual=zero_init_residual,
+    )
+
+
+def _register_family() -> None:
+    for depth in IMAGENET_DEPTHS:
+        for kind, residual in (("resnet", True), ("plain", False)):
+            register(f"{kind}{depth}")(
+                lambda d=depth, r=residual, **kw: imagenet_resnet(d, residual=r, **kw)
+            )
+    for depth in CIFAR_DEPTHS:
+        for kind, residual in (("cifar_resnet", True), ("cifar_plain", False)):
+            register(f"{kind}{depth}")(lambda d=depth, r=residual, **kw: cifar_resnet(d, residual=r, **kw))
+    register("cifar_resnet")(lambda *, depth, **kw: cifar_resnet(depth, residual=True, **kw))
+    register("cifar_plain")(lambda *, depth, **kw: cifar_resnet(depth, residual=False, **kw))
+
+
+def _vgg(depth: int, *, num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    """torchvision's VGG (the paper's complexity reference, table 1: VGG-19 19.6 G mult-adds)."""
+    model = getattr(torchvision.models, f"vgg{depth}")(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
+    return model
+
+
+_register_family()
+register("vgg16")(lambda **kw: _vgg(16, **kw))
+register("vgg19")(lambda **kw: _vgg(19, **kw))
+
+
+def list_models() -> list[str]:
+    """Registered names, in a stable order (generic `cifar_resnet`/`cifar_plain` take `depth=`)."""
+    return list(_REGISTRY)
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    """Build a registered model: `create_model("resnet50", stride_in_1x1=False)`.
+
+    Raises ValueError for an unknown name and TypeError for an option the model does not take.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    try:
+        return _REGISTRY[name](**options)
+    except TypeError as e:
+        raise TypeError(f"{name}: {e}") from None

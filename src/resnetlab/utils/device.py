@@ -1,0 +1,20 @@
+"""Device chosen at run time: never a hard-coded `.cuda()`."""
+
+from __future__ import annotations
+
+import torch
+
+from resnetlab.errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu. 'cuda' without a GPU is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda requested but no CUDA GPU is available; use --device cpu")
+    return device
