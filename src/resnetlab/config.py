@@ -218,16 +218,12 @@ def from_dict(d: dict[str, Any], base: Any = None) -> Any:
         fields = _section_types(section_tp)
         unknown = [k for k in values if k not in fields]
         if unknown:
-            raise UserError(
-                f"unknown config key {section}.{unknown[0]}; valid keys: {', '.join(valid_keys(root))}"
-            )
+            raise UserError(f"unknown config key {section}.{unknown[0]}; valid keys: {', '.join(valid_keys(root))}")
         checked = {k: _check(v, fields[k], f"{section}.{k}") for k, v in values.items()}
         new[section] = dataclasses.replace(getattr(base, section), **checked)
     unknown_sections = [k for k in d if k not in sections]
     if unknown_sections:
-        raise UserError(
-            f"unknown config section {unknown_sections[0]!r}; valid keys: {', '.join(valid_keys(root))}"
-        )
+        raise UserError(f"unknown config section {unknown_sections[0]!r}; valid keys: {', '.join(valid_keys(root))}")
     return _validate(root(**new))
 
 

@@ -20,8 +20,13 @@ def load_torchvision_checkpoint(path: str | Path, model_name: str, **options) ->
         raise ValueError(f"{path}: not a state dict")
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1000
     in_channels = state["conv1.weight"].shape[1] if "conv1.weight" in state else 3
-    options = {"stride_in_1x1": False, "shortcut": "B", "num_classes": num_classes,
-               "in_channels": in_channels, **options}
+    options = {
+        "stride_in_1x1": False,
+        "shortcut": "B",
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        **options,
+    }
     model = create_model(model_name, **options)
     model.load_state_dict(state, strict=True)
     return model

@@ -94,9 +94,7 @@ def cifar_resnet(
 def _register_family() -> None:
     for depth in IMAGENET_DEPTHS:
         for kind, residual in (("resnet", True), ("plain", False)):
-            register(f"{kind}{depth}")(
-                lambda d=depth, r=residual, **kw: imagenet_resnet(d, residual=r, **kw)
-            )
+            register(f"{kind}{depth}")(lambda d=depth, r=residual, **kw: imagenet_resnet(d, residual=r, **kw))
     for depth in CIFAR_DEPTHS:
         for kind, residual in (("cifar_resnet", True), ("cifar_plain", False)):
             register(f"{kind}{depth}")(lambda d=depth, r=residual, **kw: cifar_resnet(d, residual=r, **kw))

@@ -54,9 +54,7 @@ class ZeroPadShortcut(nn.Module):
         return f"extra_channels={self.extra}, stride={self.stride}"
 
 
-def make_shortcut(
-    shortcut: Shortcut, in_channels: int, out_channels: int, stride: int
-) -> nn.Module | None:
+def make_shortcut(shortcut: Shortcut, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
     """The block's shortcut branch; None means a pure identity."""
     changes_shape = stride != 1 or in_channels != out_channels
     if shortcut == "C" or (shortcut == "B" and changes_shape):
