@@ -1,0 +1,236 @@
+"""Named experiment grids of the paper (`resnetlab reproduce NAME`), run, resumed and tabulated.
+
+A grid is a list of (kind, depth) networks, trained once per seed from the `configs/cifar10-*.yaml`
+presets with overrides (dataset, schedule, device, seed). Each run has its own folder
+`OUT/<kind><depth>-seed<s>/`: a run with `final.pt` is skipped, one with only `checkpoint.pt` is
+resumed, so re-running the same command after an interruption finishes the grid.
+
+Schedules: "paper" is the paper's (lr / 10 at 32k and 48k, stop at 64k). "short" keeps its shape
+(milestones at 1/2 and 3/4 of the run) over `iters` iterations, 1/10 of the paper's (6.4k) by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resnetlab.analysis.curves import plot_curves
+from resnetlab.analysis.responses import checkpoint_responses, plot_responses
+from resnetlab.analysis.runs import load_run, model_label
+from resnetlab.analysis.table import Row, to_markdown, write_csv
+from resnetlab.config import Config, apply_overrides, dump, list_presets, load_config
+from resnetlab.errors import UserError
+from resnetlab.models import create_model
+from resnetlab.utils.checkpoint import load
+
+GRIDS: dict[str, list[tuple[str, int]]] = {
+    "table6": [("resnet", d) for d in (20, 32, 44, 56, 110)],  # + 1202 with with_1202
+    "fig6-plain": [("plain", d) for d in (20, 32, 44, 56)],
+    "degradation": [("plain", 20), ("plain", 56), ("resnet", 20), ("resnet", 56)],
+}
+PAPER_MILESTONES = (32000, 48000)
+PAPER_ITERS = 64000
+SHORT_FACTOR = 10  # --schedule short: the paper's schedule divided by this (6.4k iterations)
+DATASETS = ("cifar10", "fashion-mnist", "mnist")
+
+TrainFn = Callable[..., Any]  # run_training(cfg, out_dir, *, resume=False)
+
+
+def schedule(name: str, iters: int | None = None) -> tuple[tuple[int, ...], int]:
+    """(milestones, max_iters): the paper's, or the same shape scaled to `iters` iterations."""
+    if name == "paper" and iters is None:
+        return PAPER_MILESTONES, PAPER_ITERS
+    total = iters if iters is not None else PAPER_ITERS // SHORT_FACTOR
+    if total < 4:
+        raise UserError(f"--iters must be at least 4, got {total}")
+    # 32k/64k = 1/2 and 48k/64k = 3/4 of the run.
+    return (round(total * PAPER_MILESTONES[0] / PAPER_ITERS), round(total * PAPER_MILESTONES[1] / PAPER_ITERS)), total
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str
+    depth: int
+    seed: int
+    out_dir: Path
+    cfg: Config
+
+    @property
+    def name(self) -> str:
+        return self.out_dir.name
+
+    def state(self) -> str:
+        """ "done" (final.pt), "resume" (checkpoint.pt only) or "new"."""
+        if (self.out_dir / "final.pt").is_file():
+            return "done"
+        if (self.out_dir / "checkpoint.pt").is_file():
+            return "resume"
+        return "new"
+
+
+def base_config(kind: str, depth: int) -> Config:
+    """The preset `cifar10-<kind><depth>`, else the nearest one with the model swapped."""
+    presets = set(list_presets())
+    name = f"cifar10-{kind}{depth}"
+    if name in presets:
+        return load_config(name)
+    for fallback in (f"cifar10-resnet{depth}", "cifar10-resnet20", "cifar10"):
+        if fallback in presets:
+            cfg = load_config(fallback, [f"model.name=cifar_{kind}{depth}"])
+            if depth >= 110 and cfg.optim.warmup_lr is None:
+                cfg = apply_overrides(cfg, ["optim.warmup_lr=0.01"])  # sec. 4.2: warm-up for 110/1202
+            return cfg
+    raise UserError(f"no configs/cifar10-*.yaml preset found for {name}; presets: {', '.join(sorted(presets))}")
+
+
+def plan(
+    grid: str,
+    *,
+    out: str | Path,
+    seeds: int = 1,
+    dataset: str = "cifar10",
+    schedule_name: str = "paper",
+    iters: int | None = None,
+    eval_every: int | None = None,
+    device: str = "auto",
+    with_1202: bool = False,
+    overrides: list[str] | None = None,
+    config_fn: Callable[[str, int], Config] = base_config,
+) -> list[Job]:
+    """Every run of grid `grid`, with its resolved config and folder (nothing is started)."""
+    if grid not in GRIDS:
+        raise UserError(f"unknown experiment {grid!r}; choose from {', '.join(GRIDS)}")
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    networks = GRIDS[grid] + ([("resnet", 1202)] if grid == "table6" and with_1202 else [])
+    milestones, total = schedule(schedule_name, iters)
+    # The paper evaluates often enough for smooth curves; a short run keeps ~16 points per curve.
+    every = eval_every or (1000 if total == PAPER_ITERS else max(1, total // 16))
+    jobs = []
+    for kind, depth in networks:
+        for seed in range(seeds):
+            cfg = apply_overrides(
+                config_fn(kind, depth),
+                [
+                    f"data.name={dataset}",
+                    f"optim.milestones=[{milestones[0]}, {milestones[1]}]",
+                    f"train.max_iters={total}",
+                    f"train.eval_every={every}",
+                    f"train.checkpoint_every={every}",
+                    f"train.seed={seed}",
+                    f"train.device={device}",
+                    *(overrides or []),
+                ],
+            )
+            jobs.append(Job(kind, depth, seed, Path(out) / f"{kind}{depth}-seed{seed}", cfg))
+    return jobs
+
+
+def run_jobs(jobs: list[Job], *, train_fn: TrainFn | None = None, gpus: int = 0, log: Callable = print) -> None:
+    """Run every unfinished job: in this process one after another (CPU, one GPU), or one
+    subprocess per GPU (`CUDA_VISIBLE_DEVICES=i`) when `gpus > 1`."""
+    todo = []
+    for job in jobs:
+        state = job.state()
+        if state == "done":
+            log(f"[skip]   {job.name}: final.pt exists")
+        else:
+            todo.append(job)
+    if gpus > 1:
+        _run_parallel(todo, gpus, log)
+        return
+    if todo and train_fn is None:
+        from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
+    for job in todo:
+        resume = job.state() == "resume"
+        log(f"[{'resume' if resume else 'train'}] {job.name}")
+        train_fn(job.cfg, job.out_dir, resume=resume)
+
+
+def _run_parallel(jobs: list[Job], gpus: int, log: Callable) -> None:
+    """A small pool: each free GPU takes the next job as `python -m resnetlab.analysis.worker`."""
+    pending, running, failed = list(jobs), {}, []
+    while pending or running:
+        for gpu in range(gpus):
+            if gpu not in running and pending:
+                job = pending.pop(0)
+                job.out_dir.mkdir(parents=True, exist_ok=True)
+                job_cfg = job.out_dir / "job.yaml"
+                dump(apply_overrides(job.cfg, ["train.device=cuda"]), job_cfg)
+                cmd = [sys.executable, "-m", "resnetlab.analysis.worker", str(job_cfg), str(job.out_dir)]
+                if job.state() == "resume":
+                    cmd.append("--resume")
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+                log_file = open(job.out_dir / "train.log", "a")  # closed when the job ends
+                log(f"[gpu {gpu}] {job.name} ({'resume' if '--resume' in cmd else 'train'})")
+                proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                running[gpu] = (job, proc, log_file)
+        time.sleep(2)
+        for gpu, (job, proc, log_file) in list(running.items()):
+            if proc.poll() is not None:
+                log_file.close()
+                del running[gpu]
+                if proc.returncode:
+                    failed.append(job.name)
+                    log(f"[gpu {gpu}] {job.name} failed (exit {proc.returncode}); see {job.out_dir / 'train.log'}")
+    if failed:
+        raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+
+
+def report(
+    jobs: list[Job],
+    out: str | Path,
+    *,
+    dataset: str,
+    device: Any,
+    responses: bool = True,
+    max_images: int | None = None,
+    log: Callable = print,
+) -> list[Row]:
+    """Table (Markdown + CSV), curves and responses figures of the finished jobs, written into `out`."""
+    out = Path(out)
+    finished = [j for j in jobs if j.state() == "done"]
+    if not finished:
+        raise UserError(f"no finished runs under {out}")
+    by_net: dict[tuple[str, int], list[Job]] = {}
+    for job in finished:
+        by_net.setdefault((job.kind, job.depth), []).append(job)
+    rows, runs = [], []
+    for (kind, depth), net_jobs in by_net.items():
+        net_runs = [load_run(j.out_dir) for j in net_jobs]
+        runs += net_runs
+        meta = load(net_jobs[0].out_dir / "final.pt")["meta"]
+        model = create_model(meta["model"], **meta.get("model_options", {}))
+        rows.append(
+            Row(
+                label=model_label(kind, depth),
+                kind=kind,
+                depth=depth,
+                params=sum(p.numel() for p in model.parameters()),
+                errors=tuple(r.final_test_error for r in net_runs),
+                train_errors=tuple(r.final_train_error for r in net_runs if r.final_train_error is not None),
+            )
+        )
+    (out / "table.md").write_text(to_markdown(rows, dataset=dataset))
+    write_csv(rows, out / "table.csv")
+    plot_curves(runs, out / "curves.png", title=f"{dataset}, {runs[0].metrics[-1]['iter']} iterations")
+    log(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'curves.png'}")
+    if responses:
+        # Fig. 7 on seed 0 of each network.
+        results = []
+        for net_jobs in by_net.values():
+            job = min(net_jobs, key=lambda j: j.seed)
+            results.append(checkpoint_responses(job.out_dir / "final.pt", device=device, max_images=max_images))
+        plot_responses(results, out / "responses.png")
+        (out / "responses.json").write_text(json.dumps(results, indent=1) + "\n")
+        log(f"wrote {out / 'responses.png'}, {out / 'responses.json'}")
+    return rows

@@ -1,0 +1,186 @@
+"""Layer responses (fig. 7): the std of each 3x3 layer's output after BN, before the ReLU / addition.
+
+Definition used here (and tested): for one layer, take every element of its BN output over the whole
+test set, i.e. all N x C x H x W values pooled together, and report their population standard deviation
+
+    std = sqrt( E[y^2] - E[y]^2 ),   E over all N*C*H*W elements (ddof = 0).
+
+This is the "std of the layer's response" in the paper's fig. 7: one number per layer, not an average
+of per-channel stds. We accumulate per-channel sums of y and y^2 in float64 (exact enough for 10k
+images, and the per-channel split keeps each float64 sum small) and pool the channels at the end.
+
+The statistics are computed INSIDE a forward hook on the BN module: in a block the ReLU after `bn1`
+is in-place, so a stored reference to the BN output would be overwritten by its ReLU'd values.
+The model code is not changed; hooks are removed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnetlab.analysis.runs import model_label, parse_model_name
+from resnetlab.errors import UserError
+from resnetlab.models import BasicBlock, Bottleneck, create_model
+from resnetlab.utils.checkpoint import load
+
+
+def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
+    """The BN after every 3x3 conv inside the blocks, in network order: `(name, bn)`.
+
+    BasicBlock: bn1 and bn2 (both convs are 3x3) -> 2 per block, 6n for a CIFAR 6n+2 network.
+    Bottleneck: bn2 only (its 3x3 conv; the 1x1 convs are not "3x3 layers") -> 1 per block.
+    The stem conv (3x3 for CIFAR, 7x7 for ImageNet) is left out: fig. 7 plots the block layers.
+    """
+    layers: list[tuple[str, nn.BatchNorm2d]] = []
+    for name, module in model.named_modules():  # registration order = network order
+        if isinstance(module, BasicBlock):
+            layers += [(f"{name}.bn1", module.bn1), (f"{name}.bn2", module.bn2)]
+        elif isinstance(module, Bottleneck):
+            layers.append((f"{name}.bn2", module.bn2))
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no residual/plain blocks to measure")
+    return layers
+
+
+class ResponseMeter:
+    """Running per-channel float64 sums of y and y^2 for one layer; `std` pools all elements."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None  # (C,) sum of y
+        self.total_sq: torch.Tensor | None = None  # (C,) sum of y^2
+        self.count = 0  # elements per channel seen so far (N * H * W)
+
+    def update(self, y: torch.Tensor) -> None:
+        # (N, C, H, W) -> (C,); float64 before squaring so nothing is lost in low precision.
+        y = y.detach().to(torch.float64)
+        s, s2 = y.sum((0, 2, 3)), (y * y).sum((0, 2, 3))
+        if self.total is None:
+            self.total, self.total_sq = s, s2
+        else:
+            self.total += s
+            self.total_sq += s2
+        self.count += y.numel() // y.shape[1]
+
+    def std(self) -> float:
+        if self.total is None or self.count == 0:
+            raise ValueError("no responses recorded")
+        n = self.count * self.total.numel()
+        mean = self.total.sum().item() / n
+        var = self.total_sq.sum().item() / n - mean * mean
+        return max(var, 0.0) ** 0.5
+
+
+@torch.no_grad()
+def layer_responses(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | Iterable[torch.Tensor],
+    *,
+    max_images: int | None = None,
+    layers: list[tuple[str, nn.Module]] | None = None,
+) -> dict[str, float]:
+    """Std of each layer's response over `batches` (eval mode), `{layer name: std}` in network order.
+
+    `batches` yields `x` or `(x, y)` already on the model's device; `layers` defaults to
+    `response_layers(model)` (any `(name, module)` list works, e.g. a lone BN in tests).
+    """
+    layers = layers if layers is not None else response_layers(model)
+    meters = {name: ResponseMeter() for name, _ in layers}
+    handles = [
+        module.register_forward_hook(lambda _m, _inp, out, meter=meters[name]: meter.update(out))
+        for name, module in layers
+    ]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for x in _inputs(batches):
+            if max_images is not None:
+                if seen >= max_images:
+                    break
+                x = x[: max_images - seen]
+            model(x)
+            seen += x.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("no images to measure responses on")
+    return {name: meter.std() for name, meter in meters.items()}
+
+
+def _inputs(batches: Iterable) -> Iterator[torch.Tensor]:
+    for batch in batches:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+# ---- from checkpoints, and the figure ---------------------------------------------------------
+
+
+def checkpoint_responses(
+    path: str | Path,
+    *,
+    device: torch.device,
+    data_dir: str | None = None,
+    max_images: int | None = None,
+) -> dict:
+    """Rebuild the model of checkpoint `path` and measure its responses on its own test set.
+
+    Returns `{"checkpoint", "model", "label", "images", "layers": {name: std}}`.
+    """
+    from resnetlab.config import apply_overrides, from_dict  # the boundary: config read here only
+    from resnetlab.data import build_data
+
+    ckpt = load(path)
+    meta = ckpt.get("meta") or {}
+    if "model" not in meta:
+        raise UserError(f"checkpoint {path} has no meta['model']; cannot rebuild the network")
+    model = create_model(meta["model"], **meta.get("model_options", {}))
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    cfg = from_dict(ckpt.get("config") or {})
+    if data_dir:
+        cfg = apply_overrides(cfg, [f"data.dir={data_dir}"])
+    test = build_data(cfg, device).test
+    layers = layer_responses(model, test.batches(), max_images=max_images)
+    kind, depth = parse_model_name(meta["model"], meta.get("model_options", {}).get("depth"))
+    images = len(test) if max_images is None else min(max_images, len(test))
+    return {
+        "checkpoint": str(path),
+        "model": meta["model"],
+        "label": model_label(kind, depth),
+        "images": images,
+        "layers": layers,
+    }
+
+
+def plot_responses(results: list[dict], out: str | Path) -> Path:
+    """Fig. 7: std per layer in network order (top) and sorted by magnitude, largest first (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_order, ax_sorted) = plt.subplots(2, 1, figsize=(7, 7))
+    for res in results:
+        stds = list(res["layers"].values())
+        xs = range(1, len(stds) + 1)
+        style = "-" if res["label"].startswith("ResNet") else "--"
+        (line,) = ax_order.plot(xs, stds, style, marker=".", markersize=3, label=res["label"])
+        ax_sorted.plot(xs, sorted(stds, reverse=True), style, color=line.get_color(), label=res["label"])
+    for ax, xlabel in ((ax_order, "layer index (original)"), (ax_sorted, "layer index (sorted by magnitude)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("std")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    ax_order.set_title("responses of 3x3 layers after BN, before ReLU/addition (test set)")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,149 @@
+"""`resnetlab analyze curves|responses` (figs. 1/4/6, fig. 7) and `resnetlab reproduce NAME` (grids)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from resnetlab.analysis.reproduce import DATASETS, GRIDS, SHORT_FACTOR
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    analyze = subparsers.add_parser("analyze", help="figures of the paper from runs and checkpoints")
+    sub = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+
+    curves = sub.add_parser(
+        "curves",
+        help="training (dashed) and test (bold) error vs iterations (figs. 1/4/6)",
+        description="One colour per depth; plain | residual panels when both kinds are given.",
+    )
+    curves.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training output folders")
+    curves.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
+    curves.add_argument("--title", default=None)
+    curves.set_defaults(func=_curves)
+
+    resp = sub.add_parser(
+        "responses",
+        help="std of each 3x3 layer's response after BN, before ReLU/addition (fig. 7)",
+        description="std over all elements (N*C*H*W) of the test set, per layer in network order and sorted.",
+    )
+    resp.add_argument("--checkpoint", nargs="+", required=True, metavar="CK", help="one or more checkpoints")
+    resp.add_argument("--out", default=None, help="figure file (.png, .pdf, .svg)")
+    resp.add_argument("--json", action="store_true", help="print the per-layer stds as JSON on stdout")
+    resp.add_argument("--data-dir", default=None, help="where the test set is (default: the checkpoint's)")
+    resp.add_argument("--max-images", type=int, default=None, metavar="N", help="first N test images only")
+    resp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    resp.set_defaults(func=_responses)
+
+    rep = subparsers.add_parser(
+        "reproduce",
+        help="train a grid of the paper (table6, fig6-plain, degradation) and write its table and figures",
+        description=(
+            "Skips finished runs (final.pt), resumes interrupted ones (checkpoint.pt). One run per GPU when "
+            f"several are visible, one after another otherwise. --schedule short: the paper's schedule / "
+            f"{SHORT_FACTOR} (milestones at 1/2 and 3/4 of --iters, default {64000 // SHORT_FACTOR})."
+        ),
+    )
+    rep.add_argument("name", choices=list(GRIDS), metavar="NAME", help=" | ".join(GRIDS))
+    rep.add_argument("--seeds", type=int, default=1, help="runs per network (seeds 0..N-1)")
+    rep.add_argument("--dataset", choices=DATASETS, default="cifar10")
+    rep.add_argument("--schedule", choices=("paper", "short"), default="paper")
+    rep.add_argument("--iters", type=int, default=None, help="total iterations (same schedule shape)")
+    rep.add_argument("--eval-every", type=int, default=None, help="default 1000 (paper), iters/16 otherwise")
+    rep.add_argument("--out", default=None, help="default runs/reproduce/NAME-DATASET-SCHEDULE")
+    rep.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
+    rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    rep.add_argument("--max-images", type=int, default=None, help="responses on the first N test images")
+    rep.add_argument("--no-responses", action="store_true", help="skip the fig. 7 analysis")
+    rep.set_defaults(func=_reproduce)
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from resnetlab.analysis.curves import plot_curves
+    from resnetlab.analysis.runs import load_run
+
+    runs = [load_run(d) for d in args.run_dirs]
+    print(f"wrote {plot_curves(runs, args.out, title=args.title)}")
+    return 0
+
+
+def _responses(args: argparse.Namespace) -> int:
+    from resnetlab.analysis.responses import checkpoint_responses, plot_responses
+    from resnetlab.errors import UserError
+    from resnetlab.utils.device import resolve_device
+
+    if not args.out and not args.json:
+        raise UserError("give --out FIG.png and/or --json")
+    if args.max_images is not None and args.max_images < 1:
+        raise UserError(f"--max-images must be >= 1, got {args.max_images}")
+    device = resolve_device(args.device)
+    results = [
+        checkpoint_responses(ck, device=device, data_dir=args.data_dir, max_images=args.max_images)
+        for ck in args.checkpoint
+    ]
+    if args.out:
+        path = plot_responses(results, args.out)
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for res in results:
+            stds = list(res["layers"].values())
+            print(
+                f"{res['label']:>10}: {len(stds)} layers, std mean {sum(stds) / len(stds):.3f}, "
+                f"min {min(stds):.3f}, max {max(stds):.3f} ({res['images']} test images)"
+            )
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import torch
+
+    from resnetlab.analysis.reproduce import plan, report, run_jobs
+    from resnetlab.utils.device import resolve_device
+
+    out = Path(args.out or f"runs/reproduce/{args.name}-{args.dataset}-{args.schedule}")
+    jobs = plan(
+        args.name,
+        out=out,
+        seeds=args.seeds,
+        dataset=args.dataset,
+        schedule_name=args.schedule,
+        iters=args.iters,
+        eval_every=args.eval_every,
+        device=args.device,
+        with_1202=args.with_1202,
+        overrides=args.set,
+    )
+    device = resolve_device(args.device)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "commands.txt", "a") as f:
+        f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
+    gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and device.type == "cuda" else 0
+    run_jobs(jobs, gpus=gpus)
+    report(
+        jobs,
+        out,
+        dataset=args.dataset,
+        device=device,
+        responses=not args.no_responses,
+        max_images=args.max_images,
+    )
+    print((out / "table.md").read_text(), end="")
+    return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The `resnetlab reproduce ...` line equivalent to `args`."""
+    words = ["resnetlab", "reproduce", args.name, "--seeds", str(args.seeds), "--dataset", args.dataset]
+    words += ["--schedule", args.schedule, "--device", args.device]
+    for flag in ("iters", "eval_every", "out", "max_images"):
+        if getattr(args, flag) is not None:
+            words += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    words += [w for kv in args.set for w in ("--set", kv)]
+    words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses
+    return shlex.join(words)
