@@ -1,0 +1,69 @@
+"""`resnetlab train --preset NAME --out DIR [--set KEY=VALUE ...] [--device D] [--resume]`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+from resnetlab.errors import UserError
+
+EPILOG = """examples:
+  resnetlab train --preset cifar10-resnet20 --out runs/r20
+  resnetlab train --preset cifar10-resnet20 --out runs/fm --device cpu \\
+      --set data.name=fashion-mnist optim.milestones=[400] train.max_iters=600
+  resnetlab train --out runs/r20 --resume          # continue an interrupted run
+  torchrun --nproc_per_node 2 -m resnetlab train --preset cifar10-resnet110 --out runs/r110
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a network with one of the paper's recipes (presets in configs/)",
+        description=(
+            "Iteration-based SGD training (sec. 3.4 / 4.2). Writes config.yaml, metrics.jsonl, tb/, "
+            "checkpoint.pt and, when finished, final.pt into --out. SIGTERM / Ctrl-C save a checkpoint."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", metavar="NAME", help="configs/NAME.yaml or a path to a YAML file")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.max_iters=600 optim.milestones=[400]",
+    )
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (sets train.device)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
+    p.set_defaults(func=run)
+
+
+def resolve_config(args: argparse.Namespace):
+    """The preset (or, with --resume and no preset, the run's own config.yaml) plus the overrides."""
+    from resnetlab.config import apply_overrides, from_dict, list_presets, load_preset
+
+    overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
+    if args.preset:
+        cfg = load_preset(args.preset)
+    elif args.resume and (Path(args.out) / "config.yaml").is_file():
+        import yaml
+
+        cfg = from_dict(yaml.safe_load((Path(args.out) / "config.yaml").read_text()) or {})
+    else:
+        raise UserError(f"give --preset NAME (presets: {', '.join(list_presets())})")
+    return apply_overrides(cfg, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    from resnetlab.train import run_training  # torch import only when training
+
+    summary = run_training(cfg, args.out, resume=args.resume)
+    if summary["interrupted"]:
+        return 128 + int(getattr(signal, summary["interrupted"]))  # 143 for SIGTERM, 130 for SIGINT
+    return 0

@@ -1,0 +1,78 @@
+"""The paper's learning-rate rules, with their state (saved in checkpoints).
+
+- CIFAR (sec. 4.2): 0.1, divided by 10 at 32k and 48k iterations (`multistep`).
+- ImageNet (sec. 3.4): 0.1, divided by 10 "when the error plateaus" (`plateau`: the test error has not
+  improved for `patience` evaluations).
+- 110 / 1202 layers (sec. 4.2): warm up at 0.01 until the training error is below 80%, then back to
+  0.1 and the same schedule (milestones stay absolute iterations).
+- Linear scaling (not in the paper; Goyal et al. 2017): lr * batch_size / base_batch_size when the
+  batch differs from the recipe's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LRSchedule:
+    def __init__(
+        self,
+        *,
+        lr: float,
+        schedule: str = "multistep",
+        milestones: tuple[int, ...] = (),
+        gamma: float = 0.1,
+        patience: int = 3,
+        warmup_lr: float | None = None,
+        warmup_until_error: float = 80.0,
+        scale: float = 1.0,
+    ) -> None:
+        self.base_lr = lr * scale
+        self.warmup_lr = warmup_lr * scale if warmup_lr is not None else None
+        self.schedule = schedule
+        self.milestones = tuple(milestones)
+        self.gamma = gamma
+        self.patience = patience
+        self.warmup_until_error = warmup_until_error
+        # State (checkpointed):
+        self.warming_up = warmup_lr is not None
+        self.warmup_ended_at: int | None = None
+        self.decays = 0  # plateau: how many times the lr was divided
+        self.best_error: float | None = None
+        self.bad_evals = 0
+
+    def lr(self, iteration: int) -> float:
+        """The learning rate for the update of (0-based) `iteration`."""
+        if self.warming_up:
+            return self.warmup_lr  # type: ignore[return-value]
+        if self.schedule == "multistep":
+            return self.base_lr * self.gamma ** sum(iteration >= m for m in self.milestones)
+        return self.base_lr * self.gamma**self.decays
+
+    def observe_train_error(self, iteration: int, error: float) -> None:
+        """Called with the training error (%) over the recent iterations; ends the warm-up."""
+        if self.warming_up and error < self.warmup_until_error:
+            self.warming_up = False
+            self.warmup_ended_at = iteration
+
+    def observe_test_error(self, error: float) -> None:
+        """Called after each evaluation; the plateau rule divides the lr after `patience` evaluations
+        without a new best."""
+        if self.schedule != "plateau":
+            return
+        if self.best_error is None or error < self.best_error:
+            self.best_error, self.bad_evals = error, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            self.decays += 1
+            self.bad_evals = 0
+
+    _STATE = ("warming_up", "warmup_ended_at", "decays", "best_error", "bad_evals")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        for k in self._STATE:
+            setattr(self, k, d[k])

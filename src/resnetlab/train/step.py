@@ -1,0 +1,116 @@
+"""One training step (forward, loss, backward, SGD update) and the precision it runs in.
+
+The step exists once: the training loop and the benchmarks both call `make_train_step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetlab.errors import UserError
+
+TrainStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain fp32.
+
+    auto: bf16 on CUDA (same range as fp32, so no loss scaling), fp32 on CPU (CPU bf16 is slow on
+    most machines and the paper trained in fp32).
+    """
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    raise UserError(f"train.precision: {precision!r} is not one of 'auto', 'fp32', 'bf16', 'fp16'")
+
+
+def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs loss scaling (its range is small); other precisions do not."""
+    if autocast_dtype(precision, device) is torch.float16:
+        return torch.amp.GradScaler(device.type)
+    return None
+
+
+def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """Sec. 3.4 / 4.2: SGD, momentum 0.9, weight decay 1e-4 on every parameter (as in the paper's
+    Caffe solver, which has no exemption for BN parameters)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    precision: str = "auto",
+    channels_last: bool = True,
+    scaler: torch.amp.GradScaler | None = None,
+) -> TrainStep:
+    """Return `step(x, y) -> (loss, errors)` for one batch: forward under autocast, cross-entropy,
+    backward, optimizer step (through `scaler` for fp16; one is made when not given; pass your own
+    to checkpoint its state).
+
+    `model` is in train mode and already on `device` (and in channels_last when asked); it may be
+    wrapped in DistributedDataParallel or torch.compile. `loss` (mean over the batch, fp32) and `errors`
+    (count of misclassified images) are detached device tensors: reading them is left to the caller,
+    so the step itself never waits for the device.
+    """
+    dtype = autocast_dtype(precision, device)
+    if scaler is None:
+        scaler = make_grad_scaler(precision, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(device, memory_format=memory_format, non_blocking=True)  # (N, C, H, W)
+        y = y.to(device, non_blocking=True)  # (N,)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)  # (N, num_classes)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        errors = (logits.argmax(dim=1) != y).sum()
+        return loss.detach(), errors
+
+    return step
+
+
+@torch.inference_mode()
+def evaluate_error(
+    model: nn.Module,
+    batches,
+    *,
+    device: torch.device,
+    precision: str = "auto",
+    channels_last: bool = True,
+) -> tuple[int, int]:
+    """(misclassified, images) over `batches` of (x, y): single view, top-1, model in eval mode."""
+    dtype = autocast_dtype(precision, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    was_training = model.training
+    model.eval()
+    errors = torch.zeros((), dtype=torch.int64, device=device)
+    images = 0
+    for x, y in batches:
+        x = x.to(device, memory_format=memory_format, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        errors += (logits.argmax(dim=1) != y).sum()
+        images += y.numel()
+    model.train(was_training)
+    return int(errors), images
