@@ -1,0 +1,193 @@
+"""Small datasets held whole on the training device as uint8, augmented there (airbench style).
+
+A batch is an index slice of the epoch's permutation; pad + random crop + horizontal flip is one
+`gather` over the whole batch with per-image offsets (no Python loop per image, no host sync).
+
+Determinism (what makes resume exact): the order of epoch e comes from a generator seeded with
+(seed, e); the augmentation of global iteration i from a generator seeded with (seed, i). Nothing
+depends on where the stream started or on how many processes share the batch: the draws are made
+for the whole global batch and each rank keeps its rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from resnetlab.data.bundle import EvalSource, TrainSource
+from resnetlab.errors import UserError
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers (splitmix64 steps), so (seed, 1) and (seed + 1, 0) differ."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h >> 1
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+# Streams of the generator seeds, so the order and the augmentation never share a seed.
+_ORDER, _AUGMENT = 1, 2
+
+
+def image_stats(images: Tensor, *, per: str = "pixel", chunk: int = 1024) -> tuple[Tensor, Tensor]:
+    """Mean and std of uint8 images (N,C,H,W) in [0, 1] scale, as float32.
+
+    mean: (C,H,W) for per="pixel" (the paper), (C,1,1) for per="channel". std is always per
+    channel (C,1,1): a per-pixel std is 0 on MNIST's always-black border.
+    Summed in float64 chunks so 50k CIFAR images never become one 600 MB float copy.
+    """
+    n, c, h, w = images.shape
+    s = torch.zeros(c, h, w, dtype=torch.float64, device=images.device)
+    s2 = torch.zeros(c, h, w, dtype=torch.float64, device=images.device)
+    for part in images.split(chunk):
+        part = part.to(torch.float64) / 255.0
+        s += part.sum(0)
+        s2 += part.square().sum(0)
+    mean_pixel = s / n
+    mean_channel = s.sum((1, 2), keepdim=True) / (n * h * w)
+    var_channel = s2.sum((1, 2), keepdim=True) / (n * h * w) - mean_channel.square()
+    std = var_channel.clamp_min(1e-12).sqrt()
+    mean = mean_pixel if per == "pixel" else mean_channel
+    return mean.float(), std.float()
+
+
+class Normalizer:
+    """x = (uint8 / 255 - mean) [/ std], the contract's normalisation, as one fused multiply-add."""
+
+    def __init__(self, mean: Tensor, std: Tensor | None, device: torch.device):
+        scale = (1.0 / std) if std is not None else torch.ones_like(mean[:, :1, :1])
+        self.scale = (scale / 255.0).to(device)  # (C,1,1)
+        self.shift = (-mean * scale).to(device)  # (C,H,W) or (C,1,1)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.addcmul(self.shift, x.float(), self.scale)
+
+
+def crop_flip(x: Tensor, dx: Tensor, dy: Tensor, flip: Tensor, pad: int) -> Tensor:
+    """Each image's own crop of its zero-padded self, mirrored where `flip`: one gather, no loop.
+
+    x (N,C,H,W) float, already normalised (so the zero padding is the mean, as when a normalised
+    image is padded); dx, dy (N,) int offsets in [0, 2*pad]; flip (N,) bool. Returns (N,C,H,W).
+    """
+    n, c, h, w = x.shape
+    wp = w + 2 * pad
+    xp = F.pad(x, (pad, pad, pad, pad)).flatten(2)  # (N, C, Hp*Wp)
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = dy[:, None] + ar_h  # (N, H)
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)  # (N, W)
+    index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return xp.gather(2, index).view(n, c, h, w)
+
+
+class DeviceTrainSource(TrainSource):
+    """The training split on the device; global batch `batch_size`, of which this rank gets 1/world_size.
+
+    Each epoch is a fresh permutation; the last incomplete batch of an epoch is dropped (so every
+    batch has exactly `batch_size` images and iteration i maps to epoch i // iters_per_epoch).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,  # (N,C,H,W) uint8 on the device
+        labels: Tensor,  # (N,) int64 on the device
+        *,
+        normalizer: Normalizer,
+        batch_size: int,
+        seed: int,
+        augment: bool = True,
+        pad: int = 4,
+        flip: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size % world_size:
+            raise UserError(f"train.batch_size={batch_size} is not divisible by the {world_size} processes")
+        if len(images) < batch_size:
+            raise UserError(f"train.batch_size={batch_size} is larger than the training split ({len(images)} images)")
+        if pad < 0:
+            raise UserError(f"data.pad: must be >= 0, got {pad}")
+        self.images, self.labels = images, labels
+        self.normalize = normalizer
+        self.batch_size = batch_size  # global
+        self.local_batch_size = batch_size // world_size
+        self.seed, self.augment, self.pad, self.flip = seed, augment, pad, flip
+        self.rank, self.world_size = rank, world_size
+        self.device = images.device
+        self.iters_per_epoch = len(images) // batch_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def epoch_order(self, epoch: int) -> Tensor:
+        """The permutation of the training images for `epoch`, (N,) int64 on the device."""
+        g = _generator(self.device, mix_seed(self.seed, _ORDER, epoch))
+        return torch.randperm(len(self.images), generator=g, device=self.device)
+
+    def indices(self, it: int, order: Tensor | None = None) -> Tensor:
+        """Dataset indices of this rank's rows of global iteration `it`."""
+        epoch, step = divmod(it, self.iters_per_epoch)
+        order = self.epoch_order(epoch) if order is None else order
+        start = step * self.batch_size + self.rank * self.local_batch_size
+        return order[start : start + self.local_batch_size]
+
+    def augmentation(self, it: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(dx, dy, flip) of this rank's rows of iteration `it`, drawn for the whole global batch."""
+        g = _generator(self.device, mix_seed(self.seed, _AUGMENT, it))
+        b, hi = self.batch_size, 2 * self.pad + 1
+        dx = torch.randint(0, hi, (b,), generator=g, device=self.device)
+        dy = torch.randint(0, hi, (b,), generator=g, device=self.device)
+        flip = torch.randint(0, 2, (b,), generator=g, device=self.device).bool()
+        if not self.flip:
+            flip = torch.zeros_like(flip)
+        rows = slice(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)
+        return dx[rows], dy[rows], flip[rows]
+
+    def batch(self, it: int, order: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        idx = self.indices(it, order)
+        x = self.normalize(self.images.index_select(0, idx))  # index_select: ~10x faster than images[idx] on CPU
+        if self.augment:
+            x = crop_flip(x, *self.augmentation(it), pad=self.pad)
+        return x, self.labels.index_select(0, idx)
+
+    def batches(self, start_iter: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        it, order_epoch, order = start_iter, -1, None
+        while True:
+            epoch = it // self.iters_per_epoch
+            if epoch != order_epoch:
+                order_epoch, order = epoch, self.epoch_order(epoch)
+            yield self.batch(it, order)
+            it += 1
+
+
+class DeviceEvalSource(EvalSource):
+    """A whole split on the device, in its stored order, normalised, never augmented."""
+
+    def __init__(self, images: Tensor, labels: Tensor, *, normalizer: Normalizer, batch_size: int = 1000):
+        self.images, self.labels = images, labels
+        self.normalize = normalizer
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self.images), self.batch_size):
+            end = start + self.batch_size
+            yield self.normalize(self.images[start:end]), self.labels[start:end]
