@@ -1,0 +1,59 @@
+"""A tiny CIFAR-10 written in the official format (pickled batches in cifar-10-batches-py/, .tar.gz)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+PER_BATCH = 20  # 5 training batches -> 100 training images; 20 test images
+
+
+def _batch(rng: np.random.Generator, n: int) -> dict:
+    # The official layout: "data" (n, 3072) uint8 rows, each R plane then G then B, row-major 32x32.
+    # Keys are str, as the official Python 2 pickles read with encoding="latin1" give.
+    return {
+        "batch_label": "synthetic",
+        "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        "labels": [int(v) for v in rng.integers(0, 10, size=n)],
+        "filenames": [f"img{i}.png" for i in range(n)],
+    }
+
+
+def write_cifar10_archive(path: Path, seed: int = 0) -> dict:
+    """Write the archive; return {"train": [batches], "test": batch, "md5": hex} to compare against."""
+    rng = np.random.default_rng(seed)
+    batches = {f"data_batch_{i}": _batch(rng, PER_BATCH) for i in range(1, 6)}
+    batches["test_batch"] = _batch(rng, PER_BATCH)
+    batches["batches.meta"] = {"label_names": CLASSES, "num_vis": 3072}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, obj in batches.items():
+            blob = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    return {"train": [batches[f"data_batch_{i}"] for i in range(1, 6)], "test": batches["test_batch"], "md5": md5}
+
+
+@pytest.fixture
+def cifar10_writer():
+    """`write_cifar10_archive` itself, for tests that place the archive somewhere else."""
+    return write_cifar10_archive
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path, monkeypatch):
+    """data.dir holding a tiny official-format CIFAR-10 archive whose MD5 the reader is told to expect."""
+    from resnetlab.data import readers
+
+    written = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz")
+    spec = readers.CIFAR_ARCHIVES["cifar10"]
+    monkeypatch.setitem(readers.CIFAR_ARCHIVES, "cifar10", type(spec)(**{**spec.__dict__, "md5": written["md5"]}))
+    return tmp_path, written

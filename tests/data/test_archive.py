@@ -1,0 +1,92 @@
+"""Archive handling: MD5 check, download errors, and an extraction that refuses hostile members."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+
+import pytest
+
+from resnetlab.data.archive import check_md5, download, safe_extract
+from resnetlab.errors import UserError
+
+
+def _tar(path, members):
+    """members: (TarInfo, bytes | None) pairs written as given, hostile or not."""
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _file(name, data=b"x"):
+    return tarfile.TarInfo(name), data
+
+
+def _special(name, kind, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info, None
+
+
+def test_md5_mismatch_names_file_expected_and_actual(tmp_path):
+    f = tmp_path / "a.tar.gz"
+    f.write_bytes(b"not the archive")
+    actual = hashlib.md5(b"not the archive").hexdigest()
+    with pytest.raises(UserError) as e:
+        check_md5(f, "0" * 32)
+    assert str(f) in str(e.value) and "0" * 32 in str(e.value) and actual in str(e.value)
+    check_md5(f, actual)  # the right one passes
+
+
+def test_safe_extract_plain_archive(tmp_path):
+    archive = _tar(tmp_path / "ok.tar.gz", [_file("top/a.txt", b"hello"), _file("top/sub/b.txt", b"world")])
+    safe_extract(archive, tmp_path / "out")
+    assert (tmp_path / "out/top/a.txt").read_bytes() == b"hello"
+    assert (tmp_path / "out/top/sub/b.txt").read_bytes() == b"world"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["top"]  # no temp folder left behind
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _file("../evil"),
+        _file("top/../../evil"),
+        _file("/tmp/evil_absolute_resnetlab"),
+        _special("top/link", tarfile.SYMTYPE, "/etc/passwd"),
+        _special("top/inner_link", tarfile.SYMTYPE, "a.txt"),  # even a harmless-looking link
+        _special("top/hard", tarfile.LNKTYPE, "top/a.txt"),
+        _special("top/dev", tarfile.CHRTYPE),
+        _special("top/fifo", tarfile.FIFOTYPE),
+    ],
+    ids=["parent", "nested-parent", "absolute", "symlink-out", "symlink-in", "hardlink", "chardev", "fifo"],
+)
+def test_safe_extract_refuses_hostile_members(tmp_path, member):
+    archive = _tar(tmp_path / "bad.tar.gz", [_file("top/a.txt"), member])
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="refusing to extract"):
+        safe_extract(archive, out)
+    # Checked before anything is written: nothing at all lands, inside or outside.
+    assert list(out.iterdir()) == []
+    assert not (tmp_path / "evil").exists()
+
+
+def test_safe_extract_corrupt_archive(tmp_path):
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(UserError, match="cannot extract"):
+        safe_extract(bad, tmp_path / "out")
+
+
+def test_download_file_url_and_failure(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"payload")
+    download(src.as_uri(), tmp_path / "dl/copy.bin")
+    assert (tmp_path / "dl/copy.bin").read_bytes() == b"payload"
+    with pytest.raises(UserError, match="could not download"):
+        download((tmp_path / "missing.bin").as_uri(), tmp_path / "dl/missing.bin")
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["copy.bin"]  # no partial file left
