@@ -1,0 +1,225 @@
+"""Our pipelines under test: the training step and data path that `resnetlab train` runs, on synthetic data.
+
+Nothing here re-implements training: the step is `resnetlab.train.make_train_step`, the CIFAR batches
+come from `resnetlab.data`'s on-device source (index slice + vectorised pad/crop/flip, on uint8 images
+held on the device), the ImageNet batches from the device half of `ImageFolderTrainSource` (uint8 batch
+-> device, /255, PCA lighting, mean subtraction); only the JPEG decoding in DataLoader workers, which
+runs in other processes, is replaced by a ready uint8 batch.
+
+A `Pipeline` is a set of no-argument callables the harness times: `step` (everything one iteration
+does) and `components` (parts timed on their own, to say where the step's time goes).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resnetlab.data.imagenet import ImageFolderTrainSource
+from resnetlab.data.ondevice import DeviceEvalSource, DeviceTrainSource, Normalizer, image_stats
+from resnetlab.models import create_model
+from resnetlab.models.complexity import measure_model
+from resnetlab.train.step import autocast_dtype, make_sgd, make_train_step
+
+CIFAR_TRAIN_IMAGES = 50_000  # CIFAR-10/100 training split
+CIFAR_TEST_IMAGES = 10_000
+IMAGENET_CROP = 224
+
+
+@dataclass
+class Pipeline:
+    name: str  # "ours" | "reference"
+    description: str
+    batch_size: int
+    mult_adds: int  # forward multiply-adds per image, as `resnetlab info` counts them
+    step: Callable[[], object]
+    components: dict[str, Callable[[], object]] = field(default_factory=dict)
+
+
+def family(model: str) -> str:
+    """'cifar' (32x32, 10 classes) for the cifar_* models, else 'imagenet' (224x224, 1000 classes)."""
+    return "cifar" if model.startswith("cifar") else "imagenet"
+
+
+def input_size(model: str) -> int:
+    return 32 if family(model) == "cifar" else IMAGENET_CROP
+
+
+def num_classes(model: str) -> int:
+    return 10 if family(model) == "cifar" else 1000
+
+
+def synthetic_uint8(n: int, size: int, *, device: torch.device | str = "cpu", seed: int = 0) -> Tensor:
+    """(n, 3, size, size) random uint8 images: the shape and dtype of the real data, not its content."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g).to(device)
+
+
+def cifar_train_source(
+    device: torch.device, batch_size: int, *, images: int = CIFAR_TRAIN_IMAGES, seed: int = 0
+) -> DeviceTrainSource:
+    """The training source `build_data` makes for CIFAR, on synthetic uint8 images of CIFAR's shape."""
+    x = synthetic_uint8(images, 32, device=device, seed=seed)
+    y = torch.randint(0, 10, (images,), generator=torch.Generator().manual_seed(seed)).to(device)
+    mean, _ = image_stats(x[:5000])  # per-pixel mean (the paper's); a sample is enough here
+    return DeviceTrainSource(x, y, normalizer=Normalizer(mean, None, device), batch_size=batch_size, seed=seed)
+
+
+class _RepeatBatch:
+    """Stands in for the ImageNet DataLoader: yields the same collated uint8 batch forever."""
+
+    def __init__(self, batch: tuple) -> None:
+        self.batch = batch
+
+    def __iter__(self) -> Iterator[tuple]:
+        return itertools.repeat(self.batch)
+
+
+def imagenet_train_source(device: torch.device, batch_size: int, *, seed: int = 0) -> ImageFolderTrainSource:
+    """`ImageFolderTrainSource` whose DataLoader is replaced by one ready uint8 224x224 batch (in pinned
+    memory on CUDA), so what is timed is its device half: copy, /255, PCA lighting, mean subtraction."""
+    imgs = synthetic_uint8(batch_size, IMAGENET_CROP, seed=seed)
+    if device.type == "cuda":
+        imgs = imgs.pin_memory()
+    labels = torch.randint(0, 1000, (batch_size,), generator=torch.Generator().manual_seed(seed))
+    alphas = torch.randn(batch_size, 3, generator=torch.Generator().manual_seed(seed)) * 0.1  # data.lighting
+    mean, _ = image_stats(imgs)
+    source = ImageFolderTrainSource(
+        [("synthetic", 0)] * batch_size,
+        normalizer=Normalizer(mean, None, device),
+        device=device,
+        batch_size=batch_size,
+        seed=seed,
+        crop=IMAGENET_CROP,
+        scale=(256, 480),
+        augment=True,
+        lighting=0.1,
+        workers=0,
+        skip_corrupt=False,
+    )
+    source.loader = _RepeatBatch((imgs, labels, alphas, [], []))
+    return source
+
+
+def _prepare_model(
+    model_name: str, device: torch.device, *, channels_last: bool, compile: bool, train: bool
+) -> tuple[nn.Module, nn.Module]:
+    """(model, what to call): the model on the device in the asked memory format, maybe compiled."""
+    model = create_model(model_name).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train(train)
+    return model, (torch.compile(model) if compile else model)
+
+
+def ours_train(
+    model_name: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    train_images: int = CIFAR_TRAIN_IMAGES,
+) -> Pipeline:
+    """One training iteration as `run_training` does it: next batch from the source, `make_train_step`.
+
+    Components: `data` (the next batch alone), `fwd_bwd` (forward, loss, backward on a fixed batch),
+    `optimizer` (the SGD update alone, on a throwaway optimizer with lr 0 so the weights stay sane).
+    """
+    model, call = _prepare_model(model_name, device, channels_last=channels_last, compile=compile, train=True)
+    optimizer = make_sgd(model, lr=0.1, momentum=0.9, weight_decay=1e-4)  # sec. 3.4 / 4.2
+    step = make_train_step(call, optimizer, device=device, precision=precision, channels_last=channels_last)
+    if family(model_name) == "cifar":
+        source = cifar_train_source(device, batch_size, images=train_images)
+        data = "on-device uint8 CIFAR, vectorised pad-4 crop + flip (resnetlab.data)"
+    else:
+        source = imagenet_train_source(device, batch_size)
+        data = "synthetic uint8 224x224 batch, device-side /255 + lighting + mean (resnetlab.data)"
+    stream = source.batches(0)
+    data_stream = source.batches(0)
+
+    def train_step() -> object:
+        x, y = next(stream)
+        return step(x, y)
+
+    def data_only() -> object:
+        return next(data_stream)
+
+    dtype = autocast_dtype(precision, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    fixed_x, fixed_y = next(source.batches(0))
+    fixed_x = fixed_x.to(memory_format=memory_format)
+
+    def fwd_bwd() -> object:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = F.cross_entropy(call(fixed_x).float(), fixed_y)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
+    timing_optimizer = make_sgd(model, lr=0.0, momentum=0.9, weight_decay=1e-4)
+
+    def optimizer_only() -> object:
+        if next(model.parameters()).grad is None:
+            fwd_bwd()  # the update needs gradients to exist
+        return timing_optimizer.step()
+
+    options = "channels_last" if channels_last else "NCHW"
+    return Pipeline(
+        name="ours",
+        description=f"{model_name}, {precision}, {options}{', compiled' if compile else ''}; {data}; "
+        "resnetlab.train.make_train_step",
+        batch_size=batch_size,
+        mult_adds=measure_model(model_name).mult_adds,
+        step=train_step,
+        components={"data": data_only, "fwd_bwd": fwd_bwd, "optimizer": optimizer_only},
+    )
+
+
+def ours_infer(
+    model_name: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+) -> Pipeline:
+    """Inference as evaluation does it: normalised uint8 batches from the device, eval mode, no grad."""
+    model, call = _prepare_model(model_name, device, channels_last=channels_last, compile=compile, train=False)
+    if family(model_name) == "cifar":
+        images = max(CIFAR_TEST_IMAGES // batch_size, 1) * batch_size
+        x = synthetic_uint8(images, 32, device=device)
+        y = torch.zeros(images, dtype=torch.int64, device=device)
+        split = DeviceEvalSource(x, y, normalizer=Normalizer(image_stats(x)[0], None, device), batch_size=batch_size)
+        stream = itertools.chain.from_iterable(iter(split.batches, None))  # the test split, endlessly
+        data = "on-device uint8 CIFAR test split (resnetlab.data)"
+    else:
+        source = imagenet_train_source(device, batch_size)
+        source.loader.batch = (*source.loader.batch[:2], torch.zeros(batch_size, 3), [], [])  # no lighting
+        stream = source.batches(0)
+        data = "synthetic uint8 224x224 batch, device-side /255 + mean (resnetlab.data)"
+    dtype = autocast_dtype(precision, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    @torch.inference_mode()
+    def infer_step() -> object:
+        x, _ = next(stream)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return call(x.to(memory_format=memory_format))
+
+    options = "channels_last" if channels_last else "NCHW"
+    return Pipeline(
+        name="ours",
+        description=f"{model_name}, {precision}, {options}{', compiled' if compile else ''}; {data}",
+        batch_size=batch_size,
+        mult_adds=measure_model(model_name).mult_adds,
+        step=infer_step,
+        components={"data": lambda: next(stream)},
+    )

@@ -1,0 +1,155 @@
+"""`resnetlab bench train|infer`: images/s, step time, peak memory, TFLOP/s and MFU of our pipeline.
+
+resnetlab bench train --model cifar_resnet20 --batch-size 128 --device cpu --vs-reference
+resnetlab bench train --model resnet50 --batch-size 256 --device cuda --precision bf16 --channels-last
+resnetlab bench infer --model resnet50 --batch-size 256 --device cuda --precision bf16 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from resnetlab.errors import UserError
+
+EPILOG = """examples:
+  resnetlab bench train --model cifar_resnet20 --batch-size 128 --device cpu --vs-reference
+  resnetlab bench train --model resnet50 --batch-size 256 --device cuda --precision bf16 --channels-last
+  resnetlab bench infer --model resnet50 --batch-size 256 --device cuda --precision bf16 --json
+
+Training data: CIFAR models read synthetic uint8 images of CIFAR's shape held on the device, through
+the same on-device augmentation as training; ImageNet models a synthetic uint8 224x224 batch through
+the device half of the ImageNet source. FLOPs = 2 x multiply-adds (as `resnetlab info` counts them);
+a training step counts 3 x the forward multiply-adds.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="throughput of training or inference: images/s, step time, memory, TFLOP/s, MFU",
+        description="Time our training step (or inference) after warm-up; optionally against a reference "
+        "pipeline written the usual way (torchvision), in alternating rounds in the same process.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("mode", choices=["train", "infer"])
+    p.add_argument("--model", default="cifar_resnet20", help="a registered model (default cifar_resnet20)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="N")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="auto: bf16 on CUDA, fp32 on CPU"
+    )
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--iters", type=int, default=20, metavar="N", help="timed steps per round (default 20)")
+    p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed steps before each round (default 5)")
+    p.add_argument("--rounds", type=int, metavar="N", help="A/B rounds (default 3 with --vs-reference, else 1)")
+    p.add_argument("--vs-reference", action="store_true", help="also time the reference pipeline; print the ratio")
+    p.add_argument("--ref-workers", type=int, default=2, metavar="N", help="reference DataLoader workers (default 2)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU: torch.set_num_threads(N) (default: torch's)")
+    p.add_argument("--train-images", type=int, default=50_000, metavar="N", help="synthetic CIFAR split size")
+    p.add_argument("--peak-tflops", type=float, metavar="X", help="device peak for MFU, if not in the table")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def spec_from_args(args: argparse.Namespace):
+    import torch
+
+    from resnetlab.bench.harness import BenchSpec
+    from resnetlab.models import list_models
+    from resnetlab.train.step import autocast_dtype
+    from resnetlab.utils.device import resolve_device
+
+    if args.model not in list_models():
+        raise UserError(f"unknown model {args.model!r}; see `resnetlab info --list`")
+    for key in ("batch_size", "iters"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if args.warmup < 0 or args.ref_workers < 0:
+        raise UserError("--warmup and --ref-workers must be >= 0")
+    if args.model.startswith("cifar") and args.train_images < args.batch_size:
+        raise UserError(f"--train-images ({args.train_images}) must be at least --batch-size ({args.batch_size})")
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    dtype = autocast_dtype(args.precision, device)
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    rounds = args.rounds if args.rounds is not None else (3 if args.vs_reference else 1)
+    if rounds < 1:
+        raise UserError(f"--rounds must be >= 1, got {rounds}")
+    return BenchSpec(
+        mode=args.mode,
+        model=args.model,
+        batch_size=args.batch_size,
+        device=device,
+        precision=precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        iters=args.iters,
+        warmup=args.warmup,
+        rounds=rounds,
+        vs_reference=args.vs_reference,
+        reference_workers=args.ref_workers,
+        train_images=args.train_images,
+        peak_tflops=args.peak_tflops,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnetlab.bench.harness import run_benchmark
+
+    result = run_benchmark(spec_from_args(args))
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0
+
+
+def _row(name: str, r: dict) -> str:
+    t = r["step_time_s"]
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+    return (
+        f"{name:<10} {r['images_per_s']:>10.1f} {1e3 * t['median']:>9.1f} "
+        f"{1e3 * t['min']:>7.1f}-{1e3 * t['max']:<7.1f} {1e3 * t['iqr']:>7.1f} "
+        f"{r['peak_memory_bytes'] / 2**20:>9.0f} {r['tflops']:>8.3f} {mfu:>6}"
+    )
+
+
+def format_result(res: dict) -> str:
+    threads = f", {res['threads']} threads" if res["threads"] else ""
+    lines = [
+        f"bench {res['mode']} {res['model']}, batch {res['batch_size']}, {res['device']} ({res['device_name']}"
+        f"{threads}), {res['precision']}, {'channels_last' if res['channels_last'] else 'NCHW'}"
+        f"{', compiled' if res['compile'] else ''}, torch {res['torch']}",
+        f"{res['rounds']} round(s) x {res['iters']} timed steps after {res['warmup']} warm-up steps each",
+        "",
+        f"{'':<10} {'images/s':>10} {'median ms':>9} {'min-max ms':>15} {'IQR ms':>7} {'peak MiB':>9} "
+        f"{'TFLOP/s':>8} {'MFU':>6}",
+    ]
+    for name in ("ours", "reference"):
+        if name in res:
+            lines.append(_row(name, res[name]))
+    for name in ("ours", "reference"):
+        if name in res:
+            lines.append(f"  {name}: {res[name]['description']}")
+    lines.append(f"  peak memory: {res['ours']['peak_memory_kind']}")
+    if "speedup_vs_reference" in res:
+        s = res["speedup_vs_reference"]
+        per_round = ", ".join(f"{x:.2f}" for x in s["per_round"])
+        lines.append(f"ours / reference: {s['images_per_s_ratio']:.2f}x images/s (per round: {per_round})")
+    b = res["ours"].get("breakdown")
+    if b:
+        parts = [
+            f"{part} {1e3 * b[f'{part}_s']:.1f} ms ({100 * b[f'{part}_fraction']:.1f}%)"
+            for part in ("data", "fwd_bwd", "optimizer")
+            if f"{part}_s" in b
+        ]
+        lines.append("ours, parts timed alone (medians, % of step): " + ", ".join(parts))
+        if "outside_fwd_bwd_fraction" in b:
+            lines.append(f"ours, step time outside forward+backward: {100 * b['outside_fwd_bwd_fraction']:.1f}%")
+    peak = f"{res['peak_flops'] / 1e12:.1f} TFLOP/s ({res['peak_flops_kind']})" if res["peak_flops"] else "-"
+    lines.append(f"MFU peak: {peak}")
+    lines.append(res["flops_note"])
+    return "\n".join(lines)
