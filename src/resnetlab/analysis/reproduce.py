@@ -67,10 +67,11 @@ class Job:
         return self.out_dir.name
 
     def state(self) -> str:
-        """ "done" (final.pt), "resume" (checkpoint.pt only) or "new"."""
+        """`done` (final.pt), `resume` (checkpoint.pt, or a started run that never checkpointed:
+        `run_training(resume=True)` starts it again in place) or `new`."""
         if (self.out_dir / "final.pt").is_file():
             return "done"
-        if (self.out_dir / "checkpoint.pt").is_file():
+        if (self.out_dir / "checkpoint.pt").is_file() or (self.out_dir / "config.yaml").is_file():
             return "resume"
         return "new"
 
@@ -153,7 +154,10 @@ def run_jobs(jobs: list[Job], *, train_fn: TrainFn | None = None, gpus: int = 0,
     for job in todo:
         resume = job.state() == "resume"
         log(f"[{'resume' if resume else 'train'}] {job.name}")
-        train_fn(job.cfg, job.out_dir, resume=resume)
+        summary = train_fn(job.cfg, job.out_dir, resume=resume)
+        if isinstance(summary, dict) and summary.get("interrupted"):
+            # SIGTERM / Ctrl-C: the run checkpointed and returned; stop the grid, the same command resumes it.
+            raise UserError(f"{job.name} interrupted ({summary['interrupted']}); run the same command to resume")
 
 
 def _run_parallel(jobs: list[Job], gpus: int, log: Callable) -> None:
@@ -220,7 +224,9 @@ def report(
                 train_errors=tuple(r.final_train_error for r in net_runs if r.final_train_error is not None),
             )
         )
-    (out / "table.md").write_text(to_markdown(rows, dataset=dataset))
+    val = finished[0].cfg.data.val_split
+    eval_set = f"validation ({val} held-out training images)" if val else "test"
+    (out / "table.md").write_text(to_markdown(rows, dataset=dataset, eval_set=eval_set))
     write_csv(rows, out / "table.csv")
     plot_curves(runs, out / "curves.png", title=f"{dataset}, {runs[0].metrics[-1]['iter']} iterations")
     log(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'curves.png'}")

@@ -142,9 +142,9 @@ def checkpoint_responses(
     model = create_model(meta["model"], **meta.get("model_options", {}))
     model.load_state_dict(ckpt["model"])
     model.to(device)
-    cfg = from_dict(ckpt.get("config") or {})
-    if data_dir:
-        cfg = apply_overrides(cfg, [f"data.dir={data_dir}"])
+    # The test split itself, even when the run evaluated on a held-out part of the training set.
+    overrides = ["data.val_split=0", *([f"data.dir={data_dir}"] if data_dir else [])]
+    cfg = apply_overrides(from_dict(ckpt.get("config") or {}), overrides)
     test = build_data(cfg, device).test
     layers = layer_responses(model, test.batches(), max_images=max_images)
     kind, depth = parse_model_name(meta["model"], meta.get("model_options", {}).get("depth"))

@@ -60,9 +60,10 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
 
-def to_markdown(rows: list[Row], *, dataset: str) -> str:
+def to_markdown(rows: list[Row], *, dataset: str, eval_set: str = "test") -> str:
+    """`eval_set`: what the errors were measured on ("test", or e.g. "held-out 2000 training images")."""
     header = (
-        f"| method | # layers | # params | seeds | train error (%) | test error (%) on {dataset}, "
+        f"| method | # layers | # params | seeds | train error (%) | {eval_set} error (%) on {dataset}, "
         "best (mean ± std) | paper: CIFAR-10 test error (%) | paper # params |"
     )
     lines = [header, "|---|---|---|---|---|---|---|---|"]

@@ -1,0 +1,64 @@
+"""Error curves from metrics.jsonl (figs. 1/4/6)."""
+
+import json
+
+import pytest
+import yaml
+
+from resnetlab.analysis.curves import plot_curves
+from resnetlab.analysis.runs import load_run, parse_model_name
+from resnetlab.errors import UserError
+
+
+def make_run(path, name, errors, depth=None):
+    """A synthetic run folder: config.yaml + metrics.jsonl with (train, test) errors per 100 iterations."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"model": {"name": name, "depth": depth}}))
+    rows = [
+        {"iter": 100 * (i + 1), "lr": 0.1, "train_loss": 1.0, "train_error": tr, "test_error": te, "time": i}
+        for i, (tr, te) in enumerate(errors)
+    ]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "depth", "expected"),
+    [
+        ("cifar_plain56", None, ("plain", 56)),
+        ("cifar_resnet110", None, ("resnet", 110)),
+        ("cifar_resnet", 32, ("resnet", 32)),
+        ("resnet50", None, ("resnet", 50)),
+        ("plain34", None, ("plain", 34)),
+    ],
+)
+def test_parse_model_name(name, depth, expected):
+    assert parse_model_name(name, depth) == expected
+
+
+def test_unknown_model_name():
+    with pytest.raises(UserError):
+        parse_model_name("vgg16")
+
+
+def test_load_run_keeps_last_of_repeated_iterations(tmp_path):
+    run = make_run(tmp_path / "r", "cifar_resnet20", [(50, 40), (30, 20)])
+    with open(run / "metrics.jsonl", "a") as f:  # a resumed run re-evaluating iteration 200
+        f.write(json.dumps({"iter": 200, "train_error": 29.0, "test_error": 19.0}) + "\n")
+    loaded = load_run(run)
+    assert [m["iter"] for m in loaded.metrics] == [100, 200]
+    assert loaded.final_test_error == 19.0 and loaded.label == "ResNet-20"
+
+
+def test_plot_two_panels(tmp_path):
+    runs = [load_run(make_run(tmp_path / n, n, [(60, 55), (40, 42)])) for n in ("cifar_plain20", "cifar_plain56")] + [
+        load_run(make_run(tmp_path / "g", "cifar_resnet", [(50, 45), (20, 25)], depth=20))
+    ]
+    out = plot_curves(runs, tmp_path / "fig" / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_metrics_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no metrics.jsonl"):
+        load_run(tmp_path / "empty")

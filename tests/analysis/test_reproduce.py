@@ -1,0 +1,140 @@
+"""The `reproduce` runner: grids, schedules, skip finished runs, resume killed ones, the report."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.analysis.reproduce import Job, plan, report, run_jobs, schedule
+from resnetlab.config import Config, ModelConfig, dump, to_dict
+from resnetlab.errors import UserError
+from resnetlab.models import create_model
+from resnetlab.utils.checkpoint import save_atomic
+
+
+def tiny_config(kind, depth):
+    return Config(model=ModelConfig(name=f"cifar_{kind}{depth}"))
+
+
+class StubTrainer:
+    """Stands in for run_training: records calls, writes the files a run leaves; `kill` names runs
+    that die after their first checkpoint (once)."""
+
+    def __init__(self, kill=()):
+        self.calls, self.kill = [], set(kill)
+
+    def __call__(self, cfg, out_dir, *, resume=False):
+        out_dir = Path(out_dir)
+        self.calls.append((out_dir.name, resume))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dump(cfg, out_dir / "config.yaml")
+        meta = {"model": cfg.model.name, "model_options": {"num_classes": 10, "in_channels": 1}}
+        save_atomic({"model": {}, "config": to_dict(cfg), "meta": meta}, out_dir / "checkpoint.pt")
+        if out_dir.name in self.kill:
+            self.kill.discard(out_dir.name)
+            raise KeyboardInterrupt  # killed mid-run: checkpoint.pt but no final.pt
+        seed = cfg.train.seed
+        rows = [{"iter": cfg.train.max_iters, "train_error": 1.0 + seed, "test_error": 10.0 + seed}]
+        (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        model = create_model(cfg.model.name, num_classes=10, in_channels=1)
+        save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "meta": meta}, out_dir / "final.pt")
+
+
+def test_short_schedule_keeps_the_paper_shape():
+    assert schedule("paper") == ((32000, 48000), 64000)
+    assert schedule("short") == ((3200, 4800), 6400)  # the paper's / 10
+    assert schedule("short", 400) == ((200, 300), 400)
+    with pytest.raises(UserError):
+        schedule("short", 2)
+
+
+def test_plan_grids_and_overrides(tmp_path):
+    jobs = plan("table6", out=tmp_path, seeds=2, with_1202=True, config_fn=tiny_config)
+    assert [(j.kind, j.depth) for j in jobs[::2]] == [("resnet", d) for d in (20, 32, 44, 56, 110, 1202)]
+    jobs = plan(
+        "degradation",
+        out=tmp_path,
+        dataset="fashion-mnist",
+        schedule_name="short",
+        iters=80,
+        config_fn=tiny_config,
+        overrides=["data.val_split=100"],
+    )
+    assert [j.name for j in jobs] == ["plain20-seed0", "plain56-seed0", "resnet20-seed0", "resnet56-seed0"]
+    cfg = jobs[1].cfg
+    assert cfg.model.name == "cifar_plain56" and cfg.data.name == "fashion-mnist" and cfg.data.val_split == 100
+    assert cfg.optim.milestones == (40, 60) and cfg.train.max_iters == 80 and cfg.train.eval_every == 5
+    with pytest.raises(UserError, match="unknown experiment"):
+        plan("table7", out=tmp_path, config_fn=tiny_config)
+
+
+def test_presets_are_used(tmp_path):
+    (job,) = [j for j in plan("fig6-plain", out=tmp_path) if j.depth == 56]
+    assert job.cfg.model.name == "cifar_plain56" and job.cfg.train.max_iters == 64000
+
+
+def test_skips_finished_and_resumes_killed(tmp_path):
+    jobs = plan("degradation", out=tmp_path, seeds=2, schedule_name="short", iters=8, config_fn=tiny_config)
+    trainer = StubTrainer(kill={"plain56-seed1"})
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, train_fn=trainer, log=lambda _: None)
+    assert trainer.calls == [("plain20-seed0", False), ("plain20-seed1", False), ("plain56-seed0", False),
+                             ("plain56-seed1", False)]  # fmt: skip
+    trainer.calls.clear()
+    run_jobs(jobs, train_fn=trainer, log=lambda _: None)  # the same command again
+    assert trainer.calls[0] == ("plain56-seed1", True)  # resumed from its checkpoint
+    assert [c for c in trainer.calls if c[0].startswith("plain20")] == []  # finished: skipped
+    assert len(trainer.calls) == 5 and all(j.state() == "done" for j in jobs)
+
+
+def test_an_interrupted_run_stops_the_grid(tmp_path):
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    calls = []
+
+    def sigterm(cfg, out_dir, *, resume=False):
+        calls.append(out_dir)
+        return {"interrupted": "SIGTERM"}
+
+    with pytest.raises(UserError, match="interrupted"):
+        run_jobs(jobs, train_fn=sigterm, log=lambda _: None)
+    assert len(calls) == 1
+
+    rows = report(jobs, tmp_path, dataset="cifar10", device=torch.device("cpu"), responses=False, log=lambda _: None)
+    by_label = {r.label: r for r in rows}
+    assert by_label["ResNet-56"].errors == (10.0, 11.0)  # seeds 0 and 1
+    assert by_label["ResNet-56"].params == by_label["plain-56"].params  # option A: identical twins
+    table = (tmp_path / "table.md").read_text()
+    assert "| ResNet-56 | 56 | 0.85M | 2 | 1.00 (1.50 ± 0.71) | 10.00 (10.50 ± 0.71) | 6.97 | 0.85M |" in table
+    assert (tmp_path / "curves.png").is_file() and (tmp_path / "table.csv").is_file()
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+
+
+@pytest.mark.slow  # ~10 s alone, ~50 s on the shared 2-core machine (reading Fashion-MNIST dominates)
+@pytest.mark.skipif(not FASHION.is_file(), reason="needs Fashion-MNIST")
+def test_real_tiny_run_end_to_end(tmp_path):
+    from resnetlab.config import load_config
+
+    cfg = load_config(
+        "cifar10-resnet20",
+        ["model.name=cifar_resnet", "model.depth=8", "data.name=fashion-mnist", "data.val_split=64"]
+        + ["train.max_iters=3", "train.eval_every=2", "train.checkpoint_every=2", "train.batch_size=8"]
+        + ["train.device=cpu", "train.eval_batch_size=64", f"data.dir={tmp_path / 'data'}"],
+    )
+    job = Job("resnet", 8, 0, tmp_path / "resnet8-seed0", cfg)
+    run_jobs([job], log=lambda _: None)
+    assert job.state() == "done"
+    (job.out_dir / "final.pt").unlink()  # as if killed after the last checkpoint (iteration 2)
+    run_jobs([job], log=lambda _: None)
+    assert job.state() == "done"
+    iters = [json.loads(line)["iter"] for line in (job.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert iters == [2, 3]
+    run_jobs([job], train_fn=lambda *a, **k: pytest.fail("finished run trained again"), log=lambda _: None)
+    # responses on the real checkpoint: 2 layers per block, 3 blocks of depth 8.
+    from resnetlab.analysis.responses import checkpoint_responses
+
+    res = checkpoint_responses(job.out_dir / "final.pt", device=torch.device("cpu"), max_images=32)
+    assert res["label"] == "ResNet-8" and len(res["layers"]) == 6 and res["images"] == 32
+    assert all(v > 0 for v in res["layers"].values())
