@@ -153,6 +153,8 @@ def checkpoint_responses(
         "checkpoint": str(path),
         "model": meta["model"],
         "label": model_label(kind, depth),
+        "kind": kind,
+        "depth": depth,
         "images": images,
         "layers": layers,
     }
@@ -165,19 +167,26 @@ def plot_responses(results: list[dict], out: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from resnetlab.analysis.curves import depth_colours
+
+    colours = depth_colours([res["depth"] for res in results])  # the same colours as the curves figure
     fig, (ax_order, ax_sorted) = plt.subplots(2, 1, figsize=(7, 7))
     for res in results:
         stds = list(res["layers"].values())
         xs = range(1, len(stds) + 1)
-        style = "-" if res["label"].startswith("ResNet") else "--"
-        (line,) = ax_order.plot(xs, stds, style, marker=".", markersize=3, label=res["label"])
-        ax_sorted.plot(xs, sorted(stds, reverse=True), style, color=line.get_color(), label=res["label"])
+        style = dict(
+            color=colours[res["depth"]], linestyle="-" if res["kind"] == "resnet" else "--", label=res["label"]
+        )
+        ax_order.plot(xs, stds, marker=".", markersize=3, **style)
+        ax_sorted.plot(xs, sorted(stds, reverse=True), **style)
     for ax, xlabel in ((ax_order, "layer index (original)"), (ax_sorted, "layer index (sorted by magnitude)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("std")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
-    ax_order.set_title("responses of 3x3 layers after BN, before ReLU/addition (test set)")
+    ax_order.set_title(
+        "responses of 3x3 layers after BN, before ReLU/addition (test set)\nsolid: ResNet, dashed: plain"
+    )
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
