@@ -1,0 +1,111 @@
+"""Interop: `import_weights` (torchvision .pth -> our checkpoint) and `export_checkpoint` (ONNX, TorchScript).
+
+Exported models take the normalised input (N, C, H, W) float32 of the contract, with a dynamic batch
+dimension, and return logits (N, K); the ONNX file carries the model name, classes and the
+per-channel mean/std in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from resnetlab.config import Config, DataConfig, ModelConfig, model_options, to_dict
+from resnetlab.errors import UserError
+from resnetlab.evaluate.checkpoints import load_model
+from resnetlab.evaluate.predict import imagenet_categories
+from resnetlab.models import IMAGENET_DEPTHS, load_torchvision_checkpoint
+from resnetlab.utils.checkpoint import save_atomic
+
+# torchvision's ImageNet normalisation (per channel, with std), used by its pretrained weights.
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+FORMATS = ("onnx", "torchscript")
+
+
+def import_weights(pth: str | Path, model_name: str, out: str | Path) -> dict:
+    """A torchvision ResNet state-dict file as our checkpoint: v1.5 (stride on the 3x3), shortcut B,
+    torchvision's per-channel mean and std. Returns the meta written."""
+    if model_name not in {f"resnet{d}" for d in IMAGENET_DEPTHS}:
+        raise UserError(f"--model must be one of resnet18/34/50/101/152 for torchvision weights, got {model_name!r}")
+    if not Path(pth).is_file():
+        raise UserError(f"{pth} does not exist")
+    try:
+        model = load_torchvision_checkpoint(pth, model_name)
+    except Exception as e:  # unpicklable, not a state dict, wrong architecture (missing/unexpected keys)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{pth} is not a torchvision {model_name} state dict ({first[:200]})") from None
+    cfg = Config(
+        model=ModelConfig(name=model_name, shortcut="B", stride_in_1x1=False),
+        data=DataConfig(name="imagenet", mean="channel", normalize_std=True),
+    )
+    num_classes, in_channels = model.fc.out_features, model.conv1.in_channels
+    meta = {
+        "dataset": "imagenet",
+        "classes": imagenet_categories() if num_classes == 1000 else [str(i) for i in range(num_classes)],
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": 224,
+        "mean": torch.tensor(TORCHVISION_MEAN).view(3, 1, 1),
+        "std": torch.tensor(TORCHVISION_STD).view(3, 1, 1),
+        "model": model_name,
+        "model_options": model_options(cfg.model, num_classes=num_classes, in_channels=in_channels),
+        "source": f"torchvision weights {Path(pth).name}",
+    }
+    save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "meta": meta}, out)
+    return meta
+
+
+def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, *, image_size: int | None = None) -> Path:
+    """Write the checkpoint's model as ONNX or TorchScript, batch dimension dynamic. `image_size`
+    (default: the training crop) fixes H = W of the exported graph."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    loaded = load_model(ckpt, torch.device("cpu"))
+    model = loaded.model.float().eval()
+    size = image_size or loaded.image_size
+    example = torch.randn(2, int(loaded.meta.get("in_channels", 3)), size, size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer / exporter chatter
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(model, example), str(out))
+        else:
+            _export_onnx(model, example, out, loaded.meta)
+    return out
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(out),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes={"x": {0: batch}},
+        dynamo=True,
+        external_data=False,  # one self-contained file (fine below ONNX's 2 GB limit: ResNet-152 is 240 MB)
+        verbose=False,
+    )
+    proto = onnx.load(str(out))
+    mean, std = meta["mean"], meta.get("std")
+    props = {
+        "resnetlab.model": meta["model"],
+        "resnetlab.classes": json.dumps(list(meta.get("classes") or [])),
+        "resnetlab.image_size": str(meta["image_size"]),
+        "resnetlab.input": "(uint8 / 255 - mean) / std, mean per pixel or per channel as trained",
+        "resnetlab.channel_mean": json.dumps(mean.float().mean((1, 2)).tolist()),
+        "resnetlab.mean_per_pixel": str(mean.shape[-1] > 1),
+        "resnetlab.channel_std": json.dumps(std.flatten().tolist() if std is not None else None),
+    }
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(out))

@@ -1,0 +1,198 @@
+"""`evaluate_checkpoints`: top-1 / top-5 error (%) of a model or an ensemble under a test protocol.
+
+ImageNet / ImageFolder checkpoints read DIR/<split>/CLASS/*.JPEG (DIR = data_dir/imagenet for
+"imagenet", data_dir for "imagefolder"). The CIFAR / MNIST family is tested the paper's way, on the
+single original image of the test split, through `resnetlab.data.build_data`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from resnetlab.config import Config, default_data_dir, from_dict
+from resnetlab.data.imagenet import read_image, scan_split, split_classes
+from resnetlab.errors import UserError
+from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models
+from resnetlab.evaluate.protocols import (
+    PAPER_SCALES,
+    PROTOCOLS,
+    ensemble_probs,
+    fixed_views,
+    multiscale_probs,
+    topk_correct,
+)
+from resnetlab.utils.device import resolve_device
+
+
+class _ProtocolViews(Dataset):
+    """Item i: (views uint8, label, unreadable path or None). "multiscale" returns the whole image."""
+
+    def __init__(self, samples: list[tuple[str, int]], protocol: str, crop: int):
+        self.samples, self.protocol, self.crop = samples, protocol, crop
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        try:
+            img = read_image(path)
+        except UserError:
+            return None, label, path
+        if self.protocol == "multiscale":
+            return img, label, None
+        return fixed_views(img, self.protocol, self.crop), label, None
+
+
+def _collate(items):
+    kept = [it for it in items if it[0] is not None]
+    return [it[0] for it in kept], torch.tensor([it[1] for it in kept]), [it[2] for it in items if it[2]]
+
+
+def class_mapping(folders: list[str], model: LoadedModel) -> dict[str, int]:
+    """Folder name -> the model's class index: by name when the checkpoint lists them (a split may
+    hold a subset of the classes), else by ImageFolder's sorted order (e.g. imported torchvision
+    weights, whose 1000 names are in the order of the sorted ImageNet synset folders)."""
+    names = model.classes
+    if names and set(folders) <= set(names):
+        return {f: names.index(f) for f in folders}
+    if len(folders) == model.num_classes:
+        return {f: i for i, f in enumerate(folders)}
+    raise UserError(
+        f"the {len(folders)} class folders ({', '.join(folders[:3])}, ...) match neither the names nor the "
+        f"number ({model.num_classes}) of the classes of {model.path}"
+    )
+
+
+def _image_root(model: LoadedModel, data_dir: str) -> Path:
+    return Path(data_dir) / "imagenet" if model.dataset == "imagenet" else Path(data_dir)
+
+
+def _evaluate_images(
+    models: list[LoadedModel],
+    *,
+    protocol: str,
+    data_dir: str,
+    split: str,
+    batch_size: int,
+    workers: int,
+    skip_corrupt: bool,
+    scales: Sequence[int],
+    flip: bool,
+    device: torch.device,
+) -> dict[str, Any]:
+    root = _image_root(models[0], data_dir) / split
+    mapping = class_mapping(split_classes(root), models[0])
+    samples = scan_split(root, mapping)
+    if not samples:
+        raise UserError(f"{root} has no images")
+    per_batch = 1 if protocol == "multiscale" else batch_size  # whole images differ in size
+    loader = DataLoader(
+        _ProtocolViews(samples, protocol, models[0].image_size),
+        batch_size=per_batch,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    top1 = top5 = n = skipped = 0
+    for views, labels, unreadable in loader:
+        if unreadable and not skip_corrupt:
+            raise UserError(f"cannot read image {unreadable[0]}: corrupt or not an image (--skip-corrupt skips it)")
+        skipped += len(unreadable)
+        if not views:
+            continue
+        if protocol == "multiscale":
+            probs = torch.stack([multiscale_probs(models, v.to(device), scales=scales, flip=flip) for v in views])
+        else:
+            probs = ensemble_probs(models, torch.stack(views).to(device, non_blocking=True))
+        a, b = topk_correct(probs.cpu(), labels)
+        top1, top5, n = top1 + a, top5 + b, n + len(labels)
+    return {"images": n, "top1": top1, "top5": top5, "skipped": skipped, "root": str(root)}
+
+
+def _evaluate_small(models: list[LoadedModel], *, data_dir: str | None, device: torch.device) -> dict[str, Any]:
+    """CIFAR / MNIST family: the single original test image (sec. 4.2), via the data contract."""
+    try:
+        from resnetlab.data import build_data
+    except ImportError:
+        raise UserError("resnetlab.data.build_data is not available in this install") from None
+    cfg = from_dict(models[0].config) if models[0].config else Config()
+    data = dataclasses.replace(cfg.data, val_split=0, augment=False, **({"dir": data_dir} if data_dir else {}))
+    bundle = build_data(dataclasses.replace(cfg, data=data), device)
+    # The bundle's batches are normalised with its own mean; undo that, then apply each model's own.
+    mean = bundle.meta["mean"].to(device)
+    std = bundle.meta.get("std")
+    std = std.to(device) if std is not None else None
+    top1 = top5 = n = 0
+    for x, y in bundle.test.batches():
+        raw = ((x * std if std is not None else x) + mean) * 255.0
+        probs = ensemble_probs(models, raw.round().clamp(0, 255).to(torch.uint8)[:, None])
+        a, b = topk_correct(probs.cpu(), y.cpu())
+        top1, top5, n = top1 + a, top5 + b, n + len(y)
+    return {"images": n, "top1": top1, "top5": top5, "skipped": 0, "root": cfg.data.name}
+
+
+def evaluate_checkpoints(
+    paths: Sequence[str],
+    *,
+    protocol: str = "10crop",
+    data_dir: str | None = None,
+    split: str = "val",
+    batch_size: int = 32,
+    workers: int = 4,
+    device: str = "auto",
+    skip_corrupt: bool = False,
+    scales: Sequence[int] = PAPER_SCALES,
+    flip: bool = True,
+) -> dict[str, Any]:
+    """Top-1 / top-5 error (%) of the checkpoint (or the ensemble of them, softmax averaged).
+
+    Returns {"protocol", "split", "checkpoints", "images", "top1_error", "top5_error", "skipped", "data"}."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
+    models = load_models(list(paths), dev)
+    if models[0].dataset in IMAGE_DATASETS:
+        cfg_dir = models[0].config.get("data", {}).get("dir")
+        r = _evaluate_images(
+            models,
+            protocol=protocol,
+            data_dir=data_dir or cfg_dir or default_data_dir(),
+            split=split,
+            batch_size=batch_size,
+            workers=workers,
+            skip_corrupt=skip_corrupt,
+            scales=scales,
+            flip=flip,
+            device=dev,
+        )
+    else:
+        if protocol != "center":
+            raise UserError(
+                f"{models[0].dataset or 'this'} checkpoint: the paper tests CIFAR-size images on the single "
+                "original view (sec. 4.2); use --protocol center"
+            )
+        if split not in ("val", "test"):
+            raise UserError(f"{models[0].dataset}: only the test split is evaluated, not {split!r}")
+        split = "test"
+        r = _evaluate_small(models, data_dir=data_dir, device=dev)
+    if r["images"] == 0:
+        raise UserError(f"no readable image in {r['root']}")
+    return {
+        "protocol": protocol,
+        "split": split,
+        "checkpoints": [m.path for m in models],
+        "images": r["images"],
+        "top1_error": 100.0 * (1 - r["top1"] / r["images"]),
+        "top5_error": 100.0 * (1 - r["top5"] / r["images"]),
+        "skipped": r["skipped"],
+        "data": r["root"],
+    }

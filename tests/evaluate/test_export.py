@@ -1,0 +1,106 @@
+"""ONNX export against onnxruntime, TorchScript round trip, torchvision weights import, predict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from resnetlab.errors import UserError
+from resnetlab.evaluate import export_checkpoint, import_weights, load_model, predict
+
+CLASSES10 = [f"class{i}" for i in range(10)]
+
+
+def run_onnx(path, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+
+
+def check_onnx(tmp_path, tree, write_checkpoint, model: str, size: int, classes=CLASSES10):
+    ck = write_checkpoint(tmp_path / f"{model}.pt", tree, model=model, classes=classes)
+    out = export_checkpoint(ck, "onnx", tmp_path / f"{model}.onnx", image_size=size)
+    net = load_model(ck, torch.device("cpu")).model
+    for batch in (1, 3):  # the batch dimension is dynamic
+        x = torch.randn(batch, 3, size, size)
+        with torch.no_grad():
+            expected = net(x)
+        got = run_onnx(out, x)
+        assert got.shape == (batch, len(classes))
+        assert (got - expected).abs().max().item() < 1e-4
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["resnetlab.model"] == model and props["resnetlab.classes"].startswith('["class0"')
+
+
+@pytest.mark.parametrize(("model", "size"), [("cifar_resnet20", 32), ("resnet18", 64)])
+def test_onnx_matches_pytorch(tmp_path, tree, write_ck, model, size):
+    check_onnx(tmp_path, tree, write_ck, model, size)
+
+
+@pytest.mark.slow
+def test_onnx_resnet50_matches_pytorch(tmp_path, tree, write_ck):
+    check_onnx(tmp_path, tree, write_ck, "resnet50", 64)
+
+
+def test_torchscript_round_trip(tmp_path, tree, write_ck):
+    ck = write_ck(tmp_path / "c.pt", tree, model="cifar_resnet20")
+    out = export_checkpoint(ck, "torchscript", tmp_path / "c.ts")
+    loaded = torch.jit.load(str(out))
+    net = load_model(ck, torch.device("cpu")).model
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_unknown_format(tmp_path, checkpoints):
+    with pytest.raises(UserError, match="format"):
+        export_checkpoint(checkpoints["a"], "tflite", tmp_path / "x")
+
+
+def test_predict_gives_five_classes(tmp_path, tree, write_ck):
+    ck = write_ck(tmp_path / "c.pt", tree, model="resnet18", classes=CLASSES10)
+    images = sorted(str(p) for p in (tree / "val").rglob("*.JPEG"))[:2]
+    results = predict(images, [ck], device="cpu")
+    assert [r["image"] for r in results] == images
+    for r in results:
+        names, probs = zip(*r["top"])
+        assert len(names) == 5 and set(names) <= set(CLASSES10)
+        assert list(probs) == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_import_torchvision_weights(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(num_classes=1000).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so the comparison means something
+        for m in tv.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    pth = tmp_path / "resnet18-test.pth"
+    torch.save(tv.state_dict(), pth)
+    meta = import_weights(pth, "resnet18", tmp_path / "r18.pt")
+    assert meta["classes"][0] == "tench" and meta["num_classes"] == 1000
+    loaded = load_model(tmp_path / "r18.pt", torch.device("cpu"))
+    torch.testing.assert_close(loaded.meta["mean"].flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), tv(x))
+    # Normalised as torchvision does: (x / 255 - mean) / std.
+    raw = torch.randint(0, 256, (1, 3, 4, 4), dtype=torch.uint8)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    expected = (raw.float() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+    torch.testing.assert_close(loaded.normalize(raw), expected)
+
+
+def test_import_refuses_a_mismatched_file(tmp_path):
+    pth = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), pth)
+    with pytest.raises(UserError, match="not a torchvision resnet50"):
+        import_weights(pth, "resnet50", tmp_path / "x.pt")
+    with pytest.raises(UserError, match="resnet18/34/50/101/152"):
+        import_weights(pth, "cifar_resnet20", tmp_path / "x.pt")
