@@ -1,5 +1,13 @@
 """The networks of the paper: `create_model(name, **options)`, `list_models()`."""
 
+from resnetlab.models.complexity import (
+    Complexity,
+    StageInfo,
+    build_for_counting,
+    count_params,
+    measure,
+    measure_model,
+)
 from resnetlab.models.interop import load_torchvision_checkpoint
 from resnetlab.models.registry import (
     CIFAR_DEPTHS,
@@ -16,11 +24,17 @@ __all__ = [
     "IMAGENET_DEPTHS",
     "BasicBlock",
     "Bottleneck",
+    "Complexity",
     "ResNet",
+    "StageInfo",
     "ZeroPadShortcut",
+    "build_for_counting",
     "cifar_resnet",
+    "count_params",
     "create_model",
     "imagenet_resnet",
     "list_models",
     "load_torchvision_checkpoint",
+    "measure",
+    "measure_model",
 ]

@@ -178,6 +178,9 @@ class ResNet(nn.Module):
             raise ValueError("layers and widths must have the same length")
         if num_classes < 1 or in_channels < 1:
             raise ValueError("num_classes and in_channels must be positive")
+        if zero_init_residual and not residual:
+            # Zeroing the last BN of a block without a shortcut zeroes its output: the net is dead.
+            raise ValueError("zero_init_residual needs residual=True (a plain net would output zeros)")
         self.stem_kind = stem
         self.residual = residual
         self.num_classes = num_classes
