@@ -1,6 +1,7 @@
 """The `reproduce` runner: grids, schedules, skip finished runs, resume killed ones, the report."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,29 @@ def test_an_interrupted_run_stops_the_grid(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| ResNet-56 | 56 | 0.85M | 2 | 1.00 (1.50 ± 0.71) | 10.00 (10.50 ± 0.71) | 6.97 | 0.85M |" in table
     assert (tmp_path / "curves.png").is_file() and (tmp_path / "table.csv").is_file()
+
+
+FAKE_WORKER = """
+import os, sys, time
+from pathlib import Path
+cfg, out = Path(sys.argv[1]), Path(sys.argv[2])
+assert cfg.is_file() and "train.device" not in sys.argv
+(out / "gpu.txt").write_text(os.environ["CUDA_VISIBLE_DEVICES"] + " " + str("--resume" in sys.argv))
+time.sleep(0.2)
+(out / "final.pt").write_bytes(b"")
+"""
+
+
+def test_one_subprocess_per_gpu(tmp_path):
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    (tmp_path / "worker.py").write_text(FAKE_WORKER)
+    jobs[1].out_dir.mkdir(parents=True)
+    (jobs[1].out_dir / "checkpoint.pt").write_bytes(b"")  # killed earlier: resumed
+    run_jobs(jobs, gpus=2, worker=(sys.executable, str(tmp_path / "worker.py")), log=lambda _: None)
+    assert all(j.state() == "done" for j in jobs)
+    gpus = [(j.out_dir / "gpu.txt").read_text().split() for j in jobs]
+    assert {g for g, _ in gpus} == {"0", "1"} and [r for _, r in gpus] == ["False", "True", "False", "False"]
+    assert "device: cuda" in (jobs[0].out_dir / "job.yaml").read_text()
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")

@@ -136,9 +136,20 @@ def plan(
     return jobs
 
 
-def run_jobs(jobs: list[Job], *, train_fn: TrainFn | None = None, gpus: int = 0, log: Callable = print) -> None:
+WORKER = (sys.executable, "-m", "resnetlab.analysis.worker")  # + CONFIG.yaml OUT_DIR [--resume]
+
+
+def run_jobs(
+    jobs: list[Job],
+    *,
+    train_fn: TrainFn | None = None,
+    gpus: int = 0,
+    log: Callable = print,
+    worker: tuple[str, ...] = WORKER,
+) -> None:
     """Run every unfinished job: in this process one after another (CPU, one GPU), or one
-    subprocess per GPU (`CUDA_VISIBLE_DEVICES=i`) when `gpus > 1`."""
+    subprocess per GPU (`worker CONFIG.yaml OUT_DIR [--resume]` with `CUDA_VISIBLE_DEVICES=i`)
+    when `gpus > 1`."""
     todo = []
     for job in jobs:
         state = job.state()
@@ -147,7 +158,7 @@ def run_jobs(jobs: list[Job], *, train_fn: TrainFn | None = None, gpus: int = 0,
         else:
             todo.append(job)
     if gpus > 1:
-        _run_parallel(todo, gpus, log)
+        _run_parallel(todo, gpus, log, worker)
         return
     if todo and train_fn is None:
         from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
@@ -160,8 +171,8 @@ def run_jobs(jobs: list[Job], *, train_fn: TrainFn | None = None, gpus: int = 0,
             raise UserError(f"{job.name} interrupted ({summary['interrupted']}); run the same command to resume")
 
 
-def _run_parallel(jobs: list[Job], gpus: int, log: Callable) -> None:
-    """A small pool: each free GPU takes the next job as `python -m resnetlab.analysis.worker`."""
+def _run_parallel(jobs: list[Job], gpus: int, log: Callable, worker: tuple[str, ...]) -> None:
+    """A small pool: each free GPU takes the next job as a `worker` subprocess."""
     pending, running, failed = list(jobs), {}, []
     while pending or running:
         for gpu in range(gpus):
@@ -170,7 +181,7 @@ def _run_parallel(jobs: list[Job], gpus: int, log: Callable) -> None:
                 job.out_dir.mkdir(parents=True, exist_ok=True)
                 job_cfg = job.out_dir / "job.yaml"
                 dump(apply_overrides(job.cfg, ["train.device=cuda"]), job_cfg)
-                cmd = [sys.executable, "-m", "resnetlab.analysis.worker", str(job_cfg), str(job.out_dir)]
+                cmd = [*worker, str(job_cfg), str(job.out_dir)]
                 if job.state() == "resume":
                     cmd.append("--resume")
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
