@@ -88,6 +88,14 @@ def test_skips_finished_and_resumes_killed(tmp_path):
     assert [c for c in trainer.calls if c[0].startswith("plain20")] == []  # finished: skipped
     assert len(trainer.calls) == 5 and all(j.state() == "done" for j in jobs)
 
+    rows = report(jobs, tmp_path, dataset="cifar10", device=torch.device("cpu"), responses=False, log=lambda _: None)
+    by_label = {r.label: r for r in rows}
+    assert by_label["ResNet-56"].errors == (10.0, 11.0)  # seeds 0 and 1
+    assert by_label["ResNet-56"].params == by_label["plain-56"].params  # option A: identical twins
+    table = (tmp_path / "table.md").read_text()
+    assert "| ResNet-56 | 56 | 0.85M | 2 | 1.00 (1.50 ± 0.71) | 10.00 (10.50 ± 0.71) | 6.97 | 0.85M |" in table
+    assert (tmp_path / "curves.png").is_file() and (tmp_path / "table.csv").is_file()
+
 
 def test_an_interrupted_run_stops_the_grid(tmp_path):
     jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
@@ -100,14 +108,6 @@ def test_an_interrupted_run_stops_the_grid(tmp_path):
     with pytest.raises(UserError, match="interrupted"):
         run_jobs(jobs, train_fn=sigterm, log=lambda _: None)
     assert len(calls) == 1
-
-    rows = report(jobs, tmp_path, dataset="cifar10", device=torch.device("cpu"), responses=False, log=lambda _: None)
-    by_label = {r.label: r for r in rows}
-    assert by_label["ResNet-56"].errors == (10.0, 11.0)  # seeds 0 and 1
-    assert by_label["ResNet-56"].params == by_label["plain-56"].params  # option A: identical twins
-    table = (tmp_path / "table.md").read_text()
-    assert "| ResNet-56 | 56 | 0.85M | 2 | 1.00 (1.50 ± 0.71) | 10.00 (10.50 ± 0.71) | 6.97 | 0.85M |" in table
-    assert (tmp_path / "curves.png").is_file() and (tmp_path / "table.csv").is_file()
 
 
 FAKE_WORKER = """
