@@ -41,8 +41,11 @@ def check_md5(path: str | Path, expected: str) -> None:
 def download(url: str, dest: str | Path, *, timeout: float = 60.0) -> None:
     """Stream `url` to `dest` through a temp file (an interrupted download never looks complete)."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as e:
+        raise UserError(f"cannot write into {dest.parent}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
@@ -57,6 +60,11 @@ def download(url: str, dest: str | Path, *, timeout: float = 60.0) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# tarfile's "data" filter (Python >= 3.10.12 / 3.11.4) is a second line behind our own checks.
+_DATA_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+_FILTER_ERRORS = getattr(tarfile, "FilterError", ())
 
 
 def _check_member(member: tarfile.TarInfo, target: Path) -> None:
@@ -75,16 +83,16 @@ def safe_extract(archive: str | Path, target: str | Path) -> None:
     """Extract a tar(.gz) into `target`. Every member is checked before anything is written, so a
     hostile archive leaves nothing behind; the files land in a temp folder first, then move in."""
     archive, target = Path(archive), Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    target = target.resolve()
     try:
+        target.mkdir(parents=True, exist_ok=True)
+        target = target.resolve()
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             for m in members:
                 _check_member(m, target)
             tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target))
             try:
-                tar.extractall(tmp, members=members, filter="data")
+                tar.extractall(tmp, members=members, **_DATA_FILTER)
                 for top in tmp.iterdir():
                     dest = target / top.name
                     if dest.exists():
@@ -92,7 +100,7 @@ def safe_extract(archive: str | Path, target: str | Path) -> None:
                     os.replace(top, dest)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    except tarfile.FilterError as e:
+    except _FILTER_ERRORS as e:
         raise UserError(f"{archive}: refusing to extract: {e}") from None
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"{archive}: cannot extract ({e.__class__.__name__}: {e}); delete it, fetch it again") from None

@@ -46,24 +46,25 @@ _ORDER, _AUGMENT = 1, 2
 
 
 def image_stats(images: Tensor, *, per: str = "pixel", chunk: int = 1024) -> tuple[Tensor, Tensor]:
-    """Mean and std of uint8 images (N,C,H,W) in [0, 1] scale, as float32.
+    """Mean and std of uint8 images (N,C,H,W) in [0, 1] scale, as float32, computed exactly.
 
     mean: (C,H,W) for per="pixel" (the paper), (C,1,1) for per="channel". std is always per
     channel (C,1,1): a per-pixel std is 0 on MNIST's always-black border.
-    Summed in float64 chunks so 50k CIFAR images never become one 600 MB float copy.
     """
     n, c, h, w = images.shape
-    s = torch.zeros(c, h, w, dtype=torch.float64, device=images.device)
-    s2 = torch.zeros(c, h, w, dtype=torch.float64, device=images.device)
-    for part in images.split(chunk):
-        part = part.to(torch.float64) / 255.0
-        s += part.sum(0)
-        s2 += part.square().sum(0)
-    mean_pixel = s / n
-    mean_channel = s.sum((1, 2), keepdim=True) / (n * h * w)
-    var_channel = s2.sum((1, 2), keepdim=True) / (n * h * w) - mean_channel.square()
-    std = var_channel.clamp_min(1e-12).sqrt()
-    mean = mean_pixel if per == "pixel" else mean_channel
+    # Per-pixel sums in float32 chunks: exact (1024 * 255 < 2**24), and 15x faster on CPU than
+    # `images.sum(0, dtype=...)`, which does not vectorise over the strided reduction.
+    total = torch.zeros(c * h * w, dtype=torch.float64, device=images.device)
+    for part in images.reshape(n, -1).split(chunk):
+        total += part.float().sum(0)
+    mean_pixel = (total / (n * 255.0)).view(c, h, w)
+    # Per-channel moments from each channel's histogram of the 256 values (exact integer counts).
+    counts = torch.stack([torch.bincount(images[:, i].reshape(-1), minlength=256) for i in range(c)]).double()
+    values = torch.arange(256, dtype=torch.float64, device=images.device) / 255.0
+    mean_channel = (counts @ values) / counts.sum(1)
+    var_channel = (counts @ values.square()) / counts.sum(1) - mean_channel.square()
+    std = var_channel.clamp_min(1e-12).sqrt().view(c, 1, 1)
+    mean = mean_pixel if per == "pixel" else mean_channel.view(c, 1, 1)
     return mean.float(), std.float()
 
 

@@ -102,8 +102,9 @@ def ensure_cifar(name: str, root: Path, download_ok: bool) -> None:
     if all((folder / f).is_file() for f in spec.files):
         return
     where = (
-        f"{spec.title} not found: put the official archive {spec.filename} (MD5 {spec.md5}, from {spec.url}) "
-        f"or its unpacked folder {spec.folder}/ ({', '.join(spec.files)}) in {root} (data.dir)"
+        f"{spec.title} not found in {root} (data.dir): put the official archive {spec.filename} there "
+        f"(MD5 {spec.md5}; e.g. `curl -L -o {archive} {spec.url}` on a machine with internet) "
+        f"or its unpacked folder {spec.folder}/ ({', '.join(spec.files)})"
     )
     if not archive.is_file():
         if not download_ok:
@@ -163,9 +164,12 @@ def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
     if all((raw / f).is_file() for f in MNIST_FILES):
         return
     title = "MNIST" if name == "mnist" else "Fashion-MNIST"
-    where = f"{title} not found: put {', '.join(MNIST_FILES)} (or the same names + .gz) in {raw}"
+    where = (
+        f"{title} not found: put {', '.join(MNIST_FILES)} (or the same names + .gz, e.g. "
+        f"`curl -L -O {cls.mirrors[0]}{MNIST_FILES[0]}.gz`, and the same for the other three) in {raw}"
+    )
     if name == "fashion-mnist":
-        where += f"; or install the Debian package dataset-fashion-mnist (files in {FASHION_MNIST_SYSTEM_DIR})"
+        where += f"; or `apt install dataset-fashion-mnist` (Debian/Ubuntu; files in {FASHION_MNIST_SYSTEM_DIR})"
     if not download_ok:
         raise UserError(f"{where}; or run with data.download=true")
     try:
