@@ -1,0 +1,129 @@
+"""`run_training` end to end on the tiny fake source (in process, CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from resnetlab.config import from_dict, to_dict
+from resnetlab.errors import UserError
+from resnetlab.models import create_model
+from resnetlab.train import NonFiniteLoss, run_training
+from resnetlab.utils import checkpoint
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_config_metrics_tensorboard_checkpoints(tmp_path, fake_data, tiny_cfg):
+    cfg = tiny_cfg("train.max_iters=25", "train.eval_every=10", "train.checkpoint_every=10")
+    summary = run_training(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+
+    assert from_dict(yaml.safe_load((run / "config.yaml").read_text())) == cfg
+    metrics = read_metrics(run)
+    assert [m["iter"] for m in metrics] == [10, 20, 25]  # every eval_every and at the end
+    for m in metrics:
+        assert set(m) == {"iter", "lr", "train_loss", "train_error", "test_error", "time"}
+        assert 0 <= m["train_error"] <= 100 and 0 <= m["test_error"] <= 100
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert summary["iterations"] == 25 and summary["test_error"] == metrics[-1]["test_error"]
+    assert summary["interrupted"] is None
+
+    ckpt = checkpoint.load(run / "checkpoint.pt")
+    assert ckpt["iteration"] == 25  # the end state, so a longer run can resume from it
+    final = checkpoint.load(run / "final.pt")
+    assert final["config"] == to_dict(cfg)
+    meta = final["meta"]
+    assert meta["dataset"] == "fake" and meta["model"] == "cifar_resnet"
+    assert meta["model_options"] == {"num_classes": 4, "in_channels": 1, "depth": 8}
+    # Evaluation rebuilds the model from the meta alone.
+    model = create_model(meta["model"], **meta["model_options"])
+    model.load_state_dict(final["model"])
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in final["model"])
+
+
+def test_it_learns(tmp_path, fake_data, tiny_cfg):
+    cfg = tiny_cfg("train.max_iters=60", "train.eval_every=20", "optim.milestones=[40]")
+    run_training(cfg, tmp_path)
+    metrics = read_metrics(tmp_path)
+    assert metrics[-1]["train_loss"] < 0.6 * metrics[0]["train_loss"]
+    assert metrics[-1]["test_error"] < 30  # 4 classes: chance is 75%
+    assert metrics[-1]["lr"] == pytest.approx(0.01)  # divided by 10 at the milestone
+
+
+def test_resume_continues_exactly(tmp_path, fake_data, tiny_cfg):
+    overrides = ("train.eval_every=10", "train.checkpoint_every=10", "optim.warmup_lr=0.01", "optim.milestones=[25]")
+    run_training(tiny_cfg("train.max_iters=30", *overrides), tmp_path / "a")
+    run_training(tiny_cfg("train.max_iters=20", *overrides), tmp_path / "b")
+    assert (tmp_path / "b" / "final.pt").exists()
+    run_training(tiny_cfg("train.max_iters=30", *overrides), tmp_path / "b", resume=True)
+    a = checkpoint.load(tmp_path / "a" / "final.pt")["model"]
+    b = checkpoint.load(tmp_path / "b" / "final.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["test_error"] for m in read_metrics(tmp_path / "a")] == [
+        m["test_error"] for m in read_metrics(tmp_path / "b")
+    ]
+
+
+def test_warmup_ends_when_training_error_drops(tmp_path, fake_data, tiny_cfg):
+    cfg = tiny_cfg("train.max_iters=40", "train.eval_every=10", "optim.warmup_lr=0.01", "optim.warmup_until_error=50")
+    run_training(cfg, tmp_path)
+    state = checkpoint.load(tmp_path / "checkpoint.pt")["schedule"]
+    assert state["warming_up"] is False and state["warmup_ended_at"] % 5 == 0  # decided at a log point
+    lrs = [m["lr"] for m in read_metrics(tmp_path)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.1)
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path, fake_data, tiny_cfg):
+    run_training(tiny_cfg("train.max_iters=5"), tmp_path)
+    with pytest.raises(UserError, match="already holds a run.*--resume"):
+        run_training(tiny_cfg("train.max_iters=5"), tmp_path)
+    with pytest.raises(UserError, match="different run: optim.lr"):
+        run_training(tiny_cfg("train.max_iters=5", "optim.lr=0.2"), tmp_path, resume=True)
+    with pytest.raises(UserError, match="no run to resume"):
+        run_training(tiny_cfg("train.max_iters=5"), tmp_path / "empty", resume=True)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "weights-only"])
+def test_resume_refuses_a_bad_checkpoint(tmp_path, fake_data, tiny_cfg, damage):
+    cfg = tiny_cfg("train.max_iters=5")
+    run_training(cfg, tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "foreign":
+        torch.save({"state_dict": {}}, path)
+    else:
+        path.write_bytes((tmp_path / "final.pt").read_bytes())
+    with pytest.raises(UserError, match="checkpoint"):
+        run_training(tiny_cfg("train.max_iters=10"), tmp_path, resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fake_data, tiny_cfg, monkeypatch):
+    monkeypatch.setenv("FAKE_NAN_AT", "12")  # the batch of (0-based) iteration 12 is NaN
+    cfg = tiny_cfg("train.max_iters=30", "train.checkpoint_every=10", "train.eval_every=10")
+    with pytest.raises(NonFiniteLoss, match="at iteration 13"):
+        run_training(cfg, tmp_path)
+    ckpt = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert ckpt["iteration"] == 10
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "final.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.warmup_lr=-1", "optim.warmup_lr"),
+        ("optim.gamma=2", "optim.gamma"),
+        ("model.name=resnet9000", "unknown model"),
+        ("train.device=tpu", "device"),
+    ],
+)
+def test_bad_config_values_are_user_errors(tmp_path, fake_data, tiny_cfg, override, message):
+    with pytest.raises(UserError, match=message):
+        run_training(tiny_cfg("train.max_iters=5", override), tmp_path)
