@@ -1,0 +1,242 @@
+"""PASCAL VOC and COCO through torchvision's readers, converted to one target format:
+
+  image   uint8 (3, H, W)
+  target  {"boxes": float32 (K, 4) x1, y1, x2, y2 in pixels (0-based, continuous),
+           "labels": int64 (K,) in 1..num_classes-1 (0 is the background),
+           "ignore": bool (K,) VOC "difficult" / COCO "iscrowd": neither a hit nor a miss at evaluation,
+           "image_id": int}
+
+The training order is a batch sampler that is a pure function of (seed, iteration): resuming at
+iteration i replays exactly the images and flips a run that never stopped would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.datasets import CocoDetection, VOCDetection
+from torchvision.transforms.v2 import functional as TF
+
+from resnetlab.detection.config import DetDataConfig
+from resnetlab.detection.synthetic import SHAPE_CLASSES, write_shapes
+from resnetlab.errors import UserError
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+
+def _target(boxes: list[list[float]], labels: list[int], ignore: list[bool], image_id: int) -> dict[str, Any]:
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "ignore": torch.tensor(ignore, dtype=torch.bool),
+        "image_id": image_id,
+    }
+
+
+class VOCSplit(Dataset):
+    """One VOC year/image set (torchvision's `VOCDetection`): root/VOCdevkit/VOC{year}/..."""
+
+    def __init__(self, root: str | Path, year: str, image_set: str, classes: Sequence[str], download: bool) -> None:
+        self.name = f"voc{year}-{image_set}"
+        self.classes = list(classes)
+        devkit = Path(root) / "VOCdevkit" / f"VOC{year}"
+        have = (devkit / "ImageSets" / "Main" / f"{image_set}.txt").is_file()
+        try:
+            self.voc = VOCDetection(str(root), year=year, image_set=image_set, download=download and not have)
+        except Exception as e:  # no copy and no internet, a bad year/image set, a broken archive
+            raise UserError(
+                f"PASCAL VOC {year} {image_set} not found under {devkit} and "
+                + (f"could not be downloaded ({type(e).__name__}: {e})" if download else "data.download is false")
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self.voc)
+
+    def target(self, index: int, annotation: dict[str, Any]) -> dict[str, Any]:
+        boxes, labels, ignore = [], [], []
+        for obj in annotation["annotation"].get("object", []):
+            if obj["name"] not in self.classes:
+                raise UserError(f"{self.name}: class {obj['name']!r} is not in data.classes {self.classes}")
+            bb = obj["bndbox"]
+            # VOC boxes are 1-based inclusive pixel indices; -1 on the top-left gives 0-based edges.
+            boxes.append([float(bb["xmin"]) - 1, float(bb["ymin"]) - 1, float(bb["xmax"]), float(bb["ymax"])])
+            labels.append(self.classes.index(obj["name"]) + 1)
+            ignore.append(obj.get("difficult", "0") == "1")
+        return _target(boxes, labels, ignore, index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image, annotation = self.voc[index]
+        return TF.pil_to_tensor(image.convert("RGB")), self.target(index, annotation)
+
+
+class COCOSplit(Dataset):
+    """One COCO split (torchvision's `CocoDetection`): root/<split>/*.jpg, root/annotations/instances_<split>.json.
+
+    Category ids (1..90 with gaps in COCO) map to contiguous labels 1..K in sorted id order.
+    """
+
+    def __init__(self, root: str | Path, split: str, download: bool) -> None:
+        self.name = f"coco-{split}"
+        root = Path(root)
+        ann = root / "annotations" / f"instances_{split}.json"
+        if not ann.is_file():
+            how = "COCO has no torchvision downloader; fetch it from cocodataset.org" if download else ""
+            raise UserError(f"COCO {split} not found: no {ann}. {how}".strip())
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
+                self.coco = CocoDetection(str(root / split), str(ann))
+        except Exception as e:
+            raise UserError(f"COCO {split}: cannot read {ann} ({type(e).__name__}: {e})") from None
+        self.cat_ids = sorted(self.coco.coco.cats)
+        self.classes = [self.coco.coco.cats[c]["name"] for c in self.cat_ids]
+        self.label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
+
+    def __len__(self) -> int:
+        return len(self.coco)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image, anns = self.coco[index]
+        boxes, labels, ignore = [], [], []
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            if w < 1 or h < 1:  # degenerate boxes exist in COCO; torchvision's reference drops them too
+                continue
+            boxes.append([x, y, x + w, y + h])
+            labels.append(self.label_of[a["category_id"]])
+            ignore.append(bool(a.get("iscrowd", 0)))
+        return TF.pil_to_tensor(image.convert("RGB")), _target(boxes, labels, ignore, self.coco.ids[index])
+
+
+class DetectionSet(Dataset):
+    """Splits concatenated ("07+12"); items are an index or (index, flip) from `TrainOrder`.
+
+    drop_ignored: training leaves difficult/crowd boxes out (appendix A follows [32]).
+    """
+
+    def __init__(self, splits: list[Dataset], classes: list[str], *, drop_ignored: bool) -> None:
+        self.data = ConcatDataset(splits)
+        self.classes = classes
+        self.names = [s.name for s in splits]
+        self.drop_ignored = drop_ignored
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, dict[str, Any]]:
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        image, target = self.data[index]
+        if self.drop_ignored:
+            keep = ~target["ignore"]
+            target = {**target, "boxes": target["boxes"][keep], "labels": target["labels"][keep]}
+            target["ignore"] = target["ignore"][keep]
+        if flip:
+            h, w = image.shape[-2:]
+            boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(h, w))
+            image = TF.horizontal_flip(image)
+            target = {**target, "boxes": TF.horizontal_flip(boxes).as_subclass(torch.Tensor)}
+        target["index"] = index
+        return image, target
+
+
+def build_split(cfg: DetDataConfig, split: str) -> Dataset:
+    if cfg.dataset == "voc":
+        year, sep, image_set = split.partition("-")
+        if not sep:
+            raise UserError(f"VOC split must look like YEAR-IMAGESET (2007-test), got {split!r}")
+        return VOCSplit(cfg.dir, year, image_set, cfg.classes or VOC_CLASSES, cfg.download)
+    if cfg.dataset == "coco":
+        return COCOSplit(cfg.dir, split, cfg.download)
+    if cfg.dataset == "shapes":
+        root = Path(cfg.dir) / f"shapes-{cfg.shapes_size}-{cfg.shapes_images}"
+        if not (root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "test.txt").is_file():
+            write_shapes(
+                root, {"train": cfg.shapes_images, "test": max(cfg.shapes_images // 4, 1)}, size=cfg.shapes_size
+            )
+        return VOCSplit(root, "2007", split, cfg.classes or SHAPE_CLASSES, download=False)
+    raise UserError(f"unknown data.dataset {cfg.dataset!r}")
+
+
+def build_detection_set(cfg: DetDataConfig, splits: Sequence[str], *, train: bool) -> DetectionSet:
+    parts = [build_split(cfg, s) for s in splits]
+    classes = list(parts[0].classes)
+    for p in parts[1:]:
+        if list(p.classes) != classes:
+            raise UserError(f"{p.name} has other classes than {parts[0].name}")
+    return DetectionSet(parts, classes, drop_ignored=train and not cfg.train_difficult)
+
+
+class TrainOrder:
+    """Batch sampler: iteration i -> this process's share of the global batch, as (index, flip) pairs.
+
+    The global stream is one random permutation per epoch, seeded by (seed, epoch); the flips of
+    iteration i are seeded by (seed, i). Nothing depends on where the stream was started.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, *, seed: int, start_iter: int, hflip: bool, rank: int = 0, world: int = 1
+    ) -> None:
+        if batch_size % world:
+            raise UserError(f"train.batch_size {batch_size} must be divisible by the {world} processes")
+        self.n, self.batch_size, self.seed, self.start_iter = n, batch_size, seed, start_iter
+        self.hflip, self.rank, self.world = hflip, rank, world
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.int64)
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return int(self._perm[offset])
+
+    def batch(self, iteration: int) -> list[tuple[int, bool]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * iteration + 1)
+        flips = (torch.rand(self.batch_size, generator=g) < 0.5).tolist()
+        start = iteration * self.batch_size
+        return [
+            (self._index(start + k), bool(flips[k]) and self.hflip)
+            for k in range(self.rank, self.batch_size, self.world)
+        ]
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        i = self.start_iter
+        while True:
+            yield self.batch(i)
+            i += 1
+
+
+def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+def train_loader(dataset: DetectionSet, order: TrainOrder, workers: int) -> DataLoader:
+    # Own generator: creating the loader must not draw from the global RNG (resume replays that RNG).
+    return DataLoader(
+        dataset,
+        batch_sampler=order,
+        num_workers=workers,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=False,
+    )
+
+
+def eval_loader(dataset: Dataset, batch_size: int, workers: int, indices: Sequence[int] | None = None) -> DataLoader:
+    subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
+    return DataLoader(
+        subset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(0),  # leave the global RNG alone (exact resume)
+    )

@@ -1,0 +1,278 @@
+"""Fine-tune Faster R-CNN end to end (approximate joint training, as torchvision does).
+
+`run_detection_training(cfg, out_dir, resume=False)` is a plain loop, read top to bottom. Output
+folder as in classification: config.yaml, metrics.jsonl (one line per evaluation), checkpoint.pt
+(latest, atomic), final.pt (written last). SIGTERM saves a checkpoint and stops; `--resume` goes on
+from checkpoint.pt exactly: model, optimizer, scheduler, RNG and data order.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from resnetlab.config import dump, to_dict
+from resnetlab.detection.config import DetectionConfig
+from resnetlab.detection.data import TrainOrder, build_detection_set, train_loader
+from resnetlab.detection.evaluate import evaluate_detector
+from resnetlab.detection.models import build_detector, read_pretrained
+from resnetlab.errors import UserError
+from resnetlab.utils import distributed
+from resnetlab.utils.checkpoint import load, save_atomic
+
+
+def detector_kwargs(cfg: DetectionConfig, num_classes: int) -> tuple[dict[str, Any], dict | None]:
+    """The plain keyword arguments of `build_detector` (stored in checkpoint meta) and the
+    pretrained backbone state (None from scratch)."""
+    m, d = cfg.model, cfg.data
+    state, options = None, {}
+    mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    if m.freeze_bn and not m.pretrained and m.backbone != "vgg16":
+        raise UserError(
+            "model.freeze_bn=true keeps the BN statistics of a trained backbone, but model.pretrained is not set: "
+            "--set model.pretrained=PATH (a resnetlab checkpoint or a torchvision .pth), or model.freeze_bn=false "
+            "to train from scratch"
+        )
+    if m.pretrained:
+        pre = read_pretrained(m.pretrained, m.backbone)
+        state, options, mean, std = pre["state_dict"], pre["options"], pre["image_mean"], pre["image_std"]
+    elif m.backbone.startswith(("resnet", "plain")):
+        options = {"stride_in_1x1": m.stride_in_1x1}
+    if m.depth is not None:
+        options["depth"] = m.depth
+    kwargs = {
+        "backbone": m.backbone,
+        "num_classes": num_classes,
+        "arch": m.arch,
+        "backbone_options": options,
+        "pool": m.pool,
+        "pool_size": m.pool_size,
+        "freeze_bn": m.freeze_bn,
+        "freeze_at": m.freeze_at,
+        "anchor_sizes": list(m.anchor_sizes),
+        "aspect_ratios": list(m.aspect_ratios),
+        "min_size": d.min_size,
+        "max_size": d.max_size,
+        "image_mean": mean,
+        "image_std": std,
+        "rpn_pre_nms_top_n_train": m.rpn_pre_nms_top_n_train,
+        "rpn_post_nms_top_n_train": m.rpn_post_nms_top_n_train,
+        "rpn_pre_nms_top_n_test": m.rpn_pre_nms_top_n_test,
+        "rpn_post_nms_top_n_test": m.rpn_post_nms_top_n_test,
+        "rpn_batch_size_per_image": m.rpn_batch_size_per_image,
+        "box_batch_size_per_image": m.box_batch_size_per_image,
+        "box_score_thresh": m.box_score_thresh,
+        "box_nms_thresh": m.box_nms_thresh,
+        "box_detections_per_img": m.detections_per_img,
+    }
+    return kwargs, state
+
+
+def load_detector(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A detector from any checkpoint this module wrote: `build_detector(**meta["detector"])`."""
+    ckpt = load(path)
+    meta = ckpt.get("meta", {})
+    if meta.get("task") != "detection":
+        raise UserError(f"{path} is not a detection checkpoint (train one with `resnetlab detect train`)")
+    model = build_detector(**meta["detector"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def lr_factor(it: int, *, milestones: tuple[int, ...], gamma: float, warmup_iters: int, warmup_factor: float) -> float:
+    """Step schedule (divide by 10 at each milestone), times an optional linear warm-up."""
+    factor = gamma ** sum(it >= m for m in milestones)
+    if it < warmup_iters:
+        alpha = it / warmup_iters
+        factor *= warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_detection_training(cfg: DetectionConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    out = Path(out_dir)
+    info, device = distributed.init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, out, resume, info, device)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: DetectionConfig, out: Path, resume: bool, info: distributed.DistInfo, device: torch.device) -> dict:
+    t, o = cfg.train, cfg.optim
+    ckpt_path = out / "checkpoint.pt"
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume and (ckpt_path.exists() or (out / "final.pt").exists()):
+            raise UserError(f"{out} already holds a run; use --resume or another --out")
+        dump(cfg, out / "config.yaml")
+    torch.manual_seed(t.seed + info.rank)  # RPN/RoI sampling draws from this RNG
+
+    # Data: deterministic order by (seed, iteration) -> exact resume.
+    train_set = build_detection_set(cfg.data, cfg.data.train, train=True)
+    test_set = build_detection_set(cfg.data, [cfg.data.test], train=False)
+    classes = train_set.classes
+    kwargs, backbone_state = detector_kwargs(cfg, len(classes) + 1)
+    model = build_detector(**kwargs, backbone_state=backbone_state).to(device)
+    meta = {
+        "task": "detection",
+        "detector": kwargs,
+        "classes": classes,
+        "num_classes": len(classes) + 1,
+        "dataset": cfg.data.dataset,
+        "test": test_set.names[0],
+    }
+
+    lr = o.lr * (t.batch_size / o.base_batch_size if o.base_batch_size else 1.0)
+    # One lr and weight decay for every trainable tensor (Caffe's Faster R-CNN doubled the bias lr
+    # and left biases undecayed; torchvision's reference does not).
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    schedule = dict(milestones=o.milestones, gamma=o.gamma, warmup_iters=o.warmup_iters, warmup_factor=o.warmup_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, **schedule))
+
+    start = 0
+    loss_sums: dict[str, float] = {}
+    loss_iters = 0
+    if resume:
+        if not ckpt_path.exists():
+            raise UserError(f"--resume: no {ckpt_path}")
+        ckpt = load(ckpt_path, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start = int(ckpt["iteration"])
+        loss_sums, loss_iters = dict(ckpt["loss_sums"]), int(ckpt["loss_iters"])
+        _set_rng_state(ckpt["rng"][info.rank] if info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    order = TrainOrder(
+        len(train_set),
+        t.batch_size,
+        seed=t.seed,
+        start_iter=start,
+        hflip=cfg.data.hflip,
+        rank=info.rank,
+        world=info.world_size,
+    )
+    batches = iter(train_loader(train_set, order, cfg.data.workers))
+
+    stop = {"signal": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True)) if info.is_main else None
+
+    def save(iteration: int) -> None:
+        rng = [_rng_state()]
+        if info.enabled:
+            # Each process samples RoIs with its own RNG stream; keep all of them.
+            rng = [None] * info.world_size
+            torch.distributed.all_gather_object(rng, _rng_state())
+        if info.is_main:
+            state = {
+                "model": _unwrap(model).state_dict(),
+                "config": to_dict(cfg),
+                "meta": meta,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "iteration": iteration,
+                "loss_sums": loss_sums,
+                "loss_iters": loss_iters,
+                "rng": rng,
+            }
+            save_atomic(state, ckpt_path)
+
+    model.train()
+    summary: dict[str, Any] = {"out": str(out), "stopped": False, "test": meta["test"]}
+    bar = tqdm(
+        total=t.max_iters, initial=start, desc="detect train", unit="it", disable=not info.is_main, dynamic_ncols=True
+    )
+    t0 = time.perf_counter()
+    for it in range(start, t.max_iters):
+        images, targets = next(batches)
+        images = [im.to(device, non_blocking=True).float().div_(255) for im in images]
+        targets = [{"boxes": x["boxes"].to(device), "labels": x["labels"].to(device)} for x in targets]
+        losses = model(images, targets)  # RPN objectness + box, head classifier + box (torchvision)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss is {loss.item()} at iteration {it}; lower optim.lr or add warm-up")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+        for k, v in losses.items():
+            loss_sums[k] = loss_sums.get(k, 0.0) + float(v.detach())
+        loss_sums["loss"] = loss_sums.get("loss", 0.0) + float(loss.detach())
+        loss_iters += 1
+        bar.update(1)
+        done = it + 1
+        if done % t.log_every == 0:
+            bar.set_postfix(loss=f"{loss_sums['loss'] / loss_iters:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}")
+
+        if done % t.eval_every == 0 or done == t.max_iters:
+            distributed.barrier()
+            if info.is_main:
+                metrics = evaluate_detector(
+                    _unwrap(model),
+                    test_set,
+                    device=device,
+                    batch_size=t.eval_batch_size,
+                    workers=cfg.data.workers,
+                    max_images=t.eval_max_images,
+                )
+                row = {
+                    "iter": done,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "train_loss": loss_sums["loss"] / max(loss_iters, 1),
+                    **{f"train_{k}": v / max(loss_iters, 1) for k, v in loss_sums.items() if k != "loss"},
+                    **{k: v for k, v in metrics.items() if k != "ap50_per_class"},
+                    "time": time.perf_counter() - t0,
+                }
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.write(
+                    f"iter {done}: loss {row['train_loss']:.3f}  mAP@0.5 (VOC07) {metrics['voc07_map50']:.1f}  "
+                    f"COCO mAP {metrics['coco_map']:.1f}"
+                )
+                summary["metrics"] = metrics
+            loss_sums, loss_iters = {}, 0
+            distributed.barrier()
+
+        stopping = bool(distributed.broadcast_object(stop["signal"])) if info.enabled else stop["signal"]
+        if done % t.checkpoint_every == 0 or stopping or done == t.max_iters:
+            save(done)
+        if stopping:
+            bar.write(f"SIGTERM: checkpoint saved at iteration {done}; resume with --resume")
+            summary["stopped"] = True
+            break
+    bar.close()
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    if not summary["stopped"] and info.is_main:
+        save_atomic({"model": _unwrap(model).state_dict(), "config": to_dict(cfg), "meta": meta}, out / "final.pt")
+    summary["iterations"] = t.max_iters if not summary["stopped"] else done
+    return summary
