@@ -31,10 +31,10 @@ def test_train_on_imagefolder_then_evaluate(tree, tmp_path):
             "data.workers=0",
             "data.mean_samples=20",
             "train.batch_size=3",
-            "train.max_iters=4",
+            "train.max_iters=2",
             "train.eval_every=2",
             "train.checkpoint_every=2",
-            "train.log_every=2",
+            "train.log_every=1",
             "train.eval_batch_size=4",
             "train.device=cpu",
             "optim.schedule=plateau",
@@ -42,9 +42,9 @@ def test_train_on_imagefolder_then_evaluate(tree, tmp_path):
         ],
     )
     summary = run_training(cfg, tmp_path / "run")
-    assert summary["iterations"] == 4
+    assert summary["iterations"] == 2
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["iter"] for m in lines if "test_error" in m][-1] == 4
+    assert [m["iter"] for m in lines if "test_error" in m][-1] == 2
     final = tmp_path / "run" / "final.pt"
     loaded = load_model(final, torch.device("cpu"))
     assert loaded.meta["dataset"] == "imagefolder" and loaded.meta["mean"].shape == (3, 32, 32)

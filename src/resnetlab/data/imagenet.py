@@ -341,23 +341,36 @@ def compute_stats(
     return (mean_pixel if per == "pixel" else mean_channel).float(), std.float()
 
 
-def _cached_stats(root: Path, samples: list[Sample], **kw: Any) -> tuple[Tensor, Tensor]:
+def _cached_stats(root: Path, samples: list[Sample], *, rank: int, world_size: int, **kw: Any) -> tuple[Tensor, Tensor]:
     """`compute_stats`, cached beside the data (`.resnetlab-mean-*.pt`) when that folder is writable:
-    10,000 ImageNet JPEGs take minutes to decode, and every process and every resume wants them."""
+    10,000 ImageNet JPEGs take minutes to decode, and every process and every resume wants them.
+    Under torchrun, rank 0 computes and writes first; the others then read its cache (or, if the
+    folder is read-only, compute the same deterministic sample themselves)."""
     key = f"{kw['per']}-{kw['crop']}-{kw['count']}-{len(samples)}"
     path = root / f".resnetlab-mean-{key}.pt"
-    if path.is_file():
-        try:
-            cached = torch.load(path, weights_only=True)
-            return cached["mean"], cached["std"]
-        except Exception:
-            pass  # a damaged cache is recomputed
-    mean, std = compute_stats(samples, **kw)
-    if os.access(root, os.W_OK):
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({"mean": mean, "std": std}, tmp)
-        os.replace(tmp, path)
-    return mean, std
+    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and rank != 0:
+        torch.distributed.barrier()  # wait for rank 0's cache
+    stats = _read_cache(path)
+    if stats is None:
+        stats = compute_stats(samples, **kw)
+        if os.access(root, os.W_OK):
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            torch.save({"mean": stats[0], "std": stats[1]}, tmp)
+            os.replace(tmp, path)
+    if distributed and rank == 0:
+        torch.distributed.barrier()
+    return stats
+
+
+def _read_cache(path: Path) -> tuple[Tensor, Tensor] | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path, weights_only=True)
+        return cached["mean"], cached["std"]
+    except Exception:
+        return None  # a damaged cache is recomputed
 
 
 # ---- the builder ---------------------------------------------------------------------------------
@@ -387,9 +400,8 @@ def build_imagefolder(cfg, device: torch.device, *, rank: int = 0, world_size: i
     if d.crop < 1 or d.scale_min < d.crop:
         raise UserError(f"data.scale_min={d.scale_min} must be >= data.crop={d.crop} (both positive)")
 
-    mean, std = _cached_stats(
-        root, train, crop=d.crop, count=d.mean_samples, per=d.mean, workers=d.workers, skip_corrupt=d.skip_corrupt
-    )
+    stats = {"crop": d.crop, "count": d.mean_samples, "per": d.mean, "workers": d.workers}
+    mean, std = _cached_stats(root, train, rank=rank, world_size=world_size, skip_corrupt=d.skip_corrupt, **stats)
     std = std if d.normalize_std else None
     normalizer = Normalizer(mean, std, device)
     source = ImageFolderTrainSource(

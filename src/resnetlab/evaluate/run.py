@@ -51,8 +51,12 @@ class _ProtocolViews(Dataset):
 
 
 def _collate(items):
-    kept = [it for it in items if it[0] is not None]
-    return [it[0] for it in kept], torch.tensor([it[1] for it in kept]), [it[2] for it in items if it[2]]
+    """Views stacked (N, V, C, h, w) in the worker, so pinned memory covers them; whole images of
+    different sizes (multiscale) stay a list."""
+    kept = [it[0] for it in items if it[0] is not None]
+    if kept and all(v.shape == kept[0].shape for v in kept):
+        kept = torch.stack(kept)
+    return kept, torch.tensor([it[1] for it in items if it[0] is not None]), [it[2] for it in items if it[2]]
 
 
 def class_mapping(folders: list[str], model: LoadedModel) -> dict[str, int]:
@@ -105,12 +109,12 @@ def _evaluate_images(
         if unreadable and not skip_corrupt:
             raise UserError(f"cannot read image {unreadable[0]}: corrupt or not an image (--skip-corrupt skips it)")
         skipped += len(unreadable)
-        if not views:
+        if len(views) == 0:
             continue
         if protocol == "multiscale":
             probs = torch.stack([multiscale_probs(models, v.to(device), scales=scales, flip=flip) for v in views])
         else:
-            probs = ensemble_probs(models, torch.stack(views).to(device, non_blocking=True))
+            probs = ensemble_probs(models, views.to(device, non_blocking=True))
         a, b = topk_correct(probs.cpu(), labels)
         top1, top5, n = top1 + a, top5 + b, n + len(labels)
     return {"images": n, "top1": top1, "top5": top5, "skipped": skipped, "root": str(root)}
