@@ -127,6 +127,21 @@ def test_unknown_model_lists_valid_names():
         create_model("cifar_resnet20", stride_in_1x1=False)  # basic blocks only
 
 
+def test_stray_options_are_errors():
+    for name, option in (("resnet18", {"d": 50}), ("resnet18", {"residual": False}), ("cifar_plain20", {"depth": 56})):
+        with pytest.raises(TypeError):
+            create_model(name, **option)
+
+
+@pytest.mark.parametrize("size", [27, 30, 33])
+def test_option_a_on_odd_sizes(size):
+    # The zero-padding shortcut subsamples x[::2], the 3x3/2 conv gives ceil(H/2): the two must agree.
+    with torch.no_grad():
+        out = cifar_resnet(20).eval()(torch.randn(1, 3, size, size))
+        assert out.shape == (1, 10)
+        assert imagenet_resnet(50, shortcut="A", num_classes=3).eval()(torch.randn(1, 3, size, size)).shape == (1, 3)
+
+
 def test_registry_names():
     names = set(list_models())
     for d in (18, 34, 50, 101, 152):

@@ -78,9 +78,10 @@ def model_in_channels(model: nn.Module) -> int:
 def _example_input(model: nn.Module, input_size: int | None, in_channels: int | None) -> torch.Tensor:
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
     size = input_size or default_input_size(model)
     channels = in_channels or model_in_channels(model)
-    return torch.zeros(1, channels, size, size, device=device)  # a batch of 1: (1, C, H, W)
+    return torch.zeros(1, channels, size, size, device=device, dtype=dtype)  # a batch of 1: (1, C, H, W)
 
 
 def measure(model: nn.Module, *, input_size: int | None = None, in_channels: int | None = None) -> Complexity:

@@ -91,13 +91,22 @@ def cifar_resnet(
     )
 
 
+def _builder(family: Callable[..., ResNet], depth: int, residual: bool) -> Callable[..., ResNet]:
+    # A closure, not `lambda d=depth, ...`: a stray `d=`/`depth=`/`residual=` option must be an error,
+    # not a silent change of network.
+    def build(**options: Any) -> ResNet:
+        return family(depth, residual=residual, **options)
+
+    return build
+
+
 def _register_family() -> None:
     for depth in IMAGENET_DEPTHS:
         for kind, residual in (("resnet", True), ("plain", False)):
-            register(f"{kind}{depth}")(lambda d=depth, r=residual, **kw: imagenet_resnet(d, residual=r, **kw))
+            register(f"{kind}{depth}")(_builder(imagenet_resnet, depth, residual))
     for depth in CIFAR_DEPTHS:
         for kind, residual in (("cifar_resnet", True), ("cifar_plain", False)):
-            register(f"{kind}{depth}")(lambda d=depth, r=residual, **kw: cifar_resnet(d, residual=r, **kw))
+            register(f"{kind}{depth}")(_builder(cifar_resnet, depth, residual))
     register("cifar_resnet")(lambda *, depth, **kw: cifar_resnet(depth, residual=True, **kw))
     register("cifar_plain")(lambda *, depth, **kw: cifar_resnet(depth, residual=False, **kw))
 
