@@ -201,3 +201,20 @@ def test_fashion_mnist_from_debian_package(tmp_path):
     mean, scale = b.meta["mean"], 1 / 255
     assert torch.allclose(x[0], torch.from_numpy(first).float() * scale - mean, atol=1e-5)
     assert torch.cat([y for _, y in b.test.batches()]).tolist() == labels.tolist()
+
+
+def test_corrupt_cifar_batch_is_a_user_error(cifar10_dir):
+    root, _ = cifar10_dir
+    readers.read_cifar("cifar10", root, download_ok=False)  # unpack
+    (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="cannot read"):
+        readers.read_cifar("cifar10", root, download_ok=False)
+
+
+def test_truncated_idx_file_is_a_user_error(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    _write_mnist(raw, compress=False)
+    blob = (raw / "train-images-idx3-ubyte").read_bytes()
+    (raw / "train-images-idx3-ubyte").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(UserError, match="cannot read"):
+        readers.read_mnist("mnist", tmp_path, download_ok=False)

@@ -14,6 +14,7 @@ Layout under `data.dir` (torchvision's):
 from __future__ import annotations
 
 import gzip
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def read_cifar(name: str, root: Path, download_ok: bool) -> RawDataset:
     cls = _CIFAR10 if name == "cifar10" else _CIFAR100
     try:
         train, test = cls(str(root), train=True), cls(str(root), train=False)
-    except (RuntimeError, OSError, KeyError, ValueError, EOFError) as e:
+    except (RuntimeError, OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
         folder = root / CIFAR_ARCHIVES[name].folder
         raise UserError(f"{folder}: cannot read ({e.__class__.__name__}: {e}); delete it to unpack again") from None
     return RawDataset(_cifar_split(train), _cifar_split(test), list(train.classes))
@@ -175,7 +176,8 @@ def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
     try:
         cls(str(root), train=True, download=True)
     except (RuntimeError, OSError) as e:
-        raise UserError(f"could not download {title} ({str(e).splitlines()[0]}); offline? {where}") from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()  # torchvision: the last error
+        raise UserError(f"could not download {title} ({reason}); offline? {where}") from None
 
 
 def read_mnist(name: str, root: Path, download_ok: bool) -> RawDataset:
