@@ -32,7 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="ImageFolder split folder (default val)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
-    p.add_argument("--scales", type=int, nargs="+", metavar="S", help="multiscale: shorter sides (paper's five)")
+    p.add_argument(
+        "--scales",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="multiscale: shorter sides for a 224 model (default the paper's 224 256 384 480 640)",
+    )
     p.add_argument("--no-flip", action="store_true", help="multiscale: leave out the mirror images")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -145,7 +145,7 @@ def _evaluate_small(models: list[LoadedModel], *, data_dir: str | None, device: 
 def evaluate_checkpoints(
     paths: Sequence[str],
     *,
-    protocol: str = "10crop",
+    protocol: str = "center",
     data_dir: str | None = None,
     split: str = "val",
     batch_size: int = 32,
