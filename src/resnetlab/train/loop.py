@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import sys
 import time
@@ -27,26 +26,12 @@ from tqdm import tqdm
 from resnetlab.config import Config, dump, model_options, to_dict
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
+from resnetlab.train.rundir import open_run, rng_state, seed_everything, set_rng_state, truncate_metrics
 from resnetlab.train.schedule import LRSchedule
 from resnetlab.train.step import autocast_dtype, evaluate_error, make_grad_scaler, make_sgd, make_train_step
 from resnetlab.utils import checkpoint
 from resnetlab.utils import distributed as dist
 from resnetlab.utils.meters import Average, Throughput
-
-# Keys that may differ between a run and its `--resume` (they do not change what is learned).
-RESUMABLE_KEYS = {
-    "train.max_iters",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "train.log_every",
-    "train.device",
-    "train.compile",
-    "train.eval_batch_size",
-    "data.dir",
-    "data.download",
-    "data.workers",
-}
-RUN_FILES = ("config.yaml", "checkpoint.pt", "final.pt", "metrics.jsonl")
 
 
 class NonFiniteLoss(UserError):
@@ -80,16 +65,18 @@ def run_training(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> d
 def _run(cfg: Config, out: Path, resume: bool, info: dist.DistInfo, device: torch.device) -> dict[str, Any]:
     t = cfg.train
     _check_config(cfg, info.world_size)
-    ckpt = _open_run(cfg, out, resume)
+    ckpt = open_run(cfg, out, resume)
 
     # ---- data, model, optimizer, schedule ------------------------------------------------------
-    _seed_everything(t.seed)
+    seed_everything(t.seed)
     data = build_data(cfg, device, rank=info.rank, world_size=info.world_size)
     options = model_options(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
     try:
         model = create_model(cfg.model.name, **options)
     except (ValueError, TypeError) as e:
         raise UserError(f"model: {e}") from None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     meta = {**data.meta, "model": cfg.model.name, "model_options": options}
@@ -119,7 +106,7 @@ def _run(cfg: Config, out: Path, resume: bool, info: dist.DistInfo, device: torc
         since_eval.load_state_dict(ckpt["meters"]["since_eval"])
         if ckpt.get("data") and hasattr(data.train, "load_state_dict"):
             data.train.load_state_dict(ckpt["data"])
-        _set_rng_state(ckpt["rng"], device)
+        set_rng_state(ckpt["rng"], device)
         start_iter, elapsed_before = ckpt["iteration"], ckpt["elapsed"]
         last_eval, best = ckpt["last_eval"], ckpt["best"]
 
@@ -138,7 +125,7 @@ def _run(cfg: Config, out: Path, resume: bool, info: dist.DistInfo, device: torc
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump(cfg, out / "config.yaml")
-        _truncate_metrics(out / "metrics.jsonl", start_iter)
+        truncate_metrics(out / "metrics.jsonl", start_iter)
         if start_iter < t.max_iters:
             (out / "final.pt").unlink(missing_ok=True)  # its presence means "finished"
         from torch.utils.tensorboard import SummaryWriter  # slow import, only where it is used
@@ -158,7 +145,7 @@ def _run(cfg: Config, out: Path, resume: bool, info: dist.DistInfo, device: torc
             "scaler": scaler.state_dict() if scaler is not None else None,
             "meters": {"recent": recent.state_dict(), "since_eval": since_eval.state_dict()},
             "data": data.train.state_dict() if hasattr(data.train, "state_dict") else None,
-            "rng": _rng_state(device),
+            "rng": rng_state(device),
             "elapsed": elapsed,
             "last_eval": last_eval,
             "best": best,
@@ -196,7 +183,7 @@ def _run(cfg: Config, out: Path, resume: bool, info: dist.DistInfo, device: torc
             log_now = it % t.log_every == 0 or it == t.max_iters
             eval_now = it % t.eval_every == 0 or it == t.max_iters
             # In many processes the stop flag is agreed on at log points, so all stop at one iteration.
-            stop_now = stop.agreed(info) if (log_now or not info.enabled) else False
+            stop_now = stop.agreed(info, device) if (log_now or not info.enabled) else False
             checkpoint_now = it % t.checkpoint_every == 0 or stop_now
             if log_now or eval_now or checkpoint_now:
                 loss_sum, n_err, n_img, n_it = window.drain(first_iter=it - window.count)  # raises on NaN
@@ -343,10 +330,10 @@ class _StopSignal:
         self.name = signal.Signals(signum).name
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
-    def agreed(self, info: dist.DistInfo) -> bool:
+    def agreed(self, info: dist.DistInfo, device: torch.device) -> bool:
         if not info.enabled:
             return self.name is not None
-        flag = dist.all_reduce_max(torch.tensor([1.0 if self.name else 0.0]))
+        flag = dist.all_reduce_max(torch.tensor([1.0 if self.name else 0.0], device=device))  # NCCL: on the GPU
         if flag.item() and self.name is None:
             self.name = "SIGTERM"  # another process got the signal
         return bool(flag.item())
@@ -383,96 +370,6 @@ def _check_config(cfg: Config, world_size: int) -> None:
     if t.batch_size % world_size:
         raise UserError(f"train.batch_size {t.batch_size} is not divisible by the {world_size} processes")
     autocast_dtype(t.precision, torch.device("cpu"))  # validates the name
-
-
-def _open_run(cfg: Config, out: Path, resume: bool) -> dict[str, Any] | None:
-    """Check `out` against `resume`; return the checkpoint to continue from, if any."""
-    if not resume:
-        existing = [name for name in RUN_FILES if (out / name).exists()]
-        if existing:
-            raise UserError(
-                f"{out} already holds a run ({existing[0]}); pass --resume to continue it or choose another --out"
-            )
-        return None
-    path = out / "checkpoint.pt"
-    if not path.exists():
-        if not (out / "config.yaml").is_file():
-            raise UserError(f"--resume: {out} holds no run to resume (no checkpoint.pt, no config.yaml)")
-        _check_same_run(_read_yaml(out / "config.yaml"), cfg, out)
-        return None  # started but never checkpointed: start again from iteration 0
-    ckpt = checkpoint.load(path)
-    if "iteration" not in ckpt or "optimizer" not in ckpt:
-        raise UserError(f"{path} is a weights file, not a training checkpoint; cannot resume from it")
-    _check_same_run(ckpt["config"], cfg, out)
-    return ckpt
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise UserError(f"{path}: not valid YAML") from None
-
-
-def _check_same_run(saved: dict[str, Any], cfg: Config, out: Path) -> None:
-    def flat(d: dict[str, Any]) -> dict[str, Any]:
-        return {f"{s}.{k}": v for s, sec in d.items() if isinstance(sec, dict) for k, v in sec.items()}
-
-    old, new = flat(saved), flat(to_dict(cfg))
-    for key in sorted(set(old) | set(new)):
-        if key not in RESUMABLE_KEYS and old.get(key) != new.get(key):
-            raise UserError(
-                f"{out} holds a different run: {key} is {old.get(key)!r} there, {new.get(key)!r} now "
-                "(resume with the run's own settings, or choose another --out)"
-            )
-
-
-def _truncate_metrics(path: Path, upto_iter: int) -> None:
-    """Drop evaluations logged after the checkpoint we resume from (they will be redone)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["iter"] <= upto_iter]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:
-        pass
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    try:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = (name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached)
-    except ImportError:
-        pass
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    if "numpy" in state:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
 
 
 def _eval_fields(last_eval: dict[str, Any] | None) -> dict[str, Any]:
