@@ -146,3 +146,15 @@ def test_batch_larger_than_dataset_is_an_error():
 def test_unknown_dataset(tmp_path):
     with pytest.raises(UserError, match="unknown dataset"):
         build_data(_cfg(tmp_path, "data.name=svhn"), CPU)
+
+
+def test_no_flips_when_disabled_and_offsets_cover_the_range():
+    images = torch.zeros(256, 1, 28, 28, dtype=torch.uint8)
+    norm = Normalizer(torch.zeros(1, 28, 28), None, CPU)
+    kw = dict(normalizer=norm, batch_size=256, seed=0, pad=4)
+    no_flip = DeviceTrainSource(images, torch.zeros(256, dtype=torch.int64), flip=False, **kw)  # MNIST
+    dx, dy, flip = no_flip.augmentation(0)
+    assert not flip.any()
+    assert set(dx.tolist()) == set(range(9)) and set(dy.tolist()) == set(range(9))
+    _, _, flip = DeviceTrainSource(images, torch.zeros(256, dtype=torch.int64), **kw).augmentation(0)
+    assert 0.3 < flip.float().mean() < 0.7

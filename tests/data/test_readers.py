@@ -158,6 +158,7 @@ def test_mnist_idx_files(tmp_path, compress):
     assert raw.test.labels.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
     x, y = next(b.train.batches(0))
     assert x.shape == (20, 1, 28, 28) and y.dtype == torch.int64
+    assert b.train.flip is False  # a mirrored digit is not the same digit
 
 
 def test_mnist_missing_offline_says_where(tmp_path):

@@ -151,12 +151,11 @@ class DeviceTrainSource(TrainSource):
     def augmentation(self, it: int) -> tuple[Tensor, Tensor, Tensor]:
         """(dx, dy, flip) of this rank's rows of iteration `it`, drawn for the whole global batch."""
         g = _generator(self.device, mix_seed(self.seed, _AUGMENT, it))
-        b, hi = self.batch_size, 2 * self.pad + 1
-        dx = torch.randint(0, hi, (b,), generator=g, device=self.device)
-        dy = torch.randint(0, hi, (b,), generator=g, device=self.device)
-        flip = torch.randint(0, 2, (b,), generator=g, device=self.device).bool()
-        if not self.flip:
-            flip = torch.zeros_like(flip)
+        k = 2 * self.pad + 1
+        # One draw per image, uniform over the k*k offsets x 2 flips, decoded with div/mod.
+        r = torch.randint(0, 2 * k * k, (self.batch_size,), generator=g, device=self.device)
+        flip = (r % 2).bool() & self.flip
+        dx, dy = (r // 2) % k, r // (2 * k)
         rows = slice(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)
         return dx[rows], dy[rows], flip[rows]
 
