@@ -162,3 +162,4 @@ def test_real_tiny_run_end_to_end(tmp_path):
     res = checkpoint_responses(job.out_dir / "final.pt", device=torch.device("cpu"), max_images=32)
     assert res["label"] == "ResNet-8" and len(res["layers"]) == 6 and res["images"] == 32
     assert all(v > 0 for v in res["layers"].values())
+    assert 0 <= res["test_error"] <= 100

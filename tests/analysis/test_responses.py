@@ -92,7 +92,12 @@ def test_max_images_and_model_mode_restored():
     model = create_model("cifar_resnet", depth=8)
     model.train()
     x = torch.randn(10, 3, 32, 32)
-    full = layer_responses(model, [x[:4], x[4:]], max_images=5)
+    y = torch.arange(10)
+    seen = []
+    full = layer_responses(
+        model, [(x[:4], y[:4]), (x[4:], y[4:])], max_images=5, on_output=lambda out, yy: seen.append((out.shape, yy))
+    )
+    assert [s[0] for s in seen] == [(4, 10), (1, 10)] and seen[1][1].tolist() == [4]
     first5 = layer_responses(model, [x[:5]])
     assert full == pytest.approx(first5, rel=1e-5)  # float32 convs differ slightly with the batch size
     assert model.training is True

@@ -65,6 +65,7 @@ def test_responses_json_and_figure(checkpoint, tmp_path, capsys):
     assert code == 0 and out.is_file()
     results = json.loads(capsys.readouterr().out)
     assert len(results) == 2 and results[0]["label"] == "ResNet-8" and results[0]["images"] == 10
+    assert results[0]["test_error"] is None  # the fake test set has no labels
     assert list(results[0]["layers"]) == [f"layer{s}.0.bn{b}" for s in (1, 2, 3) for b in (1, 2)]
 
 

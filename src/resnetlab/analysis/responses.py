@@ -16,7 +16,7 @@ The model code is not changed; hooks are removed afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -81,11 +81,13 @@ def layer_responses(
     *,
     max_images: int | None = None,
     layers: list[tuple[str, nn.Module]] | None = None,
+    on_output: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
 ) -> dict[str, float]:
     """Std of each layer's response over `batches` (eval mode), `{layer name: std}` in network order.
 
     `batches` yields `x` or `(x, y)` already on the model's device; `layers` defaults to
     `response_layers(model)` (any `(name, module)` list works, e.g. a lone BN in tests).
+    `on_output(logits, y)` sees each batch's output (to count errors in the same pass).
     """
     layers = layers if layers is not None else response_layers(model)
     meters = {name: ResponseMeter() for name, _ in layers}
@@ -97,12 +99,15 @@ def layer_responses(
     model.eval()
     seen = 0
     try:
-        for x in _inputs(batches):
+        for x, y in _pairs(batches):
             if max_images is not None:
                 if seen >= max_images:
                     break
                 x = x[: max_images - seen]
-            model(x)
+                y = None if y is None else y[: x.shape[0]]
+            out = model(x)
+            if on_output is not None:
+                on_output(out, y)
             seen += x.shape[0]
     finally:
         for h in handles:
@@ -113,9 +118,9 @@ def layer_responses(
     return {name: meter.std() for name, meter in meters.items()}
 
 
-def _inputs(batches: Iterable) -> Iterator[torch.Tensor]:
+def _pairs(batches: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     for batch in batches:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        yield (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
 
 
 # ---- from checkpoints, and the figure ---------------------------------------------------------
@@ -146,7 +151,14 @@ def checkpoint_responses(
     overrides = ["data.val_split=0", *([f"data.dir={data_dir}"] if data_dir else [])]
     cfg = apply_overrides(from_dict(ckpt.get("config") or {}), overrides)
     test = build_data(cfg, device).test
-    layers = layer_responses(model, test.batches(), max_images=max_images)
+    wrong = [0, 0]  # top-1 errors, images: the test error comes free with the same forward passes
+
+    def count(logits: torch.Tensor, y: torch.Tensor | None) -> None:
+        if y is not None:
+            wrong[0] += (logits.argmax(1) != y).sum().item()
+            wrong[1] += y.numel()
+
+    layers = layer_responses(model, test.batches(), max_images=max_images, on_output=count)
     kind, depth = parse_model_name(meta["model"], meta.get("model_options", {}).get("depth"))
     images = len(test) if max_images is None else min(max_images, len(test))
     return {
@@ -156,6 +168,7 @@ def checkpoint_responses(
         "kind": kind,
         "depth": depth,
         "images": images,
+        "test_error": 100.0 * wrong[0] / wrong[1] if wrong[1] else None,  # top-1 %, on these images
         "layers": layers,
     }
 

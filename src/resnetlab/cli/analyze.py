@@ -95,7 +95,8 @@ def _responses(args: argparse.Namespace) -> int:
             stds = list(res["layers"].values())
             print(
                 f"{res['label']:>10}: {len(stds)} layers, std mean {sum(stds) / len(stds):.3f}, "
-                f"min {min(stds):.3f}, max {max(stds):.3f} ({res['images']} test images)"
+                f"min {min(stds):.3f}, max {max(stds):.3f} ({res['images']} test images"
+                + (f", top-1 error {res['test_error']:.2f}%)" if res["test_error"] is not None else ")")
             )
     return 0
 
