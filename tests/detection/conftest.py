@@ -1,6 +1,17 @@
 import pytest
+import torch
 
 from resnetlab.detection.synthetic import write_shapes
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP threads spinning against other
+    processes made these small-tensor tests ~6x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -59,10 +59,10 @@ def test_fpn_variant():
 
 
 def _step_batch():
-    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
     targets = [
-        {"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[40.0, 40.0, 120.0, 100.0], [0.0, 0.0, 30.0, 30.0]]), "labels": torch.tensor([2, 3])},
+        {"boxes": torch.tensor([[5.0, 10.0, 30.0, 45.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[20.0, 20.0, 60.0, 50.0], [0.0, 0.0, 15.0, 15.0]]), "labels": torch.tensor([2, 3])},
     ]
     return images, targets
 

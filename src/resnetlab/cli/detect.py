@@ -50,6 +50,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
     cfg = load_detection_config(args.preset, overrides)
     summary = run_detection_training(cfg, args.out, resume=args.resume)
+    if not summary.get("is_main", True):
+        return 0  # under torchrun only rank 0 reports
     if summary.get("stopped"):
         print(f"stopped at iteration {summary['iterations']}; resume with --resume")
         return 0

@@ -46,8 +46,10 @@ def _target(boxes: list[list[float]], labels: list[int], ignore: list[bool], ima
 class VOCSplit(Dataset):
     """One VOC year/image set (torchvision's `VOCDetection`): root/VOCdevkit/VOC{year}/..."""
 
-    def __init__(self, root: str | Path, year: str, image_set: str, classes: Sequence[str], download: bool) -> None:
-        self.name = f"voc{year}-{image_set}"
+    def __init__(
+        self, root: str | Path, year: str, image_set: str, classes: Sequence[str], download: bool, name: str = ""
+    ) -> None:
+        self.name = name or f"voc{year}-{image_set}"
         self.classes = list(classes)
         devkit = Path(root) / "VOCdevkit" / f"VOC{year}"
         have = (devkit / "ImageSets" / "Main" / f"{image_set}.txt").is_file()
@@ -162,7 +164,7 @@ def build_split(cfg: DetDataConfig, split: str) -> Dataset:
             write_shapes(
                 root, {"train": cfg.shapes_images, "test": max(cfg.shapes_images // 4, 1)}, size=cfg.shapes_size
             )
-        return VOCSplit(root, "2007", split, cfg.classes or SHAPE_CLASSES, download=False)
+        return VOCSplit(root, "2007", split, cfg.classes or SHAPE_CLASSES, download=False, name=f"shapes-{split}")
     raise UserError(f"unknown data.dataset {cfg.dataset!r}")
 
 

@@ -30,20 +30,38 @@ def paper_rows(test_name: str) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def detect_all(
-    model: nn.Module, dataset: DetectionSet, *, device: torch.device, batch_size: int, workers: int, max_images: int = 0
+    model: nn.Module,
+    dataset: DetectionSet,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    max_images: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[list[dict], list[dict]]:
-    """(detections, ground truths) on the CPU, one per image, in dataset order."""
+    """(detections, ground truths) on the CPU, one per image, in dataset order.
+
+    With several processes each runs every world_size-th image and all of them get the whole list.
+    """
     was_training = model.training
     model.eval()
     n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     dets, gts = [], []
-    loader = eval_loader(dataset, batch_size, workers, indices=range(n))
+    loader = eval_loader(dataset, batch_size, workers, indices=range(rank, n, world_size))
     for images, targets in tqdm(loader, desc="detect", unit="batch", leave=False, dynamic_ncols=True):
         outputs = model([im.to(device, non_blocking=True).float().div_(255) for im in images])
         for out, t in zip(outputs, targets):
             dets.append({k: v.detach().cpu() for k, v in out.items()})
             gts.append({"boxes": t["boxes"], "labels": t["labels"], "ignore": t["ignore"]})
     model.train(was_training)
+    if world_size > 1:
+        shards: list = [None] * world_size
+        torch.distributed.all_gather_object(shards, (dets, gts))
+        # Rank r holds images r, r + world_size, ...: interleave back into dataset order.
+        order = sorted((i, r, k) for r in range(world_size) for k, i in enumerate(range(r, n, world_size)))
+        dets = [shards[r][0][k] for _, r, k in order]
+        gts = [shards[r][1][k] for _, r, k in order]
     return dets, gts
 
 
@@ -75,8 +93,20 @@ def evaluate_detector(
     batch_size: int = 2,
     workers: int = 0,
     max_images: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
-    dets, gts = detect_all(model, dataset, device=device, batch_size=batch_size, workers=workers, max_images=max_images)
+    """Detect on the test set (shared between processes when world_size > 1) and score it."""
+    dets, gts = detect_all(
+        model,
+        dataset,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        max_images=max_images,
+        rank=rank,
+        world_size=world_size,
+    )
     return score(dets, gts, dataset.classes)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
-from torchvision.io import ImageReadMode, decode_image, write_png
+from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes
 
 from resnetlab.errors import UserError
@@ -40,7 +41,7 @@ def predict_image(
     if not path.is_file():
         raise UserError(f"image {path} does not exist")
     try:
-        image = decode_image(str(path), mode=ImageReadMode.RGB)  # uint8 (3, H, W)
+        image = pil_to_tensor(Image.open(path).convert("RGB"))  # uint8 (3, H, W)
     except Exception as e:
         raise UserError(f"cannot read image {path} ({type(e).__name__})") from None
     model.eval()
@@ -57,5 +58,5 @@ def predict_image(
     )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(drawn, str(out_path))
+    to_pil_image(drawn).save(out_path, format="PNG")
     return [(n, float(s), b) for n, s, b in zip(names, scores.tolist(), boxes.tolist())]

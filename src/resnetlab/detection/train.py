@@ -34,12 +34,6 @@ def detector_kwargs(cfg: DetectionConfig, num_classes: int) -> tuple[dict[str, A
     m, d = cfg.model, cfg.data
     state, options = None, {}
     mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-    if m.freeze_bn and not m.pretrained and m.backbone != "vgg16":
-        raise UserError(
-            "model.freeze_bn=true keeps the BN statistics of a trained backbone, but model.pretrained is not set: "
-            "--set model.pretrained=PATH (a resnetlab checkpoint or a torchvision .pth), or model.freeze_bn=false "
-            "to train from scratch"
-        )
     if m.pretrained:
         pre = read_pretrained(m.pretrained, m.backbone)
         state, options, mean, std = pre["state_dict"], pre["options"], pre["image_mean"], pre["image_std"]
@@ -73,6 +67,16 @@ def detector_kwargs(cfg: DetectionConfig, num_classes: int) -> tuple[dict[str, A
         "box_detections_per_img": m.detections_per_img,
     }
     return kwargs, state
+
+
+def check_backbone(cfg: DetectionConfig) -> None:
+    m = cfg.model
+    if m.freeze_bn and not m.pretrained and m.backbone != "vgg16":
+        raise UserError(
+            "model.freeze_bn=true keeps the BN statistics of a trained backbone, but model.pretrained is not set: "
+            "--set model.pretrained=PATH (a resnetlab checkpoint or a torchvision .pth), or model.freeze_bn=false "
+            "to train from scratch"
+        )
 
 
 def load_detector(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -123,6 +127,7 @@ def run_detection_training(cfg: DetectionConfig, out_dir: str | Path, *, resume:
 
 def _train(cfg: DetectionConfig, out: Path, resume: bool, info: distributed.DistInfo, device: torch.device) -> dict:
     t, o = cfg.train, cfg.optim
+    check_backbone(cfg)
     ckpt_path = out / "checkpoint.pt"
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +211,7 @@ def _train(cfg: DetectionConfig, out: Path, resume: bool, info: distributed.Dist
             save_atomic(state, ckpt_path)
 
     model.train()
-    summary: dict[str, Any] = {"out": str(out), "stopped": False, "test": meta["test"]}
+    summary: dict[str, Any] = {"out": str(out), "stopped": False, "test": meta["test"], "is_main": info.is_main}
     bar = tqdm(
         total=t.max_iters, initial=start, desc="detect train", unit="it", disable=not info.is_main, dynamic_ncols=True
     )
@@ -234,16 +239,18 @@ def _train(cfg: DetectionConfig, out: Path, resume: bool, info: distributed.Dist
             bar.set_postfix(loss=f"{loss_sums['loss'] / loss_iters:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}")
 
         if done % t.eval_every == 0 or done == t.max_iters:
-            distributed.barrier()
+            # Every process detects on its share of the test images; all get the metrics.
+            metrics = evaluate_detector(
+                _unwrap(model),
+                test_set,
+                device=device,
+                batch_size=t.eval_batch_size,
+                workers=cfg.data.workers,
+                max_images=t.eval_max_images,
+                rank=info.rank,
+                world_size=info.world_size,
+            )
             if info.is_main:
-                metrics = evaluate_detector(
-                    _unwrap(model),
-                    test_set,
-                    device=device,
-                    batch_size=t.eval_batch_size,
-                    workers=cfg.data.workers,
-                    max_images=t.eval_max_images,
-                )
                 row = {
                     "iter": done,
                     "lr": optimizer.param_groups[0]["lr"],
@@ -258,9 +265,8 @@ def _train(cfg: DetectionConfig, out: Path, resume: bool, info: distributed.Dist
                     f"iter {done}: loss {row['train_loss']:.3f}  mAP@0.5 (VOC07) {metrics['voc07_map50']:.1f}  "
                     f"COCO mAP {metrics['coco_map']:.1f}"
                 )
-                summary["metrics"] = metrics
+            summary["metrics"] = metrics
             loss_sums, loss_iters = {}, 0
-            distributed.barrier()
 
         stopping = bool(distributed.broadcast_object(stop["signal"])) if info.enabled else stop["signal"]
         if done % t.checkpoint_every == 0 or stopping or done == t.max_iters:

@@ -1,0 +1,62 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from resnetlab.detection.config import list_detection_presets, load_detection_config
+from resnetlab.detection.train import load_detector, run_detection_training
+from resnetlab.errors import UserError
+
+
+def tiny_config(data_dir, **train):
+    """The shapes preset, shrunk: 16 training images, 4 test images, a few iterations."""
+    cfg = load_detection_config(
+        "shapes-cifar-c4",
+        [f"data.dir={data_dir}", "data.shapes_images=16", "train.device=cpu", "model.box_batch_size_per_image=16"],
+    )
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=2, **train))
+
+
+def test_presets_load_and_stay_out_of_classification_presets():
+    from resnetlab.config import list_presets
+
+    names = list_detection_presets()
+    assert {"voc07-resnet101-c4", "voc07-vgg16", "voc12-resnet101-c4", "coco-resnet101-c4", "coco-vgg16"} <= set(names)
+    for name in names:
+        cfg = load_detection_config(name)
+        assert cfg.model.backbone
+    assert not set(names) & set(list_presets())
+    with pytest.raises(UserError, match="valid keys"):
+        load_detection_config("voc07-resnet101-c4", ["model.nope=1"])
+
+
+def test_frozen_bn_without_pretrained_weights_is_refused(tmp_path):
+    cfg = load_detection_config("voc07-resnet101-c4", [f"data.dir={tmp_path}"])
+    with pytest.raises(UserError, match="model.pretrained"):
+        run_detection_training(cfg, tmp_path / "run")
+
+
+def test_resume_is_exact(tmp_path):
+    """6 iterations straight == 3 iterations, stop, resume to 6: identical weights and metrics."""
+    full = tiny_config(tmp_path, max_iters=6, eval_every=100, checkpoint_every=100)
+    run_detection_training(full, tmp_path / "a")
+    half = dataclasses.replace(full, train=dataclasses.replace(full.train, max_iters=3))
+    run_detection_training(half, tmp_path / "b")
+    summary = run_detection_training(full, tmp_path / "b", resume=True)
+    a = torch.load(tmp_path / "a" / "final.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "final.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows_a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert rows_a[-1]["iter"] == rows_b[-1]["iter"] == 6
+    assert rows_a[-1]["voc07_map50"] == rows_b[-1]["voc07_map50"]
+    assert {"lr", "train_loss", "voc07_map50", "coco_map", "coco_map50", "time"} <= rows_a[-1].keys()
+    assert summary["iterations"] == 6
+    assert (tmp_path / "a" / "config.yaml").is_file()
+    model, ckpt = load_detector(tmp_path / "a" / "final.pt")
+    assert ckpt["meta"]["classes"] == ["square", "circle", "triangle"]
+    with pytest.raises(UserError, match="already holds a run"):
+        run_detection_training(full, tmp_path / "a")
