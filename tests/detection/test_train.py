@@ -1,9 +1,11 @@
 import dataclasses
 import json
+import signal
 
 import pytest
 import torch
 
+from resnetlab.detection import train as train_module
 from resnetlab.detection.config import list_detection_presets, load_detection_config
 from resnetlab.detection.train import load_detector, run_detection_training
 from resnetlab.errors import UserError
@@ -37,12 +39,24 @@ def test_frozen_bn_without_pretrained_weights_is_refused(tmp_path):
         run_detection_training(cfg, tmp_path / "run")
 
 
-def test_resume_is_exact(tmp_path):
-    """6 iterations straight == 3 iterations, stop, resume to 6: identical weights and metrics."""
+def test_sigterm_then_resume_is_exact(tmp_path, monkeypatch):
+    """6 iterations straight == SIGTERM after 3 (checkpoint, stop), then --resume to 6: identical weights."""
     full = tiny_config(tmp_path, max_iters=6, eval_every=100, checkpoint_every=100)
     run_detection_training(full, tmp_path / "a")
-    half = dataclasses.replace(full, train=dataclasses.replace(full.train, max_iters=3))
-    run_detection_training(half, tmp_path / "b")
+
+    class TermAfter3(train_module.tqdm):  # SIGTERM arrives during iteration 3, deterministically
+        def update(self, n=1):
+            super().update(n)
+            if self.n == 3:
+                signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(train_module, "tqdm", TermAfter3)
+    stopped = run_detection_training(full, tmp_path / "b")
+    monkeypatch.undo()
+    assert stopped["stopped"] and stopped["iterations"] == 3
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["iteration"] == 3
+    assert not (tmp_path / "b" / "final.pt").exists()
+    assert signal.getsignal(signal.SIGTERM) is not None
     summary = run_detection_training(full, tmp_path / "b", resume=True)
     a = torch.load(tmp_path / "a" / "final.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "final.pt", weights_only=True)["model"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -119,13 +120,22 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def run_detection_training(cfg: DetectionConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     out = Path(out_dir)
     info, device = distributed.init_distributed(cfg.train.device)
+    # SIGTERM (a scheduler's pre-emption, torchrun stopping) only sets a flag: the loop finishes its
+    # iteration, writes checkpoint.pt and returns.
+    stop = {"signal": False}
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True)) if in_main_thread else None
     try:
-        return _train(cfg, out, resume, info, device)
+        return _train(cfg, out, resume, info, device, stop)
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         distributed.cleanup()
 
 
-def _train(cfg: DetectionConfig, out: Path, resume: bool, info: distributed.DistInfo, device: torch.device) -> dict:
+def _train(
+    cfg: DetectionConfig, out: Path, resume: bool, info: distributed.DistInfo, device: torch.device, stop: dict
+) -> dict:
     t, o = cfg.train, cfg.optim
     check_backbone(cfg)
     ckpt_path = out / "checkpoint.pt"
@@ -186,9 +196,6 @@ def _train(cfg: DetectionConfig, out: Path, resume: bool, info: distributed.Dist
         world=info.world_size,
     )
     batches = iter(train_loader(train_set, order, cfg.data.workers))
-
-    stop = {"signal": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True)) if info.is_main else None
 
     def save(iteration: int) -> None:
         rng = [_rng_state()]
@@ -276,8 +283,6 @@ def _train(cfg: DetectionConfig, out: Path, resume: bool, info: distributed.Dist
             summary["stopped"] = True
             break
     bar.close()
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
     if not summary["stopped"] and info.is_main:
         save_atomic({"model": _unwrap(model).state_dict(), "config": to_dict(cfg), "meta": meta}, out / "final.pt")
     summary["iterations"] = t.max_iters if not summary["stopped"] else done
