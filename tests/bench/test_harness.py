@@ -78,7 +78,8 @@ def test_breakdown_fractions():
     assert b["data_s"] == pytest.approx(0.01)
     assert b["data_fraction"] == pytest.approx(0.02)
     assert b["optimizer_fraction"] == pytest.approx(0.04)
-    assert b["outside_fwd_bwd_fraction"] == pytest.approx(0.1)
+    assert b["outside_fwd_bwd_fraction"] == pytest.approx((0.01 + 0.02) / 0.5)
+    assert b["outside_by_subtraction_fraction"] == pytest.approx(0.1)
 
 
 def test_rounds_alternate_and_warm_up_each_time():
