@@ -116,3 +116,19 @@ def test_coco_metrics_perfect_and_empty():
     m = coco_metrics(perfect, gts, 3)
     assert m["map"] == pytest.approx(1.0) and m["map50"] == pytest.approx(1.0)
     assert coco_metrics([_det([], [], [])], gts, 3)["map"] == 0.0
+
+
+def test_score_and_report_beside_the_paper():
+    from resnetlab.detection.evaluate import format_report, score
+
+    gts = [_gt([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 2])]
+    dets = [_det([[0, 0, 10, 10], [20, 20, 40, 40]], [0.9, 0.8], [1, 2])]
+    voc = score(dets, gts, ["a", "b"])
+    assert voc["voc07_map50"] == pytest.approx(100.0) and voc["ap50_per_class"] == {"a": 100.0, "b": 100.0}
+    coco = score(dets, gts, ["a", "b"], voc=False)
+    assert "voc07_map50" not in coco and coco["coco_map"] == pytest.approx(100.0)
+    assert "VGG-16 73.2  ResNet-101 76.4" in format_report(voc, "voc2007-test", "resnet101")
+    assert "VGG-16 70.4  ResNet-101 73.8" in format_report(voc, "voc2012-val", "resnet101")
+    report = format_report(coco, "coco-val2014", "resnet101")
+    assert "41.5" in report and "48.4" in report and "21.2" in report and "27.2" in report
+    assert "paper" not in format_report(voc, "shapes-test", "cifar_resnet")

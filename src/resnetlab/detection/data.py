@@ -187,6 +187,8 @@ class TrainOrder:
     def __init__(
         self, n: int, batch_size: int, *, seed: int, start_iter: int, hflip: bool, rank: int = 0, world: int = 1
     ) -> None:
+        if n == 0:
+            raise UserError("the training set is empty")
         if batch_size % world:
             raise UserError(f"train.batch_size {batch_size} must be divisible by the {world} processes")
         self.n, self.batch_size, self.seed, self.start_iter = n, batch_size, seed, start_iter

@@ -268,9 +268,10 @@ def _train(
                 }
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
+                voc = f"  mAP@0.5 (VOC07) {metrics['voc07_map50']:.1f}" if "voc07_map50" in metrics else ""
                 bar.write(
-                    f"iter {done}: loss {row['train_loss']:.3f}  mAP@0.5 (VOC07) {metrics['voc07_map50']:.1f}  "
-                    f"COCO mAP {metrics['coco_map']:.1f}"
+                    f"iter {done}: loss {row['train_loss']:.3f}{voc}  "
+                    f"COCO mAP@[.5,.95] {metrics['coco_map']:.1f} mAP@.5 {metrics['coco_map50']:.1f}"
                 )
             summary["metrics"] = metrics
             loss_sums, loss_iters = {}, 0
