@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("train", help="fine-tune a detector from a preset (configs/detection/)")
     t.add_argument("--preset", help="preset name (voc07-resnet101-c4, ...) or a YAML path")
-    t.add_argument("--out", required=True, help="run folder (config.yaml, metrics.jsonl, checkpoints)")
+    t.add_argument("--out", help="run folder (config.yaml, metrics.jsonl, checkpoints); required to train")
     t.add_argument("--set", nargs="*", default=[], metavar="K=V", help="overrides, e.g. model.pretrained=r101.pt")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     t.add_argument("--device", help="shortcut for --set train.device=DEVICE")
@@ -47,6 +47,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(list_detection_presets()))
         return 0
+    if not args.out:
+        raise UserError("detect train needs --out DIR (the run folder)")
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
     cfg = load_detection_config(args.preset, overrides)
     summary = run_detection_training(cfg, args.out, resume=args.resume)
