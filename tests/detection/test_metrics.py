@@ -132,3 +132,10 @@ def test_score_and_report_beside_the_paper():
     report = format_report(coco, "coco-val2014", "resnet101")
     assert "41.5" in report and "48.4" in report and "21.2" in report and "27.2" in report
     assert "paper" not in format_report(voc, "shapes-test", "cifar_resnet")
+
+
+def test_a_class_without_detections_scores_zero():
+    gts = [_gt([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 2])]
+    dets = [_det([[0, 0, 10, 10]], [0.9], [1])]
+    for points in (11, 101, None):
+        assert voc_ap_per_class(dets, gts, 3, recall_points=points) == {1: pytest.approx(1.0), 2: 0.0}

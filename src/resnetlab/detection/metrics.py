@@ -28,7 +28,9 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, recall_points: 
     recall_points=11: VOC07 (mean of the envelope at recall 0, 0.1, ..., 1); 101: COCO's sampling;
     None: the exact area (VOC 2010+).
     """
-    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+    if len(precision) == 0:
+        return 0.0  # objects of the class, no detections of it
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
     if recall_points is None:
         r = np.concatenate([[0.0], recall, [1.0]])
         p = np.concatenate([[0.0], envelope, [0.0]])
@@ -38,7 +40,7 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, recall_points: 
     thresholds = np.linspace(0.0, 1.0, recall_points)
     idx = np.searchsorted(recall, thresholds, side="left")  # first point whose recall reaches t
     values = np.where(idx < len(envelope), envelope[np.minimum(idx, len(envelope) - 1)], 0.0)
-    return float(values.mean()) if len(envelope) else 0.0
+    return float(values.mean())
 
 
 def voc_ap_per_class(

@@ -206,7 +206,7 @@ def build_detector(
     min_size: int = 600,
     max_size: int = 1000,
     image_mean: tuple[float, ...] | list[float] = IMAGENET_MEAN,
-    image_std: tuple[float, ...] | list[float] = (1.0, 1.0, 1.0),
+    image_std: tuple[float, ...] | list[float] = IMAGENET_STD,
     rpn_pre_nms_top_n_train: int = 12000,
     rpn_post_nms_top_n_train: int = 2000,
     rpn_pre_nms_top_n_test: int = 6000,
@@ -225,6 +225,8 @@ def build_detector(
     and sampling defaults are the Faster R-CNN paper's (12000/2000 train, 6000/300 test, 256 anchors
     and 128 RoIs per image, NMS 0.3 at test).
     """
+    if arch == "fpn" and backbone != "vgg16" and len(anchor_sizes) != 5:
+        raise ValueError("fpn needs one anchor size per level P2..P6 (5 sizes)")
     options = dict(backbone_options or {})
     options.setdefault("num_classes", 1000)
     net = build_backbone_net(backbone, options, backbone_state)
@@ -256,9 +258,6 @@ def build_detector(
         anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), (tuple(aspect_ratios),) * len(anchor_sizes))
     else:
         raise ValueError(f"arch must be 'c4' or 'fpn', got {arch!r}")
-
-    if arch == "fpn" and backbone != "vgg16" and len(anchor_sizes) != 5:
-        raise ValueError("fpn needs one anchor size per level P2..P6 (5 sizes)")
 
     rpn_head = RPNHead(trunk.out_channels, anchors.num_anchors_per_location()[0])
     model = FasterRCNN(
