@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, VOCDetection
+from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms.v2 import functional as TF
 
 from resnetlab.detection.config import DetDataConfig
@@ -91,9 +92,10 @@ class COCOSplit(Dataset):
         self.name = f"coco-{split}"
         root = Path(root)
         ann = root / "annotations" / f"instances_{split}.json"
-        if not ann.is_file():
-            how = "COCO has no torchvision downloader; fetch it from cocodataset.org" if download else ""
-            raise UserError(f"COCO {split} not found: no {ann}. {how}".strip())
+        if not ann.is_file() or not (root / split).is_dir():
+            if not download:
+                raise UserError(f"COCO {split} not found: no {ann} or {root / split}/ (data.download is false)")
+            download_coco(root, split)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
                 self.coco = CocoDetection(str(root / split), str(ann))
@@ -117,6 +119,25 @@ class COCOSplit(Dataset):
             labels.append(self.label_of[a["category_id"]])
             ignore.append(bool(a.get("iscrowd", 0)))
         return TF.pil_to_tensor(image.convert("RGB")), _target(boxes, labels, ignore, self.coco.ids[index])
+
+
+COCO_URL = "http://images.cocodataset.org"
+
+
+def download_coco(root: Path, split: str) -> None:
+    """Fetch a COCO split's images and its year's annotations (torchvision's download helper)."""
+    year = split[-4:]
+    if not (split.startswith(("train", "val")) and year.isdigit()):
+        raise UserError(f"COCO split must look like train2017 / val2014, got {split!r}")
+    try:
+        if not (root / split).is_dir():
+            download_and_extract_archive(f"{COCO_URL}/zips/{split}.zip", str(root))
+        if not (root / "annotations" / f"instances_{split}.json").is_file():
+            download_and_extract_archive(f"{COCO_URL}/annotations/annotations_trainval{year}.zip", str(root))
+    except Exception as e:  # no internet, a full disk, a broken archive
+        raise UserError(
+            f"COCO {split} not found under {root} and could not be downloaded ({type(e).__name__}: {e})"
+        ) from None
 
 
 class DetectionSet(Dataset):
