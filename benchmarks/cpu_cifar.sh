@@ -11,15 +11,16 @@ date -u +%FT%TZ | tee "$OUT/date.txt"
 grep -m1 "model name" /proc/cpuinfo | tee "$OUT/cpu.txt"
 nproc | tee -a "$OUT/cpu.txt"
 
-# 1. Settings sweep: channels_last on/off x 1/2 threads, and the reference at 2 threads (torch's default
-#    here), interleaved in one process.
+# 1. Settings sweep: channels_last on/off x 1/2 threads, and the reference at 1 and 2 threads,
+#    interleaved in one process (ratios are to ref:1).
 $PY benchmarks/cpu_variants.py --model cifar_resnet20 --batch-size 128 --rounds 3 --iters 10 --warmup 3 \
-    --variants ours:cl:2 ours:nchw:2 ours:cl:1 ours:nchw:1 ref:2 --json "$OUT/variants.json" | tee "$OUT/variants.txt"
+    --variants ours:cl:1 ours:nchw:1 ours:cl:2 ours:nchw:2 ref:1 ref:2 --json "$OUT/variants.json" \
+    | tee "$OUT/variants.txt"
 
 # 2. The chosen CPU setting through the CLI against the reference at the same thread count: images/s,
 #    spread, peak RSS, and the data / optimizer / outside-forward+backward breakdown.
 $PY -m resnetlab bench train --model cifar_resnet20 --batch-size 128 --device cpu --channels-last --threads 1 \
-    --iters 10 --warmup 3 --rounds 3 --vs-reference --json > "$OUT/bench_train.json"
+    --iters 8 --warmup 2 --rounds 8 --vs-reference --json > "$OUT/bench_train.json"
 $PY - "$OUT/bench_train.json" <<'PYEOF' | tee "$OUT/bench_train.txt"
 import json, sys
 from resnetlab.cli.bench import format_result
