@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"resnetlab.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"resnetlab.cli.{name}":
-                continue  # TODO(dev): remove once every module exists
-            raise
-        module.register(sub)
+        importlib.import_module(f"resnetlab.cli.{name}").register(sub)
     return parser
 
 
