@@ -15,6 +15,8 @@ from resnetlab.evaluate import evaluate_checkpoints, load_model
 from resnetlab.models import create_model
 from resnetlab.utils.checkpoint import save_atomic
 
+from .conftest import write_tree
+
 
 def test_train_on_imagefolder_then_evaluate(tree, tmp_path):
     from resnetlab.train import run_training
@@ -81,3 +83,34 @@ def test_cifar_family_is_single_view_on_the_test_split(tmp_path, monkeypatch):
     assert r["top1_error"] == pytest.approx(100 * (1 - top1)) and r["top5_error"] == pytest.approx(100 * (1 - top5))
     with pytest.raises(Exception, match="single"):
         evaluate_checkpoints([str(tmp_path / "c.pt")], protocol="10crop", device="cpu")
+
+
+def test_skipped_corrupt_images_are_counted_in_the_metrics(tmp_path):
+    from resnetlab.train import run_training
+
+    root = write_tree(tmp_path / "tree")
+    (root / "train" / "bee" / "broken.JPEG").write_bytes(b"not a jpeg at all")
+    cfg = load_config(
+        None,
+        [
+            "model.name=resnet18",
+            "data.name=imagefolder",
+            f"data.dir={root}",
+            "data.crop=32",
+            "data.scale_min=36",
+            "data.scale_max=48",
+            "data.workers=0",
+            "data.mean_samples=6",
+            "data.skip_corrupt=true",
+            "train.batch_size=7",
+            "train.max_iters=1",
+            "train.eval_every=1",
+            "train.checkpoint_every=1",
+            "train.eval_batch_size=4",
+            "train.device=cpu",
+        ],
+    )
+    run_training(cfg, tmp_path / "run")
+    # One batch of 7 is the whole epoch of 7 files: the broken one is read, and skipped, exactly once.
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["skipped_images"] == 1

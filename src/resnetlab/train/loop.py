@@ -213,6 +213,10 @@ def _run(cfg: Config, out: Path, resume: bool, info: dist.DistInfo, device: torc
                     "test_error": test_error,
                     "time": elapsed_before + time.perf_counter() - t0,
                 }
+                # ImageFolder with data.skip_corrupt: how many unreadable images were skipped so far.
+                skipped = getattr(data.train, "skipped", 0)
+                if skipped:
+                    last_eval["skipped_images"] = skipped
                 if best is None or test_error < best["test_error"]:
                     best = {"iter": it, "test_error": test_error}
                 since_eval.reset()
@@ -224,6 +228,7 @@ def _run(cfg: Config, out: Path, resume: bool, info: dist.DistInfo, device: torc
                     bar.write(
                         f"iter {it}: test error {test_error:.2f}%, train error {last_eval['train_error']:.2f}%, "
                         f"loss {last_eval['train_loss']:.4f}, lr {lr:.3g}"
+                        + (f", {skipped} unreadable images skipped" if skipped else "")
                     )
                 throughput.rate()  # leave evaluation out of images/s
             if checkpoint_now:
