@@ -142,6 +142,12 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             raise UserError(f"{key}: expected a list, got {value!r}")
         (item_tp, _ellipsis) = typing.get_args(tp)
         return tuple(_check(v, item_tp, key) for v in value)
+    if tp in (int, float) and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads 6.4e4 or 1e-4 without a dot or sign as a string.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if tp is bool:
         if not isinstance(value, bool):
             raise UserError(f"{key}: expected true or false, got {value!r}")
@@ -176,21 +182,32 @@ def valid_keys(root: type = None) -> list[str]:  # type: ignore[assignment]
     return keys
 
 
+def require_at_least_one(cfg: Any, keys: list[str]) -> None:
+    """UserError for the first `section.key` of `cfg` whose value is below 1 (counts, sizes, periods)."""
+    for key in keys:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < 1:
+            raise UserError(f"{key}: must be >= 1, got {value}")
+
+
+# The loop counters every training config tree has (classification and detection).
+TRAIN_COUNTS = [
+    "train.batch_size",
+    "train.max_iters",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.eval_batch_size",
+]
+
+
 def _validate(cfg: Any) -> Any:
     """Cross-field checks that no single type can express (classification tree only)."""
     if not isinstance(cfg, Config):
         return cfg
-    t, o = cfg.train, cfg.optim
-    for key, value in (
-        ("train.batch_size", t.batch_size),
-        ("train.max_iters", t.max_iters),
-        ("train.eval_every", t.eval_every),
-        ("train.checkpoint_every", t.checkpoint_every),
-        ("train.log_every", t.log_every),
-        ("train.eval_batch_size", t.eval_batch_size),
-    ):
-        if value < 1:
-            raise UserError(f"{key}: must be >= 1, got {value}")
+    o = cfg.optim
+    require_at_least_one(cfg, TRAIN_COUNTS)
     if o.lr <= 0:
         raise UserError(f"optim.lr: must be > 0, got {o.lr}")
     if list(o.milestones) != sorted(o.milestones) or any(m < 1 for m in o.milestones):

@@ -13,7 +13,14 @@ from typing import Any, Literal
 
 import yaml
 
-from resnetlab.config import apply_overrides, configs_dir, default_data_dir, from_dict
+from resnetlab.config import (
+    TRAIN_COUNTS,
+    apply_overrides,
+    configs_dir,
+    default_data_dir,
+    from_dict,
+    require_at_least_one,
+)
 from resnetlab.errors import UserError
 
 
@@ -102,19 +109,8 @@ def list_detection_presets() -> list[str]:
 
 
 def validate(cfg: DetectionConfig) -> DetectionConfig:
-    t, o, m, d = cfg.train, cfg.optim, cfg.model, cfg.data
-    for key, value in (
-        ("train.batch_size", t.batch_size),
-        ("train.max_iters", t.max_iters),
-        ("train.eval_every", t.eval_every),
-        ("train.checkpoint_every", t.checkpoint_every),
-        ("train.log_every", t.log_every),
-        ("train.eval_batch_size", t.eval_batch_size),
-        ("model.pool_size", m.pool_size),
-        ("data.min_size", d.min_size),
-    ):
-        if value < 1:
-            raise UserError(f"{key}: must be >= 1, got {value}")
+    o, m, d = cfg.optim, cfg.model, cfg.data
+    require_at_least_one(cfg, [*TRAIN_COUNTS, "model.pool_size", "data.min_size"])
     if o.lr <= 0:
         raise UserError(f"optim.lr: must be > 0, got {o.lr}")
     if list(o.milestones) != sorted(o.milestones):

@@ -1,0 +1,100 @@
+"""The configuration tree: presets load, overrides are typed and validated, errors name the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from resnetlab.config import Config, apply_overrides, list_presets, load_config, load_preset, valid_keys
+from resnetlab.detection.config import list_detection_presets, load_detection_config
+from resnetlab.errors import UserError
+
+
+def test_issue_keys_exist():
+    keys = set(valid_keys())
+    for key in (
+        "model.name",
+        "data.name",
+        "data.dir",
+        "train.max_iters",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.seed",
+        "optim.lr",
+        "optim.milestones",
+    ):
+        assert key in keys
+
+
+def test_defaults_are_the_papers_cifar_recipe():
+    c = Config()
+    assert (c.optim.lr, c.optim.momentum, c.optim.weight_decay) == (0.1, 0.9, 1e-4)
+    assert c.optim.milestones == (32000, 48000) and c.train.max_iters == 64000 and c.train.batch_size == 128
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_loads(name):
+    cfg = load_preset(name)
+    assert isinstance(cfg, Config)
+
+
+def test_presets_cover_the_papers_experiments():
+    presets = set(list_presets())
+    for depth in (20, 32, 44, 56, 110, 1202):
+        assert f"cifar10-resnet{depth}" in presets
+    for depth in (20, 32, 44, 56, 110):
+        assert f"cifar10-plain{depth}" in presets
+    for depth in (18, 34, 50, 101, 152):
+        assert f"imagenet-resnet{depth}" in presets
+    # Sec. 4.2: 110 layers warm up at 0.01 until the training error is below 80 %.
+    r110 = load_preset("cifar10-resnet110")
+    assert r110.optim.warmup_lr == 0.01 and r110.optim.warmup_until_error == 80.0
+
+
+@pytest.mark.parametrize("name", list_detection_presets())
+def test_every_detection_preset_loads(name):
+    load_detection_config(name)
+
+
+def test_override_values_are_parsed_as_yaml_and_typed():
+    cfg = apply_overrides(Config(), ["optim.milestones=[400]", "train.max_iters=6.4e4", "optim.weight_decay=1e-4"])
+    assert cfg.optim.milestones == (400,) and cfg.train.max_iters == 64000 and cfg.optim.weight_decay == 1e-4
+    assert apply_overrides(cfg, ["optim.warmup_lr=0.01"]).optim.warmup_lr == 0.01
+    assert apply_overrides(cfg, ["optim.warmup_lr=null"]).optim.warmup_lr is None
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("optim.nope=1", ["unknown config key optim.nope", "optim.lr"]),
+        ("nosection=1", ["section.key=value"]),
+        ("train.max_iters=abc", ["train.max_iters", "integer"]),
+        ("train.channels_last=1", ["train.channels_last", "true or false"]),
+        ("model.shortcut=D", ["model.shortcut", "'A'"]),
+        ("optim.milestones=[48000,32000]", ["optim.milestones", "increasing"]),
+        ("train.batch_size=0", ["train.batch_size", ">= 1"]),
+        ("optim.lr=-0.1", ["optim.lr", "> 0"]),
+    ],
+)
+def test_bad_overrides_name_the_key(override, words):
+    with pytest.raises(UserError) as e:
+        apply_overrides(Config(), [override])
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_detection_tree_shares_the_count_checks():
+    with pytest.raises(UserError, match="train.eval_every: must be >= 1"):
+        load_detection_config(list_detection_presets()[0], ["train.eval_every=0"])
+
+
+def test_yaml_file_preset_and_unknown_section(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": "cifar_resnet56"}, "train": {"max_iters": 10}}))
+    cfg = load_config(str(path))
+    assert cfg.model.name == "cifar_resnet56" and cfg.train.max_iters == 10
+    path.write_text(yaml.safe_dump({"modle": {"name": "x"}}))
+    with pytest.raises(UserError, match="unknown config section 'modle'"):
+        load_config(str(path))
+    with pytest.raises(UserError, match="no preset 'cifar10-resnet21'"):
+        load_preset("cifar10-resnet21")
