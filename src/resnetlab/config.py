@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -265,11 +266,15 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
 
 
 def configs_dir() -> Path:
-    """The presets folder: `configs/` at the repository root (or `$RESNETLAB_CONFIGS`)."""
+    """The presets folder: `$RESNETLAB_CONFIGS`, else `configs/` of the source checkout (editable
+    install), else the copy a wheel installs into `<prefix>/share/resnetlab/configs`."""
     env = os.environ.get("RESNETLAB_CONFIGS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "configs"
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "resnetlab" / "configs"
 
 
 def list_presets() -> list[str]:
