@@ -277,22 +277,31 @@ def configs_dir() -> Path:
     return Path(sys.prefix) / "share" / "resnetlab" / "configs"
 
 
+def preset_names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+    return preset_names(configs_dir())
+
+
+def read_preset(name_or_path: str, folder: Path, what: str = "preset") -> dict[str, Any]:
+    """The YAML mapping of a preset by name (`folder/NAME.yaml`) or of a path to a YAML file;
+    a missing preset is a UserError listing those in `folder`."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise UserError(f"no {what} {name_or_path!r}; presets: {', '.join(preset_names(folder))}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
 
 
 def load_preset(name_or_path: str) -> Config:
     """A preset by name (`cifar10-resnet20`) or a path to a YAML file."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = configs_dir() / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise UserError(f"no preset {name_or_path!r}; presets: {', '.join(list_presets())}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
-    return from_dict(data)
+    return from_dict(read_preset(name_or_path, configs_dir()))
 
 
 def load_config(preset: str | None, overrides: list[str] | None = None) -> Config:

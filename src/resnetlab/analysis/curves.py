@@ -48,6 +48,11 @@ def plot_curves(runs: list[Run], out: str | Path, *, title: str | None = None) -
     axes[0][0].set_ylabel("error (%)")
     if title:
         fig.suptitle(title)
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns the path."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -180,7 +180,7 @@ def plot_responses(results: list[dict], out: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from resnetlab.analysis.curves import depth_colours
+    from resnetlab.analysis.curves import depth_colours, save_figure
 
     colours = depth_colours([res["depth"] for res in results])  # the same colours as the curves figure
     fig, (ax_order, ax_sorted) = plt.subplots(2, 1, figsize=(7, 7))
@@ -200,9 +200,4 @@ def plot_responses(results: list[dict], out: str | Path) -> Path:
     ax_order.set_title(
         "responses of 3x3 layers after BN, before ReLU/addition (test set)\nsolid: ResNet, dashed: plain"
     )
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from resnetlab.config import (
     TRAIN_COUNTS,
     apply_overrides,
     configs_dir,
     default_data_dir,
     from_dict,
+    preset_names,
+    read_preset,
     require_at_least_one,
 )
 from resnetlab.errors import UserError
@@ -105,7 +105,7 @@ def presets_dir() -> Path:
 
 
 def list_detection_presets() -> list[str]:
-    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+    return preset_names(presets_dir())
 
 
 def validate(cfg: DetectionConfig) -> DetectionConfig:
@@ -132,14 +132,5 @@ def load_detection_config(preset: str | None, overrides: list[str] | None = None
     """A preset by name (`voc07-resnet101-c4`) or a YAML path, then `section.key=value` overrides."""
     cfg = DetectionConfig()
     if preset:
-        path = Path(preset)
-        if not path.suffix:
-            path = presets_dir() / f"{preset}.yaml"
-        if not path.is_file():
-            raise UserError(f"no detection preset {preset!r}; presets: {', '.join(list_detection_presets())}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
-        cfg = detection_config_from_dict(data)
+        cfg = detection_config_from_dict(read_preset(preset, presets_dir(), "detection preset"))
     return validate(apply_overrides(cfg, overrides or []))
