@@ -41,31 +41,31 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "cifar10"  # cifar10 | cifar100 | mnist | fashion-mnist | imagenet | imagefolder
-    dir: str = field(default_factory=default_data_dir)
+    dir: str = field(default_factory=default_data_dir)  # dataset root; default $RESNETLAB_DATA or ~/.cache
     download: bool = True  # fetch from the official location when missing (needs internet)
     val_split: int = 0  # >0: hold out this many training images (paper: 5000 -> 45k/5k)
     augment: bool = True  # pad 4 + random crop + flip (CIFAR); scale + crop + flip + PCA (ImageNet)
-    pad: int = 4
+    pad: int = 4  # CIFAR-size data: zero padding before the random 32x32 crop (sec. 4.2)
     mean: Literal["pixel", "channel"] = "pixel"  # paper: per-pixel mean subtraction
     normalize_std: bool = False  # paper: mean subtraction only
     # ImageNet / ImageFolder only:
     scale_min: int = 256  # shorter side resized to a random size in [scale_min, scale_max]
-    scale_max: int = 480
-    crop: int = 224
+    scale_max: int = 480  # ... [256, 480] in the paper (sec. 3.4)
+    crop: int = 224  # training crop side; also the input size recorded in checkpoints
     lighting: float = 0.1  # AlexNet PCA colour augmentation std (0 disables)
-    workers: int = 8
+    workers: int = 8  # DataLoader worker processes (JPEG decoding)
     skip_corrupt: bool = False  # True: skip unreadable images and count them; False: stop and name it
     mean_samples: int = 10000  # training images sampled to compute the mean
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = 0.1  # initial learning rate (sec. 3.4, 4.2)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # L2 on every parameter (the paper's 0.0001)
     schedule: Literal["multistep", "plateau"] = "multistep"  # plateau: ImageNet's "when error plateaus"
     milestones: tuple[int, ...] = (32000, 48000)  # multistep: divide lr by 10 at these iterations
-    gamma: float = 0.1
+    gamma: float = 0.1  # lr factor at each milestone / plateau
     plateau_patience: int = 3  # plateau: evaluations without improvement before dividing
     warmup_lr: float | None = None  # 110/1202 layers: 0.01 ...
     warmup_until_error: float = 80.0  # ... until the training error (%) is below this
@@ -75,16 +75,16 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 128  # global, across all processes
-    max_iters: int = 64000
-    eval_every: int = 1000
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    seed: int = 0
+    max_iters: int = 64000  # total iterations (CIFAR: 64k, sec. 4.2)
+    eval_every: int = 1000  # iterations between test-error evaluations (and at the end)
+    checkpoint_every: int = 1000  # iterations between checkpoint.pt writes (and on SIGTERM/SIGINT)
+    log_every: int = 50  # iterations between training loss/error logs
+    seed: int = 0  # seeds the weights, the data order and the augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    channels_last: bool = True
-    compile: bool = False
-    eval_batch_size: int = 1000
+    channels_last: bool = True  # NHWC memory layout (faster convolutions on most devices)
+    compile: bool = False  # torch.compile the model
+    eval_batch_size: int = 1000  # images per forward at evaluation
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torchvision
 
-from resnetlab.cli import info as info_cli
 from resnetlab.cli import main
 
 
@@ -93,8 +92,10 @@ def test_errors_are_one_line(capsys, argv, message):
 
 def test_paper_tables_json(capsys, monkeypatch):
     # The full tables take seconds (1202 layers); one row of each exercises the same code.
-    monkeypatch.setattr(info_cli, "PAPER_MULT_ADDS", {"resnet50": 3.8e9, "vgg19": 19.6e9})
-    monkeypatch.setattr(info_cli, "PAPER_CIFAR_PARAMS", {56: 0.85e6})
+    from resnetlab.models import complexity  # read by `info --paper` when it runs
+
+    monkeypatch.setattr(complexity, "PAPER_MULT_ADDS", {"resnet50": 3.8e9, "vgg19": 19.6e9})
+    monkeypatch.setattr(complexity, "PAPER_CIFAR_PARAMS", {56: 0.85e6})
     code, out, _ = run(capsys, "--paper", "--json")
     assert code == 0
     d = json.loads(out)

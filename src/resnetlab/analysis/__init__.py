@@ -1,18 +1,31 @@
 """Analyses of the paper: error curves (figs. 1/4/6), layer responses (fig. 7), table 6, and the
-`reproduce` runner that trains the grids behind them."""
+`reproduce` runner that trains the grids behind them.
 
-from resnetlab.analysis.responses import ResponseMeter, layer_responses, response_layers
-from resnetlab.analysis.runs import Run, load_run, model_label, parse_model_name
-from resnetlab.analysis.table import best_mean_std, format_best_mean_std
+The names below are imported on first use (PEP 562), so `resnetlab.analysis.grids` can be read by
+the CLI without importing torch.
+"""
 
-__all__ = [
-    "ResponseMeter",
-    "Run",
-    "best_mean_std",
-    "format_best_mean_std",
-    "layer_responses",
-    "load_run",
-    "model_label",
-    "parse_model_name",
-    "response_layers",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ResponseMeter": "responses",
+    "layer_responses": "responses",
+    "response_layers": "responses",
+    "Run": "runs",
+    "load_run": "runs",
+    "model_label": "runs",
+    "parse_model_name": "runs",
+    "best_mean_std": "table",
+    "format_best_mean_std": "table",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'resnetlab.analysis' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"resnetlab.analysis.{_WHERE[name]}"), name)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.analysis.curves import plot_curves
+from resnetlab.analysis.grids import DATASETS, GRIDS, PAPER_ITERS, PAPER_MILESTONES, SHORT_FACTOR
 from resnetlab.analysis.responses import checkpoint_responses, plot_responses
 from resnetlab.analysis.runs import load_run, model_label
 from resnetlab.analysis.table import Row, to_markdown, write_csv
@@ -29,16 +30,6 @@ from resnetlab.config import Config, apply_overrides, dump, list_presets, load_c
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.utils.checkpoint import load
-
-GRIDS: dict[str, list[tuple[str, int]]] = {
-    "table6": [("resnet", d) for d in (20, 32, 44, 56, 110)],  # + 1202 with with_1202
-    "fig6-plain": [("plain", d) for d in (20, 32, 44, 56)],
-    "degradation": [("plain", 20), ("plain", 56), ("resnet", 20), ("resnet", 56)],
-}
-PAPER_MILESTONES = (32000, 48000)
-PAPER_ITERS = 64000
-SHORT_FACTOR = 10  # --schedule short: the paper's schedule divided by this (6.4k iterations)
-DATASETS = ("cifar10", "fashion-mnist", "mnist")
 
 TrainFn = Callable[..., Any]  # run_training(cfg, out_dir, *, resume=False)
 

@@ -13,8 +13,9 @@ import sys
 from resnetlab import __version__
 from resnetlab.errors import UserError
 
-# Modules under resnetlab.cli, in the order their commands appear in `--help`.
-COMMAND_MODULES = ["info", "train", "evaluate", "analyze", "bench", "detect"]
+# Modules under resnetlab.cli, in the order their commands appear in `--help`. Their top level and
+# `register` import no torch: `--help` answers at once; each handler imports what it needs.
+COMMAND_MODULES = ["info", "train", "config", "evaluate", "analyze", "bench", "detect"]
 
 
 def build_parser() -> argparse.ArgumentParser:

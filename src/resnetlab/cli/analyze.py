@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from resnetlab.analysis.reproduce import DATASETS, GRIDS, SHORT_FACTOR
+from resnetlab.analysis.grids import DATASETS, GRIDS, SHORT_FACTOR  # data only: no torch import at --help
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resnetlab.errors import UserError
-from resnetlab.models import CIFAR_DEPTHS, count_params, create_model, list_models, measure_model
-from resnetlab.models.complexity import PAPER_CIFAR_PARAMS, PAPER_MULT_ADDS, Complexity
+
+if TYPE_CHECKING:  # resnetlab.models imports torch: only the handlers import it, not `--help`
+    from resnetlab.models.complexity import Complexity
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resnetlab.models import list_models
+
     if args.list:
         names = list_models()
         print(json.dumps(names) if args.json else "\n".join(names))
@@ -78,6 +81,8 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def measure_named(name: str, *, input_size: int | None = None, **options: Any) -> Complexity:
     """`measure_model` with its errors turned into one-line UserErrors."""
+    from resnetlab.models import list_models, measure_model
+
     if name not in list_models():
         raise UserError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
     if "stride_in_1x1" in options and not name.startswith(("resnet", "plain")):
@@ -98,6 +103,9 @@ def measure_named(name: str, *, input_size: int | None = None, **options: Any) -
 
 def paper_tables() -> dict[str, list[dict[str, Any]]]:
     """Table 1 at 224x224, in the paper's layout and in torchvision's v1.5 layout; table 6 params."""
+    from resnetlab.models import CIFAR_DEPTHS, count_params, create_model, measure_model
+    from resnetlab.models.complexity import PAPER_CIFAR_PARAMS, PAPER_MULT_ADDS
+
     table1 = []
     for name, paper in PAPER_MULT_ADDS.items():
         ours = measure_model(name).mult_adds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import textwrap
 from pathlib import Path
 
 from resnetlab.errors import UserError
@@ -18,6 +19,9 @@ EPILOG = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from resnetlab.config import list_presets  # YAML only, no torch
+
+    presets = textwrap.fill(", ".join(list_presets()), width=100, initial_indent="  ", subsequent_indent="  ")
     p = subparsers.add_parser(
         "train",
         help="train a network with one of the paper's recipes (presets in configs/)",
@@ -25,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Iteration-based SGD training (sec. 3.4 / 4.2). Writes config.yaml, metrics.jsonl, tb/, "
             "checkpoint.pt and, when finished, final.pt into --out. SIGTERM / Ctrl-C save a checkpoint."
         ),
-        epilog=EPILOG,
+        epilog=f"presets (configs/, see `resnetlab config show --preset NAME`):\n{presets}\n\n{EPILOG}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", metavar="NAME", help="configs/NAME.yaml or a path to a YAML file")

@@ -1,0 +1,16 @@
+"""The experiment grids of the paper that `resnetlab reproduce NAME` trains, as data.
+
+Kept apart from `reproduce.py` (which needs torch) so the CLI can list them without importing torch.
+"""
+
+from __future__ import annotations
+
+GRIDS: dict[str, list[tuple[str, int]]] = {
+    "table6": [("resnet", d) for d in (20, 32, 44, 56, 110)],  # + 1202 with with_1202
+    "fig6-plain": [("plain", d) for d in (20, 32, 44, 56)],
+    "degradation": [("plain", 20), ("plain", 56), ("resnet", 20), ("resnet", 56)],
+}
+PAPER_MILESTONES = (32000, 48000)
+PAPER_ITERS = 64000
+SHORT_FACTOR = 10  # --schedule short: the paper's schedule divided by this (6.4k iterations)
+DATASETS = ("cifar10", "fashion-mnist", "mnist")
