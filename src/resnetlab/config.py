@@ -70,6 +70,7 @@ class OptimConfig:
     warmup_lr: float | None = None  # 110/1202 layers: 0.01 ...
     warmup_until_error: float = 80.0  # ... until the training error (%) is below this
     base_batch_size: int | None = None  # linear lr scaling: lr * batch_size / base_batch_size
+    backbone_lr_mult: float = 1.0  # fine-tuning: lr x this for all but the head (fc); 0 trains the head only
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory layout (faster convolutions on most devices)
     compile: bool = False  # torch.compile the model
     eval_batch_size: int = 1000  # images per forward at evaluation
+    # Fine-tuning (not in the paper, which trains from scratch): see docs/finetune.md.
+    init_from: str | None = None  # start from: our checkpoint, torchvision:ResNet50_Weights.IMAGENET1K_V2, a .pth
+    freeze: tuple[str, ...] = ()  # parts whose weights and BN statistics stay fixed: stem, layer1, ...
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,8 @@ def _validate(cfg: Any) -> Any:
         raise UserError(f"optim.lr: must be > 0, got {o.lr}")
     if list(o.milestones) != sorted(o.milestones) or any(m < 1 for m in o.milestones):
         raise UserError(f"optim.milestones: must be increasing positive iterations, got {list(o.milestones)}")
+    if o.backbone_lr_mult < 0:
+        raise UserError(f"optim.backbone_lr_mult: must be >= 0, got {o.backbone_lr_mult}")
     if cfg.data.val_split < 0:
         raise UserError(f"data.val_split: must be >= 0, got {cfg.data.val_split}")
     if cfg.data.scale_min > cfg.data.scale_max:

@@ -77,7 +77,8 @@ class FakeBundle:
     meta: dict = field(default_factory=dict)
 
 
-def build_fake_data(cfg, device, *, rank: int = 0, world_size: int = 1) -> FakeBundle:
+def build_fake_data(cfg, device, *, rank: int = 0, world_size: int = 1, stats=None) -> FakeBundle:
+    """`stats` (fine-tuning's given normalisation) is recorded in the meta; the images are made normalised."""
     bundle = FakeBundle(
         FakeTrain(cfg.train.batch_size, cfg.train.seed, rank, world_size, device),
         FakeTest(cfg.train.eval_batch_size, device),
@@ -88,8 +89,8 @@ def build_fake_data(cfg, device, *, rank: int = 0, world_size: int = 1) -> FakeB
         "num_classes": NUM_CLASSES,
         "in_channels": 1,
         "image_size": SIZE,
-        "mean": torch.zeros(1, SIZE, SIZE),
-        "std": None,
+        "mean": torch.zeros(1, SIZE, SIZE) if stats is None else stats[0],
+        "std": None if stats is None else stats[1],
     }
     return bundle
 

@@ -14,6 +14,9 @@ EPILOG = """examples:
   resnetlab train --preset cifar10-resnet20 --out runs/fm --device cpu \\
       --set data.name=fashion-mnist optim.milestones=[400] train.max_iters=600
   resnetlab train --out runs/r20 --resume          # continue an interrupted run
+  resnetlab train --preset finetune-imagefolder --out runs/ft --set data.dir=/data/flowers
+  resnetlab train --preset cifar10-resnet20 --out runs/mnist --init-from runs/fm/final.pt \
+      --set data.name=mnist train.freeze=[stem] optim.backbone_lr_mult=0.1
   torchrun --nproc_per_node 2 -m resnetlab train --preset cifar10-resnet110 --out runs/r110
 """
 
@@ -44,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (sets train.device)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
+    p.add_argument(
+        "--init-from",
+        metavar="SOURCE",
+        help="fine-tune from weights (sets train.init_from): our checkpoint, a torchvision .pth, or "
+        "torchvision:ResNet50_Weights.IMAGENET1K_V2 (see docs/finetune.md)",
+    )
     p.set_defaults(func=run)
 
 
@@ -52,6 +61,8 @@ def resolve_config(args: argparse.Namespace):
     from resnetlab.config import apply_overrides, from_dict, list_presets, load_preset
 
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
+    if getattr(args, "init_from", None):
+        overrides.append(f"train.init_from={args.init_from}")
     if args.preset:
         cfg = load_preset(args.preset)
     elif args.resume and (Path(args.out) / "config.yaml").is_file():

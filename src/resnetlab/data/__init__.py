@@ -12,7 +12,7 @@ import torch
 
 from resnetlab.config import Config
 from resnetlab.data.bundle import DataBundle, EvalSource, TrainSource
-from resnetlab.data.ondevice import DeviceEvalSource, DeviceTrainSource, Normalizer, image_stats
+from resnetlab.data.ondevice import DeviceEvalSource, DeviceTrainSource, Normalizer, fit_stats, image_stats
 from resnetlab.data.readers import READERS, RawDataset, Split
 from resnetlab.errors import UserError
 
@@ -23,13 +23,17 @@ FLIP = {"cifar10": True, "cifar100": True, "fashion-mnist": True, "mnist": False
 DATASETS = (*READERS, "imagenet", "imagefolder")
 
 
-def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: int = 1) -> DataBundle:
-    """The training stream and the test (or held-out validation) split of `cfg.data.name`."""
+def build_data(
+    cfg: Config, device: torch.device, *, rank: int = 0, world_size: int = 1, stats: tuple | None = None
+) -> DataBundle:
+    """The training stream and the test (or held-out validation) split of `cfg.data.name`.
+    `stats` (mean, std or None), when given, is the normalisation to use instead of the training
+    split's (fine-tuning uses the weights' own)."""
     d = cfg.data
     if d.name in ("imagenet", "imagefolder"):
         from resnetlab.data.imagenet import build_imagefolder
 
-        return build_imagefolder(cfg, device, rank=rank, world_size=world_size)
+        return build_imagefolder(cfg, device, rank=rank, world_size=world_size, stats=stats)
     if d.name not in READERS:
         raise UserError(f"data.name: unknown dataset {d.name!r}; choose one of {', '.join(DATASETS)}")
 
@@ -44,10 +48,13 @@ def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: 
         test = Split(train.images[n:], train.labels[n:])
         train = Split(train.images[:n], train.labels[:n])
 
-    mean, std = image_stats(train.images, per=d.mean)  # training split only (val excluded)
-    std = std if d.normalize_std else None
-    normalizer = Normalizer(mean, std, device)
     _, c, h, w = train.images.shape
+    if stats is not None:
+        mean, std = fit_stats(*stats, channels=c, size=h)
+    else:
+        mean, std = image_stats(train.images, per=d.mean)  # training split only (val excluded)
+        std = std if d.normalize_std else None
+    normalizer = Normalizer(mean, std, device)
     train_source = DeviceTrainSource(
         train.images.to(device),
         train.labels.to(device),

@@ -30,7 +30,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_cla
 from torchvision.transforms.v2 import functional as TF
 
 from resnetlab.data.bundle import DataBundle, EvalSource, TrainSource
-from resnetlab.data.ondevice import Normalizer, mix_seed
+from resnetlab.data.ondevice import Normalizer, fit_stats, mix_seed
 from resnetlab.errors import UserError
 
 # AlexNet "standard color augmentation": PCA of ImageNet's RGB pixels (values from fb.resnet.torch).
@@ -376,9 +376,12 @@ def _read_cache(path: Path) -> tuple[Tensor, Tensor] | None:
 # ---- the builder ---------------------------------------------------------------------------------
 
 
-def build_imagefolder(cfg, device: torch.device, *, rank: int = 0, world_size: int = 1) -> DataBundle:
+def build_imagefolder(
+    cfg, device: torch.device, *, rank: int = 0, world_size: int = 1, stats: tuple | None = None
+) -> DataBundle:
     """The DataBundle of an ImageFolder tree: data.name "imagenet" reads data.dir/imagenet, "imagefolder"
-    reads data.dir. The test source is DIR/val, or data.val_split training images held out."""
+    reads data.dir. The test source is DIR/val, or data.val_split training images held out.
+    `stats` (mean, std or None): a given normalisation (fine-tuning: the weights'), not computed."""
     d, t = cfg.data, cfg.train
     root = Path(d.dir) / "imagenet" if d.name == "imagenet" else Path(d.dir)
     classes = split_classes(root / "train")
@@ -400,9 +403,12 @@ def build_imagefolder(cfg, device: torch.device, *, rank: int = 0, world_size: i
     if d.crop < 1 or d.scale_min < d.crop:
         raise UserError(f"data.scale_min={d.scale_min} must be >= data.crop={d.crop} (both positive)")
 
-    stats = {"crop": d.crop, "count": d.mean_samples, "per": d.mean, "workers": d.workers}
-    mean, std = _cached_stats(root, train, rank=rank, world_size=world_size, skip_corrupt=d.skip_corrupt, **stats)
-    std = std if d.normalize_std else None
+    if stats is not None:
+        mean, std = fit_stats(*stats, channels=3, size=d.crop)
+    else:
+        opts = {"crop": d.crop, "count": d.mean_samples, "per": d.mean, "workers": d.workers}
+        mean, std = _cached_stats(root, train, rank=rank, world_size=world_size, skip_corrupt=d.skip_corrupt, **opts)
+        std = std if d.normalize_std else None
     normalizer = Normalizer(mean, std, device)
     source = ImageFolderTrainSource(
         train,

@@ -68,6 +68,16 @@ def image_stats(images: Tensor, *, per: str = "pixel", chunk: int = 1024) -> tup
     return mean.float(), std.float()
 
 
+def fit_stats(mean: Tensor, std: Tensor | None, *, channels: int, size: int) -> tuple[Tensor, Tensor | None]:
+    """A given normalisation (e.g. of pretrained weights) for images of `channels` x `size` x `size`:
+    a per-pixel mean of another size becomes its per-channel average; other channel counts are an error."""
+    if mean.shape[0] != channels or (std is not None and std.shape[0] != channels):
+        raise UserError(f"the weights were trained on {mean.shape[0]}-channel images, the data has {channels}")
+    if mean.shape[-2:] not in ((1, 1), (size, size)):
+        mean = mean.mean((1, 2), keepdim=True)
+    return mean.float(), None if std is None else std.float().reshape(channels, 1, 1)
+
+
 class Normalizer:
     """x = (uint8 / 255 - mean) [/ std], the contract's normalisation, as one fused multiply-add."""
 

@@ -82,3 +82,112 @@ def load_models(paths: list[str], device: torch.device) -> list[LoadedModel]:
         if m.image_size != first.image_size or (m.dataset in IMAGE_DATASETS) != (first.dataset in IMAGE_DATASETS):
             raise UserError(f"{m.path} and {first.path} were trained on different inputs; cannot ensemble them")
     return models
+
+
+# ---- weights to start training from (`train.init_from`) ------------------------------------------
+
+# torchvision's ImageNet normalisation (per channel, with std), which its ResNet weights expect.
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+TORCHVISION_PREFIX = "torchvision:"
+# torchvision's ResNets: "v1.5" (stride on the 3x3 of the bottleneck), projection shortcuts (B).
+TORCHVISION_LAYOUT = {"stride_in_1x1": False, "shortcut": "B"}
+
+
+@dataclass(frozen=True)
+class SourceWeights:
+    """Trained weights and what using them needs: the architecture they fit and the input
+    normalisation they were trained with ([0, 1] scale; mean (C, 1, 1) or (C, H, W), std or None)."""
+
+    state_dict: dict[str, Tensor]
+    model: str | None  # registered name; None for a bare torchvision .pth (the config names it)
+    layout: dict[str, Any]  # options that change what the weights mean: shortcut, stride_in_1x1, depth
+    mean: Tensor
+    std: Tensor | None
+    classes: list[str]
+    description: str
+
+    @property
+    def num_classes(self) -> int | None:
+        w = self.state_dict.get("fc.weight")
+        return int(w.shape[0]) if w is not None else None
+
+
+def read_weights(source: str) -> SourceWeights:
+    """`source`: one of our checkpoints, `torchvision:ResNet50_Weights.IMAGENET1K_V2` (fetched once
+    into torchvision's cache, `$TORCH_HOME/hub/checkpoints`, its SHA-256 prefix checked; offline
+    afterwards) or a local torchvision ResNet state-dict file (.pth). Every file is read with
+    `weights_only=True`."""
+    if source.startswith(TORCHVISION_PREFIX):
+        return _torchvision_weights(source[len(TORCHVISION_PREFIX) :])
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(
+            f"train.init_from: {source} does not exist (give a resnetlab checkpoint, a torchvision .pth "
+            "or torchvision:ResNet50_Weights.IMAGENET1K_V2)"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, random bytes, pickled objects outside the allow-list
+        raise UserError(f"train.init_from: {source} is unreadable ({type(e).__name__})") from None
+    if isinstance(obj, dict) and obj.get("format") == "resnetlab":
+        ckpt = load(path)
+        meta = ckpt.get("meta") or {}
+        if "model" not in meta or "mean" not in meta:
+            raise UserError(f"train.init_from: checkpoint {source} has no model or mean in its meta")
+        options = meta.get("model_options") or {}
+        layout = {k: options[k] for k in ("depth", "shortcut", "stride_in_1x1") if k in options}
+        return SourceWeights(
+            ckpt["model"],
+            meta["model"],
+            layout,
+            meta["mean"],
+            meta.get("std"),
+            list(meta.get("classes") or []),
+            f"checkpoint {source} ({meta['model']} on {meta.get('dataset', '?')})",
+        )
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise UserError(f"train.init_from: {source} is neither a resnetlab checkpoint nor a torchvision state dict")
+    return SourceWeights(
+        obj,
+        None,
+        dict(TORCHVISION_LAYOUT),
+        torch.tensor(TORCHVISION_MEAN).view(3, 1, 1),
+        torch.tensor(TORCHVISION_STD).view(3, 1, 1),
+        [],
+        f"torchvision state dict {path.name}",
+    )
+
+
+def _torchvision_weights(name: str) -> SourceWeights:
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise UserError(
+            f"train.init_from: unknown torchvision weights {name!r}; e.g. ResNet50_Weights.IMAGENET1K_V2, "
+            "ResNet18_Weights.IMAGENET1K_V1"
+        ) from None
+    model = type(weights).__name__.removesuffix("_Weights").lower()  # ResNet50_Weights -> resnet50
+    if model not in {f"resnet{d}" for d in (18, 34, 50, 101, 152)}:
+        raise UserError(f"train.init_from: {name} are {model} weights; resnetlab builds resnet18..resnet152")
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)  # its cache, its checksum
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; a hash mismatch a RuntimeError
+        raise UserError(
+            f"train.init_from: cannot fetch {weights.url} ({str(e).splitlines()[0][:120]}); offline, put that "
+            f"file into {Path(torch.hub.get_dir()) / 'checkpoints'}"
+        ) from None
+    t = weights.transforms()
+    return SourceWeights(
+        state,
+        model,
+        dict(TORCHVISION_LAYOUT),
+        torch.tensor(t.mean).view(3, 1, 1),
+        torch.tensor(t.std).view(3, 1, 1),
+        list(weights.meta.get("categories") or []),
+        f"torchvision {name}",
+    )

@@ -15,14 +15,11 @@ import torch
 
 from resnetlab.config import Config, DataConfig, ModelConfig, model_options, to_dict
 from resnetlab.errors import UserError
-from resnetlab.evaluate.checkpoints import load_model
+from resnetlab.evaluate.checkpoints import TORCHVISION_MEAN, TORCHVISION_STD, load_model
 from resnetlab.evaluate.predict import imagenet_categories
 from resnetlab.models import IMAGENET_DEPTHS, load_torchvision_checkpoint
 from resnetlab.utils.checkpoint import save_atomic
 
-# torchvision's ImageNet normalisation (per channel, with std), used by its pretrained weights.
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
 FORMATS = ("onnx", "torchscript")
 
 

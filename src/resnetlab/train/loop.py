@@ -26,6 +26,7 @@ from tqdm import tqdm
 from resnetlab.config import Config, dump, model_options, to_dict
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
+from resnetlab.train import finetune
 from resnetlab.train.rundir import open_run, rng_state, seed_everything, set_rng_state, truncate_metrics
 from resnetlab.train.schedule import LRSchedule
 from resnetlab.train.step import autocast_dtype, evaluate_error, make_grad_scaler, make_sgd, make_train_step
@@ -38,11 +39,11 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite: training stops, the last good checkpoint stays."""
 
 
-def build_data(cfg: Config, device: torch.device, *, rank: int, world_size: int):
+def build_data(cfg: Config, device: torch.device, *, rank: int, world_size: int, stats=None):
     """`resnetlab.data.build_data` (imported here so tests can substitute a small source)."""
     from resnetlab.data import build_data as build
 
-    return build(cfg, device, rank=rank, world_size=world_size)
+    return build(cfg, device, rank=rank, world_size=world_size, stats=stats)
 
 
 def run_training(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
@@ -69,20 +70,27 @@ def _run(cfg: Config, out: Path, resume: bool, info: dist.DistInfo, device: torc
 
     # ---- data, model, optimizer, schedule ------------------------------------------------------
     seed_everything(t.seed)
-    data = build_data(cfg, device, rank=info.rank, world_size=info.world_size)
+    source = finetune.read_source(cfg)  # train.init_from: weights to start from, and their normalisation
+    data = build_data(cfg, device, rank=info.rank, world_size=info.world_size, stats=finetune.source_stats(source))
     options = model_options(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
     try:
         model = create_model(cfg.model.name, **options)
     except (ValueError, TypeError) as e:
         raise UserError(f"model: {e}") from None
+    report = finetune.init_model(model, source, classes=data.classes) if source and ckpt is None else []
+    report += finetune.freeze(model, t.freeze)  # not in the checkpoint: applied to resumed runs too
+    if info.is_main and report:
+        print("\n".join(report))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     meta = {**data.meta, "model": cfg.model.name, "model_options": options}
 
-    optimizer = make_sgd(model, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     o = cfg.optim
+    optimizer = make_sgd(
+        model, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, backbone_lr_mult=o.backbone_lr_mult
+    )
     schedule = LRSchedule(
         lr=o.lr,
         schedule=o.schedule,
@@ -173,7 +181,7 @@ def _run(cfg: Config, out: Path, resume: bool, info: dist.DistInfo, device: torc
             x, y = next(batches)
             lr = schedule.lr(it)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)  # fine-tuning: the backbone's may be smaller
             loss, errors = step(x, y)
             window.add(loss, errors, y.numel())
             throughput.add(y.numel() * info.world_size)

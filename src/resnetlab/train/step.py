@@ -40,10 +40,27 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
     return None
 
 
-def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+def make_sgd(
+    model: nn.Module, *, lr: float, momentum: float, weight_decay: float, backbone_lr_mult: float = 1.0
+) -> torch.optim.SGD:
     """Sec. 3.4 / 4.2: SGD, momentum 0.9, weight decay 1e-4 on every parameter (as in the paper's
-    Caffe solver, which has no exemption for BN parameters)."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    Caffe solver, which has no exemption for BN parameters).
+
+    Fine-tuning (not in the paper): frozen parameters (requires_grad False) are left out, and with
+    `backbone_lr_mult` != 1 everything but the head (fc) is its own group. Each group carries
+    "lr_mult": the loop sets a group's lr to the schedule's lr x lr_mult."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if backbone_lr_mult == 1.0:
+        groups = [{"params": [p for _, p in params], "lr_mult": 1.0}]
+    else:
+        head = [p for n, p in params if n.startswith("fc.")]
+        backbone = [p for n, p in params if not n.startswith("fc.")]
+        groups = [
+            g
+            for g in ({"params": backbone, "lr_mult": backbone_lr_mult}, {"params": head, "lr_mult": 1.0})
+            if g["params"]
+        ]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def make_train_step(
