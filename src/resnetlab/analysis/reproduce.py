@@ -153,9 +153,9 @@ def run_jobs(
         return
     if todo and train_fn is None:
         from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
-    for job in todo:
+    for i, job in enumerate(todo, 1):
         resume = job.state() == "resume"
-        log(f"[{'resume' if resume else 'train'}] {job.name}")
+        log(f"[{'resume' if resume else 'train'}] {job.name} ({i}/{len(todo)})")
         summary = train_fn(job.cfg, job.out_dir, resume=resume)
         if isinstance(summary, dict) and summary.get("interrupted"):
             # SIGTERM / Ctrl-C: the run checkpointed and returned; stop the grid, the same command resumes it.
@@ -201,6 +201,7 @@ def report(
     responses: bool = True,
     max_images: int | None = None,
     log: Callable = print,
+    quiet: bool = False,
 ) -> list[Row]:
     """Table (Markdown + CSV), curves and responses figures of the finished jobs, written into `out`."""
     out = Path(out)
@@ -237,7 +238,9 @@ def report(
         results = []
         for net_jobs in by_net.values():
             job = min(net_jobs, key=lambda j: j.seed)
-            results.append(checkpoint_responses(job.out_dir / "final.pt", device=device, max_images=max_images))
+            results.append(
+                checkpoint_responses(job.out_dir / "final.pt", device=device, max_images=max_images, quiet=quiet)
+            )
         plot_responses(results, out / "responses.png")
         (out / "responses.json").write_text(json.dumps(results, indent=1) + "\n")
         log(f"wrote {out / 'responses.png'}, {out / 'responses.json'}")

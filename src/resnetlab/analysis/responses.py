@@ -26,6 +26,7 @@ from resnetlab.analysis.runs import model_label, parse_model_name
 from resnetlab.errors import UserError
 from resnetlab.models import BasicBlock, Bottleneck, create_model
 from resnetlab.utils.checkpoint import load
+from resnetlab.utils.progress import progress
 
 
 def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -132,8 +133,10 @@ def checkpoint_responses(
     device: torch.device,
     data_dir: str | None = None,
     max_images: int | None = None,
+    quiet: bool = False,
 ) -> dict:
-    """Rebuild the model of checkpoint `path` and measure its responses on its own test set.
+    """Rebuild the model of checkpoint `path` and measure its responses on its own test set (a
+    progress bar on a terminal unless `quiet`).
 
     Returns `{"checkpoint", "model", "label", "images", "layers": {name: std}}`.
     """
@@ -158,9 +161,17 @@ def checkpoint_responses(
             wrong[0] += (logits.argmax(1) != y).sum().item()
             wrong[1] += y.numel()
 
-    layers = layer_responses(model, test.batches(), max_images=max_images, on_output=count)
-    kind, depth = parse_model_name(meta["model"], meta.get("model_options", {}).get("depth"))
     images = len(test) if max_images is None else min(max_images, len(test))
+    per_batch = getattr(test, "batch_size", None)
+    batches = progress(
+        test.batches(),
+        total=-(-images // per_batch) if per_batch else None,
+        desc=f"responses {Path(path).name}",
+        unit="batch",
+        quiet=quiet,
+    )
+    layers = layer_responses(model, batches, max_images=max_images, on_output=count)
+    kind, depth = parse_model_name(meta["model"], meta.get("model_options", {}).get("depth"))
     return {
         "checkpoint": str(path),
         "model": meta["model"],

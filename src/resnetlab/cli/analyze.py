@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     resp.add_argument("--data-dir", default=None, help="where the test set is (default: the checkpoint's)")
     resp.add_argument("--max-images", type=int, default=None, metavar="N", help="first N test images only")
     resp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    resp.add_argument("--quiet", action="store_true", help="no progress bar (none off a terminal either)")
     resp.set_defaults(func=_responses)
 
     rep = subparsers.add_parser(
@@ -59,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     rep.add_argument("--max-images", type=int, default=None, help="responses on the first N test images")
     rep.add_argument("--no-responses", action="store_true", help="skip the fig. 7 analysis")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar for the analysis (training logs its own)")
     rep.set_defaults(func=_reproduce)
 
 
@@ -82,7 +84,7 @@ def _responses(args: argparse.Namespace) -> int:
         raise UserError(f"--max-images must be >= 1, got {args.max_images}")
     device = resolve_device(args.device)
     results = [
-        checkpoint_responses(ck, device=device, data_dir=args.data_dir, max_images=args.max_images)
+        checkpoint_responses(ck, device=device, data_dir=args.data_dir, max_images=args.max_images, quiet=args.quiet)
         for ck in args.checkpoint
     ]
     if args.out:
@@ -133,6 +135,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         device=device,
         responses=not args.no_responses,
         max_images=args.max_images,
+        quiet=args.quiet,
     )
     print((out / "table.md").read_text(), end="")
     return 0

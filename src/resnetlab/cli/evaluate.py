@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import sys
 
 EVALUATE_EPILOG = """examples:
   resnetlab evaluate --checkpoint runs/r50/final.pt --protocol 10crop --data-dir /data
   resnetlab evaluate --checkpoint runs/r50/final.pt --protocol multiscale --json
   resnetlab evaluate --checkpoint a.pt b.pt c.pt --protocol 10crop     # ensemble (table 5)
   resnetlab evaluate --checkpoint runs/r20/final.pt                     # CIFAR: single view, test split
+"""
+
+
+PREDICT_EPILOG = """examples:
+  resnetlab predict cat.jpg dog.png --checkpoint runs/r50/final.pt
+  resnetlab predict photos/ --checkpoint runs/ft/final.pt --csv > predictions.csv
+  resnetlab predict 'shots/**/*.jpg' --checkpoint a.pt b.pt --top 3 --json   # ensemble of two
 """
 
 
@@ -42,15 +51,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-flip", action="store_true", help="multiscale: leave out the mirror images")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (fields: docs/evaluate.md)")
+    p.add_argument("--plot", metavar="FIG", help="write the confusion matrix figure (.png, .pdf, .svg)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (none is shown off a terminal either)")
     p.set_defaults(func=run_evaluate)
 
-    p = subparsers.add_parser("predict", help="top-5 classes of images, with probabilities")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", nargs="+", required=True, metavar="CK")
+    p = subparsers.add_parser(
+        "predict",
+        help="top-5 classes of images (files, folders, globs), with probabilities",
+        description="The centre view of each image (shorter side 256, central 224, or the training size "
+        "for CIFAR-size models), in batches; class names from the checkpoint. An unreadable image is "
+        "reported in its row and the others go on; the exit code is then 1.",
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive), globs ('**/*.jpg')")
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="CK", help="one checkpoint, or an ensemble")
     p.add_argument("--top", type=int, default=5, help="how many classes (default 5)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
+    p.add_argument("--workers", type=int, default=2, help="image-reading worker processes (default 2)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON list: {image, top: [[class, p], ...], error}")
+    fmt.add_argument("--csv", action="store_true", help="CSV: image, class_1, prob_1, ..., class_k, prob_k, error")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (none is shown off a terminal either)")
     p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser(
@@ -86,7 +110,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         skip_corrupt=args.skip_corrupt,
         scales=tuple(args.scales or PAPER_SCALES),
         flip=not args.no_flip,
+        quiet=args.quiet,
     )
+    if args.plot:
+        from resnetlab.analysis.confusion import plot_confusion
+
+        path = plot_confusion(r, args.plot)
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -95,21 +125,54 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"top-1 error {r['top1_error']:.2f}%  top-5 error {r['top5_error']:.2f}%")
     if r["skipped"]:
         print(f"skipped {r['skipped']} unreadable images")
+    print(format_per_class(r["per_class"]))
     return 0
+
+
+def format_per_class(rows: list[dict], limit: int = 20) -> str:
+    """Top-1 accuracy per class, worst first; the 10 worst and 10 best when there are many classes."""
+    tested = sorted((r for r in rows if r["images"]), key=lambda r: r["accuracy"])
+    shown = tested if len(tested) <= limit else tested[: limit // 2] + tested[-limit // 2 :]
+    width = min(max(len(r["class"]) for r in shown), 32)
+    lines = [
+        f"per-class top-1 accuracy ({len(tested)} classes{', worst and best 10' if len(shown) < len(tested) else ''}):"
+    ]
+    for i, r in enumerate(shown):
+        if i == limit // 2 and len(shown) < len(tested):
+            lines.append("  ...")
+        lines.append(f"  {r['class'][:32]:<{width}}  {r['accuracy']:6.2f}%  ({r['images']} images)")
+    return "\n".join(lines)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from resnetlab.evaluate import predict
 
-    results = predict(args.images, args.checkpoint, top=args.top, device=args.device)
+    rows = predict(
+        args.images,
+        args.checkpoint,
+        top=args.top,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        quiet=args.quiet,
+    )
     if args.json:
-        print(json.dumps(results))
-        return 0
-    for r in results:
-        print(r["image"])
-        for rank, (name, p) in enumerate(r["top"], 1):
-            print(f"  {rank}. {p:.4f}  {name}")
-    return 0
+        print(json.dumps(rows))
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["image", *(f"{c}_{k}" for k in range(1, args.top + 1) for c in ("class", "prob")), "error"])
+        for r in rows:
+            cells = [x for name, p in r["top"] for x in (name, f"{p:.6f}")]
+            writer.writerow([r["image"], *cells, *[""] * (2 * args.top - len(cells)), r["error"] or ""])
+    else:
+        for r in rows:
+            print(r["image"] + (f": {r['error']}" if r["error"] else ""))
+            for rank, (name, p) in enumerate(r["top"], 1):
+                print(f"  {rank}. {p:.4f}  {name}")
+    failed = sum(r["error"] is not None for r in rows)
+    if failed:
+        print(f"{failed} of {len(rows)} images could not be read (see their rows)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -1,17 +1,27 @@
-"""`predict`: the top-5 classes of single images (the centre view), for a model or an ensemble."""
+"""`predict`: the top-k classes of images (the centre view), for a model or an ensemble.
+
+Images are files, folders (every image below, recursively) or glob patterns; they are read in
+DataLoader workers and classified in batches. An unreadable image gets its error in its own row and
+the others go on.
+"""
 
 from __future__ import annotations
 
+import glob
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from resnetlab.data.imagenet import center_view, read_image
+from resnetlab.data.imagenet import IMG_EXTENSIONS, center_view, read_image
+from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models
 from resnetlab.evaluate.protocols import ensemble_probs
 from resnetlab.utils.device import resolve_device
+from resnetlab.utils.progress import progress
 
 
 def imagenet_categories() -> list[str]:
@@ -31,24 +41,93 @@ def class_names(model: LoadedModel) -> list[str]:
     return names if len(names) == model.num_classes else [str(i) for i in range(model.num_classes)]
 
 
+def expand_images(inputs: Sequence[str]) -> list[str]:
+    """Files as given; folders -> every image file below them (sorted); patterns with * ? [ ] -> their
+    matches (sorted, `**` recursive). A path that does not exist stays, to be reported in its row;
+    a pattern or folder that matches nothing is a UserError."""
+    out: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+            if not found:
+                raise UserError(f"{item}: no image files ({', '.join(IMG_EXTENSIONS)}) in this folder")
+            out += found
+        elif glob.has_magic(item) and not path.exists():
+            found = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not found:
+                raise UserError(f"{item}: no file matches this pattern")
+            out += found
+        else:
+            out.append(item)
+    return out
+
+
+class _Views(Dataset):
+    """Item i: (the centre view uint8 (C, crop, crop) or None, i, error or None)."""
+
+    def __init__(self, paths: list[str], crop: int, resize: int | None, grey: bool):
+        self.paths, self.crop, self.resize, self.grey = paths, crop, resize, grey
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        if not Path(path).is_file():
+            return None, i, "does not exist" if not Path(path).exists() else "not a file"
+        try:
+            img = read_image(path)
+        except UserError:
+            return None, i, "cannot read: corrupt or not an image"
+        if self.grey:
+            img = img.float().mean(0, keepdim=True).round().to(torch.uint8)  # grey models (MNIST)
+        return center_view(img, self.crop, self.resize), i, None
+
+
+def _collate(items):
+    views = [v for v, _, e in items if e is None]
+    return (
+        (torch.stack(views) if views else None),
+        [i for _, i, e in items if e is None],
+        [(i, e) for _, i, e in items if e],
+    )
+
+
 @torch.no_grad()
 def predict(
-    images: Sequence[str], checkpoints: Sequence[str], *, top: int = 5, device: str = "auto"
+    images: Sequence[str],
+    checkpoints: Sequence[str],
+    *,
+    top: int = 5,
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int = 0,
+    quiet: bool = False,
 ) -> list[dict[str, Any]]:
-    """For each image: {"image", "top": [(class name, probability), ...]} best first."""
+    """For each image (files, folders, globs; see `expand_images`), in input order:
+    {"image", "top": [(class name, probability), ...] best first, "error": None or what went wrong}."""
+    if top < 1 or batch_size < 1 or workers < 0:
+        raise UserError("--top and --batch-size must be >= 1, --workers >= 0")
+    paths = expand_images(images)
     dev = resolve_device(device)
     models = load_models(list(checkpoints), dev)
     names = class_names(models[0])
     crop, resize = models[0].image_size, None
     if models[0].dataset not in IMAGE_DATASETS:
         resize = crop  # CIFAR-size models: the whole image at the training size, no 256/224 margin
-    out = []
-    for path in images:
-        img = read_image(path)
-        if models[0].meta.get("in_channels", 3) == 1:
-            img = img.float().mean(0, keepdim=True).round().to(torch.uint8)  # grey models (MNIST)
-        view = center_view(img, crop, resize)  # (C, crop, crop)
-        probs = ensemble_probs(models, view[None, None].to(dev))[0].cpu()
-        p, idx = probs.topk(min(top, len(probs)))
-        out.append({"image": str(path), "top": [(names[i], float(q)) for q, i in zip(p, idx.tolist())]})
-    return out
+    grey = models[0].meta.get("in_channels", 3) == 1
+    loader = DataLoader(
+        _Views(paths, crop, resize, grey), batch_size=batch_size, num_workers=workers, collate_fn=_collate
+    )
+    rows: list[dict[str, Any]] = [{"image": p, "top": [], "error": None} for p in paths]
+    for views, ok, failed in progress(loader, total=len(loader), desc="predict", unit="batch", quiet=quiet):
+        for i, error in failed:
+            rows[i]["error"] = error
+        if views is None:
+            continue
+        probs = ensemble_probs(models, views[:, None].to(dev)).cpu()  # (N, K)
+        p, idx = probs.topk(min(top, probs.shape[1]))
+        for i, ps, ks in zip(ok, p.tolist(), idx.tolist()):
+            rows[i]["top"] = [(names[k], q) for q, k in zip(ps, ks)]
+    return rows

@@ -93,6 +93,12 @@ def multiscale_probs(
     return total / len(scales)
 
 
+def confusion_counts(probs: Tensor, labels: Tensor) -> Tensor:
+    """(K, K) int64 counts: row = true class, column = top-1 prediction, for (N, K) scores, (N,) labels."""
+    k = probs.shape[-1]
+    return torch.bincount(labels.long() * k + probs.argmax(-1), minlength=k * k).view(k, k)
+
+
 def topk_correct(probs: Tensor, labels: Tensor, k: int = 5) -> tuple[int, int]:
     """(number right at top-1, number right at top-k) for (N, K) scores and (N,) labels."""
     k = min(k, probs.shape[-1])

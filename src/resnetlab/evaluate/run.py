@@ -19,15 +19,18 @@ from resnetlab.config import Config, default_data_dir, from_dict
 from resnetlab.data.imagenet import read_image, scan_split, split_classes
 from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models
+from resnetlab.evaluate.predict import class_names
 from resnetlab.evaluate.protocols import (
     PAPER_SCALES,
     PROTOCOLS,
+    confusion_counts,
     ensemble_probs,
     fixed_views,
     multiscale_probs,
     topk_correct,
 )
 from resnetlab.utils.device import resolve_device
+from resnetlab.utils.progress import progress
 
 
 class _ProtocolViews(Dataset):
@@ -90,6 +93,7 @@ def _evaluate_images(
     scales: Sequence[int],
     flip: bool,
     device: torch.device,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     root = _image_root(models[0], data_dir) / split
     mapping = class_mapping(split_classes(root), models[0])
@@ -105,7 +109,9 @@ def _evaluate_images(
         pin_memory=device.type == "cuda",
     )
     top1 = top5 = n = skipped = 0
-    for views, labels, unreadable in loader:
+    confusion = torch.zeros(models[0].num_classes, models[0].num_classes, dtype=torch.int64)
+    batches = progress(loader, total=len(loader), desc=f"evaluate {protocol}", unit="batch", quiet=quiet)
+    for views, labels, unreadable in batches:
         if unreadable and not skip_corrupt:
             raise UserError(f"cannot read image {unreadable[0]}: corrupt or not an image (--skip-corrupt skips it)")
         skipped += len(unreadable)
@@ -117,10 +123,13 @@ def _evaluate_images(
             probs = ensemble_probs(models, views.to(device, non_blocking=True))
         a, b = topk_correct(probs.cpu(), labels)
         top1, top5, n = top1 + a, top5 + b, n + len(labels)
-    return {"images": n, "top1": top1, "top5": top5, "skipped": skipped, "root": str(root)}
+        confusion += confusion_counts(probs.cpu(), labels)
+    return {"images": n, "top1": top1, "top5": top5, "skipped": skipped, "root": str(root), "confusion": confusion}
 
 
-def _evaluate_small(models: list[LoadedModel], *, data_dir: str | None, device: torch.device) -> dict[str, Any]:
+def _evaluate_small(
+    models: list[LoadedModel], *, data_dir: str | None, device: torch.device, quiet: bool = False
+) -> dict[str, Any]:
     """CIFAR / MNIST family: the single original test image (sec. 4.2), via the data contract."""
     try:
         from resnetlab.data import build_data
@@ -134,12 +143,15 @@ def _evaluate_small(models: list[LoadedModel], *, data_dir: str | None, device: 
     std = bundle.meta.get("std")
     std = std.to(device) if std is not None else None
     top1 = top5 = n = 0
-    for x, y in bundle.test.batches():
+    confusion = torch.zeros(models[0].num_classes, models[0].num_classes, dtype=torch.int64)
+    total = -(-len(bundle.test) // bundle.test.batch_size) if hasattr(bundle.test, "batch_size") else None
+    for x, y in progress(bundle.test.batches(), total=total, desc="evaluate", unit="batch", quiet=quiet):
         raw = ((x * std if std is not None else x) + mean) * 255.0
         probs = ensemble_probs(models, raw.round().clamp(0, 255).to(torch.uint8)[:, None])
         a, b = topk_correct(probs.cpu(), y.cpu())
         top1, top5, n = top1 + a, top5 + b, n + len(y)
-    return {"images": n, "top1": top1, "top5": top5, "skipped": 0, "root": cfg.data.name}
+        confusion += confusion_counts(probs.cpu(), y.cpu())
+    return {"images": n, "top1": top1, "top5": top5, "skipped": 0, "root": cfg.data.name, "confusion": confusion}
 
 
 def evaluate_checkpoints(
@@ -154,10 +166,13 @@ def evaluate_checkpoints(
     skip_corrupt: bool = False,
     scales: Sequence[int] = PAPER_SCALES,
     flip: bool = True,
+    quiet: bool = False,
 ) -> dict[str, Any]:
-    """Top-1 / top-5 error (%) of the checkpoint (or the ensemble of them, softmax averaged).
+    """Top-1 / top-5 error (%) of the checkpoint (or the ensemble of them, softmax averaged), per-class
+    accuracy and the confusion matrix. The fields are documented in docs/evaluate.md ("--json").
 
-    Returns {"protocol", "split", "checkpoints", "images", "top1_error", "top5_error", "skipped", "data"}."""
+    Returns {"protocol", "split", "checkpoints", "images", "top1_error", "top5_error", "skipped", "data",
+    "classes", "per_class", "confusion_matrix"}."""
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if batch_size < 1:
@@ -177,6 +192,7 @@ def evaluate_checkpoints(
             scales=scales,
             flip=flip,
             device=dev,
+            quiet=quiet,
         )
     else:
         if protocol != "center":
@@ -187,7 +203,7 @@ def evaluate_checkpoints(
         if split not in ("val", "test"):
             raise UserError(f"{models[0].dataset}: only the test split is evaluated, not {split!r}")
         split = "test"
-        r = _evaluate_small(models, data_dir=data_dir, device=dev)
+        r = _evaluate_small(models, data_dir=data_dir, device=dev, quiet=quiet)
     if r["images"] == 0:
         raise UserError(f"no readable image in {r['root']}")
     return {
@@ -199,4 +215,18 @@ def evaluate_checkpoints(
         "top5_error": 100.0 * (1 - r["top5"] / r["images"]),
         "skipped": r["skipped"],
         "data": r["root"],
+        **per_class(r["confusion"], class_names(models[0])),
     }
+
+
+def per_class(confusion: torch.Tensor, names: list[str]) -> dict[str, Any]:
+    """{"classes", "per_class": [{"class", "images", "accuracy" (top-1, %)}], "confusion_matrix"}
+    from (K, K) counts (row: true class, column: top-1 prediction). A class without test images has
+    accuracy None."""
+    images = confusion.sum(1).tolist()
+    right = confusion.diagonal().tolist()
+    rows = [
+        {"class": name, "images": n, "accuracy": 100.0 * r / n if n else None}
+        for name, n, r in zip(names, images, right)
+    ]
+    return {"classes": list(names), "per_class": rows, "confusion_matrix": confusion.tolist()}
