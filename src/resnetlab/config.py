@@ -223,6 +223,16 @@ def _validate(cfg: Any) -> Any:
         raise UserError(f"data.val_split: must be >= 0, got {cfg.data.val_split}")
     if cfg.data.scale_min > cfg.data.scale_max:
         raise UserError("data.scale_min must be <= data.scale_max")
+    if o.warmup_lr is not None and o.warmup_lr <= 0:
+        raise UserError(f"optim.warmup_lr: must be > 0 (or null), got {o.warmup_lr}")
+    if not 0 < o.gamma <= 1:
+        raise UserError(f"optim.gamma: must be in (0, 1], got {o.gamma}")
+    if o.momentum < 0 or o.weight_decay < 0:
+        raise UserError("optim.momentum and optim.weight_decay must be >= 0")
+    if o.plateau_patience < 1:
+        raise UserError(f"optim.plateau_patience: must be >= 1, got {o.plateau_patience}")
+    if o.base_batch_size is not None and o.base_batch_size < 1:
+        raise UserError(f"optim.base_batch_size: must be >= 1, got {o.base_batch_size}")
     return cfg
 
 
@@ -299,10 +309,33 @@ def read_preset(name_or_path: str, folder: Path, what: str = "preset") -> dict[s
         path = folder / f"{name_or_path}.yaml"
     if not path.is_file():
         raise UserError(f"no {what} {name_or_path!r}; presets: {', '.join(preset_names(folder))}")
+    return read_yaml(path)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The one YAML reader: a mapping from `path`, or a UserError naming the file."""
+    path = Path(path)
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def flat_diff(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(`section.key`, value in a, value in b) for every key whose values differ (missing: None)."""
+
+    def flat(d: dict[str, Any]) -> dict[str, Any]:
+        return {f"{s}.{k}": v for s, sec in d.items() if isinstance(sec, dict) for k, v in sec.items()}
+
+    fa, fb = flat(a), flat(b)
+    return [(k, fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
 
 def load_preset(name_or_path: str) -> Config:

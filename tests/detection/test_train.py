@@ -9,6 +9,7 @@ from resnetlab.detection import train as train_module
 from resnetlab.detection.config import list_detection_presets, load_detection_config
 from resnetlab.detection.train import load_detector, run_detection_training
 from resnetlab.errors import UserError
+from resnetlab.train.lifecycle import progress_bar
 
 
 def tiny_config(data_dir, **train):
@@ -44,16 +45,22 @@ def test_sigterm_then_resume_is_exact(tmp_path, monkeypatch):
     full = tiny_config(tmp_path, max_iters=6, eval_every=100, checkpoint_every=100)
     run_detection_training(full, tmp_path / "a")
 
-    class TermAfter3(train_module.tqdm):  # SIGTERM arrives during iteration 3, deterministically
-        def update(self, n=1):
-            super().update(n)
-            if self.n == 3:
+    def term_after_3(*args, **kwargs):  # SIGTERM arrives during iteration 3, deterministically
+        bar = progress_bar(*args, **kwargs)
+        update = bar.update
+
+        def update_then_signal(n=1):
+            update(n)
+            if bar.n == 3:
                 signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(train_module, "tqdm", TermAfter3)
+        bar.update = update_then_signal
+        return bar
+
+    monkeypatch.setattr(train_module, "progress_bar", term_after_3)
     stopped = run_detection_training(full, tmp_path / "b")
     monkeypatch.undo()
-    assert stopped["stopped"] and stopped["iterations"] == 3
+    assert stopped["stopped"] == "SIGTERM" and stopped["iterations"] == 3 and stopped["exit_code"] == 143
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["iteration"] == 3
     assert not (tmp_path / "b" / "final.pt").exists()
     assert signal.getsignal(signal.SIGTERM) is not None

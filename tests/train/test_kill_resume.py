@@ -1,8 +1,10 @@
-"""Nothing lost: a run killed with SIGKILL (or stopped by SIGTERM) and resumed ends bit-identical to an
-uninterrupted run. Real processes, the CLI, the tiny fake source, CPU."""
+"""Nothing lost, nothing mixed: a run killed with SIGKILL (or stopped by SIGTERM) and resumed ends
+bit-identical to an uninterrupted run, with each step once in metrics.jsonl and TensorBoard; a second
+process on a folder in use stops at once. Real processes, the CLI, the tiny fake source, CPU."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from resnetlab.utils import checkpoint
@@ -29,8 +32,8 @@ SETTINGS = [
 ]
 
 
-def train(out: Path, *extra: str, sleep: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAKE_SLEEP": str(sleep)}
+def train(out: Path, *extra: str, sleep: float = 0.0, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAKE_SLEEP": str(sleep), **(env or {})}
     cmd = [sys.executable, str(HERE / "train_fake_data.py"), "train", "--preset", "cifar10-resnet20"]
     cmd += ["--out", str(out), "--device", "cpu", *extra, "--set", *SETTINGS]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -60,19 +63,37 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
         assert torch.equal(a[k], b[k]), k  # bit for bit, BN running statistics included
 
 
-def test_killed_or_stopped_runs_resume_bit_identical(tmp_path):
-    reference = train(tmp_path / "ref")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted, unshared run of SETTINGS."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    code, log = finish(train(out))
+    assert code == 0, log
+    return out
+
+
+def tensorboard_steps(run: Path, tag: str) -> list[int]:
+    """The steps TensorBoard shows for `tag` (its own reader: purges and all)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_killed_or_stopped_runs_resume_bit_identical(tmp_path, reference):
     killed = train(tmp_path / "killed", sleep=0.05)  # slow batches: time to stop it mid-run
     stopped = train(tmp_path / "stopped", sleep=0.05)
 
     # SIGKILL: no chance to save; the run continues from the last periodic checkpoint.
     wait_for(tmp_path / "killed" / "checkpoint.pt", killed)
+    time.sleep(0.3)  # past the checkpoint: metrics and TensorBoard points that the resume must drop
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not (tmp_path / "killed" / "final.pt").exists()
     assert 10 <= checkpoint.load(tmp_path / "killed" / "checkpoint.pt")["iteration"] < 60
 
-    # SIGTERM (what schedulers send): checkpoint at the current iteration, clean exit, no traceback.
+    # SIGTERM (what schedulers send): checkpoint at the current iteration, exit 143, no traceback.
     wait_for(tmp_path / "stopped" / "checkpoint.pt", stopped)
     time.sleep(0.2)  # between two periodic checkpoints
     stopped.send_signal(signal.SIGTERM)
@@ -83,11 +104,44 @@ def test_killed_or_stopped_runs_resume_bit_identical(tmp_path):
     assert not (tmp_path / "stopped" / "final.pt").exists()
 
     resumed = [train(tmp_path / name, "--resume") for name in ("killed", "stopped")]
-    for proc in (reference, *resumed):
+    for proc in resumed:
         code, log = finish(proc)
         assert code == 0, log
+    ref_metrics = (reference / "metrics.jsonl").read_text().splitlines()
     for name in ("killed", "stopped"):
-        assert_identical(final_weights(tmp_path / "ref"), final_weights(tmp_path / name))
-        ref_metrics = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+        assert_identical(final_weights(reference), final_weights(tmp_path / name))
         run_metrics = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        assert run_metrics == [line for line in run_metrics if line] and len(run_metrics) == len(ref_metrics) == 6
+        assert [json.loads(x)["iter"] for x in run_metrics] == [10, 20, 30, 40, 50, 60]
+        assert [drop_time(x) for x in run_metrics] == [drop_time(x) for x in ref_metrics]
+        for tag in ("train/loss", "test/error"):
+            assert tensorboard_steps(tmp_path / name, tag) == tensorboard_steps(reference, tag), (name, tag)
+    assert tensorboard_steps(reference, "train/loss") == list(range(5, 61, 5))
+
+
+def drop_time(line: str) -> dict:
+    row = json.loads(line)
+    row.pop("time")
+    return row
+
+
+def test_second_process_on_a_folder_in_use_stops_at_once(tmp_path, reference):
+    """Two `train` processes on one --out: the second refuses with one line naming the first (and
+    writes nothing); the first finishes exactly as a solo run. Then --resume beside it is refused too."""
+    go = tmp_path / "go"
+    first = train(tmp_path / "run", env={"FAKE_HOLD_AT": "25", "FAKE_HOLD_FILE": str(go)})
+    wait_for(tmp_path / "run" / "checkpoint.pt", first)  # running, held at iteration 25
+    for extra in ((), ("--resume",)):
+        t0 = time.time()
+        code, log = finish(train(tmp_path / "run", *extra))
+        assert code == 2, log
+        lines = [x for x in log.strip().splitlines() if x.startswith("error")]
+        assert lines == [log.strip().splitlines()[-1]] and "Traceback" not in log, log
+        assert f"is in use by pid {first.pid}" in lines[0], lines[0]
+        assert time.time() - t0 < 60
+    go.touch()
+    code, log = finish(first)
+    assert code == 0, log
+    assert_identical(final_weights(reference), final_weights(tmp_path / "run"))
+    ref_metrics = (reference / "metrics.jsonl").read_text().splitlines()
+    run_metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [drop_time(x) for x in run_metrics] == [drop_time(x) for x in ref_metrics]

@@ -6,7 +6,8 @@ Four classes of 1x8x8 images: class k is noise plus a bright quadrant k. The str
 Run as a script it is the `resnetlab` CLI with this source in place of `build_data`:
     python tests/train/train_fake_data.py train --preset cifar10-resnet20 --out DIR --set ...
 Environment knobs for tests: FAKE_SLEEP (seconds per batch, to make a run slow enough to kill),
-FAKE_NAN_AT (an iteration whose batch is NaN, to make the loss non-finite).
+FAKE_NAN_AT (an iteration whose batch is NaN, to make the loss non-finite), FAKE_HOLD_AT and
+FAKE_HOLD_FILE (the batch of that iteration waits until the file exists: a run held mid-way).
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ class FakeTrain:
     def batches(self, start_iter: int):
         sleep = float(os.environ.get("FAKE_SLEEP", 0))
         nan_at = int(os.environ.get("FAKE_NAN_AT", -1))
+        hold_at, hold_file = int(os.environ.get("FAKE_HOLD_AT", -1)), os.environ.get("FAKE_HOLD_FILE", "")
         it = start_iter
         while True:
+            while it == hold_at and not os.path.exists(hold_file):
+                time.sleep(0.05)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + it)
             y = torch.randint(0, NUM_CLASSES, (self.batch_size,), generator=g)  # the global batch
             x = _images(g, y)

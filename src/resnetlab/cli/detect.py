@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="fine-tune a detector from a preset (configs/detection/)")
     t.add_argument("--preset", help="preset name (voc07-resnet101-c4, ...) or a YAML path")
     t.add_argument("--out", help="run folder (config.yaml, metrics.jsonl, checkpoints); required to train")
-    t.add_argument("--set", nargs="*", default=[], metavar="K=V", help="overrides, e.g. model.pretrained=r101.pt")
+    t.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="K=V", help="overrides, e.g. model.pretrained=r101.pt"
+    )
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     t.add_argument("--device", help="shortcut for --set train.device=DEVICE")
     t.add_argument("--list", action="store_true", help="list the detection presets and exit")
@@ -25,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("evaluate", help="mAP of a detection checkpoint on its test split, beside the paper's")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--set", nargs="*", default=[], metavar="K=V", help="data.* overrides (data.dir, data.test)")
+    e.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="K=V", help="data.* overrides (data.dir, data.test)"
+    )
     e.add_argument("--max-images", type=int, default=0, help="only the first N test images")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -52,11 +56,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
     cfg = load_detection_config(args.preset, overrides)
     summary = run_detection_training(cfg, args.out, resume=args.resume)
-    if not summary.get("is_main", True):
-        return 0  # under torchrun only rank 0 reports
-    if summary.get("stopped"):
-        print(f"stopped at iteration {summary['iterations']}; resume with --resume")
-        return 0
+    if summary["stopped"] or not summary["is_main"]:
+        return summary["exit_code"]  # 130 SIGINT, 143 SIGTERM; under torchrun only rank 0 reports
     metrics = summary.get("metrics")
     if metrics:
         from resnetlab.detection.evaluate import format_report

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import textwrap
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def resolve_config(args: argparse.Namespace):
     """The preset (or, with --resume and no preset, the run's own config.yaml) plus the overrides."""
-    from resnetlab.config import apply_overrides, from_dict, list_presets, load_preset
+    from resnetlab.config import apply_overrides, from_dict, list_presets, load_preset, read_yaml
 
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
     if getattr(args, "init_from", None):
@@ -66,9 +65,7 @@ def resolve_config(args: argparse.Namespace):
     if args.preset:
         cfg = load_preset(args.preset)
     elif args.resume and (Path(args.out) / "config.yaml").is_file():
-        import yaml
-
-        cfg = from_dict(yaml.safe_load((Path(args.out) / "config.yaml").read_text()) or {})
+        cfg = from_dict(read_yaml(Path(args.out) / "config.yaml"))
     else:
         raise UserError(f"give --preset NAME (presets: {', '.join(list_presets())})")
     return apply_overrides(cfg, overrides)
@@ -78,7 +75,4 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     from resnetlab.train import run_training  # torch import only when training
 
-    summary = run_training(cfg, args.out, resume=args.resume)
-    if summary["interrupted"]:
-        return 128 + int(getattr(signal, summary["interrupted"]))  # 143 for SIGTERM, 130 for SIGINT
-    return 0
+    return run_training(cfg, args.out, resume=args.resume)["exit_code"]  # 130 SIGINT, 143 SIGTERM

@@ -1,32 +1,29 @@
 """Fine-tune Faster R-CNN end to end (approximate joint training, as torchvision does).
 
-`run_detection_training(cfg, out_dir, resume=False)` is a plain loop, read top to bottom. Output
-folder as in classification: config.yaml, metrics.jsonl (one line per evaluation), checkpoint.pt
-(latest, atomic), final.pt (written last). SIGTERM saves a checkpoint and stops; `--resume` goes on
-from checkpoint.pt exactly: model, optimizer, scheduler, RNG and data order.
+`run_detection_training(cfg, out_dir, resume=False)` is a plain loop, read top to bottom. The run's
+life (folder lock, config check on resume, metrics.jsonl and TensorBoard, SIGINT / SIGTERM
+checkpoints, NaN stop) is `resnetlab.train.lifecycle`'s, shared with classification. `--resume`
+goes on from checkpoint.pt exactly: model, optimizer, scheduler, RNG and data order.
 """
 
 from __future__ import annotations
 
-import json
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from resnetlab.config import dump, to_dict
+from resnetlab.config import to_dict
 from resnetlab.detection.config import DetectionConfig
 from resnetlab.detection.data import TrainOrder, build_detection_set, train_loader
 from resnetlab.detection.evaluate import evaluate_detector
 from resnetlab.detection.models import build_detector, read_pretrained
 from resnetlab.errors import UserError
+from resnetlab.train.lifecycle import Run, gather_rng_states, open_run, progress_bar, restore_rng_states
 from resnetlab.utils import distributed
-from resnetlab.utils.checkpoint import load, save_atomic
+from resnetlab.utils.checkpoint import load
 
 
 def detector_kwargs(cfg: DetectionConfig, num_classes: int) -> tuple[dict[str, Any], dict | None]:
@@ -104,46 +101,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def run_detection_training(cfg: DetectionConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    out = Path(out_dir)
-    info, device = distributed.init_distributed(cfg.train.device)
-    # SIGTERM (a scheduler's pre-emption, torchrun stopping) only sets a flag: the loop finishes its
-    # iteration, writes checkpoint.pt and returns.
-    stop = {"signal": False}
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True)) if in_main_thread else None
-    try:
-        return _train(cfg, out, resume, info, device, stop)
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-        distributed.cleanup()
-
-
-def _train(
-    cfg: DetectionConfig, out: Path, resume: bool, info: distributed.DistInfo, device: torch.device, stop: dict
-) -> dict:
-    t, o = cfg.train, cfg.optim
+    """Train the detector of `cfg` into `out_dir`; its life (lock, resume, signals, NaN, metrics,
+    TensorBoard) is `resnetlab.train.lifecycle`'s, the same as classification's."""
     check_backbone(cfg)
-    ckpt_path = out / "checkpoint.pt"
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume and (ckpt_path.exists() or (out / "final.pt").exists()):
-            raise UserError(f"{out} already holds a run; use --resume or another --out")
-        dump(cfg, out / "config.yaml")
+    with open_run(cfg, out_dir, resume=resume) as run:
+        return _train(cfg, run)
+
+
+def _train(cfg: DetectionConfig, run: Run) -> dict[str, Any]:
+    t, o, info, device = cfg.train, cfg.optim, run.info, run.device
     torch.manual_seed(t.seed + info.rank)  # RPN/RoI sampling draws from this RNG
 
     # Data: deterministic order by (seed, iteration) -> exact resume.
@@ -168,21 +135,14 @@ def _train(
     optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
     schedule = dict(milestones=o.milestones, gamma=o.gamma, warmup_iters=o.warmup_iters, warmup_factor=o.warmup_factor)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, **schedule))
-
-    start = 0
     loss_sums: dict[str, float] = {}
     loss_iters = 0
-    if resume:
-        if not ckpt_path.exists():
-            raise UserError(f"--resume: no {ckpt_path}")
-        ckpt = load(ckpt_path, map_location=device)
+    if (ckpt := run.checkpoint) is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        start = int(ckpt["iteration"])
         loss_sums, loss_iters = dict(ckpt["loss_sums"]), int(ckpt["loss_iters"])
-        _set_rng_state(ckpt["rng"][info.rank] if info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
-
+        restore_rng_states(run, ckpt["rng"])
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
@@ -190,101 +150,97 @@ def _train(
         len(train_set),
         t.batch_size,
         seed=t.seed,
-        start_iter=start,
+        start_iter=run.start_iter,
         hflip=cfg.data.hflip,
         rank=info.rank,
         world=info.world_size,
     )
     batches = iter(train_loader(train_set, order, cfg.data.workers))
 
-    def save(iteration: int) -> None:
-        rng = [_rng_state()]
-        if info.enabled:
-            # Each process samples RoIs with its own RNG stream; keep all of them.
-            rng = [None] * info.world_size
-            torch.distributed.all_gather_object(rng, _rng_state())
-        if info.is_main:
-            state = {
-                "model": _unwrap(model).state_dict(),
-                "config": to_dict(cfg),
-                "meta": meta,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "iteration": iteration,
-                "loss_sums": loss_sums,
-                "loss_iters": loss_iters,
-                "rng": rng,
-            }
-            save_atomic(state, ckpt_path)
+    def state() -> dict[str, Any]:
+        return {
+            "model": _unwrap(model).state_dict(),
+            "config": to_dict(cfg),
+            "meta": meta,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "loss_sums": loss_sums,
+            "loss_iters": loss_iters,
+            "rng": gather_rng_states(run),  # each process samples RoIs with its own RNG stream
+        }
 
     model.train()
-    summary: dict[str, Any] = {"out": str(out), "stopped": False, "test": meta["test"], "is_main": info.is_main}
-    bar = tqdm(
-        total=t.max_iters, initial=start, desc="detect train", unit="it", disable=not info.is_main, dynamic_ncols=True
-    )
+    summary: dict[str, Any] = {"out": str(run.out), "stopped": None, "test": meta["test"], "is_main": info.is_main}
+    bar = progress_bar(t.max_iters, run, desc="detect train")
     t0 = time.perf_counter()
-    for it in range(start, t.max_iters):
-        images, targets = next(batches)
-        images = [im.to(device, non_blocking=True).float().div_(255) for im in images]
-        targets = [{"boxes": x["boxes"].to(device), "labels": x["labels"].to(device)} for x in targets]
-        losses = model(images, targets)  # RPN objectness + box, head classifier + box (torchvision)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"loss is {loss.item()} at iteration {it}; lower optim.lr or add warm-up")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+    done = run.start_iter
+    try:
+        while done < t.max_iters:
+            images, targets = next(batches)
+            images = [im.to(device, non_blocking=True).float().div_(255) for im in images]
+            targets = [{"boxes": x["boxes"].to(device), "labels": x["labels"].to(device)} for x in targets]
+            losses = model(images, targets)  # RPN objectness + box, head classifier + box (torchvision)
+            loss = sum(losses.values())
+            # Agreed over ranks before backward, so every rank stops at the same step.
+            mean_loss = float(distributed.all_reduce_sum(loss.detach().float().clone())) / info.world_size
+            run.check_finite([mean_loss], done + 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
 
-        for k, v in losses.items():
-            loss_sums[k] = loss_sums.get(k, 0.0) + float(v.detach())
-        loss_sums["loss"] = loss_sums.get("loss", 0.0) + float(loss.detach())
-        loss_iters += 1
-        bar.update(1)
-        done = it + 1
-        if done % t.log_every == 0:
-            bar.set_postfix(loss=f"{loss_sums['loss'] / loss_iters:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}")
+            for k, v in losses.items():
+                loss_sums[k] = loss_sums.get(k, 0.0) + float(v.detach())
+            loss_sums["loss"] = loss_sums.get("loss", 0.0) + float(loss.detach())
+            loss_iters += 1
+            done += 1
+            bar.update(1)
+            lr_now = optimizer.param_groups[0]["lr"]
+            if done % t.log_every == 0:
+                bar.set_postfix(loss=f"{loss_sums['loss'] / loss_iters:.3f}", lr=f"{lr_now:.2g}")
+                run.log(done, {"train/loss": loss_sums["loss"] / loss_iters, "lr": lr_now})
 
-        if done % t.eval_every == 0 or done == t.max_iters:
-            # Every process detects on its share of the test images; all get the metrics.
-            metrics = evaluate_detector(
-                _unwrap(model),
-                test_set,
-                device=device,
-                batch_size=t.eval_batch_size,
-                workers=cfg.data.workers,
-                max_images=t.eval_max_images,
-                rank=info.rank,
-                world_size=info.world_size,
-            )
-            if info.is_main:
+            if done % t.eval_every == 0 or done == t.max_iters:
+                # Every process detects on its share of the test images; all get the metrics.
+                metrics = evaluate_detector(
+                    _unwrap(model),
+                    test_set,
+                    device=device,
+                    batch_size=t.eval_batch_size,
+                    workers=cfg.data.workers,
+                    max_images=t.eval_max_images,
+                    rank=info.rank,
+                    world_size=info.world_size,
+                )
                 row = {
                     "iter": done,
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": lr_now,
                     "train_loss": loss_sums["loss"] / max(loss_iters, 1),
                     **{f"train_{k}": v / max(loss_iters, 1) for k, v in loss_sums.items() if k != "loss"},
                     **{k: v for k, v in metrics.items() if k != "ap50_per_class"},
                     "time": time.perf_counter() - t0,
                 }
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                voc = f"  mAP@0.5 (VOC07) {metrics['voc07_map50']:.1f}" if "voc07_map50" in metrics else ""
-                bar.write(
-                    f"iter {done}: loss {row['train_loss']:.3f}{voc}  "
-                    f"COCO mAP@[.5,.95] {metrics['coco_map']:.1f} mAP@.5 {metrics['coco_map50']:.1f}"
-                )
-            summary["metrics"] = metrics
-            loss_sums, loss_iters = {}, 0
+                scalars = {f"test/{k}": v for k, v in metrics.items() if k.endswith(("map", "map50"))}
+                run.log(done, scalars, row)
+                if info.is_main:
+                    voc = f"  mAP@0.5 (VOC07) {metrics['voc07_map50']:.1f}" if "voc07_map50" in metrics else ""
+                    bar.write(
+                        f"iter {done}: loss {row['train_loss']:.3f}{voc}  "
+                        f"COCO mAP@[.5,.95] {metrics['coco_map']:.1f} mAP@.5 {metrics['coco_map50']:.1f}"
+                    )
+                summary["metrics"] = metrics
+                loss_sums, loss_iters = {}, 0
 
-        stopping = bool(distributed.broadcast_object(stop["signal"])) if info.enabled else stop["signal"]
-        if done % t.checkpoint_every == 0 or stopping or done == t.max_iters:
-            save(done)
-        if stopping:
-            bar.write(f"SIGTERM: checkpoint saved at iteration {done}; resume with --resume")
-            summary["stopped"] = True
-            break
-    bar.close()
-    if not summary["stopped"] and info.is_main:
-        save_atomic({"model": _unwrap(model).state_dict(), "config": to_dict(cfg), "meta": meta}, out / "final.pt")
-    summary["iterations"] = t.max_iters if not summary["stopped"] else done
+            stopping = run.stop_requested()
+            if done % t.checkpoint_every == 0 or stopping or done == t.max_iters:
+                run.save_checkpoint(state(), done)
+            if stopping:
+                break
+    finally:
+        bar.close()
+    summary.update(iterations=done, stopped=run.stopped, exit_code=run.exit_code)
+    if run.stopped:
+        run.announce_stop(done)
+        return summary
+    run.finish({"model": _unwrap(model).state_dict(), "config": to_dict(cfg), "meta": meta, "iteration": done})
     return summary

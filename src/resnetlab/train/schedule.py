@@ -41,6 +41,20 @@ class LRSchedule:
         self.best_error: float | None = None
         self.bad_evals = 0
 
+    @classmethod
+    def from_config(cls, o: Any, *, batch_size: int) -> LRSchedule:
+        """From an `optim` config section (`resnetlab.config.OptimConfig`) and the global batch."""
+        return cls(
+            lr=o.lr,
+            schedule=o.schedule,
+            milestones=o.milestones,
+            gamma=o.gamma,
+            patience=o.plateau_patience,
+            warmup_lr=o.warmup_lr,
+            warmup_until_error=o.warmup_until_error,
+            scale=batch_size / o.base_batch_size if o.base_batch_size else 1.0,
+        )
+
     def lr(self, iteration: int) -> float:
         """The learning rate for the update of (0-based) `iteration`."""
         if self.warming_up:

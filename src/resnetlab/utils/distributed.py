@@ -62,7 +62,21 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
     return info, device
 
 
+_CPU_GROUP = None
+
+
+def cpu_group():
+    """A gloo group over all processes for small CPU-side messages (the stop vote): they never wait on
+    the GPU stream nor interleave with the model's collectives. Call on every rank."""
+    global _CPU_GROUP
+    if _CPU_GROUP is None:
+        _CPU_GROUP = dist.new_group(backend="gloo")
+    return _CPU_GROUP
+
+
 def cleanup() -> None:
+    global _CPU_GROUP
+    _CPU_GROUP = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
