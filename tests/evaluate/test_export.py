@@ -1,4 +1,5 @@
-"""ONNX export against onnxruntime, TorchScript round trip, torchvision weights import, predict."""
+"""ONNX export against onnxruntime, TorchScript and torch.export (.pt2) round trips, torchvision
+weights import, predict."""
 
 from __future__ import annotations
 
@@ -55,6 +56,24 @@ def test_torchscript_round_trip(tmp_path, tree, write_ck):
         x = torch.randn(batch, 3, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), net(x))
+
+
+@pytest.mark.parametrize(("model", "size"), [("cifar_resnet20", 32), ("resnet18", 64)])
+def test_pt2_loads_back_and_matches_eager(tmp_path, tree, write_ck, model, size):
+    """torch.export's program, saved and loaded back, against the eager model at two batch sizes."""
+    import json
+
+    ck = write_ck(tmp_path / "c.pt", tree, model=model, classes=CLASSES10)
+    out = export_checkpoint(ck, "pt2", tmp_path / "c.pt2", image_size=size)
+    extra = {"resnetlab.json": ""}
+    loaded = torch.export.load(str(out), extra_files=extra).module()
+    net = load_model(ck, torch.device("cpu")).model
+    for batch in (1, 3):  # the batch dimension is dynamic
+        x = torch.randn(batch, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), net(x), rtol=1e-4, atol=1e-5)
+    meta = json.loads(extra["resnetlab.json"])
+    assert meta["resnetlab.model"] == model and json.loads(meta["resnetlab.classes"]) == CLASSES10
 
 
 def test_unknown_format(tmp_path, checkpoints):

@@ -88,9 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="CK")
     p.set_defaults(func=run_import)
 
-    p = subparsers.add_parser("export", help="export a checkpoint to ONNX or TorchScript (dynamic batch)")
+    p = subparsers.add_parser(
+        "export", help="export a checkpoint to ONNX, TorchScript or torch.export .pt2 (dynamic batch)"
+    )
     p.add_argument("--checkpoint", required=True, metavar="CK")
-    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2"))
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--image-size", type=int, metavar="S", help="input height = width (default: training crop)")
     p.set_defaults(func=run_export)

@@ -1,4 +1,5 @@
-"""Interop: `import_weights` (torchvision .pth -> our checkpoint) and `export_checkpoint` (ONNX, TorchScript).
+"""Interop: `import_weights` (torchvision .pth -> our checkpoint) and `export_checkpoint` (ONNX,
+TorchScript, torch.export's .pt2).
 
 Exported models take the normalised input (N, C, H, W) float32 of the contract, with a dynamic batch
 dimension, and return logits (N, K); the ONNX file carries the model name, classes and the
@@ -20,7 +21,7 @@ from resnetlab.evaluate.predict import imagenet_categories
 from resnetlab.models import IMAGENET_DEPTHS, load_torchvision_checkpoint
 from resnetlab.utils.checkpoint import save_atomic
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "pt2")
 
 
 def import_weights(pth: str | Path, model_name: str, out: str | Path) -> dict:
@@ -71,9 +72,34 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, *, image_size
         warnings.simplefilter("ignore")  # tracer / exporter chatter
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(model, example), str(out))
+        elif fmt == "pt2":
+            _export_pt2(model, example, out, loaded.meta)
         else:
             _export_onnx(model, example, out, loaded.meta)
     return out
+
+
+def _export_pt2(model: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
+    """`torch.export` (the successor of TorchScript): an ExportedProgram with a dynamic batch, saved
+    with the same metadata as the ONNX file in `extra_files["resnetlab.json"]`. Load it with
+    `torch.export.load(path).module()`."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(program, str(out), extra_files={"resnetlab.json": json.dumps(_metadata(meta))})
+
+
+def _metadata(meta: dict) -> dict[str, str]:
+    """What a user of an exported file needs beside the graph: classes, input size and normalisation."""
+    mean, std = meta["mean"], meta.get("std")
+    return {
+        "resnetlab.model": meta["model"],
+        "resnetlab.classes": json.dumps(list(meta.get("classes") or [])),
+        "resnetlab.image_size": str(meta["image_size"]),
+        "resnetlab.input": "(uint8 / 255 - mean) / std, mean per pixel or per channel as trained",
+        "resnetlab.channel_mean": json.dumps(mean.float().mean((1, 2)).tolist()),
+        "resnetlab.mean_per_pixel": str(mean.shape[-1] > 1),
+        "resnetlab.channel_std": json.dumps(std.flatten().tolist() if std is not None else None),
+    }
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
@@ -92,17 +118,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path, meta:
         verbose=False,
     )
     proto = onnx.load(str(out))
-    mean, std = meta["mean"], meta.get("std")
-    props = {
-        "resnetlab.model": meta["model"],
-        "resnetlab.classes": json.dumps(list(meta.get("classes") or [])),
-        "resnetlab.image_size": str(meta["image_size"]),
-        "resnetlab.input": "(uint8 / 255 - mean) / std, mean per pixel or per channel as trained",
-        "resnetlab.channel_mean": json.dumps(mean.float().mean((1, 2)).tolist()),
-        "resnetlab.mean_per_pixel": str(mean.shape[-1] > 1),
-        "resnetlab.channel_std": json.dumps(std.flatten().tolist() if std is not None else None),
-    }
-    for key, value in props.items():
+    for key, value in _metadata(meta).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(out))
