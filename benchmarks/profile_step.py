@@ -2,6 +2,8 @@
 
 python benchmarks/profile_step.py --model cifar_resnet20 --batch-size 128 --channels-last --steps 5
 python benchmarks/profile_step.py --reference --steps 5
+python benchmarks/profile_step.py --model cifar_resnet56 --device cuda --precision bf16 --channels-last \
+    --compile --compile-mode reduce-overhead --trace trace.json
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-mode", default="default")
+    p.add_argument("--trace", help="also write a Chrome trace (chrome://tracing, Perfetto) to this file")
     p.add_argument("--threads", type=int)
     p.add_argument("--reference", action="store_true", help="profile the reference pipeline instead")
     p.add_argument("--ref-workers", type=int, default=2)
@@ -36,7 +42,15 @@ def main() -> int:
     if args.reference:
         pipe = reference_train(args.model, batch_size=args.batch_size, device=device, workers=args.ref_workers)
     else:
-        pipe = ours_train(args.model, batch_size=args.batch_size, device=device, channels_last=args.channels_last)
+        pipe = ours_train(
+            args.model,
+            batch_size=args.batch_size,
+            device=device,
+            precision=args.precision,
+            channels_last=args.channels_last,
+            compile=args.compile,
+            compile_mode=args.compile_mode,
+        )
     for _ in range(args.warmup):
         pipe.step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -47,8 +61,10 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     print(f"{pipe.description}; {torch.get_num_threads()} threads; {args.steps} steps")
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=args.rows))
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
     return 0
 
 

@@ -85,6 +85,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     channels_last: bool = True  # NHWC memory layout (faster convolutions on most devices)
     compile: bool = False  # torch.compile the model
+    # torch.compile's mode: "reduce-overhead" adds CUDA graphs (small CIFAR nets are launch-bound on a GPU)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     eval_batch_size: int = 1000  # images per forward at evaluation
     # Fine-tuning (not in the paper, which trains from scratch): see docs/finetune.md.
     init_from: str | None = None  # start from: our checkpoint, torchvision:ResNet50_Weights.IMAGENET1K_V2, a .pth

@@ -133,6 +133,31 @@ def test_one_subprocess_per_gpu(tmp_path):
     assert "device: cuda" in (jobs[0].out_dir / "job.yaml").read_text()
 
 
+CONCURRENT_WORKER = """
+import os, sys, time
+from pathlib import Path
+out = Path(sys.argv[2])
+(out / "start").write_text(repr(time.time()))
+time.sleep(1.0)
+(out / "end").write_text(repr(time.time()))
+(out / "final.pt").write_bytes(b"")
+"""
+
+
+def test_jobs_share_one_gpu_when_asked(tmp_path):
+    """--jobs-per-gpu 2 on one GPU: two runs at a time (their lifetimes overlap), all four finish."""
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    (tmp_path / "worker.py").write_text(CONCURRENT_WORKER)
+    run_jobs(jobs, gpus=1, jobs_per_gpu=2, worker=(sys.executable, str(tmp_path / "worker.py")), log=lambda _: None)
+    assert all(j.state() == "done" for j in jobs)
+    spans = [(float((j.out_dir / "start").read_text()), float((j.out_dir / "end").read_text())) for j in jobs]
+    assert spans[1][0] < spans[0][1]  # the second started before the first ended
+    at_once = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert at_once == 2
+    with pytest.raises(UserError, match="jobs-per-gpu"):
+        run_jobs(jobs, gpus=1, jobs_per_gpu=0, log=lambda _: None)
+
+
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
 

@@ -135,12 +135,16 @@ def run_jobs(
     *,
     train_fn: TrainFn | None = None,
     gpus: int = 0,
+    jobs_per_gpu: int = 1,
     log: Callable = print,
     worker: tuple[str, ...] = WORKER,
 ) -> None:
-    """Run every unfinished job: in this process one after another (CPU, one GPU), or one
-    subprocess per GPU (`worker CONFIG.yaml OUT_DIR [--resume]` with `CUDA_VISIBLE_DEVICES=i`)
-    when `gpus > 1`."""
+    """Run every unfinished job: in this process one after another (CPU, one GPU), or as
+    subprocesses (`worker CONFIG.yaml OUT_DIR [--resume]` with `CUDA_VISIBLE_DEVICES=i`), `jobs_per_gpu`
+    at a time on each GPU, when that makes more than one at a time. Small CIFAR nets leave a large GPU
+    mostly idle between their kernels, so several runs sharing one GPU can finish a grid sooner."""
+    if jobs_per_gpu < 1:
+        raise UserError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
     todo = []
     for job in jobs:
         state = job.state()
@@ -148,8 +152,8 @@ def run_jobs(
             log(f"[skip]   {job.name}: final.pt exists")
         else:
             todo.append(job)
-    if gpus > 1:
-        _run_parallel(todo, gpus, log, worker)
+    if gpus >= 1 and gpus * jobs_per_gpu > 1:
+        _run_parallel(todo, [gpu for gpu in range(gpus) for _ in range(jobs_per_gpu)], log, worker)
         return
     if todo and train_fn is None:
         from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
@@ -162,12 +166,12 @@ def run_jobs(
             raise UserError(f"{job.name} interrupted ({summary['interrupted']}); run the same command to resume")
 
 
-def _run_parallel(jobs: list[Job], gpus: int, log: Callable, worker: tuple[str, ...]) -> None:
-    """A small pool: each free GPU takes the next job as a `worker` subprocess."""
+def _run_parallel(jobs: list[Job], slot_gpus: list[int], log: Callable, worker: tuple[str, ...]) -> None:
+    """A small pool: each free slot takes the next job as a `worker` subprocess on the slot's GPU."""
     pending, running, failed = list(jobs), {}, []
     while pending or running:
-        for gpu in range(gpus):
-            if gpu not in running and pending:
+        for slot, gpu in enumerate(slot_gpus):
+            if slot not in running and pending:
                 job = pending.pop(0)
                 job.out_dir.mkdir(parents=True, exist_ok=True)
                 job_cfg = job.out_dir / "job.yaml"
@@ -179,12 +183,12 @@ def _run_parallel(jobs: list[Job], gpus: int, log: Callable, worker: tuple[str, 
                 log_file = open(job.out_dir / "train.log", "a")  # closed when the job ends
                 log(f"[gpu {gpu}] {job.name} ({'resume' if '--resume' in cmd else 'train'})")
                 proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-                running[gpu] = (job, proc, log_file)
+                running[slot] = (job, proc, log_file, gpu)
         time.sleep(2)
-        for gpu, (job, proc, log_file) in list(running.items()):
+        for slot, (job, proc, log_file, gpu) in list(running.items()):
             if proc.poll() is not None:
                 log_file.close()
-                del running[gpu]
+                del running[slot]
                 if proc.returncode:
                     failed.append(job.name)
                     log(f"[gpu {gpu}] {job.name} failed (exit {proc.returncode}); see {job.out_dir / 'train.log'}")

@@ -38,6 +38,7 @@ class BenchSpec:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"
     iters: int = 20
     warmup: int = 5
     rounds: int = 1
@@ -58,6 +59,7 @@ def build_ours(spec: BenchSpec) -> Pipeline:
         precision=spec.precision,
         channels_last=spec.channels_last,
         compile=spec.compile,
+        compile_mode=spec.compile_mode,
     )
     if spec.mode == "train":
         return ours_train(spec.model, train_images=spec.train_images, **common)
@@ -176,6 +178,7 @@ def run_benchmark(
         "precision": spec.precision,
         "channels_last": spec.channels_last,
         "compile": spec.compile,
+        "compile_mode": spec.compile_mode if spec.compile else None,
         "iters": spec.iters,
         "warmup": spec.warmup,
         "rounds": spec.rounds,

@@ -24,7 +24,7 @@ from resnetlab.data.imagenet import ImageFolderTrainSource
 from resnetlab.data.ondevice import DeviceEvalSource, DeviceTrainSource, Normalizer, image_stats
 from resnetlab.models import create_model
 from resnetlab.models.complexity import measure_model
-from resnetlab.train.step import autocast_dtype, make_sgd, make_train_step
+from resnetlab.train.step import autocast_dtype, compile_model, make_sgd, make_train_step
 
 CIFAR_TRAIN_IMAGES = 50_000  # CIFAR-10/100 training split
 CIFAR_TEST_IMAGES = 10_000
@@ -107,14 +107,18 @@ def imagenet_train_source(device: torch.device, batch_size: int, *, seed: int = 
 
 
 def _prepare_model(
-    model_name: str, device: torch.device, *, channels_last: bool, compile: bool, train: bool
+    model_name: str, device: torch.device, *, channels_last: bool, compile: bool, train: bool, compile_mode: str
 ) -> tuple[nn.Module, nn.Module]:
     """(model, what to call): the model on the device in the asked memory format, maybe compiled."""
     model = create_model(model_name).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train(train)
-    return model, (torch.compile(model) if compile else model)
+    return model, (compile_model(model, compile_mode) if compile else model)
+
+
+def _compiled(compile: bool, mode: str) -> str:
+    return f", compiled ({mode})" if compile else ""
 
 
 def ours_train(
@@ -125,6 +129,7 @@ def ours_train(
     precision: str = "fp32",
     channels_last: bool = False,
     compile: bool = False,
+    compile_mode: str = "default",
     train_images: int = CIFAR_TRAIN_IMAGES,
 ) -> Pipeline:
     """One training iteration as `run_training` does it: next batch from the source, `make_train_step`.
@@ -132,7 +137,9 @@ def ours_train(
     Components: `data` (the next batch alone), `fwd_bwd` (forward, loss, backward on a fixed batch),
     `optimizer` (the SGD update alone, on a throwaway optimizer with lr 0 so the weights stay sane).
     """
-    model, call = _prepare_model(model_name, device, channels_last=channels_last, compile=compile, train=True)
+    model, call = _prepare_model(
+        model_name, device, channels_last=channels_last, compile=compile, train=True, compile_mode=compile_mode
+    )
     optimizer = make_sgd(model, lr=0.1, momentum=0.9, weight_decay=1e-4)  # sec. 3.4 / 4.2
     step = make_train_step(call, optimizer, device=device, precision=precision, channels_last=channels_last)
     if family(model_name) == "cifar":
@@ -157,6 +164,8 @@ def ours_train(
     fixed_x = fixed_x.to(memory_format=memory_format)
 
     def fwd_bwd() -> object:
+        if device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # as make_train_step: a new CUDA-graph-tree iteration
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = F.cross_entropy(call(fixed_x).float(), fixed_y)
         model.zero_grad(set_to_none=True)
@@ -173,7 +182,7 @@ def ours_train(
     options = "channels_last" if channels_last else "NCHW"
     return Pipeline(
         name="ours",
-        description=f"{model_name}, {precision}, {options}{', compiled' if compile else ''}; {data}; "
+        description=f"{model_name}, {precision}, {options}{_compiled(compile, compile_mode)}; {data}; "
         "resnetlab.train.make_train_step",
         batch_size=batch_size,
         mult_adds=measure_model(model_name).mult_adds,
@@ -190,9 +199,12 @@ def ours_infer(
     precision: str = "fp32",
     channels_last: bool = False,
     compile: bool = False,
+    compile_mode: str = "default",
 ) -> Pipeline:
     """Inference as evaluation does it: normalised uint8 batches from the device, eval mode, no grad."""
-    model, call = _prepare_model(model_name, device, channels_last=channels_last, compile=compile, train=False)
+    model, call = _prepare_model(
+        model_name, device, channels_last=channels_last, compile=compile, train=False, compile_mode=compile_mode
+    )
     if family(model_name) == "cifar":
         images = max(CIFAR_TEST_IMAGES // batch_size, 1) * batch_size
         x = synthetic_uint8(images, 32, device=device)
@@ -210,6 +222,8 @@ def ours_infer(
 
     @torch.inference_mode()
     def infer_step() -> object:
+        if device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
         x, _ = next(stream)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return call(x.to(memory_format=memory_format))
@@ -217,7 +231,7 @@ def ours_infer(
     options = "channels_last" if channels_last else "NCHW"
     return Pipeline(
         name="ours",
-        description=f"{model_name}, {precision}, {options}{', compiled' if compile else ''}; {data}",
+        description=f"{model_name}, {precision}, {options}{_compiled(compile, compile_mode)}; {data}",
         batch_size=batch_size,
         mult_adds=measure_model(model_name).mult_adds,
         step=infer_step,

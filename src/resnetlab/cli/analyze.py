@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--eval-every", type=int, default=None, help="default 1000 (paper), iters/16 otherwise")
     rep.add_argument("--out", default=None, help="default runs/reproduce/NAME-DATASET-SCHEDULE")
     rep.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    rep.add_argument(
+        "--jobs-per-gpu", type=int, default=1, metavar="N", help="runs sharing each GPU at once (default 1)"
+    )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     rep.add_argument("--max-images", type=int, default=None, help="responses on the first N test images")
@@ -127,7 +130,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     with open(out / "commands.txt", "a") as f:
         f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and device.type == "cuda" else 0
-    run_jobs(jobs, gpus=gpus)
+    run_jobs(jobs, gpus=gpus, jobs_per_gpu=args.jobs_per_gpu)
     report(
         jobs,
         out,
@@ -149,5 +152,7 @@ def _command_line(args: argparse.Namespace) -> str:
         if getattr(args, flag) is not None:
             words += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     words += [w for kv in args.set for w in ("--set", kv)]
+    if args.jobs_per_gpu != 1:
+        words += ["--jobs-per-gpu", str(args.jobs_per_gpu)]
     words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses
     return shlex.join(words)

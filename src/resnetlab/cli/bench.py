@@ -42,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)",
+    )
     p.add_argument("--iters", type=int, default=20, metavar="N", help="timed steps per round (default 20)")
     p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed steps before each round (default 5)")
     p.add_argument("--rounds", type=int, metavar="N", help="A/B rounds (default 3 with --vs-reference, else 1)")
@@ -89,6 +95,7 @@ def spec_from_args(args: argparse.Namespace):
         precision=precision,
         channels_last=args.channels_last,
         compile=args.compile,
+        compile_mode=args.compile_mode,
         iters=args.iters,
         warmup=args.warmup,
         rounds=rounds,
@@ -124,7 +131,7 @@ def format_result(res: dict) -> str:
     lines = [
         f"bench {res['mode']} {res['model']}, batch {res['batch_size']}, {res['device']} ({res['device_name']}"
         f"{threads}), {res['precision']}, {'channels_last' if res['channels_last'] else 'NCHW'}"
-        f"{', compiled' if res['compile'] else ''}, torch {res['torch']}",
+        f"{', compiled (' + str(res.get('compile_mode')) + ')' if res['compile'] else ''}, torch {res['torch']}",
         f"{res['rounds']} round(s) x {res['iters']} timed steps after {res['warmup']} warm-up steps each",
         "",
         f"{'':<10} {'images/s':>10} {'median ms':>9} {'min-max ms':>15} {'IQR ms':>7} {'peak MiB':>9} "

@@ -5,8 +5,10 @@ A batch is an index slice of the epoch's permutation; pad + random crop + horizo
 
 Determinism (what makes resume exact): the order of epoch e comes from a generator seeded with
 (seed, e); the augmentation of global iteration i from a generator seeded with (seed, i). Nothing
-depends on where the stream started or on how many processes share the batch: the draws are made
-for the whole global batch and each rank keeps its rows.
+depends on where the stream started, on how many processes share the batch (the draws are made for
+the whole global batch and each rank keeps its rows) or on the device: the draws come from a CPU
+generator and are then moved, so a run on a GPU sees the same images, crops and flips as on the CPU
+(CUDA's generator is a different algorithm; the draws are a few hundred integers per iteration).
 """
 
 from __future__ import annotations
@@ -35,10 +37,9 @@ def mix_seed(*parts: int) -> int:
     return h >> 1
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
+def _generator(seed: int) -> torch.Generator:
+    """A CPU generator: the same stream whatever device the data lives on."""
+    return torch.Generator().manual_seed(seed)
 
 
 # Streams of the generator seeds, so the order and the augmentation never share a seed.
@@ -148,8 +149,8 @@ class DeviceTrainSource(TrainSource):
 
     def epoch_order(self, epoch: int) -> Tensor:
         """The permutation of the training images for `epoch`, (N,) int64 on the device."""
-        g = _generator(self.device, mix_seed(self.seed, _ORDER, epoch))
-        return torch.randperm(len(self.images), generator=g, device=self.device)
+        g = _generator(mix_seed(self.seed, _ORDER, epoch))
+        return torch.randperm(len(self.images), generator=g).to(self.device)
 
     def indices(self, it: int, order: Tensor | None = None) -> Tensor:
         """Dataset indices of this rank's rows of global iteration `it`."""
@@ -160,10 +161,10 @@ class DeviceTrainSource(TrainSource):
 
     def augmentation(self, it: int) -> tuple[Tensor, Tensor, Tensor]:
         """(dx, dy, flip) of this rank's rows of iteration `it`, drawn for the whole global batch."""
-        g = _generator(self.device, mix_seed(self.seed, _AUGMENT, it))
+        g = _generator(mix_seed(self.seed, _AUGMENT, it))
         k = 2 * self.pad + 1
         # One draw per image, uniform over the k*k offsets x 2 flips, decoded with div/mod.
-        r = torch.randint(0, 2 * k * k, (self.batch_size,), generator=g, device=self.device)
+        r = torch.randint(0, 2 * k * k, (self.batch_size,), generator=g).to(self.device, non_blocking=True)
         flip = (r % 2).bool() & self.flip
         dx, dy = (r // 2) % k, r // (2 * k)
         rows = slice(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)

@@ -61,6 +61,7 @@ RESUMABLE_KEYS = frozenset(
         "train.log_every",
         "train.device",
         "train.compile",
+        "train.compile_mode",
         "train.eval_batch_size",
         "train.eval_max_images",
         "data.dir",

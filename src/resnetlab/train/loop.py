@@ -32,7 +32,7 @@ from resnetlab.train.lifecycle import (
     seed_everything,
 )
 from resnetlab.train.schedule import LRSchedule
-from resnetlab.train.step import evaluate_error, make_grad_scaler, make_sgd, make_train_step
+from resnetlab.train.step import compile_model, evaluate_error, make_grad_scaler, make_sgd, make_train_step
 from resnetlab.utils import distributed as dist
 from resnetlab.utils.meters import Average, Throughput
 
@@ -101,7 +101,7 @@ def _train(cfg: Config, run: Run) -> dict[str, Any]:
     if info.enabled:  # gradients averaged over processes; BN statistics stay per process, as in the paper
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if t.compile:
-        train_model = torch.compile(train_model)
+        train_model = compile_model(train_model, t.compile_mode)
     train_model.train()
     step = make_train_step(
         train_model, optimizer, device=device, precision=t.precision, channels_last=t.channels_last, scaler=scaler

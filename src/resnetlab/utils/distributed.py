@@ -27,9 +27,13 @@ class DistInfo:
         """Rank 0 is the only process that writes files and prints."""
         return self.rank == 0
 
+    joined: bool = False  # in a process group (started by torchrun, whatever the world size)
+
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """DDP and collectives are on: the process joined a group (torchrun, even with one process,
+        so that one GPU exercises the same NCCL + DDP path as many)."""
+        return self.joined or self.world_size > 1
 
 
 def launched_by_torchrun() -> bool:
@@ -41,12 +45,13 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
 
     On CUDA each process takes GPU `LOCAL_RANK` and NCCL; on CPU the backend is gloo.
     """
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+    if not launched_by_torchrun():
         return DistInfo(), resolve_device(device_name)
     info = DistInfo(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        joined=True,
     )
     device = resolve_device(device_name)
     if device.type == "cuda":
