@@ -8,13 +8,16 @@ Steps (`--steps` picks some; each is a subprocess with its own log, bounded by t
            on-device augmentation CUDA = CPU, 10-crop / multi-scale CUDA = CPU, DDP over NCCL, detection
   bench    ResNet-50 training, batch 256, bf16, channels_last (eager and compiled): images/s, MFU
            (goal >= 5,000 images/s on an H100/H200)
-  cifar    CIFAR ResNet-56 training step at the paper's batch 128 in several settings (eager, compiled,
-           CUDA graphs; bf16, fp32): the fastest one, projected over 64k iterations (goal <= 3 minutes)
+  cifar    CIFAR ResNet-56 training step at the paper's batch 128 in several settings (eager bf16;
+           torch.compile with CUDA graphs in bf16 and fp32): the fastest, projected over 64k iterations
+           (goal <= 3 minutes)
   loop     the real training loop (evaluations included) with that setting: seconds per 1,000 iterations
   profile  torch.profiler table and Chrome trace of that setting's step, when the 3-minute goal is missed
   grid     `resnetlab reproduce degradation` on Fashion-MNIST at the paper's schedule (64k iterations, lr
-           /10 at 32k and 48k): plain-20, plain-56, ResNet-20, ResNet-56 sharing the GPU; a run cut by the
-           time limit checkpoints (SIGTERM) and the same command with --grid-dir resumes it
+           /10 at 32k and 48k): plain-20, plain-56, ResNet-20, ResNet-56 sharing the GPU. When the time
+           left cannot hold 64k iterations (estimated from the `cifar` step time), the largest run of the
+           paper's shape that fits (lr / 10 at 1/2 and 3/4), said in the results; --grid-iters forces it.
+           A run cut by the time limit checkpoints (SIGTERM); the same command with --grid-dir resumes it
   analyze  `analyze curves` (figs. 1/6) and `analyze responses` (fig. 7) on the grid's latest checkpoints
 
 Writes into --out (default benchmarks/results/gpu/<date>-<gpu>/): results.json (every figure), summary.md
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("tests", "bench", "cifar", "loop", "profile", "grid", "analyze")
+STEPS = ("tests", "bench", "cifar", "loop", "grid", "analyze", "profile")
 GRID = ("plain20", "plain56", "resnet20", "resnet56")
 PAPER_ITERS = 64_000
 GOAL_RESNET50 = 5000.0  # images/s, ResNet-50 bf16 training on an H100/H200
@@ -159,7 +162,6 @@ def step_bench(ctx: Ctx) -> dict:
 # (name, precision, bench flags, config overrides for the loop and the grid)
 CIFAR_VARIANTS = [
     ("eager-bf16", "bf16", [], ["train.precision=bf16"]),
-    ("compile-bf16", "bf16", ["--compile"], ["train.precision=bf16", "train.compile=true"]),
     (
         "graphs-bf16",
         "bf16",
@@ -270,16 +272,49 @@ def step_grid(ctx: Ctx) -> dict:
     cmd = [ctx.py, "-m", "resnetlab", "reproduce", "degradation", "--dataset", "fashion-mnist"]
     cmd += ["--device", ctx.device, "--out", str(ctx.grid), "--no-responses"]
     if ctx.dry:
+        plan = {"iterations": 4, "why": "dry run"}
         cmd += ["--schedule", "short", "--iters", "4", "--eval-every", "2"]
         overrides += ["train.batch_size=8", "train.eval_batch_size=64"]
     else:
-        cmd += ["--schedule", "paper", "--jobs-per-gpu", str(ctx.args.jobs_per_gpu)]
+        plan = grid_schedule(ctx)
+        iters = plan["iterations"]
+        if iters == PAPER_ITERS:
+            cmd += ["--schedule", "paper"]
+        else:  # the paper's shape, shortened; about 40 points per curve
+            cmd += ["--schedule", "short", "--iters", str(iters), "--eval-every", str(max(100, iters // 40))]
+        cmd += ["--jobs-per-gpu", str(ctx.args.jobs_per_gpu)]
     cmd += [w for kv in overrides for w in ("--set", kv)]
     rc, seconds, _ = run(ctx, "grid", cmd, timeout=ctx.left() - ctx.args.reserve_s)
     runs = {d.name.removesuffix("-seed0"): run_state(d) for d in grid_dirs(ctx)}
     done = all(r["finished"] for r in runs.values())
     status = "ok" if done else ("partial" if rc == 124 else "failed")
-    return {"status": status, "seconds": seconds, "exit": rc, "command": shlex.join(cmd), "runs": runs}
+    return {"status": status, "seconds": seconds, "exit": rc, "command": shlex.join(cmd), "runs": runs, **plan}
+
+
+def grid_schedule(ctx: Ctx) -> dict:
+    """How many iterations the grid gets: --grid-iters, else the paper's 64k when the time left allows,
+    else the largest multiple of 2,000 that fits, with the paper's shape (lr / 10 at 1/2 and 3/4).
+
+    The estimate: four runs take turns on the GPU, so a grid iteration costs one step of each network;
+    from the CIFAR ResNet-56 step measured in `cifar`, ResNet-20 ~0.36 of it (table 6's FLOPs), plain
+    nets as their twins, Fashion-MNIST's 28x28 ~0.8 of 32x32, plus 25% for evaluations and sharing,
+    after ~90 s of start-up and compilation."""
+    if ctx.args.grid_iters:
+        iters = ctx.args.grid_iters
+        return {"iterations": iters, "why": "--grid-iters"}
+    cifar = ctx.results["steps"].get("cifar") or {}
+    best = (cifar.get("variants") or {}).get(cifar.get("best") or "", {})
+    if not best.get("median_step_ms"):
+        return {"iterations": PAPER_ITERS, "why": "no step time measured: the paper's schedule"}
+    grid_step_s = 1.25 * 0.8 * (2 + 2 * 0.36) * best["median_step_ms"] / 1e3
+    budget = ctx.left() - ctx.args.reserve_s - 90
+    fits = int(budget / grid_step_s) // 2000 * 2000
+    iters = max(2000, min(PAPER_ITERS, fits))
+    return {
+        "iterations": iters,
+        "estimated_grid_step_ms": 1e3 * grid_step_s,
+        "why": f"{budget:.0f} s left for training at an estimated {1e3 * grid_step_s:.2f} ms per grid iteration",
+    }
 
 
 def step_analyze(ctx: Ctx) -> dict:
@@ -376,7 +411,7 @@ def summary_md(r: dict) -> str:
     if "grid" in s and "runs" not in s["grid"]:
         row("grid", s["grid"].get("why", ""))
     elif "grid" in s:
-        row("grid", f"exit {s['grid']['exit']}", "4 runs x 64k")
+        row("grid", f"exit {s['grid']['exit']}; {s['grid']['iterations']} iterations ({s['grid']['why']})", "4 x 64k")
         lines += ["", "| network | finished | iterations | test error % | training error % | seconds |"]
         lines.append("|---|---|---|---|---|---|")
         for net, st in s["grid"]["runs"].items():
@@ -431,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="data.dir holding FashionMNIST/raw/ (default: .gpudata/)")
     p.add_argument("--grid-dir", type=Path, help="the grid's runs (default OUT/grid); an earlier one resumes")
     p.add_argument("--jobs-per-gpu", type=int, default=4, help="grid runs sharing the GPU (default 4)")
+    p.add_argument("--grid-iters", type=int, help="grid iterations (default: 64k, or what the time left allows)")
     p.add_argument("--grid-set", nargs="*", metavar="KEY=VALUE", help="grid/loop setting (default: fastest)")
     args = p.parse_args(argv)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]

@@ -26,7 +26,7 @@ def test_dry_run_runs_every_step(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     steps = results["steps"]
-    assert list(steps) == ["tests", "bench", "cifar", "loop", "profile", "grid", "analyze"]
+    assert list(steps) == ["tests", "bench", "cifar", "loop", "grid", "analyze", "profile"]
     assert all(st["status"] == "ok" for st in steps.values()), {n: st["status"] for n, st in steps.items()}
     assert results["dry_run"] and results["gpu"] == "cpu" and results["torch"] == torch.__version__
     assert steps["tests"]["counts"].get("skipped", 0) >= 1  # collected, skipped without CUDA
