@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             *args.set,
         ],
     )
-    loop.build_data = lambda c, device, rank, world_size: synthetic_cifar(
+    loop.build_data = lambda c, device, *, rank, world_size, **_: synthetic_cifar(
         c, device, rank=rank, world_size=world_size, train_images=args.train_images,
         test_images=min(10_000, args.train_images),
     )  # fmt: skip
