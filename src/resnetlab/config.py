@@ -54,6 +54,7 @@ class DataConfig:
     crop: int = 224  # training crop side; also the input size recorded in checkpoints
     lighting: float = 0.1  # AlexNet PCA colour augmentation std (0 disables)
     workers: int = 8  # DataLoader worker processes (JPEG decoding)
+    decode: Literal["workers", "device"] = "workers"  # where JPEGs are decoded and cropped (device: nvjpeg on CUDA)
     skip_corrupt: bool = False  # True: skip unreadable images and count them; False: stop and name it
     mean_samples: int = 10000  # training images sampled to compute the mean
 

@@ -13,7 +13,7 @@ re-runs the warm-up steps (a DataLoader refills its queue while the other pipeli
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -46,6 +46,7 @@ class BenchSpec:
     reference_workers: int = DEFAULT_WORKERS
     train_images: int = CIFAR_TRAIN_IMAGES
     peak_tflops: float | None = None  # overrides the table in hardware.py
+    imagefolder: dict | None = None  # train from JPEG files: {"dir", "workers", "decode"}; vs synthetic batches
 
 
 def flops_per_step(mult_adds_per_image: int, batch_size: int, mode: str) -> int:
@@ -62,7 +63,7 @@ def build_ours(spec: BenchSpec) -> Pipeline:
         compile_mode=spec.compile_mode,
     )
     if spec.mode == "train":
-        return ours_train(spec.model, train_images=spec.train_images, **common)
+        return ours_train(spec.model, train_images=spec.train_images, imagefolder=spec.imagefolder, **common)
     return ours_infer(spec.model, **common)
 
 
@@ -102,6 +103,8 @@ def measure(
             if name not in pipes:
                 pipes[name] = builders[name]()
             reset_peak_memory(spec.device)
+            if pipes[name].start_round:
+                pipes[name].start_round()
             rounds[name].append(
                 time_steps(pipes[name].step, iters=spec.iters, warmup=spec.warmup, clock=clock, device=spec.device)
             )
@@ -160,6 +163,8 @@ def run_benchmark(
     """Measure and return a JSON-ready dict of every figure (see `resnetlab bench --help`)."""
     if builders is None:
         builders = {"ours": lambda: build_ours(spec)}
+        if spec.imagefolder:  # the same step on ready synthetic batches: what the input costs
+            builders["synthetic"] = lambda: build_ours(replace(spec, imagefolder=None))
         if spec.vs_reference:
             builders["reference"] = lambda: build_reference(spec)
     pipes, rounds, components, memory = measure(spec, builders, clock=clock, progress=progress)
@@ -191,6 +196,31 @@ def run_benchmark(
         result[name] = figures(pipe, all_times, spec, peak, memory[name])
     if components:
         result["ours"]["breakdown"] = breakdown(components, summarize([t for r in rounds["ours"] for t in r]))
+    if spec.imagefolder:  # the input alone, as `resnetlab bench data` measures it
+        from pathlib import Path
+
+        from resnetlab.bench.data import DataSpec, run_data_benchmark
+
+        data_spec = DataSpec(
+            root=Path(spec.imagefolder["dir"]),
+            views=("train",),
+            batch_size=spec.batch_size,
+            workers=spec.imagefolder["workers"],
+            rounds=spec.rounds,
+            iters=spec.iters,
+            device=spec.device,
+            decode=(spec.imagefolder["decode"],),
+            reference=False,
+        )
+        name = "ours" if spec.imagefolder["decode"] == "workers" else "ours-device"
+        result["input_alone"] = run_data_benchmark(data_spec, progress=progress)["views"]["train"][name]
+    if "synthetic" in pipes:
+        per_round = [summarize(s).median / summarize(o).median for o, s in zip(rounds["ours"], rounds["synthetic"])]
+        result["files_vs_synthetic"] = {
+            "images_per_s_ratio": result["ours"]["images_per_s"] / result["synthetic"]["images_per_s"],
+            "per_round": per_round,
+            "note": "training images/s from JPEG files / on ready synthetic batches (1: the input costs nothing)",
+        }
     if "reference" in pipes:
         per_round = [summarize(r).median / summarize(o).median for o, r in zip(rounds["ours"], rounds["reference"])]
         result["speedup_vs_reference"] = {

@@ -39,6 +39,7 @@ class Pipeline:
     mult_adds: int  # forward multiply-adds per image, as `resnetlab info` counts them
     step: Callable[[], object]
     components: dict[str, Callable[[], object]] = field(default_factory=dict)
+    start_round: Callable[[], None] | None = None  # called before each round's warm-up
 
 
 def family(model: str) -> str:
@@ -102,7 +103,26 @@ def imagenet_train_source(device: torch.device, batch_size: int, *, seed: int = 
         workers=0,
         skip_corrupt=False,
     )
-    source.loader = _RepeatBatch((imgs, labels, alphas, [], []))
+    source.loader = _RepeatBatch((imgs, labels, alphas, [], [], []))
+    return source
+
+
+def imagefolder_train_source(device: torch.device, batch_size: int, *, dir: str, workers: int, decode: str):
+    """The training source `resnetlab train` builds for data.name=imagefolder (mean from 500 images)."""
+    from resnetlab.config import load_config
+    from resnetlab.data.imagenet import _loader, build_imagefolder
+
+    overrides = [
+        "data.name=imagefolder",
+        f"data.dir={dir}",
+        f"data.workers={workers}",
+        f"data.decode={decode}",
+        "data.mean_samples=500",
+        "data.skip_corrupt=true",
+        f"train.batch_size={batch_size}",
+    ]
+    source = build_imagefolder(load_config(None, overrides), device).train
+    source.loader = _loader(source.loader.dataset, workers, device, persistent=False, batch_sampler=source.sampler)
     return source
 
 
@@ -131,8 +151,12 @@ def ours_train(
     compile: bool = False,
     compile_mode: str = "default",
     train_images: int = CIFAR_TRAIN_IMAGES,
+    imagefolder: dict | None = None,
 ) -> Pipeline:
     """One training iteration as `run_training` does it: next batch from the source, `make_train_step`.
+
+    imagefolder: {"dir", "workers", "decode"}: ImageNet batches from JPEG files through the real
+    `build_imagefolder` source (decode, augmentation, DataLoader workers) instead of a ready batch.
 
     Components: `data` (the next batch alone), `fwd_bwd` (forward, loss, backward on a fixed batch),
     `optimizer` (the SGD update alone, on a throwaway optimizer with lr 0 so the weights stay sane).
@@ -145,22 +169,34 @@ def ours_train(
     if family(model_name) == "cifar":
         source = cifar_train_source(device, batch_size, images=train_images)
         data = "on-device uint8 CIFAR, vectorised pad-4 crop + flip (resnetlab.data)"
+    elif imagefolder:
+        source = imagefolder_train_source(device, batch_size, **imagefolder)
+        data = (
+            f"JPEG files of {imagefolder['dir']} through build_imagefolder ({imagefolder['workers']} workers, "
+            f"decode on {imagefolder['decode']}), scale/crop/flip/lighting/mean (resnetlab.data)"
+        )
     else:
         source = imagenet_train_source(device, batch_size)
         data = "synthetic uint8 224x224 batch, device-side /255 + lighting + mean (resnetlab.data)"
-    stream = source.batches(0)
-    data_stream = source.batches(0)
+    streams = [source.batches(0)]
+    data_stream = streams[0] if imagefolder else source.batches(0)  # one DataLoader feeds one stream
 
     def train_step() -> object:
-        x, y = next(stream)
+        x, y = next(streams[0])
         return step(x, y)
+
+    def start_round() -> None:
+        # From files: fresh workers every round (the source's loader is not persistent here), so no
+        # round starts on batches queued while another pipeline was timed; warm-up >= the queue.
+        streams[0].close()
+        streams[0] = source.batches(0)
 
     def data_only() -> object:
         return next(data_stream)
 
     dtype = autocast_dtype(precision, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    fixed_x, fixed_y = next(source.batches(0))
+    fixed_x, fixed_y = next(data_stream)
     fixed_x = fixed_x.to(memory_format=memory_format)
 
     def fwd_bwd() -> object:
@@ -187,7 +223,10 @@ def ours_train(
         batch_size=batch_size,
         mult_adds=measure_model(model_name).mult_adds,
         step=train_step,
-        components={"data": data_only, "fwd_bwd": fwd_bwd, "optimizer": optimizer_only},
+        # From files, the input alone is `bench data`'s figure (fresh workers, its queue drained first),
+        # which run_benchmark adds: timing next() on this stream would read batches queued during steps.
+        components={**({} if imagefolder else {"data": data_only}), "fwd_bwd": fwd_bwd, "optimizer": optimizer_only},
+        start_round=start_round if imagefolder else None,
     )
 
 
@@ -214,7 +253,7 @@ def ours_infer(
         data = "on-device uint8 CIFAR test split (resnetlab.data)"
     else:
         source = imagenet_train_source(device, batch_size)
-        source.loader.batch = (*source.loader.batch[:2], torch.zeros(batch_size, 3), [], [])  # no lighting
+        source.loader.batch = (*source.loader.batch[:2], torch.zeros(batch_size, 3), [], [], [])  # no lighting
         stream = source.batches(0)
         data = "synthetic uint8 224x224 batch, device-side /255 + mean (resnetlab.data)"
     dtype = autocast_dtype(precision, device)

@@ -1,14 +1,17 @@
-"""`resnetlab bench train|infer`: images/s, step time, peak memory, TFLOP/s and MFU of our pipeline.
+"""`resnetlab bench train|infer|data`: images/s, step time, peak memory, TFLOP/s and MFU of our pipeline;
+`data`: images/s of the ImageNet input alone (JPEG files to a batch on the device), ours vs torchvision's.
 
 resnetlab bench train --model cifar_resnet20 --batch-size 128 --device cpu --vs-reference
 resnetlab bench train --model resnet50 --batch-size 256 --device cuda --precision bf16 --channels-last
 resnetlab bench infer --model resnet50 --batch-size 256 --device cuda --precision bf16 --json
+resnetlab bench data --data-dir /tmp/imagefolder --workers 2 --batch-size 64
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from resnetlab.errors import UserError
 
@@ -16,6 +19,10 @@ EPILOG = """examples:
   resnetlab bench train --model cifar_resnet20 --batch-size 128 --device cpu --vs-reference
   resnetlab bench train --model resnet50 --batch-size 256 --device cuda --precision bf16 --channels-last
   resnetlab bench infer --model resnet50 --batch-size 256 --device cuda --precision bf16 --json
+  python benchmarks/make_imagefolder.py /tmp/imagefolder     # realistic JPEGs, for the two below
+  resnetlab bench data --data-dir /tmp/imagefolder --workers 2 --batch-size 64 --views train center 10crop
+  resnetlab bench data --data-dir /tmp/imagefolder --device cuda --workers 16 --decode workers device
+  resnetlab bench train --model resnet50 --device cuda --data imagefolder --data-dir /tmp/imagefolder
 
 Training data: CIFAR models read synthetic uint8 images of CIFAR's shape held on the device, through
 the same on-device augmentation as training; ImageNet models a synthetic uint8 224x224 batch through
@@ -33,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("mode", choices=["train", "infer"])
+    p.add_argument("mode", choices=["train", "infer", "data"])
     p.add_argument("--model", default="cifar_resnet20", help="a registered model (default cifar_resnet20)")
     p.add_argument("--batch-size", type=int, default=128, metavar="N")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -49,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)",
     )
     p.add_argument("--iters", type=int, default=20, metavar="N", help="timed steps per round (default 20)")
-    p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed steps before each round (default 5)")
+    p.add_argument(
+        "--warmup", type=int, metavar="N", help="untimed steps before each round (default 5; data: 2 x workers + 2)"
+    )
     p.add_argument("--rounds", type=int, metavar="N", help="A/B rounds (default 3 with --vs-reference, else 1)")
     p.add_argument("--vs-reference", action="store_true", help="also time the reference pipeline; print the ratio")
     p.add_argument("--ref-workers", type=int, default=2, metavar="N", help="reference DataLoader workers (default 2)")
@@ -57,7 +66,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-images", type=int, default=50_000, metavar="N", help="synthetic CIFAR split size")
     p.add_argument("--peak-tflops", type=float, metavar="X", help="device peak for MFU, if not in the table")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    g = p.add_argument_group("ImageNet input (bench data; bench train --data imagefolder)")
+    g.add_argument("--data-dir", metavar="DIR", help="ImageFolder tree: DIR/train/CLASS/*.JPEG (and DIR/val/...)")
+    g.add_argument(
+        "--data", default="synthetic", choices=["synthetic", "imagefolder"], help="bench train: where batches come from"
+    )
+    g.add_argument("--workers", type=int, default=2, metavar="N", help="DataLoader workers, ours and the reference")
+    g.add_argument("--views", nargs="+", default=["train", "center"], choices=["train", "center", "10crop"])
+    g.add_argument(
+        "--decode", nargs="+", default=["workers"], choices=["workers", "device"], help="ours: where JPEGs are decoded"
+    )
+    g.add_argument("--no-reference", action="store_true", help="bench data: ours only")
     p.set_defaults(func=run)
+
+
+def data_spec_from_args(args: argparse.Namespace):
+    from pathlib import Path
+
+    from resnetlab.bench.data import DataSpec
+    from resnetlab.utils.device import resolve_device
+
+    if not args.data_dir:
+        raise UserError("bench data needs --data-dir DIR (make one: python benchmarks/make_imagefolder.py DIR)")
+    for key in ("batch_size", "iters"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if args.workers < 0 or (args.warmup is not None and args.warmup < 0):
+        raise UserError("--workers and --warmup must be >= 0")
+    device = resolve_device(args.device)
+    decode = tuple(dict.fromkeys(args.decode))
+    if "device" in decode and device.type != "cuda":
+        decode = tuple(d for d in decode if d != "device")
+        print(
+            f"bench data: --decode device (nvjpeg) needs a CUDA device, and {device} is not one: skipped",
+            file=sys.stderr,
+        )
+        if not decode:
+            return None
+    return DataSpec(
+        root=Path(args.data_dir).expanduser(),
+        views=tuple(dict.fromkeys(args.views)),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        rounds=args.rounds if args.rounds is not None else 3,
+        iters=args.iters,
+        warmup=args.warmup,
+        device=device,
+        decode=decode,
+        reference=not args.no_reference,
+    )
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -73,7 +130,7 @@ def spec_from_args(args: argparse.Namespace):
     for key in ("batch_size", "iters"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
-    if args.warmup < 0 or args.ref_workers < 0:
+    if (args.warmup is not None and args.warmup < 0) or args.ref_workers < 0:
         raise UserError("--warmup and --ref-workers must be >= 0")
     if args.model.startswith("cifar") and args.train_images < args.batch_size:
         raise UserError(f"--train-images ({args.train_images}) must be at least --batch-size ({args.batch_size})")
@@ -85,6 +142,14 @@ def spec_from_args(args: argparse.Namespace):
     dtype = autocast_dtype(args.precision, device)
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     rounds = args.rounds if args.rounds is not None else (3 if args.vs_reference else 1)
+    warmup = 5 if args.warmup is None else args.warmup
+    imagefolder = None
+    if args.data == "imagefolder":
+        if args.mode != "train" or args.model.startswith("cifar") or not args.data_dir:
+            raise UserError("--data imagefolder: bench train, an ImageNet model and --data-dir DIR")
+        if args.workers < 0:
+            raise UserError(f"--workers must be >= 0, got {args.workers}")
+        imagefolder = {"dir": args.data_dir, "workers": args.workers, "decode": args.decode[0]}
     if rounds < 1:
         raise UserError(f"--rounds must be >= 1, got {rounds}")
     return BenchSpec(
@@ -97,21 +162,31 @@ def spec_from_args(args: argparse.Namespace):
         compile=args.compile,
         compile_mode=args.compile_mode,
         iters=args.iters,
-        warmup=args.warmup,
+        warmup=warmup,
         rounds=rounds,
         vs_reference=args.vs_reference,
         reference_workers=args.ref_workers,
         train_images=args.train_images,
         peak_tflops=args.peak_tflops,
+        imagefolder=imagefolder,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
 
     from resnetlab.bench.harness import run_benchmark
 
-    result = run_benchmark(spec_from_args(args), progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.mode == "data":
+        from resnetlab.bench.data import format_data_result, run_data_benchmark
+
+        spec = data_spec_from_args(args)
+        if spec is None:
+            return 0
+        result = run_data_benchmark(spec, progress=progress)
+        print(json.dumps(result, indent=2) if args.json else format_data_result(result))
+        return 0
+    result = run_benchmark(spec_from_args(args), progress=progress)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
 
@@ -137,10 +212,10 @@ def format_result(res: dict) -> str:
         f"{'':<10} {'images/s':>10} {'median ms':>9} {'min-max ms':>15} {'IQR ms':>7} {'peak MiB':>9} "
         f"{'TFLOP/s':>8} {'MFU':>6}",
     ]
-    for name in ("ours", "reference"):
+    for name in ("ours", "synthetic", "reference"):
         if name in res:
             lines.append(_row(name, res[name]))
-    for name in ("ours", "reference"):
+    for name in ("ours", "synthetic", "reference"):
         if name in res:
             lines.append(f"  {name}: {res[name]['description']}")
     lines.append(f"  peak memory: {res['ours']['peak_memory_kind']}")
@@ -148,6 +223,16 @@ def format_result(res: dict) -> str:
         s = res["speedup_vs_reference"]
         per_round = ", ".join(f"{x:.2f}" for x in s["per_round"])
         lines.append(f"ours / reference: {s['images_per_s_ratio']:.2f}x images/s (per round: {per_round})")
+    if "files_vs_synthetic" in res:
+        s = res["files_vs_synthetic"]
+        per_round = ", ".join(f"{x:.2f}" for x in s["per_round"])
+        lines.append(f"from files / synthetic: {s['images_per_s_ratio']:.2f}x images/s (per round: {per_round})")
+    if "input_alone" in res:
+        f = res["input_alone"]
+        lines.append(
+            f"input alone (as bench data): {f['images_per_s']:.1f} images/s, "
+            f"{f['images_per_s_per_worker']:.1f} per worker"
+        )
     b = res["ours"].get("breakdown")
     if b:
         parts = [

@@ -18,15 +18,21 @@ depends on where the stream started, on the number of workers, or on the number 
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from resnetlab.data.bundle import DataBundle, EvalSource, TrainSource
@@ -52,12 +58,89 @@ Sample = tuple[str, int]  # (path, class index)
 
 
 def read_image(path: str) -> Tensor:
-    """Decode an image file to uint8 RGB (3, H, W) with ImageFolder's own loader (PIL); an unreadable
-    file is a UserError naming it."""
+    """Decode an image file to uint8 RGB (3, H, W); an unreadable file is a UserError naming it."""
+    return decode_image(read_bytes(path), path)[0]
+
+
+def read_bytes(path: str) -> bytes:
     try:
-        return TF.pil_to_tensor(default_loader(path))
-    except Exception as e:  # PIL.UnidentifiedImageError / OSError for corrupt, truncated or unreadable files
-        raise UserError(f"cannot read image {path} ({type(e).__name__}): corrupt or not an image") from None
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise UserError(f"cannot read image {path} ({type(e).__name__}): {e.strerror or e}") from None
+
+
+def decode_image(data: bytes, name: str, *, at_least: tuple[int, int] | None = None) -> tuple[Tensor, tuple[int, int]]:
+    """Encoded bytes -> (uint8 RGB (3, h, w), the full (H, W) of the file).
+
+    RGB and grayscale JPEGs go through `torchvision.io.decode_jpeg` (libjpeg-turbo straight into a
+    tensor: measured faster than PIL + conversion, benchmarks/README.md). When `at_least` = (h, w)
+    allows it, the JPEG is decoded at 1/2, 1/4 or 1/8 size in the DCT domain (PIL `draft`), which
+    costs a fraction of a full decode; the result is never smaller than `at_least`, so it is still
+    downscaled (antialiased) afterwards. Everything else (PNG, CMYK JPEGs, ...) goes through PIL, as
+    torchvision's ImageFolder reads it. The tensor has channels-last strides (as decoded), which is
+    what the fast uint8 resize kernels want. A file neither can decode is a UserError naming it.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            full = (im.height, im.width)
+            jpeg = im.format == "JPEG"
+            reduce = _dct_reduction(full, at_least) if jpeg else 1
+            if not (jpeg and im.mode in ("RGB", "L") and reduce == 1):
+                if reduce > 1:
+                    im.draft("RGB", (at_least[1], at_least[0]))
+                return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1), full
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's; still the fast one
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB), full
+    except (OSError, RuntimeError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # PIL: UnidentifiedImageError / OSError (truncated); decode_jpeg: RuntimeError (corrupt data)
+        raise UserError(f"cannot read image {name} ({type(e).__name__}): corrupt or not an image") from None
+
+
+def _dct_reduction(full: tuple[int, int], at_least: tuple[int, int] | None) -> int:
+    """The largest of 8, 4, 2, 1 that keeps a JPEG of size `full` at least `at_least` when decoded
+    reduced: PIL's `draft` rule (r <= H // h and r <= W // w), which `draft` then applies itself."""
+    if at_least is None:
+        return 1
+    return next((r for r in (8, 4, 2) if full[0] >= r * at_least[0] and full[1] >= r * at_least[1]), 1)
+
+
+def resized_size(hw: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """(H, W) after resizing the shorter side to `shorter`, aspect kept, as torchvision's resize rounds."""
+    h, w = hw
+    if h <= w:
+        return shorter, int(shorter * w / h)
+    return int(shorter * h / w), shorter
+
+
+def resized_crop(img: Tensor, resized: tuple[int, int], top: int, left: int, crop: int) -> Tensor:
+    """(C, h, w) -> (C, crop, crop): the window at (top, left) of `img` resized to `resized` = (H', W'),
+    computed from the source pixels under the window (plus a 2-pixel margin for the antialiasing
+    filter, cut off afterwards) instead of resizing the whole image: for a 224 crop of a 500 x 375
+    image at shorter side 368 that is 4x fewer output pixels. The resize uses the whole image's exact
+    scale; the window starts on the source pixel (of the last 12) whose output offset is nearest an
+    integer: the view is resize-then-crop's shifted by under half a pixel, usually a few hundredths
+    (a sub-pixel jitter of a uniformly drawn crop position: the same distribution; tested).
+    uint8 on the CPU (torch's antialiased uint8 kernel); float on other devices, rounded back."""
+    h, w = img.shape[-2:]
+    fy, fx = resized[0] / h, resized[1] / w  # output pixels per source pixel
+    y0, x0 = _aligned_start(top - 2, fy), _aligned_start(left - 2, fx)
+    y1, x1 = min(h, math.ceil((top + crop + 2) / fy) + 1), min(w, math.ceil((left + crop + 2) / fx) + 1)
+    block = img[None, :, y0:y1, x0:x1]
+    if img.device.type != "cpu":
+        block = block.float()
+    oy, ox = round(top - y0 * fy), round(left - x0 * fx)
+    # F.interpolate takes a size or a scale; its kernel takes both: the whole image's exact scale and
+    # just the output rows and columns needed (the same antialiased bilinear F.interpolate runs).
+    out = torch.ops.aten._upsample_bilinear2d_aa(block, [oy + crop, ox + crop], False, fy, fx)[0, :, oy:, ox:]
+    return out if out.dtype == img.dtype else out.round_().clamp_(0, 255).to(img.dtype)
+
+
+def _aligned_start(first_out: int, scale: float, candidates: int = 12) -> int:
+    """A source index <= first_out / scale whose position in the output (index * scale) is nearest an integer."""
+    hi = max(0, math.floor(first_out / scale))
+    return min(range(max(0, hi - candidates), hi + 1), key=lambda i: (abs(i * scale - round(i * scale)), -i))
 
 
 def test_resize(crop: int) -> int:
@@ -71,7 +154,8 @@ def resize_shorter(img: Tensor, size: int) -> Tensor:
 
 
 def center_view(img: Tensor, crop: int, resize: int | None = None) -> Tensor:
-    """The single test view: shorter side `resize`, then the central crop x crop."""
+    """The single test view: shorter side `resize`, then the central crop x crop (resize-then-crop,
+    exactly torchvision's: the view the paper's numbers are compared on)."""
     return TF.center_crop(resize_shorter(img, resize or test_resize(crop)), [crop, crop])
 
 
@@ -120,65 +204,92 @@ class _Views(Dataset):
         lighting=0.0,
         skip_corrupt=False,
         replace_corrupt=False,
+        encoded=False,
     ):
         self.samples, self.crop, self.view, self.scale, self.lighting = samples, crop, view, scale, lighting
         self.skip_corrupt, self.replace_corrupt = skip_corrupt, replace_corrupt
+        self.encoded = encoded  # training view: ship RGB/gray JPEGs undecoded, for decoding on the device
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _read(self, index: int) -> tuple[Tensor | None, int, list[str], str | None]:
+    def _read(
+        self, index: int, shorter: int
+    ) -> tuple[Tensor | bytes | None, tuple[int, int], int, list[str], str | None]:
+        """(image decoded at least large enough for shorter side `shorter` -- or, with `encoded`, the
+        file's bytes if it is an RGB or grayscale JPEG --, the file's full size, label, skipped, error)."""
         skipped: list[str] = []
         tries = len(self.samples) if (self.skip_corrupt and self.replace_corrupt) else 1
         for k in range(tries):
             path, label = self.samples[(index + k) % len(self.samples)]
             try:
-                return read_image(path), label, skipped, None
-            except UserError:
+                data = read_bytes(path)
+                with Image.open(io.BytesIO(data)) as im:  # the header only
+                    full, plain_jpeg = (im.height, im.width), im.format == "JPEG" and im.mode in ("RGB", "L")
+                if self.encoded and plain_jpeg:
+                    return data, full, label, skipped, None
+                img, full = decode_image(data, path, at_least=resized_size(full, shorter))
+                return img, full, label, skipped, None
+            except (UserError, OSError, ValueError, Image.DecompressionBombError):
                 if not self.skip_corrupt:
-                    return None, label, skipped, path
+                    return None, (0, 0), label, skipped, path
                 skipped.append(path)
-        return None, self.samples[index][1], skipped, None
+        return None, (0, 0), self.samples[index][1], skipped, None
 
     def __getitem__(self, item: int | tuple[int, int]):
+        """(view uint8 (3, crop, crop) or None, label, alpha (3,), skipped paths, error path or None,
+        undecoded: None or (JPEG bytes, path, (H', W'), top, left, flip) for the device)."""
         index, seed = item if isinstance(item, tuple) else (item, 0)
-        img, label, skipped, error = self._read(index)
         alpha = torch.zeros(3)
-        if img is None:
-            return None, label, alpha, skipped, error
         if self.view == "center":
-            return center_view(img, self.crop), label, alpha, skipped, None
+            img, full, label, skipped, error = self._read(index, test_resize(self.crop))
+            view = None if img is None else center_view(img, self.crop).contiguous()
+            return view, label, alpha, skipped, error, None
         g = torch.Generator().manual_seed(seed)
-        size = int(torch.randint(self.scale[0], self.scale[1] + 1, (1,), generator=g))
-        img = resize_shorter(img, max(size, self.crop))
-        h, w = img.shape[-2:]
+        size = max(int(torch.randint(self.scale[0], self.scale[1] + 1, (1,), generator=g)), self.crop)
+        img, full, label, skipped, error = self._read(index, size)
+        if img is None:
+            return None, label, alpha, skipped, error, None
+        h, w = resized_size(full, size)  # the draws depend on the file's size, not on how it is decoded
         top = int(torch.randint(0, h - self.crop + 1, (1,), generator=g))
         left = int(torch.randint(0, w - self.crop + 1, (1,), generator=g))
-        img = img[:, top : top + self.crop, left : left + self.crop]
-        if bool(torch.rand(1, generator=g) < 0.5):
-            img = img.flip(-1)
+        flip = bool(torch.rand(1, generator=g) < 0.5)
         if self.lighting > 0:
             alpha = torch.randn(3, generator=g) * self.lighting
-        return img.contiguous(), label, alpha, skipped, None
+        if isinstance(img, bytes):
+            path = self.samples[(index + len(skipped)) % len(self.samples)][0]
+            return None, label, alpha, skipped, None, (img, path, (h, w), top, left, flip)
+        img = resized_crop(img, (h, w), top, left, self.crop)
+        return (img.flip(-1) if flip else img).contiguous(), label, alpha, skipped, None, None
 
 
 def _collate(items):
-    """Stack the readable views; skipped paths and the first error travel alongside."""
+    """Stack the decoded views; skipped paths and the first error travel alongside. Undecoded JPEGs
+    (device decoding) come after the decoded views (labels and alphas are ordered the same way), as
+    one uint8 tensor of all their bytes plus (offset, length, path, resized, top, left, flip) each:
+    one shared-memory block per batch, not one per image (a file descriptor each)."""
     kept = [it for it in items if it[0] is not None]
+    todo = [it for it in items if it[5] is not None]
     imgs = torch.stack([it[0] for it in kept]) if kept else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
-    labels = torch.tensor([it[1] for it in kept], dtype=torch.int64)
-    alphas = torch.stack([it[2] for it in kept]) if kept else torch.empty(0, 3)
+    labels = torch.tensor([it[1] for it in kept + todo], dtype=torch.int64)
+    alphas = torch.stack([it[2] for it in kept + todo]) if kept or todo else torch.empty(0, 3)
     skipped = [p for it in items for p in it[3]]
     errors = [it[4] for it in items if it[4] is not None]
-    return imgs, labels, alphas, skipped, errors
+    encoded = None
+    if todo:
+        lengths = [len(it[5][0]) for it in todo]
+        offsets = [sum(lengths[:i]) for i in range(len(lengths))]
+        blob = torch.frombuffer(bytearray(b"".join(it[5][0] for it in todo)), dtype=torch.uint8)
+        encoded = (blob, [(o, n, *it[5][1:]) for o, n, it in zip(offsets, lengths, todo)])
+    return imgs, labels, alphas, skipped, errors, encoded
 
 
-def _loader(dataset: Dataset, workers: int, device: torch.device, **kw) -> DataLoader:
+def _loader(dataset: Dataset, workers: int, device: torch.device, persistent: bool = True, **kw) -> DataLoader:
     return DataLoader(
         dataset,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         collate_fn=_collate,
         **kw,
     )
@@ -247,7 +358,11 @@ class ImageFolderTrainSource(TrainSource):
         skip_corrupt: bool,
         rank: int = 0,
         world_size: int = 1,
+        decode: str = "workers",
+        persistent_workers: bool = True,
     ):
+        if decode not in ("workers", "device"):
+            raise UserError(f"data.decode: {decode!r} is not one of workers, device")
         if batch_size % world_size:
             raise UserError(f"train.batch_size={batch_size} is not divisible by the {world_size} processes")
         if len(samples) < batch_size:
@@ -255,6 +370,7 @@ class ImageFolderTrainSource(TrainSource):
         self.normalize, self.device = normalizer, device
         self.skipped = 0
         self.skipped_files: set[str] = set()
+        self.crop, self.skip_corrupt = crop, skip_corrupt
         # augment=False: the test view, still through the (index, seed) sampler (same order, same resume).
         views = _Views(
             samples,
@@ -264,22 +380,39 @@ class ImageFolderTrainSource(TrainSource):
             lighting=lighting,
             skip_corrupt=skip_corrupt,
             replace_corrupt=True,
+            encoded=decode == "device" and augment,
         )
         self.sampler = _EpochBatches(len(samples), batch_size, seed, rank, world_size)
-        self.loader = _loader(views, workers, device, batch_sampler=self.sampler)
+        self.loader = _loader(views, workers, device, persistent_workers, batch_sampler=self.sampler)
         self.lighting_scale = self.normalize.scale * 255.0  # a [0, 1]-scale shift, in normalised units
 
     def batches(self, start_iter: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         self.sampler.start_iter = start_iter
-        for imgs, labels, alphas, skipped, errors in self.loader:
+        for imgs, labels, alphas, skipped, errors, encoded in self.loader:
             _raise_unreadable(errors)
+            imgs = imgs.to(self.device, non_blocking=True)
+            if encoded:  # data.decode=device: the JPEGs the workers left undecoded
+                imgs, labels, alphas, failed = self._decode_on_device(imgs, labels, alphas, encoded)
+                skipped = [*skipped, *failed]
             self.skipped += len(skipped)
             self.skipped_files.update(skipped)
-            x = self.normalize(imgs.to(self.device, non_blocking=True))
+            x = self.normalize(imgs)
             if alphas.any():
                 shift = lighting_shift(alphas).to(self.device, non_blocking=True)  # (N, 3)
                 x = x + shift[:, :, None, None] * self.lighting_scale
             yield x, labels.to(self.device, non_blocking=True)
+
+    def _decode_on_device(self, imgs: Tensor, labels: Tensor, alphas: Tensor, encoded: list) -> tuple:
+        """Append the device-decoded views to the worker-decoded ones; drop (and name) what no decoder reads."""
+        from resnetlab.data.device_decode import device_views
+
+        views, kept, failed = device_views(encoded, self.crop, self.device)
+        if failed and not self.skip_corrupt:
+            _raise_unreadable(failed)
+        n = len(imgs)
+        rows = torch.tensor([*range(n), *(n + i for i in kept)], dtype=torch.int64)
+        imgs = torch.cat([imgs, views]) if len(imgs) else views
+        return imgs, labels[rows], alphas[rows], failed
 
 
 class ImageFolderEvalSource(EvalSource):
@@ -305,7 +438,7 @@ class ImageFolderEvalSource(EvalSource):
         return len(self.samples)
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for imgs, labels, _alphas, skipped, errors in self.loader:
+        for imgs, labels, _alphas, skipped, errors, _ in self.loader:
             _raise_unreadable(errors)
             self.skipped += len(skipped)
             if len(imgs):
@@ -327,7 +460,7 @@ def compute_stats(
     s = torch.zeros(3, crop, crop, dtype=torch.float64)
     s2 = torch.zeros(3, 1, 1, dtype=torch.float64)
     n = 0
-    for imgs, _labels, _alphas, _skipped, errors in loader:
+    for imgs, _labels, _alphas, _skipped, errors, _ in loader:
         _raise_unreadable(errors)
         x = imgs.to(torch.float64) / 255.0
         s += x.sum(0)
@@ -424,6 +557,7 @@ def build_imagefolder(
         skip_corrupt=d.skip_corrupt,
         rank=rank,
         world_size=world_size,
+        decode=d.decode,
     )
     evaluation = ImageFolderEvalSource(
         test,

@@ -1,0 +1,361 @@
+"""`resnetlab bench data`: images/s of the ImageNet input, ours against the usual torchvision pipeline.
+
+What is timed is the whole input of one batch, as training or testing sees it: read the files, decode,
+the view (training: shorter side drawn in [256, 480], random 224 crop, flip, PCA lighting; test: shorter
+side 256 and the central crop, or the ten crops), batch, copy to the device, per-pixel mean (the float
+work). One step = the next batch ready on the device.
+
+Ours: `resnetlab.data.imagenet`'s sources (`data.decode=workers`: decode + geometry in the DataLoader
+workers; `device`: the workers read and draw, the device decodes and crops). 10-crop: the evaluation's
+dataset (`resnetlab.evaluate.run`). Reference: torchvision `ImageFolder` + `transforms.v2` of the
+paper's recipe on PIL images (RandomShortestSize(256..480), RandomCrop(224), RandomHorizontalFlip,
+PILToTensor, ToDtype(float32, scale), PCA lighting, Normalize; test: Resize(256), CenterCrop(224) or
+TenCrop(224)), `DataLoader` with the same workers and batch size, pinned memory on CUDA.
+
+Rounds: every round times each view's pipelines back to back, the order reversed every other round;
+each pipeline gets fresh DataLoader workers per round (so none works on a queue while the other is
+timed), untimed warm-up batches first. The load average is read before and after each round.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from resnetlab.bench.timing import PerfClock, summarize, time_steps
+from resnetlab.data.imagenet import (
+    IMAGENET_EIGVAL,
+    IMAGENET_EIGVEC,
+    ImageFolderEvalSource,
+    ImageFolderTrainSource,
+    scan_split,
+    split_classes,
+)
+from resnetlab.data.ondevice import Normalizer
+from resnetlab.errors import UserError
+
+VIEWS = ("train", "center", "10crop")
+CROP, MEAN_RGB = 224, (0.485, 0.456, 0.406)  # any mean: what is timed is its subtraction
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    root: Path  # an ImageFolder tree: ROOT/train/CLASS/*.JPEG (and ROOT/val/...), or ROOT/CLASS/*.JPEG
+    views: tuple[str, ...] = ("train", "center")
+    batch_size: int = 128
+    workers: int = 2
+    rounds: int = 3
+    iters: int = 10  # timed batches per round
+    warmup: int | None = None  # untimed batches per round; default 2 x workers + 2 (the prefetch queue)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    decode: tuple[str, ...] = ("workers",)  # ours: "workers" and/or "device"
+    reference: bool = True
+
+
+def split_samples(root: Path, split: str, batch_size: int) -> list[tuple[str, int]]:
+    """(path, label) of ROOT/split (ROOT itself if it has no such folder); at least one full batch."""
+    folder = root / split if (root / split).is_dir() else root
+    classes = split_classes(folder)
+    samples = scan_split(folder, {c: i for i, c in enumerate(classes)})
+    if len(samples) < batch_size:
+        raise UserError(f"{folder} has {len(samples)} images, fewer than one batch (--batch-size {batch_size})")
+    return samples
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _endless(make: Callable[[], Iterator]) -> Iterator:
+    while True:
+        yield from make()
+
+
+# ---- ours ------------------------------------------------------------------------------------------
+
+
+def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
+    """A factory of fresh streams (new DataLoader workers each) of our `view` batches on the device."""
+    normalizer = Normalizer(torch.full((3, CROP, CROP), 0.45), None, spec.device)  # per-pixel mean, as ours
+    if view == "train":
+        samples = split_samples(spec.root, "train", spec.batch_size)
+
+        def make() -> Iterator:
+            source = ImageFolderTrainSource(
+                samples,
+                normalizer=normalizer,
+                device=spec.device,
+                batch_size=spec.batch_size,
+                seed=0,
+                crop=CROP,
+                scale=(256, 480),
+                augment=True,
+                lighting=0.1,
+                workers=spec.workers,
+                skip_corrupt=True,
+                decode=decode,
+                persistent_workers=False,
+            )
+            return (x for x, _ in source.batches(0))
+
+        return make
+    samples = split_samples(spec.root, "val", spec.batch_size)
+    if view == "center":
+
+        def make() -> Iterator:
+            source = ImageFolderEvalSource(
+                samples,
+                normalizer=normalizer,
+                device=spec.device,
+                crop=CROP,
+                batch_size=spec.batch_size,
+                workers=spec.workers,
+                skip_corrupt=True,
+            )
+            # every batch full (images/s counts batch_size per step), fresh workers every round
+            source.loader = DataLoader(**_loader_kwargs(source.loader), drop_last=True)
+            return (x for x, _ in _endless(source.batches))
+
+        return make
+
+    from resnetlab.evaluate.run import _collate, _ProtocolViews  # the evaluation's own 10-crop dataset
+
+    def make() -> Iterator:
+        loader = DataLoader(
+            _ProtocolViews(samples, "10crop", CROP),
+            batch_size=spec.batch_size,
+            num_workers=spec.workers,
+            collate_fn=_collate,
+            pin_memory=spec.device.type == "cuda",
+            drop_last=True,
+        )
+        for views, _labels, _unreadable in _endless(lambda: loader):
+            yield normalizer(views.to(spec.device, non_blocking=True).flatten(0, 1))  # (N*10, 3, 224, 224)
+
+    return make
+
+
+def _loader_kwargs(loader: DataLoader) -> dict:
+    return {
+        "dataset": loader.dataset,
+        "batch_size": loader.batch_size,
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+    }
+
+
+# ---- the reference ---------------------------------------------------------------------------------
+
+
+class Lighting(torch.nn.Module):
+    """AlexNet PCA colour noise on a float [0, 1] image (torchvision has no such transform)."""
+
+    def __init__(self, std: float):
+        super().__init__()
+        self.std = std
+
+    def forward(self, img: Tensor) -> Tensor:
+        alpha = torch.randn(3) * self.std
+        return img + ((alpha * IMAGENET_EIGVAL) @ IMAGENET_EIGVEC.T)[:, None, None]
+
+
+def reference_transform(view: str):
+    from torchvision.transforms import v2
+
+    to_float = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    normalize = v2.Normalize(MEAN_RGB, (1.0, 1.0, 1.0))  # mean subtraction only, as the paper
+    if view == "train":
+        return v2.Compose(
+            [
+                v2.RandomShortestSize(list(range(256, 481))),
+                v2.RandomCrop(CROP),
+                v2.RandomHorizontalFlip(),
+                *to_float,
+                Lighting(0.1),
+                normalize,
+            ]
+        )
+    if view == "center":
+        return v2.Compose([v2.Resize(256), v2.CenterCrop(CROP), *to_float, normalize])
+    return v2.Compose([v2.Resize(256), v2.TenCrop(CROP), _stack_crops])
+
+
+def _stack_crops(crops) -> Tensor:
+    """TenCrop's ten PIL images -> (10, 3, 224, 224) float, normalised (torchvision's TenCrop recipe)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    to_float = lambda img: TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)  # noqa: E731
+    return TF.normalize(torch.stack([to_float(c) for c in crops]), MEAN_RGB, (1.0, 1.0, 1.0))
+
+
+def _pil_or_none(path: str):
+    """ImageFolder's loader, with unreadable files returned as None (the reference must not stop)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception:
+        return None
+
+
+class _SkippingImageFolder:
+    """torchvision ImageFolder whose unreadable images come back as None, dropped by the collate."""
+
+    def __init__(self, folder: Path, transform):
+        from torchvision.datasets import ImageFolder
+
+        self.inner = ImageFolder(str(folder), transform=transform, loader=_pil_or_none)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int):
+        path, label = self.inner.samples[i]
+        img = self.inner.loader(path)
+        return (None, label) if img is None else (self.inner.transform(img), label)
+
+
+def _drop_none(items):
+    from torch.utils.data import default_collate
+
+    return default_collate([it for it in items if it[0] is not None])
+
+
+def reference(view: str, spec: DataSpec) -> Callable[[], Iterator]:
+    split = "train" if view == "train" else "val"
+    folder = spec.root / split if (spec.root / split).is_dir() else spec.root
+    split_samples(spec.root, split, spec.batch_size)  # the same checks as ours
+    dataset = _SkippingImageFolder(folder, reference_transform(view))
+
+    def make() -> Iterator:
+        loader = DataLoader(
+            dataset,
+            batch_size=spec.batch_size,
+            shuffle=view == "train",
+            drop_last=True,
+            num_workers=spec.workers,
+            pin_memory=spec.device.type == "cuda",
+            collate_fn=_drop_none,
+        )
+        for x, _ in _endless(lambda: loader):
+            yield x.to(spec.device, non_blocking=True)
+
+    return make
+
+
+# ---- measuring ---------------------------------------------------------------------------------------
+
+
+def pipelines(spec: DataSpec) -> dict[str, dict[str, Callable[[], Iterator]]]:
+    """{view: {pipeline name: stream factory}}; names "ours" (workers decode), "ours-device", "reference"."""
+    out: dict[str, dict[str, Callable[[], Iterator]]] = {}
+    for view in spec.views:
+        out[view] = {}
+        for decode in spec.decode:
+            if decode == "device" and view != "train":
+                continue  # the device path is the training input's
+            out[view]["ours" if decode == "workers" else "ours-device"] = ours(view, spec, decode)
+        if spec.reference:
+            out[view]["reference"] = reference(view, spec)
+    return out
+
+
+def time_round(make: Callable[[], Iterator], spec: DataSpec) -> list[float]:
+    """One round: fresh workers, `warmup` untimed batches, `iters` timed ones; the workers then stop."""
+    stream = make()
+    warmup = spec.warmup if spec.warmup is not None else 2 * spec.workers + 2
+
+    def step() -> None:
+        next(stream)
+        _sync(spec.device)
+
+    try:
+        return time_steps(step, iters=spec.iters, warmup=warmup, clock=PerfClock(), device=spec.device)
+    finally:
+        stream.close()  # ends the DataLoader iterator, so its workers stop before the next pipeline runs
+
+
+def run_data_benchmark(spec: DataSpec, progress: Callable[[str], None] | None = None) -> dict:
+    """Alternating rounds of every view's pipelines; images/s, per worker, ratios, load averages."""
+    table = pipelines(spec)
+    times: dict[str, dict[str, list[list[float]]]] = {v: {n: [] for n in p} for v, p in table.items()}
+    load: list[tuple[float, float]] = []
+    for r in range(spec.rounds):
+        before = os.getloadavg()[0]
+        for view, pipes in table.items():
+            names = list(pipes) if r % 2 == 0 else list(pipes)[::-1]
+            for name in names:
+                times[view][name].append(time_round(pipes[name], spec))
+                if progress:
+                    med = summarize(times[view][name][-1]).median
+                    progress(f"round {r + 1}/{spec.rounds} {view} {name}: {spec.batch_size / med:.1f} images/s")
+        load.append((before, os.getloadavg()[0]))
+    per_worker = max(spec.workers, 1)
+    result: dict = {
+        "root": str(spec.root),
+        "batch_size": spec.batch_size,
+        "workers": spec.workers,
+        "device": str(spec.device),
+        "rounds": spec.rounds,
+        "iters": spec.iters,
+        "cpus": os.cpu_count(),
+        "load_average_per_round": load,
+        "torch": torch.__version__,
+        "views": {},
+    }
+    for view, by_name in times.items():
+        res: dict = {}
+        for name, rounds in by_name.items():
+            med = summarize([t for rnd in rounds for t in rnd]).median
+            res[name] = {
+                "images_per_s": spec.batch_size / med,
+                "images_per_s_per_worker": spec.batch_size / med / per_worker,
+                "batch_time_s": summarize([t for rnd in rounds for t in rnd]).to_dict(),
+            }
+        for name in by_name:
+            if name != "reference" and "reference" in by_name:
+                per_round = [
+                    summarize(ref).median / summarize(mine).median
+                    for mine, ref in zip(by_name[name], by_name["reference"])
+                ]
+                res[f"{name}/reference"] = {
+                    "ratio": res[name]["images_per_s"] / res["reference"]["images_per_s"],
+                    "per_round": per_round,
+                }
+        if "ours" in by_name and "ours-device" in by_name:
+            res["ours-device/ours"] = {"ratio": res["ours-device"]["images_per_s"] / res["ours"]["images_per_s"]}
+        result["views"][view] = res
+    return result
+
+
+def format_data_result(res: dict) -> str:
+    lines = [
+        f"bench data {res['root']}: batch {res['batch_size']}, {res['workers']} workers, {res['device']}, "
+        f"{res['cpus']} CPUs, torch {res['torch']}",
+        f"{res['rounds']} round(s) x {res['iters']} timed batches; load average (1 min) before/after each round: "
+        + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in res["load_average_per_round"]),
+        "",
+        f"{'view':<8} {'pipeline':<12} {'images/s':>10} {'per worker':>11} {'median batch s':>15}",
+    ]
+    for view, r in res["views"].items():
+        for name in ("ours", "ours-device", "reference"):
+            if name in r:
+                f = r[name]
+                lines.append(
+                    f"{view:<8} {name:<12} {f['images_per_s']:>10.1f} {f['images_per_s_per_worker']:>11.1f} "
+                    f"{f['batch_time_s']['median']:>15.3f}"
+                )
+        for key, v in r.items():
+            if "/" in key:
+                rounds = f" (per round: {', '.join(f'{x:.2f}' for x in v['per_round'])})" if "per_round" in v else ""
+                lines.append(f"{view:<8} {key}: {v['ratio']:.2f}x{rounds}")
+    lines.append("10crop: images/s counts images (10 views each). Per worker = images/s / workers.")
+    return "\n".join(lines)

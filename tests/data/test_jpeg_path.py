@@ -1,0 +1,188 @@
+"""The fast JPEG path: decoding against PIL, the windowed resize against resize-then-crop, the
+training views against torchvision's transforms.v2 recipe in distribution, and the device-decode path
+(run here on the CPU, where decode_jpeg is libjpeg-turbo) against the worker path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from resnetlab.data.device_decode import decode_jpegs, device_views
+from resnetlab.data.imagenet import (
+    _collate,
+    _Views,
+    build_imagefolder,
+    decode_image,
+    read_image,
+    resized_crop,
+    resized_size,
+)
+from resnetlab.errors import UserError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from make_imagefolder import natural_image, write_odd_files  # noqa: E402
+
+from .test_imagenet import config, write_tree  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("odd")
+    return {p.stem.removeprefix("odd_"): p for p in write_odd_files(folder, np.random.default_rng(0))}
+
+
+def pil_rgb(path: Path) -> torch.Tensor:
+    with Image.open(path) as im:
+        return TF.pil_to_tensor(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("kind", ["png", "cmyk", "gray"])
+def test_decoded_images_match_pil(odd, kind):
+    # RGB/gray JPEGs go through decode_jpeg (libjpeg-turbo), the rest through PIL: either way PIL's pixels,
+    # within JPEG decoder tolerance (the same libjpeg-turbo IDCT: here exact or off by one level).
+    ours = read_image(str(odd[kind]))
+    ref = pil_rgb(odd[kind])
+    assert ours.shape == ref.shape == (3, 375, 500) and ours.dtype == torch.uint8
+    assert (ours.int() - ref.int()).abs().max() <= 1
+
+
+def test_rgb_jpeg_matches_pil(tmp_path):
+    path = tmp_path / "a.JPEG"
+    Image.fromarray(natural_image(np.random.default_rng(1), 333, 250)).save(path, quality=90)
+    ours, full = decode_image(path.read_bytes(), str(path))
+    assert full == (250, 333) and (ours.int() - pil_rgb(path).int()).abs().max() <= 1
+
+
+def test_reduced_decode_is_never_smaller_than_asked(tmp_path):
+    path = tmp_path / "big.JPEG"
+    Image.fromarray(natural_image(np.random.default_rng(2), 1200, 900)).save(path, quality=90)
+    img, full = decode_image(path.read_bytes(), str(path), at_least=(256, 341))
+    assert full == (900, 1200) and img.shape[-2:] == (450, 600)  # 1/2: 1/4 would be 225 < 256
+    ref = TF.resize(pil_rgb(path), [256], antialias=True)
+    ours = TF.resize(img, [256], antialias=True)
+    assert (ours.float() - ref.float()).abs().mean() < 3  # DCT-domain downscaling: close, not equal
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text"])
+def test_unreadable_files_are_named(odd, kind):
+    with pytest.raises(UserError, match=f"odd_{kind}.JPEG"):
+        read_image(str(odd[kind]))
+
+
+def test_window_resize_is_resize_then_crop():
+    g = torch.Generator().manual_seed(0)
+    # a smooth image (low frequencies only), so a sub-pixel shift shows as a small difference
+    img = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=(375, 500), mode="bicubic")[0]
+    img = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    for size in (224, 256, 300, 368, 480):
+        h, w = resized_size((375, 500), size)
+        top = int(torch.randint(0, h - 224 + 1, (1,), generator=g))
+        left = int(torch.randint(0, w - 224 + 1, (1,), generator=g))
+        ours = resized_crop(img, (h, w), top, left, 224)
+        ref = TF.resize(img, [h, w], antialias=True)[:, top : top + 224, left : left + 224]
+        assert ours.shape == ref.shape == (3, 224, 224)
+        assert (ours.float() - ref.float()).abs().mean() < 1.0, size
+
+
+def _coordinate_image(path: Path, w: int = 500, h: int = 375) -> None:
+    """PNG (lossless) whose red channel is the column and green the row: a view tells where it came from."""
+    x = np.broadcast_to(np.linspace(0, 255, w), (h, w))
+    y = np.broadcast_to(np.linspace(0, 255, h)[:, None], (h, w))
+    Image.fromarray(np.stack([x, y, np.zeros((h, w))], -1).round().astype(np.uint8)).save(path, format="PNG")
+
+
+def _geometry(view: torch.Tensor, w: int = 500, h: int = 375) -> tuple[float, float, float, float]:
+    """(shorter side it was resized to, left, top in the resized image, flipped 0/1) of a coordinate view."""
+    r, gch = view[0].double(), view[1].double()
+    slope = (r[:, -20:].mean() - r[:, :20].mean()) / (view.shape[-1] - 20)  # red levels per output column
+    flipped = float(slope < 0)
+    width = 255 / abs(slope) * (w - 1) / w  # resized width W'
+    scale = width * min(h, w) / w
+    rows = (gch[-20:].mean() - gch[:20].mean()) / (view.shape[-2] - 20)
+    height = 255 / rows * (h - 1) / h
+    left = (r[:, -1] if flipped else r[:, 0]).mean() / 255 * (w - 1) * width / w
+    top = gch[0].mean() / 255 * (h - 1) * height / h
+    return float(scale), float(left), float(top), flipped
+
+
+def _ks(a: list[float], b: list[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic."""
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    return float(np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b)).max())
+
+
+def test_training_views_agree_in_distribution_with_torchvision(tmp_path):
+    path = tmp_path / "coords.png"
+    _coordinate_image(path)
+    n = 300
+    views = _Views([(str(path), 0)], crop=224, view="random", scale=(256, 480))
+    ours = [_geometry(views[(0, seed)][0]) for seed in range(n)]
+    torch.manual_seed(0)
+    ref_t = v2.Compose([v2.RandomShortestSize(list(range(256, 481))), v2.RandomCrop(224), v2.RandomHorizontalFlip()])
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        ref = [_geometry(TF.pil_to_tensor(ref_t(im))) for _ in range(n)]
+    critical = 1.95 * np.sqrt(2 / n)  # KS at alpha = 0.001
+    for k, name in enumerate(("scale", "left", "top", "flip")):
+        a, b = [o[k] for o in ours], [r[k] for r in ref]
+        assert _ks(a, b) < critical, name
+    scales = np.array([o[0] for o in ours])
+    assert 250 < scales.min() < 270 and 465 < scales.max() < 490  # the draws span [256, 480]
+
+
+def test_device_decode_path_on_cpu_equals_worker_path(tmp_path):
+    root = write_tree(tmp_path / "tree", per_class=4, val_per_class=1)
+    cfg = ["data.lighting=0.1", "train.batch_size=6"]
+    a = build_imagefolder(config(root, *cfg), torch.device("cpu")).train
+    b = build_imagefolder(config(root, *cfg, "data.decode=device"), torch.device("cpu")).train
+    assert b.loader.dataset.encoded
+    for (xa, ya), (xb, yb), _ in zip(a.batches(0), b.batches(0), range(3)):
+        torch.testing.assert_close(xb, xa, atol=0, rtol=0)
+        assert torch.equal(ya, yb)
+
+
+def test_device_views_fall_back_and_drop(odd, tmp_path):
+    good = tmp_path / "good.JPEG"
+    Image.fromarray(natural_image(np.random.default_rng(3), 300, 200)).save(good, quality=90)
+    items = []
+    for path in (good, odd["truncated"], odd["gray"]):
+        data = path.read_bytes()
+        items.append((None, 0, torch.zeros(3), [], None, (data, str(path), (256, 384), 10, 20, True)))
+    *_, encoded = _collate(items)
+    views, kept, failed = device_views(encoded, 224, torch.device("cpu"))
+    assert views.shape == (2, 3, 224, 224) and kept == [0, 2] and failed == [str(odd["truncated"])]
+    ref = resized_crop(read_image(str(good)), (256, 384), 10, 20, 224).flip(-1)
+    assert torch.equal(views[0], ref)
+    assert decode_jpegs([torch.frombuffer(bytearray(b"nope"), dtype=torch.uint8)], torch.device("cpu")) == [None]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA: nvjpeg decoding is covered by the CPU tests above")
+def test_nvjpeg_matches_cpu_decoding(tmp_path):
+    path = tmp_path / "a.JPEG"
+    Image.fromarray(natural_image(np.random.default_rng(4), 500, 375)).save(path, quality=90)
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    gpu = decode_jpegs([data, data], torch.device("cuda"))
+    cpu = read_image(str(path))
+    assert (gpu[0].cpu().int() - cpu.int()).abs().float().mean() < 1.0  # different IDCTs: close, not equal
+
+
+def test_skip_corrupt_with_device_decoding(tmp_path, odd):
+    root = write_tree(tmp_path / "tree", per_class=2, val_per_class=1)
+    for kind in ("truncated", "png", "cmyk"):
+        (root / "train" / "bee" / odd[kind].name).write_bytes(odd[kind].read_bytes())
+    bundle = build_imagefolder(
+        config(root, "data.skip_corrupt=true", "train.batch_size=9", "data.decode=device"), torch.device("cpu")
+    )
+    x, y = next(bundle.train.batches(0))  # the whole epoch; PNG and CMYK decoded by the workers (PIL)
+    # The truncated JPEG has a valid header, so it reaches the device decoder, fails there and on the
+    # CPU, and is dropped from its batch (the worker path replaces it instead), counted and named.
+    assert x.shape == (8, 3, 32, 32) and len(y) == 8 and bundle.train.skipped == 1
+    assert bundle.train.skipped_files == {str(root / "train" / "bee" / "odd_truncated.JPEG")}
