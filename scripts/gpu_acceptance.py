@@ -142,6 +142,7 @@ def step_bench(ctx: Ctx) -> dict:
         model, batch, iters, warmup, precision = "resnet18", 1, 1, 0, "fp32"
     else:
         variants = {"eager": ["--channels-last"], "compiled": ["--channels-last", "--compile"]}
+        variants = {v: f for v, f in variants.items() if v in ctx.args.bench_variants.split(",")}
         model, batch, iters, warmup, precision = "resnet50", 256, 50, 10, "bf16"
     runs = {v: bench(ctx, f"bench-{v}", model, batch, precision, extra, iters, warmup) for v, extra in variants.items()}
     ok = {v: r for v, r in runs.items() if r["status"] == "ok"}
@@ -178,7 +179,8 @@ CIFAR_VARIANTS = [
 
 
 def step_cifar(ctx: Ctx) -> dict:
-    variants = CIFAR_VARIANTS[:1] if ctx.dry else CIFAR_VARIANTS
+    chosen = ctx.args.cifar_variants.split(",")
+    variants = CIFAR_VARIANTS[:1] if ctx.dry else [v for v in CIFAR_VARIANTS if v[0] in chosen]
     model, batch, iters, warmup = ("cifar_resnet20", 4, 1, 0) if ctx.dry else ("cifar_resnet56", 128, 300, 40)
     runs = {}
     for name, precision, flags, _ in variants:
@@ -254,7 +256,11 @@ def run_state(run_dir: Path) -> dict:
     metrics = run_dir / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
     last = rows[-1] if rows else {}
+    rate = None
+    if len(rows) >= 2:  # the real loop's steady rate (evaluations included), between its first and last evaluation
+        rate = 1000 * (rows[-1]["time"] - rows[0]["time"]) / (rows[-1]["iter"] - rows[0]["iter"])
     return {
+        "seconds_per_1000_iters": rate,
         "finished": (run_dir / "final.pt").is_file(),
         "iterations": last.get("iter", 0),
         "test_error": last.get("test_error"),
@@ -412,13 +418,14 @@ def summary_md(r: dict) -> str:
         row("grid", s["grid"].get("why", ""))
     elif "grid" in s:
         row("grid", f"exit {s['grid']['exit']}; {s['grid']['iterations']} iterations ({s['grid']['why']})", "4 x 64k")
-        lines += ["", "| network | finished | iterations | test error % | training error % | seconds |"]
-        lines.append("|---|---|---|---|---|---|")
+        lines += ["", "| network | finished | iterations | test error % | training error % | seconds | s / 1000 it |"]
+        lines.append("|---|---|---|---|---|---|---|")
         for net, st in s["grid"]["runs"].items():
             te = f"{st['test_error']:.2f}" if st["test_error"] is not None else "-"
             tr = f"{st['train_error']:.2f}" if st["train_error"] is not None else "-"
             sec = f"{st['seconds']:.0f}" if st["seconds"] is not None else "-"
-            lines.append(f"| {net} | {st['finished']} | {st['iterations']} | {te} | {tr} | {sec} |")
+            rate = f"{st['seconds_per_1000_iters']:.1f}" if st.get("seconds_per_1000_iters") else "-"
+            lines.append(f"| {net} | {st['finished']} | {st['iterations']} | {te} | {tr} | {sec} | {rate} |")
     if s.get("analyze", {}).get("responses"):
         lines += ["", "| network (fig. 7) | layers | median std | mean std | max std |", "|---|---|---|---|---|"]
         for label, x in s["analyze"]["responses"].items():
@@ -466,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="data.dir holding FashionMNIST/raw/ (default: .gpudata/)")
     p.add_argument("--grid-dir", type=Path, help="the grid's runs (default OUT/grid); an earlier one resumes")
     p.add_argument("--jobs-per-gpu", type=int, default=4, help="grid runs sharing the GPU (default 4)")
+    p.add_argument("--bench-variants", default="eager,compiled", help="ResNet-50 settings (eager,compiled)")
+    p.add_argument(
+        "--cifar-variants",
+        default=",".join(v[0] for v in CIFAR_VARIANTS),
+        help=f"ResNet-56 settings ({','.join(v[0] for v in CIFAR_VARIANTS)})",
+    )
     p.add_argument("--grid-iters", type=int, help="grid iterations (default: 64k, or what the time left allows)")
     p.add_argument("--grid-set", nargs="*", metavar="KEY=VALUE", help="grid/loop setting (default: fastest)")
     args = p.parse_args(argv)
