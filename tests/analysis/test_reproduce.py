@@ -188,3 +188,38 @@ def test_real_tiny_run_end_to_end(tmp_path):
     assert res["label"] == "ResNet-8" and len(res["layers"]) == 6 and res["images"] == 32
     assert all(v > 0 for v in res["layers"].values())
     assert 0 <= res["test_error"] <= 100
+
+
+def test_a_changed_recipe_does_not_reuse_the_old_run(tmp_path):
+    trainer = StubTrainer()
+    quiet = dict(log=lambda _: None)
+    run_jobs(
+        plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config),
+        train_fn=trainer,
+        **quiet,
+    )
+    assert len(trainer.calls) == 4
+    # Where and how it runs is not the recipe: the finished runs are reused.
+    same = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config, device="cpu",
+                overrides=["data.workers=1"])  # fmt: skip
+    run_jobs(same, train_fn=trainer, **quiet)
+    assert len(trainer.calls) == 4 and all(j.state() == "done" for j in same)
+    # Another lr is another recipe: refused with the diff, nothing trained.
+    changed = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config,
+                   overrides=["optim.lr=0.2"])  # fmt: skip
+    with pytest.raises(UserError, match=r"plain20-seed0 holds a run of another recipe: optim.lr: 0.1 there, 0.2 now"):
+        run_jobs(changed, train_fn=trainer, **quiet)
+    assert len(trainer.calls) == 4
+    with pytest.raises(UserError, match="no finished runs"):  # the table is never built from the old runs
+        report(changed, tmp_path, dataset="cifar10", device="cpu", responses=False, **quiet)
+    # --rerun-changed: fresh folders beside the old ones, which stay as they were.
+    fresh = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config,
+                 overrides=["optim.lr=0.2"], rerun_changed=True)  # fmt: skip
+    assert [j.out_dir.name for j in fresh] == ["plain20-seed0-r1", "plain56-seed0-r1", "resnet20-seed0-r1",
+                                               "resnet56-seed0-r1"]  # fmt: skip
+    run_jobs(fresh, train_fn=trainer, **quiet)
+    assert len(trainer.calls) == 8 and all(j.state() == "done" for j in fresh)
+    assert all(j.state() == "other" for j in changed)
+    again = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config,
+                 overrides=["optim.lr=0.2"], rerun_changed=True)  # fmt: skip
+    assert [j.out_dir for j in again] == [j.out_dir for j in fresh]  # the same command finds them again

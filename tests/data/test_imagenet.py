@@ -125,7 +125,7 @@ def test_lighting_matches_fb_resnet_torch():
 
 def test_val_split_holds_out_training_images(tree):
     bundle = build_imagefolder(config(tree, "data.val_split=3"), torch.device("cpu"))
-    assert len(bundle.test) == 3 and len(bundle.train.sampler.order(0)) == 9
+    assert len(bundle.test) == 3 and len(bundle.train.sampler.sampler.epoch_order(0)) == 9
 
 
 @pytest.fixture

@@ -62,14 +62,28 @@ def test_train_order_is_a_function_of_the_iteration():
     first = [next(stream) for _ in range(8)]
     resumed = iter(TrainOrder(10, 4, seed=3, start_iter=5, hflip=True))
     assert [next(resumed) for _ in range(3)] == first[5:8]
-    # Each epoch is a permutation: the first 10 positions hold every index once.
+    # Each epoch is 2 full batches (the last incomplete one dropped) of one permutation: 8 distinct
+    # indices, and a new order in the next epoch.
     flat = [i for batch in first for i, _ in batch]
-    assert sorted(flat[:10]) == list(range(10))
+    assert len(set(flat[:8])) == 8 and len(set(flat[8:16])) == 8 and flat[:8] != flat[8:16]
     assert any(f for b in first for _, f in b) and not all(f for b in first for _, f in b)
     # Two processes split each global batch between them.
     shares = [TrainOrder(10, 4, seed=3, start_iter=0, hflip=True, rank=r, world=2).batch(2) for r in range(2)]
     assert sorted(shares[0] + shares[1]) == sorted(first[2])
     assert TrainOrder(10, 4, seed=4, start_iter=0, hflip=True).batch(0) != first[0]
+
+
+def test_two_seeds_give_different_detection_orders():
+    """Seeds are mixed with the epoch by a hash, so no seed replays another's epochs (the former
+    `seed * K + epoch` seeding made seed s, epoch e equal to seed s - 1, epoch e + K)."""
+
+    def order(seed: int, epoch: int) -> list[int]:
+        stream = iter(TrainOrder(100, 10, seed=seed, start_iter=epoch * 10, hflip=False))
+        return [i for _ in range(10) for i, _ in next(stream)]
+
+    orders = [order(seed, epoch) for seed in range(8) for epoch in range(3)]
+    assert all(sorted(o) == list(range(100)) for o in orders)
+    assert len({tuple(o) for o in orders}) == len(orders)  # 24 distinct permutations
 
 
 def test_missing_data_is_a_user_error(tmp_path):

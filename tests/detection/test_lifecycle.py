@@ -108,4 +108,4 @@ def test_two_ranks_into_a_used_folder_both_refuse(tmp_path):
         (line,) = error_lines(log)
         assert "already holds a run" in line and "--resume" in line
     # Both processes start Python, torch and the process group; the refusal itself is immediate.
-    assert time.time() - t0 < 60
+    assert time.time() - t0 < 120  # generous: the shared test machine runs at load 10+

@@ -2,8 +2,11 @@
 
 A grid is a list of (kind, depth) networks, trained once per seed from the `configs/cifar10-*.yaml`
 presets with overrides (dataset, schedule, device, seed). Each run has its own folder
-`OUT/<kind><depth>-seed<s>/`: a run with `final.pt` is skipped, one with only `checkpoint.pt` is
-resumed, so re-running the same command after an interruption finishes the grid.
+`OUT/<kind><depth>-seed<s>/`: a finished run (`final.pt`) is reused only when its stored config
+equals the requested one (outside `lifecycle.PLACE_KEYS`: device, data.dir, workers, ...), one with
+only `checkpoint.pt` is resumed, so re-running the same command after an interruption finishes the
+grid. A folder holding a run of another recipe is refused with the diff, or, with
+`rerun_changed=True`, the run goes to a fresh folder `<kind><depth>-seed<s>-r1` (`-r2`, ...).
 
 Schedules: "paper" is the paper's (lr / 10 at 32k and 48k, stop at 64k). "short" keeps its shape
 (milestones at 1/2 and 3/4 of the run) over `iters` iterations, 1/10 of the paper's (6.4k) by default.
@@ -11,6 +14,7 @@ Schedules: "paper" is the paper's (lr / 10 at 32k and 48k, stop at 64k). "short"
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,9 +30,10 @@ from resnetlab.analysis.grids import DATASETS, GRIDS, PAPER_ITERS, PAPER_MILESTO
 from resnetlab.analysis.responses import checkpoint_responses, plot_responses
 from resnetlab.analysis.runs import load_run, model_label
 from resnetlab.analysis.table import Row, to_markdown, write_csv
-from resnetlab.config import Config, apply_overrides, dump, list_presets, load_config
+from resnetlab.config import Config, apply_overrides, dump, list_presets, load_config, read_yaml
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
+from resnetlab.train.lifecycle import PLACE_KEYS, config_diff
 from resnetlab.utils.checkpoint import load
 
 TrainFn = Callable[..., Any]  # run_training(cfg, out_dir, *, resume=False)
@@ -57,9 +62,20 @@ class Job:
     def name(self) -> str:
         return self.out_dir.name
 
+    def changed(self) -> str | None:
+        """The one-line diff between the folder's stored config and this job's, if it holds a run of
+        another recipe (None for the same recipe or an empty folder)."""
+        stored = self.out_dir / "config.yaml"
+        if not stored.is_file():
+            return None
+        return config_diff(read_yaml(stored), self.cfg, allowed=PLACE_KEYS)
+
     def state(self) -> str:
-        """`done` (final.pt), `resume` (checkpoint.pt, or a started run that never checkpointed:
-        `run_training(resume=True)` starts it again in place) or `new`."""
+        """`other` (the folder holds a run of another recipe), `done` (final.pt), `resume`
+        (checkpoint.pt, or a started run that never checkpointed: `run_training(resume=True)` starts
+        it again in place) or `new`."""
+        if self.changed():
+            return "other"
         if (self.out_dir / "final.pt").is_file():
             return "done"
         if (self.out_dir / "checkpoint.pt").is_file() or (self.out_dir / "config.yaml").is_file():
@@ -95,8 +111,11 @@ def plan(
     with_1202: bool = False,
     overrides: list[str] | None = None,
     config_fn: Callable[[str, int], Config] = base_config,
+    rerun_changed: bool = False,
 ) -> list[Job]:
-    """Every run of grid `grid`, with its resolved config and folder (nothing is started)."""
+    """Every run of grid `grid`, with its resolved config and folder (nothing is started).
+    `rerun_changed`: a job whose folder holds a run of another recipe moves to `<folder>-rN`, the
+    first such folder that is free or holds this recipe."""
     if grid not in GRIDS:
         raise UserError(f"unknown experiment {grid!r}; choose from {', '.join(GRIDS)}")
     if dataset not in DATASETS:
@@ -123,7 +142,12 @@ def plan(
                     *(overrides or []),
                 ],
             )
-            jobs.append(Job(kind, depth, seed, Path(out) / f"{kind}{depth}-seed{seed}", cfg))
+            job = Job(kind, depth, seed, Path(out) / f"{kind}{depth}-seed{seed}", cfg)
+            base, n = job.out_dir, 0
+            while rerun_changed and job.state() == "other":
+                n += 1
+                job = dataclasses.replace(job, out_dir=base.with_name(f"{base.name}-r{n}"))
+            jobs.append(job)
     return jobs
 
 
@@ -145,6 +169,13 @@ def run_jobs(
     mostly idle between their kernels, so several runs sharing one GPU can finish a grid sooner."""
     if jobs_per_gpu < 1:
         raise UserError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
+    changed = [job for job in jobs if job.state() == "other"]
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise UserError(
+            f"{changed[0].out_dir} holds a run of another recipe: {changed[0].changed()}{more}; "
+            "reproduce --rerun-changed trains it again into a fresh folder, or choose another --out"
+        )
     todo = []
     for job in jobs:
         state = job.state()

@@ -63,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     rep.add_argument("--max-images", type=int, default=None, help="responses on the first N test images")
     rep.add_argument("--no-responses", action="store_true", help="skip the fig. 7 analysis")
+    rep.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="a run folder holding another recipe is left as is; that run trains again into NAME-r1 (-r2, ...)",
+    )
     rep.add_argument("--quiet", action="store_true", help="no progress bar for the analysis (training logs its own)")
     rep.set_defaults(func=_reproduce)
 
@@ -124,6 +129,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         device=args.device,
         with_1202=args.with_1202,
         overrides=args.set,
+        rerun_changed=args.rerun_changed,
     )
     device = resolve_device(args.device)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from resnetlab.data.bundle import DataBundle, EvalSource, TrainSource
-from resnetlab.data.ondevice import Normalizer, fit_stats, mix_seed
+from resnetlab.data.ondevice import Normalizer, fit_stats
+from resnetlab.data.order import IterationSampler, mix_seed
 from resnetlab.errors import UserError
 
 # AlexNet "standard color augmentation": PCA of ImageNet's RGB pixels (values from fb.resnet.torch).
@@ -49,7 +50,7 @@ IMAGENET_EIGVEC = torch.tensor(
     ]
 )
 
-_ORDER, _AUGMENT, _MEAN = 11, 12, 13  # seed streams, so order, augmentation and mean sample never share one
+_ORDER, _MEAN = 11, 13  # seed streams of the validation split and the mean sample (training: data.order)
 
 Sample = tuple[str, int]  # (path, class index)
 
@@ -305,36 +306,22 @@ def _raise_unreadable(errors: list[str]) -> None:
 # ---- sources -------------------------------------------------------------------------------------
 
 
-class _EpochBatches:
+class _ItemSeeds:
     """The DataLoader's batch sampler: this rank's (index, seed) items of iterations start_iter, ...
+    (the shared `IterationSampler`; each item carries its own augmentation seed for the workers).
 
     Endless; `start_iter` is set before each `iter(loader)`, so persistent workers survive a restart.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world_size: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.local = batch_size // world_size
-        self.rank = rank
-        self.iters_per_epoch = n // batch_size  # the last incomplete batch of an epoch is dropped
+    def __init__(self, sampler: IterationSampler) -> None:
+        self.sampler = sampler
         self.start_iter = 0
 
-    def order(self, epoch: int) -> Tensor:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, _ORDER, epoch)))
-
-    def items(self, it: int, order: Tensor) -> list[tuple[int, int]]:
-        step = it % self.iters_per_epoch
-        first = self.rank * self.local  # this rank's rows of the global batch
-        rows = range(first, first + self.local)
-        idx = order[step * self.batch_size + first : step * self.batch_size + first + self.local].tolist()
-        return [(i, mix_seed(self.seed, _AUGMENT, it, row)) for i, row in zip(idx, rows)]
-
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        it, epoch, order = self.start_iter, -1, None
+        it, rows = self.start_iter, range(self.sampler.rows.start, self.sampler.rows.stop)
         while True:
-            if it // self.iters_per_epoch != epoch:
-                epoch = it // self.iters_per_epoch
-                order = self.order(epoch)
-            yield self.items(it, order)
+            idx = self.sampler.indices(it).tolist()
+            yield [(i, self.sampler.item_seed(it, row)) for i, row in zip(idx, rows)]
             it += 1
 
 
@@ -363,10 +350,7 @@ class ImageFolderTrainSource(TrainSource):
     ):
         if decode not in ("workers", "device"):
             raise UserError(f"data.decode: {decode!r} is not one of workers, device")
-        if batch_size % world_size:
-            raise UserError(f"train.batch_size={batch_size} is not divisible by the {world_size} processes")
-        if len(samples) < batch_size:
-            raise UserError(f"train.batch_size={batch_size} is larger than the training split ({len(samples)} images)")
+        order = IterationSampler(len(samples), batch_size, seed=seed, rank=rank, world_size=world_size)
         self.normalize, self.device = normalizer, device
         self.skipped = 0
         self.skipped_files: set[str] = set()
@@ -382,7 +366,7 @@ class ImageFolderTrainSource(TrainSource):
             replace_corrupt=True,
             encoded=decode == "device" and augment,
         )
-        self.sampler = _EpochBatches(len(samples), batch_size, seed, rank, world_size)
+        self.sampler = _ItemSeeds(order)
         self.loader = _loader(views, workers, device, persistent_workers, batch_sampler=self.sampler)
         self.lighting_scale = self.normalize.scale * 255.0  # a [0, 1]-scale shift, in normalised units
 

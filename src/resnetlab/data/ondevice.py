@@ -20,30 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from resnetlab.data.bundle import EvalSource, TrainSource
+from resnetlab.data.order import IterationSampler
 from resnetlab.errors import UserError
-
-_MASK64 = (1 << 64) - 1
-
-
-def mix_seed(*parts: int) -> int:
-    """One 63-bit seed from several integers (splitmix64 steps), so (seed, 1) and (seed + 1, 0) differ."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h ^= h >> 31
-    return h >> 1
-
-
-def _generator(seed: int) -> torch.Generator:
-    """A CPU generator: the same stream whatever device the data lives on."""
-    return torch.Generator().manual_seed(seed)
-
-
-# Streams of the generator seeds, so the order and the augmentation never share a seed.
-_ORDER, _AUGMENT = 1, 2
 
 
 def image_stats(images: Tensor, *, per: str = "pixel", chunk: int = 1024) -> tuple[Tensor, Tensor]:
@@ -129,61 +107,48 @@ class DeviceTrainSource(TrainSource):
         rank: int = 0,
         world_size: int = 1,
     ):
-        if batch_size % world_size:
-            raise UserError(f"train.batch_size={batch_size} is not divisible by the {world_size} processes")
-        if len(images) < batch_size:
-            raise UserError(f"train.batch_size={batch_size} is larger than the training split ({len(images)} images)")
         if pad < 0:
             raise UserError(f"data.pad: must be >= 0, got {pad}")
+        self.sampler = IterationSampler(
+            len(images), batch_size, seed=seed, rank=rank, world_size=world_size, device=images.device
+        )
         self.images, self.labels = images, labels
         self.normalize = normalizer
         self.batch_size = batch_size  # global
         self.local_batch_size = batch_size // world_size
         self.seed, self.augment, self.pad, self.flip = seed, augment, pad, flip
-        self.rank, self.world_size = rank, world_size
         self.device = images.device
-        self.iters_per_epoch = len(images) // batch_size
+        self.iters_per_epoch = self.sampler.iters_per_epoch
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def epoch_order(self, epoch: int) -> Tensor:
-        """The permutation of the training images for `epoch`, (N,) int64 on the device."""
-        g = _generator(mix_seed(self.seed, _ORDER, epoch))
-        return torch.randperm(len(self.images), generator=g).to(self.device)
-
-    def indices(self, it: int, order: Tensor | None = None) -> Tensor:
+    def indices(self, it: int) -> Tensor:
         """Dataset indices of this rank's rows of global iteration `it`."""
-        epoch, step = divmod(it, self.iters_per_epoch)
-        order = self.epoch_order(epoch) if order is None else order
-        start = step * self.batch_size + self.rank * self.local_batch_size
-        return order[start : start + self.local_batch_size]
+        return self.sampler.indices(it)
 
     def augmentation(self, it: int) -> tuple[Tensor, Tensor, Tensor]:
         """(dx, dy, flip) of this rank's rows of iteration `it`, drawn for the whole global batch."""
-        g = _generator(mix_seed(self.seed, _AUGMENT, it))
         k = 2 * self.pad + 1
         # One draw per image, uniform over the k*k offsets x 2 flips, decoded with div/mod.
+        g = self.sampler.augment_generator(it)  # CPU: the same draws on every device
         r = torch.randint(0, 2 * k * k, (self.batch_size,), generator=g).to(self.device, non_blocking=True)
         flip = (r % 2).bool() & self.flip
         dx, dy = (r // 2) % k, r // (2 * k)
-        rows = slice(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)
+        rows = self.sampler.rows
         return dx[rows], dy[rows], flip[rows]
 
-    def batch(self, it: int, order: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        idx = self.indices(it, order)
+    def batch(self, it: int) -> tuple[Tensor, Tensor]:
+        idx = self.indices(it)
         x = self.normalize(self.images.index_select(0, idx))  # index_select: ~10x faster than images[idx] on CPU
         if self.augment:
             x = crop_flip(x, *self.augmentation(it), pad=self.pad)
         return x, self.labels.index_select(0, idx)
 
     def batches(self, start_iter: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        it, order_epoch, order = start_iter, -1, None
+        it = start_iter
         while True:
-            epoch = it // self.iters_per_epoch
-            if epoch != order_epoch:
-                order_epoch, order = epoch, self.epoch_order(epoch)
-            yield self.batch(it, order)
+            yield self.batch(it)
             it += 1
 
 

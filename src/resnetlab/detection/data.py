@@ -25,6 +25,7 @@ from torchvision.datasets import CocoDetection, VOCDetection
 from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms.v2 import functional as TF
 
+from resnetlab.data.order import IterationSampler
 from resnetlab.detection.config import DetDataConfig
 from resnetlab.detection.synthetic import SHAPE_CLASSES, write_shapes
 from resnetlab.errors import UserError
@@ -201,8 +202,9 @@ def build_detection_set(cfg: DetDataConfig, splits: Sequence[str], *, train: boo
 class TrainOrder:
     """Batch sampler: iteration i -> this process's share of the global batch, as (index, flip) pairs.
 
-    The global stream is one random permutation per epoch, seeded by (seed, epoch); the flips of
-    iteration i are seeded by (seed, i). Nothing depends on where the stream was started.
+    The shared `IterationSampler` (one permutation per epoch, seeded from (seed, epoch)); the flips
+    of iteration i are drawn for the whole global batch from (seed, i). Nothing depends on where the
+    stream was started.
     """
 
     def __init__(
@@ -210,30 +212,17 @@ class TrainOrder:
     ) -> None:
         if n == 0:
             raise UserError("the training set is empty")
-        if batch_size % world:
-            raise UserError(f"train.batch_size {batch_size} must be divisible by the {world} processes")
-        self.n, self.batch_size, self.seed, self.start_iter = n, batch_size, seed, start_iter
-        self.hflip, self.rank, self.world = hflip, rank, world
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.int64)
-
-    def _index(self, position: int) -> int:
-        epoch, offset = divmod(position, self.n)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
-        return int(self._perm[offset])
+        self.sampler = IterationSampler(n, batch_size, seed=seed, rank=rank, world_size=world)
+        self.sampler.start_iter = start_iter
+        self.hflip = hflip
 
     def batch(self, iteration: int) -> list[tuple[int, bool]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * iteration + 1)
-        flips = (torch.rand(self.batch_size, generator=g) < 0.5).tolist()
-        start = iteration * self.batch_size
-        return [
-            (self._index(start + k), bool(flips[k]) and self.hflip)
-            for k in range(self.rank, self.batch_size, self.world)
-        ]
+        s = self.sampler
+        flips = (torch.rand(s.batch_size, generator=s.augment_generator(iteration)) < 0.5)[s.rows].tolist()
+        return [(i, f and self.hflip) for i, f in zip(s.indices(iteration).tolist(), flips)]
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
-        i = self.start_iter
+        i = self.sampler.start_iter
         while True:
             yield self.batch(i)
             i += 1

@@ -51,24 +51,24 @@ from resnetlab.errors import UserError
 from resnetlab.utils import checkpoint
 from resnetlab.utils import distributed as dist
 
-# Keys that may differ between a run and its `--resume`: they change how long and where it runs, or
-# how often it reports, never what an iteration computes. Anything else is a different run.
-RESUMABLE_KEYS = frozenset(
+# Keys that change where and how a run is carried out or reported, never its result: `reproduce`
+# reuses a finished run whose config differs from the requested one in these keys only.
+PLACE_KEYS = frozenset(
     {
-        "train.max_iters",
-        "train.eval_every",
-        "train.checkpoint_every",
-        "train.log_every",
         "train.device",
         "train.compile",
         "train.compile_mode",
+        "train.log_every",
+        "train.checkpoint_every",
         "train.eval_batch_size",
-        "train.eval_max_images",
         "data.dir",
         "data.download",
         "data.workers",
     }
 )
+# Keys that may differ between a run and its `--resume`: those above, and how long it runs and how
+# often it evaluates. Anything else is a different run.
+RESUMABLE_KEYS = PLACE_KEYS | {"train.max_iters", "train.eval_every", "train.eval_max_images"}
 LOCK = ".lock"
 
 
@@ -256,11 +256,17 @@ def _check_folder(cfg: Any, out: Path, resume: bool) -> None:
         )
 
 
+def config_diff(saved: dict[str, Any], cfg: Any, *, allowed: frozenset[str] = RESUMABLE_KEYS) -> str | None:
+    """None if the stored config `saved` and `cfg` agree outside `allowed`, else the differences in
+    one line: `optim.lr: 0.1 there, 0.2 now; train.seed: 0 there, 3 now`."""
+    diff = [(k, a, b) for k, a, b in flat_diff(saved, to_dict(cfg)) if k not in allowed]
+    return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff) or None
+
+
 def compare_configs(saved: dict[str, Any], cfg: Any, out: Path) -> None:
     """UserError with a one-line diff if `saved` and `cfg` differ outside RESUMABLE_KEYS."""
-    diff = [(k, a, b) for k, a, b in flat_diff(saved, to_dict(cfg)) if k not in RESUMABLE_KEYS]
-    if diff:
-        changes = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff)
+    changes = config_diff(saved, cfg)
+    if changes:
         raise UserError(
             f"{out} holds a different run: {changes} (on --resume only {', '.join(sorted(RESUMABLE_KEYS))} "
             "may change; choose another --out for a new run)"
