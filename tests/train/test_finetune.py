@@ -20,14 +20,6 @@ from resnetlab.utils.checkpoint import load, save_atomic
 SOURCE_CLASSES = 7  # the fake source has 4: the head must be replaced
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def source_checkpoint(path, seed=1):
     """One of our checkpoints: a ResNet-8 for 1x8x8 images and 7 classes, random but fixed weights and
     non-trivial BN statistics (so "unchanged" cannot pass by accident)."""
