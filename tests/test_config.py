@@ -98,3 +98,35 @@ def test_yaml_file_preset_and_unknown_section(tmp_path):
         load_config(str(path))
     with pytest.raises(UserError, match="no preset 'cifar10-resnet21'"):
         load_preset("cifar10-resnet21")
+
+
+def test_detection_shares_the_field_names_and_reads_the_old_ones():
+    from resnetlab.config import to_dict
+    from resnetlab.detection.config import detection_config_from_dict
+    from resnetlab.train.lifecycle import config_diff
+
+    cfg = load_detection_config("shapes-cifar-c4")
+    assert cfg.model.name == "cifar_resnet" and cfg.data.name == "shapes"  # as classification's model/data.name
+    old = to_dict(cfg)  # a run stored before the rename
+    old["model"]["backbone"] = old["model"].pop("name")
+    old["data"]["dataset"] = old["data"].pop("name")
+    assert detection_config_from_dict(old) == cfg
+    assert config_diff(old, cfg) is None  # --resume of such a run compares equal
+    with pytest.raises(UserError, match=r"^model.backbone is now called model.name .*--set model.name="):
+        load_detection_config("shapes-cifar-c4", ["model.backbone=resnet50"])
+    old["model"]["name"] = "resnet50"
+    with pytest.raises(UserError, match="both set"):
+        detection_config_from_dict(old)
+
+
+def test_one_yaml_reader_names_the_file(tmp_path):
+    from resnetlab.config import read_yaml
+
+    (tmp_path / "bad.yaml").write_text("model: [unclosed")
+    with pytest.raises(UserError, match=r"bad.yaml: not valid YAML"):
+        read_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match=r"list.yaml: expected a mapping"):
+        read_yaml(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_yaml(tmp_path / "empty.yaml") == {}

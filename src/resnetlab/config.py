@@ -211,9 +211,11 @@ TRAIN_COUNTS = [
 
 
 def _validate(cfg: Any) -> Any:
-    """Cross-field checks that no single type can express (classification tree only)."""
+    """Cross-field checks that no single type can express: the classification tree's here, another
+    tree's in its own `validate()` method (detection's), run once, at load."""
     if not isinstance(cfg, Config):
-        return cfg
+        check = getattr(cfg, "validate", None)
+        return check() if check else cfg
     o = cfg.optim
     require_at_least_one(cfg, TRAIN_COUNTS)
     if o.lr <= 0:
@@ -246,6 +248,7 @@ def from_dict(d: dict[str, Any], base: Any = None) -> Any:
     root = type(base)
     if not isinstance(d, dict):
         raise UserError(f"config must be a mapping of sections, got {type(d).__name__}")
+    d = migrate(d, getattr(root, "RENAMED", {}))
     sections = _section_types(root)
     new = {}
     for section, section_tp in sections.items():
@@ -264,15 +267,37 @@ def from_dict(d: dict[str, Any], base: Any = None) -> Any:
     return _validate(root(**new))
 
 
+def migrate(d: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """`d` with the old `section.key` names of `renamed` moved to their new names (stored configs of
+    older runs and presets stay readable); both names at once is a UserError."""
+    if not renamed:
+        return d
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for old, new in renamed.items():
+        (s_old, k_old), (s_new, k_new) = old.split("."), new.split(".")
+        section = d.get(s_old)
+        if isinstance(section, dict) and k_old in section:
+            if k_new in (d.get(s_new) or {}):
+                raise UserError(f"{old} and {new} are both set; {old} is the old name of {new}, keep only {new}")
+            d.setdefault(s_new, {})[k_new] = section.pop(k_old)
+    return d
+
+
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """Apply `section.key=value` strings (value parsed as YAML: `optim.milestones=[400]`)."""
+    """Apply `section.key=value` strings (value parsed as YAML: `optim.milestones=[400]`); the one
+    `--set` parser of every command."""
     keys = valid_keys(type(cfg))
+    renamed = getattr(type(cfg), "RENAMED", {})
     nested: dict[str, dict[str, Any]] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or key.count(".") != 1:
             raise UserError(f"override {item!r} must look like section.key=value; valid keys: {', '.join(keys)}")
+        if key in renamed:
+            raise UserError(
+                f"{key} is now called {renamed[key]} (as in classification configs): --set {renamed[key]}=..."
+            )
         if key not in keys:
             raise UserError(f"unknown config key {key}; valid keys: {', '.join(keys)}")
         try:

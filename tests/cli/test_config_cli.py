@@ -41,7 +41,7 @@ def test_keys_cover_every_key_with_a_meaning(capsys):
 
 def test_keys_detection_tree(capsys):
     code, out, _ = run(capsys, "config", "keys", "--detection")
-    assert code == 0 and "model.backbone" in out and "model.freeze_bn" in out
+    assert code == 0 and "model.name" in out and "data.name" in out and "model.freeze_bn" in out
 
 
 def test_train_help_lists_presets(capsys):

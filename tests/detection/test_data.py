@@ -88,10 +88,10 @@ def test_two_seeds_give_different_detection_orders():
 
 def test_missing_data_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="VOC 2007 test not found"):
-        build_detection_set(DetDataConfig(dataset="voc", dir=str(tmp_path), download=False), ["2007-test"], train=False)
+        build_detection_set(DetDataConfig(name="voc", dir=str(tmp_path), download=False), ["2007-test"], train=False)
     with pytest.raises(UserError, match="COCO val2017 not found"):
-        build_detection_set(DetDataConfig(dataset="coco", dir=str(tmp_path), download=False), ["val2017"], train=False)
+        build_detection_set(DetDataConfig(name="coco", dir=str(tmp_path), download=False), ["val2017"], train=False)
     with pytest.raises(UserError, match="COCO split must look like"):
-        build_detection_set(DetDataConfig(dataset="coco", dir=str(tmp_path)), ["minival"], train=False)
+        build_detection_set(DetDataConfig(name="coco", dir=str(tmp_path)), ["minival"], train=False)
     with pytest.raises(UserError, match="YEAR-IMAGESET"):
-        build_detection_set(DetDataConfig(dataset="voc", dir=str(tmp_path)), ["test"], train=False)
+        build_detection_set(DetDataConfig(name="voc", dir=str(tmp_path)), ["test"], train=False)

@@ -28,7 +28,7 @@ def test_presets_load_and_stay_out_of_classification_presets():
     assert {"voc07-resnet101-c4", "voc07-vgg16", "voc12-resnet101-c4", "coco-resnet101-c4", "coco-vgg16"} <= set(names)
     for name in names:
         cfg = load_detection_config(name)
-        assert cfg.model.backbone
+        assert cfg.model.name
     assert not set(names) & set(list_presets())
     with pytest.raises(UserError, match="valid keys"):
         load_detection_config("voc07-resnet101-c4", ["model.nope=1"])

@@ -7,8 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from resnetlab.config import read_yaml
 from resnetlab.errors import UserError
 
 # cifar_resnet20, cifar_plain56, resnet50, plain34, and the generic cifar_resnet / cifar_plain (+ depth).
@@ -72,7 +71,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise UserError(f"{run_dir}: no metrics.jsonl (not a training run folder, or not started)")
     if not config_path.is_file():
         raise UserError(f"{run_dir}: no config.yaml")
-    model = (yaml.safe_load(config_path.read_text()) or {}).get("model") or {}
+    model = read_yaml(config_path).get("model") or {}
     kind, depth = parse_model_name(str(model.get("name", "")), model.get("depth"))
     metrics = read_metrics(metrics_path)
     if not metrics:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
-from resnetlab.config import from_dict
+from resnetlab.config import from_dict, read_yaml
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from resnetlab.train import run_training
 
-    cfg = from_dict(yaml.safe_load(args.config.read_text()))
+    cfg = from_dict(read_yaml(args.config))
     run_training(cfg, args.out_dir, resume=args.resume)
     return 0
 

@@ -60,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jobs-per-gpu", type=int, default=1, metavar="N", help="runs sharing each GPU at once (default 1)"
     )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
-    rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    rep.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides, several per flag"
+    )
     rep.add_argument("--max-images", type=int, default=None, help="responses on the first N test images")
     rep.add_argument("--no-responses", action="store_true", help="skip the fig. 7 analysis")
     rep.add_argument(

@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     if metrics:
         from resnetlab.detection.evaluate import format_report
 
-        print(format_report(metrics, summary["test"], cfg.model.backbone))
+        print(format_report(metrics, summary["test"], cfg.model.name))
     print(f"done: {Path(args.out) / 'final.pt'}")
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from resnetlab.config import (
     TRAIN_COUNTS,
@@ -26,7 +26,7 @@ from resnetlab.errors import UserError
 
 @dataclass(frozen=True)
 class DetModelConfig:
-    backbone: str = "resnet101"  # resnet18..152 / plain18..152, vgg16 (cifar_resnet*: tiny, tests only)
+    name: str = "resnet101"  # the backbone: resnet18..152 / plain18..152, vgg16 (cifar_resnet*: tiny, tests only)
     depth: int | None = None  # only for the generic `cifar_resnet` (6n+2)
     arch: Literal["c4", "fpn"] = "c4"  # c4: the paper's (conv5_x per region); fpn: Lin et al. 2017
     pretrained: str | None = None  # our classification checkpoint or a torchvision .pth; None: scratch
@@ -50,7 +50,7 @@ class DetModelConfig:
 
 @dataclass(frozen=True)
 class DetDataConfig:
-    dataset: Literal["voc", "coco", "shapes"] = "voc"  # shapes: generated coloured shapes (demo, tests)
+    name: Literal["voc", "coco", "shapes"] = "voc"  # shapes: generated coloured shapes (demo, tests)
     dir: str = field(default_factory=default_data_dir)
     # VOC: "YEAR-IMAGESET" (2007-trainval, 2012-trainval, 2007-test); COCO: "train2014", "val2017", ...;
     # shapes: "train", "test".
@@ -99,6 +99,14 @@ class DetectionConfig:
     optim: DetOptimConfig = field(default_factory=DetOptimConfig)
     train: DetTrainConfig = field(default_factory=DetTrainConfig)
 
+    # Old field names (before detection and classification shared them): read from stored configs and
+    # preset files as the new ones; on the command line a one-line error names the new key.
+    RENAMED: ClassVar[dict[str, str]] = {"model.backbone": "model.name", "data.dataset": "data.name"}
+
+    def validate(self) -> DetectionConfig:
+        """Cross-field checks, run once by `resnetlab.config.from_dict` when the config is loaded."""
+        return validate(self)
+
 
 def presets_dir() -> Path:
     return configs_dir() / "detection"
@@ -117,7 +125,7 @@ def validate(cfg: DetectionConfig) -> DetectionConfig:
         raise UserError(f"optim.milestones: must be increasing, got {list(o.milestones)}")
     if not d.train:
         raise UserError("data.train: name at least one training split")
-    if m.arch == "fpn" and m.backbone == "vgg16":
+    if m.arch == "fpn" and m.name == "vgg16":
         raise UserError("model.arch=fpn needs a ResNet backbone")
     if m.arch == "fpn" and len(m.anchor_sizes) != 5:
         raise UserError("model.anchor_sizes: fpn takes one size per level P2..P6 (5 sizes, e.g. [32,64,128,256,512])")
@@ -125,12 +133,12 @@ def validate(cfg: DetectionConfig) -> DetectionConfig:
 
 
 def detection_config_from_dict(d: dict[str, Any]) -> DetectionConfig:
-    return validate(from_dict(d, base=DetectionConfig()))
+    """A validated detection config from a nested dict (a preset, a stored config; old names migrate)."""
+    return from_dict(d, base=DetectionConfig())
 
 
 def load_detection_config(preset: str | None, overrides: list[str] | None = None) -> DetectionConfig:
-    """A preset by name (`voc07-resnet101-c4`) or a YAML path, then `section.key=value` overrides."""
-    cfg = DetectionConfig()
-    if preset:
-        cfg = detection_config_from_dict(read_preset(preset, presets_dir(), "detection preset"))
-    return validate(apply_overrides(cfg, overrides or []))
+    """A preset by name (`voc07-resnet101-c4`) or a YAML path, then `section.key=value` overrides.
+    Without a preset the defaults are checked as the overrides are applied."""
+    cfg = detection_config_from_dict(read_preset(preset, presets_dir(), "detection preset")) if preset else None
+    return apply_overrides(cfg or DetectionConfig(), overrides or [])

@@ -173,21 +173,21 @@ class DetectionSet(Dataset):
 
 
 def build_split(cfg: DetDataConfig, split: str) -> Dataset:
-    if cfg.dataset == "voc":
+    if cfg.name == "voc":
         year, sep, image_set = split.partition("-")
         if not sep:
             raise UserError(f"VOC split must look like YEAR-IMAGESET (2007-test), got {split!r}")
         return VOCSplit(cfg.dir, year, image_set, cfg.classes or VOC_CLASSES, cfg.download)
-    if cfg.dataset == "coco":
+    if cfg.name == "coco":
         return COCOSplit(cfg.dir, split, cfg.download)
-    if cfg.dataset == "shapes":
+    if cfg.name == "shapes":
         root = Path(cfg.dir) / f"shapes-{cfg.shapes_size}-{cfg.shapes_images}"
         if not (root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "test.txt").is_file():
             write_shapes(
                 root, {"train": cfg.shapes_images, "test": max(cfg.shapes_images // 4, 1)}, size=cfg.shapes_size
             )
         return VOCSplit(root, "2007", split, cfg.classes or SHAPE_CLASSES, download=False, name=f"shapes-{split}")
-    raise UserError(f"unknown data.dataset {cfg.dataset!r}")
+    raise UserError(f"unknown data.name {cfg.name!r}")
 
 
 def build_detection_set(cfg: DetDataConfig, splits: Sequence[str], *, train: bool) -> DetectionSet:

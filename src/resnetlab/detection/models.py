@@ -307,7 +307,7 @@ def read_pretrained(path: str, backbone: str) -> dict[str, Any]:
         ckpt = checkpoint.load(path)
         meta = ckpt.get("meta", {})
         if meta.get("model") != backbone:
-            raise UserError(f"{path} holds a {meta.get('model')!r}, but model.backbone is {backbone!r}")
+            raise UserError(f"{path} holds a {meta.get('model')!r}, but model.name is {backbone!r}")
         options = {k: v for k, v in meta.get("model_options", {}).items()}
         mean = meta.get("mean")
         std = meta.get("std")

@@ -33,14 +33,14 @@ def detector_kwargs(cfg: DetectionConfig, num_classes: int) -> tuple[dict[str, A
     state, options = None, {}
     mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     if m.pretrained:
-        pre = read_pretrained(m.pretrained, m.backbone)
+        pre = read_pretrained(m.pretrained, m.name)
         state, options, mean, std = pre["state_dict"], pre["options"], pre["image_mean"], pre["image_std"]
-    elif m.backbone.startswith(("resnet", "plain")):
+    elif m.name.startswith(("resnet", "plain")):
         options = {"stride_in_1x1": m.stride_in_1x1}
     if m.depth is not None:
         options["depth"] = m.depth
     kwargs = {
-        "backbone": m.backbone,
+        "backbone": m.name,
         "num_classes": num_classes,
         "arch": m.arch,
         "backbone_options": options,
@@ -69,7 +69,7 @@ def detector_kwargs(cfg: DetectionConfig, num_classes: int) -> tuple[dict[str, A
 
 def check_backbone(cfg: DetectionConfig) -> None:
     m = cfg.model
-    if m.freeze_bn and not m.pretrained and m.backbone != "vgg16":
+    if m.freeze_bn and not m.pretrained and m.name != "vgg16":
         raise UserError(
             "model.freeze_bn=true keeps the BN statistics of a trained backbone, but model.pretrained is not set: "
             "--set model.pretrained=PATH (a resnetlab checkpoint or a torchvision .pth), or model.freeze_bn=false "
@@ -124,7 +124,7 @@ def _train(cfg: DetectionConfig, run: Run) -> dict[str, Any]:
         "detector": kwargs,
         "classes": classes,
         "num_classes": len(classes) + 1,
-        "dataset": cfg.data.dataset,
+        "dataset": cfg.data.name,
         "test": test_set.names[0],
     }
 

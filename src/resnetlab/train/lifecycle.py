@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from resnetlab.config import dump, flat_diff, read_yaml, to_dict
+from resnetlab.config import dump, flat_diff, from_dict, read_yaml, to_dict
 from resnetlab.errors import UserError
 from resnetlab.utils import checkpoint
 from resnetlab.utils import distributed as dist
@@ -259,6 +259,10 @@ def _check_folder(cfg: Any, out: Path, resume: bool) -> None:
 def config_diff(saved: dict[str, Any], cfg: Any, *, allowed: frozenset[str] = RESUMABLE_KEYS) -> str | None:
     """None if the stored config `saved` and `cfg` agree outside `allowed`, else the differences in
     one line: `optim.lr: 0.1 there, 0.2 now; train.seed: 0 there, 3 now`."""
+    try:  # through the loader: old key names migrate, keys added since take their defaults
+        saved = to_dict(from_dict(saved, base=type(cfg)()))
+    except UserError:
+        pass  # a key that no longer exists: compare as stored (it shows in the diff)
     diff = [(k, a, b) for k, a, b in flat_diff(saved, to_dict(cfg)) if k not in allowed]
     return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff) or None
 
