@@ -130,6 +130,8 @@ def _prepare_model(
     model_name: str, device: torch.device, *, channels_last: bool, compile: bool, train: bool, compile_mode: str
 ) -> tuple[nn.Module, nn.Module]:
     """(model, what to call): the model on the device in the asked memory format, maybe compiled."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the training loop: fixed shapes, let cuDNN time its kernels
     model = create_model(model_name).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
