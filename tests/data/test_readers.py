@@ -219,3 +219,30 @@ def test_truncated_idx_file_is_a_user_error(tmp_path):
     (raw / "train-images-idx3-ubyte").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(UserError, match="cannot read"):
         readers.read_mnist("mnist", tmp_path, download_ok=False)
+
+
+def test_concurrent_unpacking_of_mnist_gives_whole_files(tmp_path):
+    """Four processes unpacking the same .gz files at once (four grid runs starting together): none fails,
+    every file is whole (an H200 run once raced on a shared temporary name)."""
+    import gzip
+    import struct
+    import subprocess
+    import sys
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    n = 20000
+    for prefix in ("train", "t10k"):
+        with gzip.open(raw / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + bytes(n * 28 * 28))
+        with gzip.open(raw / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 0x801, n) + bytes(n))
+    code = (
+        "import sys; from pathlib import Path; from resnetlab.data.readers import ensure_mnist; "
+        "ensure_mnist('fashion-mnist', Path(sys.argv[1]), False)"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE) for _ in range(4)]
+    errors = [p.communicate()[1].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    assert (raw / "train-images-idx3-ubyte").stat().st_size == 16 + n * 28 * 28
+    assert not list(raw.glob(".*.part"))

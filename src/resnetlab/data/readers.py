@@ -14,6 +14,7 @@ Layout under `data.dir` (torchvision's):
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import shutil
 from dataclasses import dataclass
@@ -139,7 +140,9 @@ def read_cifar(name: str, root: Path, download_ok: bool) -> RawDataset:
 
 def _gunzip(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part")
+    # One temporary name per process: several runs starting at once (reproduce --jobs-per-gpu) each
+    # unpack, and each rename is atomic, so every reader sees a whole file (a shared name raced on an H200).
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     with gzip.open(src, "rb") as f, open(tmp, "wb") as out:
         shutil.copyfileobj(f, out)
     tmp.replace(dest)
