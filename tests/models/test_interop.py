@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from resnetlab.models import create_model, load_torchvision_checkpoint
+from resnetlab.models import create_model
 
 
 def randomize_bn(model: torch.nn.Module, seed: int) -> None:
@@ -40,29 +40,3 @@ def test_v15_loads_torchvision_strictly(depth):
         if depth >= 50:  # the paper's layout has the same names but computes something else
             paper.load_state_dict(tv.state_dict(), strict=True, assign=True)
             assert rel_diff(paper(x), tv(x)) > 1e-3
-
-
-def test_load_torchvision_checkpoint_file(tmp_path):
-    torch.manual_seed(0)
-    tv = torchvision.models.resnet50(weights=None, num_classes=7).eval()
-    randomize_bn(tv, 1)
-    path = tmp_path / "resnet50-7cls.pth"
-    torch.save(tv.state_dict(), path)
-    ours = load_torchvision_checkpoint(path, "resnet50").eval()
-    assert ours.fc.out_features == 7
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert rel_diff(ours(x), tv(x)) < 1e-5
-    # Wrapped as {"state_dict": ...}, from a grayscale copy of the stem.
-    state = tv.state_dict()
-    state["conv1.weight"] = state["conv1.weight"].sum(1, keepdim=True)
-    torch.save({"state_dict": state}, path)
-    gray = load_torchvision_checkpoint(path, "resnet50")
-    assert gray.conv1.in_channels == 1 and gray(torch.randn(1, 1, 64, 64)).shape == (1, 7)
-
-
-def test_load_torchvision_checkpoint_rejects_non_state_dict(tmp_path):
-    path = tmp_path / "bad.pth"
-    torch.save([1, 2, 3], path)
-    with pytest.raises(ValueError, match="not a state dict"):
-        load_torchvision_checkpoint(path, "resnet18")

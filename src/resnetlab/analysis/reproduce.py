@@ -32,9 +32,8 @@ from resnetlab.analysis.runs import load_run, model_label
 from resnetlab.analysis.table import Row, to_markdown, write_csv
 from resnetlab.config import Config, apply_overrides, dump, list_presets, load_config, read_yaml
 from resnetlab.errors import UserError
-from resnetlab.models import create_model
+from resnetlab.evaluate.checkpoints import read_weights
 from resnetlab.train.lifecycle import PLACE_KEYS, config_diff
-from resnetlab.utils.checkpoint import load
 
 TrainFn = Callable[..., Any]  # run_training(cfg, out_dir, *, resume=False)
 
@@ -250,8 +249,7 @@ def report(
     for (kind, depth), net_jobs in by_net.items():
         net_runs = [load_run(j.out_dir) for j in net_jobs]
         runs += net_runs
-        meta = load(net_jobs[0].out_dir / "final.pt")["meta"]
-        model = create_model(meta["model"], **meta.get("model_options", {}))
+        model = read_weights(net_jobs[0].out_dir / "final.pt", what="checkpoint").build()
         rows.append(
             Row(
                 label=model_label(kind, depth),

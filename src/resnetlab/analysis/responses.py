@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 from resnetlab.analysis.runs import model_label, parse_model_name
-from resnetlab.errors import UserError
-from resnetlab.models import BasicBlock, Bottleneck, create_model
-from resnetlab.utils.checkpoint import load
+from resnetlab.evaluate.checkpoints import read_weights
+from resnetlab.models import BasicBlock, Bottleneck
 from resnetlab.utils.progress import progress
 
 
@@ -143,13 +142,9 @@ def checkpoint_responses(
     from resnetlab.config import apply_overrides, from_dict  # the boundary: config read here only
     from resnetlab.data import build_data
 
-    ckpt = load(path)
-    meta = ckpt.get("meta") or {}
-    if "model" not in meta:
-        raise UserError(f"checkpoint {path} has no meta['model']; cannot rebuild the network")
-    model = create_model(meta["model"], **meta.get("model_options", {}))
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
+    weights = read_weights(path, what="checkpoint")
+    meta, ckpt = weights.meta, {"config": weights.config}
+    model = weights.build().to(device)
     # The test split itself, even when the run evaluated on a held-out part of the training set.
     overrides = ["data.val_split=0", *([f"data.dir={data_dir}"] if data_dir else [])]
     cfg = apply_overrides(from_dict(ckpt.get("config") or {}), overrides)

@@ -295,31 +295,22 @@ def read_pretrained(path: str, backbone: str) -> dict[str, Any]:
     averaged per channel, and its std or none; torchvision's: ImageNet mean and std).
     """
     from resnetlab.errors import UserError
-    from resnetlab.utils import checkpoint
+    from resnetlab.evaluate.checkpoints import read_weights  # the one checkpoint / torchvision reader
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"pretrained weights {path} do not exist") from None
-    except Exception as e:
-        raise UserError(f"pretrained weights {path} are unreadable ({type(e).__name__})") from None
-    if isinstance(obj, dict) and obj.get("format") == checkpoint.FORMAT:
-        ckpt = checkpoint.load(path)
-        meta = ckpt.get("meta", {})
-        if meta.get("model") != backbone:
-            raise UserError(f"{path} holds a {meta.get('model')!r}, but model.name is {backbone!r}")
-        options = {k: v for k, v in meta.get("model_options", {}).items()}
-        mean = meta.get("mean")
-        std = meta.get("std")
-        mean = [0.0, 0.0, 0.0] if mean is None else torch.as_tensor(mean).reshape(3, -1).mean(1).tolist()
-        std = [1.0, 1.0, 1.0] if std is None else torch.as_tensor(std).reshape(3, -1).mean(1).tolist()
-        return {"options": options, "state_dict": ckpt["model"], "image_mean": mean, "image_std": std}
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} is neither a resnetlab checkpoint nor a torchvision state dict")
+    w = read_weights(path, what="model.pretrained")
+    if w.model is not None:  # ours: its own options and normalisation (averaged per channel)
+        if w.model != backbone:
+            raise UserError(f"{path} holds a {w.model!r}, but model.name is {backbone!r}")
+        mean = [0.0, 0.0, 0.0] if w.mean is None else w.mean.reshape(3, -1).mean(1).tolist()
+        std = [1.0, 1.0, 1.0] if w.std is None else w.std.reshape(3, -1).mean(1).tolist()
+        return {"options": dict(w.options), "state_dict": w.state_dict, "image_mean": mean, "image_std": std}
     fc = "classifier.6.weight" if backbone == "vgg16" else "fc.weight"
-    options: dict[str, Any] = {"num_classes": obj[fc].shape[0] if fc in obj else 1000}
+    options: dict[str, Any] = {"num_classes": w.state_dict[fc].shape[0] if fc in w.state_dict else 1000}
     if backbone != "vgg16":
         options.update(stride_in_1x1=False, shortcut="B")  # torchvision's ResNets are "v1.5"
-    return {"options": options, "state_dict": obj, "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}
+    return {
+        "options": options,
+        "state_dict": w.state_dict,
+        "image_mean": list(IMAGENET_MEAN),
+        "image_std": list(IMAGENET_STD),
+    }

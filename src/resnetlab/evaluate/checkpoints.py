@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +56,13 @@ class LoadedModel:
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     """Rebuild `create_model(meta["model"], **meta["model_options"])`, load its weights, eval mode."""
-    ckpt = load(path)
-    meta = ckpt.get("meta") or {}
+    meta = load(path).get("meta") or {}
     missing = [k for k in ("model", "model_options", "num_classes", "image_size", "mean") if k not in meta]
     if missing:
         raise UserError(f"checkpoint {path} has no {', '.join(missing)} in its meta; cannot rebuild the model")
-    try:
-        model = create_model(meta["model"], **meta["model_options"])
-        model.load_state_dict(ckpt["model"])
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise UserError(f"checkpoint {path}: cannot rebuild {meta['model']!r} ({str(e).splitlines()[0]})") from None
-    model.to(device).eval()
-    return LoadedModel(model, meta, ckpt.get("config") or {}, str(path))
+    weights = read_weights(path, what="checkpoint")
+    model = weights.build().to(device).eval()
+    return LoadedModel(model, weights.meta, weights.config, str(path))
 
 
 def load_models(paths: list[str], device: torch.device) -> list[LoadedModel]:
@@ -95,70 +90,115 @@ TORCHVISION_LAYOUT = {"stride_in_1x1": False, "shortcut": "B"}
 
 
 @dataclass(frozen=True)
-class SourceWeights:
-    """Trained weights and what using them needs: the architecture they fit and the input
-    normalisation they were trained with ([0, 1] scale; mean (C, 1, 1) or (C, H, W), std or None)."""
+class Weights:
+    """The one typed checkpoint record: trained weights and what rebuilding and using them needs,
+    whatever file they came from (our checkpoint, a torchvision .pth, `torchvision:NAME`).
+
+        w = read_weights("runs/r20/final.pt")          # or "resnet50.pth", "torchvision:ResNet50_Weights.IMAGENET1K_V2"
+        model = w.build()                              # create_model(w.model, **w.options), weights loaded strictly
+        model = w.build(num_classes=7, strict=False)   # another head: fc left as initialised (fine-tuning)
+
+    Fields: the state dict; `model`, the registered name (None for a bare torchvision .pth: pass
+    `build(model=...)`); `options`, the `create_model` options the weights fit (layout, classes,
+    channels); the input normalisation ([0, 1] scale; mean (C, 1, 1) or (C, H, W), std or None);
+    the class names; the run's `config` and `meta` (ours; empty for torchvision's); a description.
+    """
 
     state_dict: dict[str, Tensor]
-    model: str | None  # registered name; None for a bare torchvision .pth (the config names it)
-    layout: dict[str, Any]  # options that change what the weights mean: shortcut, stride_in_1x1, depth
-    mean: Tensor
+    model: str | None
+    options: dict[str, Any]
+    mean: Tensor | None
     std: Tensor | None
     classes: list[str]
     description: str
+    config: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        """The options that change what the weights mean: shortcut, stride_in_1x1, depth."""
+        return {k: self.options[k] for k in ("depth", "shortcut", "stride_in_1x1") if k in self.options}
 
     @property
     def num_classes(self) -> int | None:
         w = self.state_dict.get("fc.weight")
         return int(w.shape[0]) if w is not None else None
 
+    def build(self, model: str | None = None, *, strict: bool = True, **options: Any) -> nn.Module:
+        """`create_model(model or self.model, **{**self.options, **options})` with these weights loaded;
+        a network they do not fit is a one-line UserError."""
+        name = model or self.model
+        if name is None:
+            raise UserError(f"{self.description} does not name its network; give the model name")
+        try:
+            net = create_model(name, **{**self.options, **options})
+            net.load_state_dict(self.state_dict, strict=strict)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise UserError(f"{self.description}: cannot rebuild {name!r} ({str(e).splitlines()[0][:200]})") from None
+        return net
 
-def read_weights(source: str) -> SourceWeights:
+
+SourceWeights = Weights  # the name `train.init_from` used first
+
+
+def read_weights(source: str | Path, what: str = "train.init_from") -> Weights:
     """`source`: one of our checkpoints, `torchvision:ResNet50_Weights.IMAGENET1K_V2` (fetched once
     into torchvision's cache, `$TORCH_HOME/hub/checkpoints`, its SHA-256 prefix checked; offline
     afterwards) or a local torchvision ResNet state-dict file (.pth). Every file is read with
     `weights_only=True`."""
+    source = str(source)
     if source.startswith(TORCHVISION_PREFIX):
         return _torchvision_weights(source[len(TORCHVISION_PREFIX) :])
     path = Path(source)
     if not path.is_file():
         raise UserError(
-            f"train.init_from: {source} does not exist (give a resnetlab checkpoint, a torchvision .pth "
+            f"{what}: {source} does not exist (give a resnetlab checkpoint, a torchvision .pth "
             "or torchvision:ResNet50_Weights.IMAGENET1K_V2)"
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, random bytes, pickled objects outside the allow-list
-        raise UserError(f"train.init_from: {source} is unreadable ({type(e).__name__})") from None
+        raise UserError(f"{what}: {source} is unreadable ({type(e).__name__})") from None
     if isinstance(obj, dict) and obj.get("format") == "resnetlab":
         ckpt = load(path)
         meta = ckpt.get("meta") or {}
-        if "model" not in meta or "mean" not in meta:
-            raise UserError(f"train.init_from: checkpoint {source} has no model or mean in its meta")
-        options = meta.get("model_options") or {}
-        layout = {k: options[k] for k in ("depth", "shortcut", "stride_in_1x1") if k in options}
-        return SourceWeights(
+        if "model" not in meta:
+            raise UserError(f"{what}: checkpoint {source} has no model name in its meta; cannot rebuild it")
+        if "mean" not in meta and what == "train.init_from":  # its normalisation is the new run's
+            raise UserError(f"{what}: checkpoint {source} has no mean in its meta")
+        return Weights(
             ckpt["model"],
             meta["model"],
-            layout,
-            meta["mean"],
+            dict(meta.get("model_options") or {}),
+            meta.get("mean"),
             meta.get("std"),
             list(meta.get("classes") or []),
             f"checkpoint {source} ({meta['model']} on {meta.get('dataset', '?')})",
+            config=ckpt.get("config") or {},
+            meta=meta,
         )
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise UserError(f"train.init_from: {source} is neither a resnetlab checkpoint nor a torchvision state dict")
-    return SourceWeights(
-        obj,
-        None,
-        dict(TORCHVISION_LAYOUT),
-        torch.tensor(TORCHVISION_MEAN).view(3, 1, 1),
-        torch.tensor(TORCHVISION_STD).view(3, 1, 1),
-        [],
-        f"torchvision state dict {path.name}",
+        raise UserError(f"{what}: {source} is neither a resnetlab checkpoint nor a torchvision state dict")
+    return Weights(
+        obj, None, _torchvision_options(obj), *_torchvision_stats(), [], f"torchvision state dict {path.name}"
     )
+
+
+def _torchvision_options(state: dict[str, Tensor]) -> dict[str, Any]:
+    """The `create_model` options of a torchvision ResNet state dict: v1.5, shortcut B, its head and
+    input channels."""
+    options = dict(TORCHVISION_LAYOUT)
+    if "fc.weight" in state:
+        options["num_classes"] = int(state["fc.weight"].shape[0])
+    if "conv1.weight" in state:
+        options["in_channels"] = int(state["conv1.weight"].shape[1])
+    return options
+
+
+def _torchvision_stats() -> tuple[Tensor, Tensor]:
+    return torch.tensor(TORCHVISION_MEAN).view(3, 1, 1), torch.tensor(TORCHVISION_STD).view(3, 1, 1)
 
 
 def _torchvision_weights(name: str) -> SourceWeights:
@@ -182,10 +222,10 @@ def _torchvision_weights(name: str) -> SourceWeights:
             f"file into {Path(torch.hub.get_dir()) / 'checkpoints'}"
         ) from None
     t = weights.transforms()
-    return SourceWeights(
+    return Weights(
         state,
         model,
-        dict(TORCHVISION_LAYOUT),
+        _torchvision_options(state),
         torch.tensor(t.mean).view(3, 1, 1),
         torch.tensor(t.std).view(3, 1, 1),
         list(weights.meta.get("categories") or []),

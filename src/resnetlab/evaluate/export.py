@@ -16,9 +16,9 @@ import torch
 
 from resnetlab.config import Config, DataConfig, ModelConfig, model_options, to_dict
 from resnetlab.errors import UserError
-from resnetlab.evaluate.checkpoints import TORCHVISION_MEAN, TORCHVISION_STD, load_model
+from resnetlab.evaluate.checkpoints import TORCHVISION_MEAN, TORCHVISION_STD, load_model, read_weights
 from resnetlab.evaluate.predict import imagenet_categories
-from resnetlab.models import IMAGENET_DEPTHS, load_torchvision_checkpoint
+from resnetlab.models import IMAGENET_DEPTHS
 from resnetlab.utils.checkpoint import save_atomic
 
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -31,11 +31,13 @@ def import_weights(pth: str | Path, model_name: str, out: str | Path) -> dict:
         raise UserError(f"--model must be one of resnet18/34/50/101/152 for torchvision weights, got {model_name!r}")
     if not Path(pth).is_file():
         raise UserError(f"{pth} does not exist")
+    weights = read_weights(pth, what="import-weights")
+    if weights.model is not None:
+        raise UserError(f"{pth} is a resnetlab checkpoint already, not a torchvision state dict")
     try:
-        model = load_torchvision_checkpoint(pth, model_name)
-    except Exception as e:  # unpicklable, not a state dict, wrong architecture (missing/unexpected keys)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{pth} is not a torchvision {model_name} state dict ({first[:200]})") from None
+        model = weights.build(model_name)  # v1.5, shortcut B, the file's head and input channels
+    except UserError as e:
+        raise UserError(f"{pth} is not a torchvision {model_name} state dict ({str(e).split(' (', 1)[-1]}") from None
     cfg = Config(
         model=ModelConfig(name=model_name, shortcut="B", stride_in_1x1=False),
         data=DataConfig(name="imagenet", mean="channel", normalize_std=True),

@@ -8,7 +8,6 @@ from resnetlab.models.complexity import (
     measure,
     measure_model,
 )
-from resnetlab.models.interop import load_torchvision_checkpoint
 from resnetlab.models.registry import (
     CIFAR_DEPTHS,
     IMAGENET_DEPTHS,
@@ -34,7 +33,6 @@ __all__ = [
     "create_model",
     "imagenet_resnet",
     "list_models",
-    "load_torchvision_checkpoint",
     "measure",
     "measure_model",
 ]
