@@ -186,3 +186,15 @@ def test_skip_corrupt_with_device_decoding(tmp_path, odd):
     # CPU, and is dropped from its batch (the worker path replaces it instead), counted and named.
     assert x.shape == (8, 3, 32, 32) and len(y) == 8 and bundle.train.skipped == 1
     assert bundle.train.skipped_files == {str(root / "train" / "bee" / "odd_truncated.JPEG")}
+
+
+def test_dali_absent_is_one_line(tmp_path):
+    try:
+        import nvidia.dali  # noqa: F401
+
+        pytest.skip("DALI is installed here")
+    except ImportError:
+        pass
+    root = write_tree(tmp_path / "tree", per_class=2, val_per_class=1)
+    with pytest.raises(UserError, match=r"NVIDIA DALI is not installed \(pip install 'resnetlab\[dali\]'"):
+        build_imagefolder(config(root, "data.loader=dali"), torch.device("cpu"))
