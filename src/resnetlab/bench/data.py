@@ -13,8 +13,9 @@ PILToTensor, ToDtype(float32, scale), PCA lighting, Normalize; test: Resize(256)
 TenCrop(224)), `DataLoader` with the same workers and batch size, pinned memory on CUDA.
 
 Rounds: every round times each view's pipelines back to back, the order reversed every other round;
-each pipeline gets fresh DataLoader workers per round (so none works on a queue while the other is
-timed), untimed warm-up batches first. The load average is read before and after each round.
+each pipeline gets fresh DataLoader workers per round, which stop at its end (so none works on a
+queue while the other is timed) and live through epoch ends within it; untimed warm-up batches
+first. The load average is read before and after each round.
 """
 
 from __future__ import annotations
@@ -119,8 +120,10 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
                 workers=spec.workers,
                 skip_corrupt=True,
             )
-            # every batch full (images/s counts batch_size per step), fresh workers every round
-            source.loader = DataLoader(**_loader_kwargs(source.loader), drop_last=True)
+            # every batch full (images/s counts batch_size per step); workers live for the round
+            source.loader = DataLoader(
+                **_loader_kwargs(source.loader), drop_last=True, persistent_workers=spec.workers > 0
+            )
             return (x for x, _ in _endless(source.batches))
 
         return make
@@ -135,6 +138,7 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
             collate_fn=_collate,
             pin_memory=spec.device.type == "cuda",
             drop_last=True,
+            persistent_workers=spec.workers > 0,
         )
         for views, _labels, _unreadable in _endless(lambda: loader):
             yield normalizer(views.to(spec.device, non_blocking=True).flatten(0, 1))  # (N*10, 3, 224, 224)
@@ -244,6 +248,7 @@ def reference(view: str, spec: DataSpec) -> Callable[[], Iterator]:
             num_workers=spec.workers,
             pin_memory=spec.device.type == "cuda",
             collate_fn=_drop_none,
+            persistent_workers=spec.workers > 0,  # for the round: no new workers at each epoch's end
         )
         for x, _ in _endless(lambda: loader):
             yield x.to(spec.device, non_blocking=True)
