@@ -23,10 +23,11 @@ from torch import Tensor
 
 from resnetlab.data.bundle import TrainSource
 from resnetlab.data.imagenet import Sample, lighting_shift
-from resnetlab.data.ondevice import Normalizer, mix_seed
+from resnetlab.data.ondevice import Normalizer
+from resnetlab.data.order import mix_seed
 from resnetlab.errors import UserError
 
-_ALPHA = 14  # seed stream of the lighting draws (imagenet.py uses 11-13)
+_ALPHA = 14  # seed stream of the lighting draws (data.order and imagenet.py use others)
 
 
 def import_dali():
