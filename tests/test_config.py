@@ -130,3 +130,27 @@ def test_one_yaml_reader_names_the_file(tmp_path):
         read_yaml(tmp_path / "list.yaml")
     (tmp_path / "empty.yaml").write_text("")
     assert read_yaml(tmp_path / "empty.yaml") == {}
+
+
+def test_model_options_pass_through_without_name_checks():
+    """Options set away from their default reach `create_model` when the model takes them (read from
+    the builder's signature), and are one line when it does not; defaults leave the network's own."""
+    import inspect
+
+    from resnetlab.config import model_options
+    from resnetlab.models.registry import cifar_resnet, model_option_names
+
+    def opts(preset, *sets):
+        return model_options(load_config(preset, list(sets)).model, num_classes=10, in_channels=3)
+
+    assert opts("cifar10-resnet20") == {"num_classes": 10, "in_channels": 3}
+    assert opts("imagenet-resnet50", "model.stride_in_1x1=false", "model.zero_init_residual=true") == {
+        "num_classes": 10, "in_channels": 3, "shortcut": "B", "stride_in_1x1": False, "zero_init_residual": True
+    }  # fmt: skip
+    assert opts("cifar10-resnet20", "model.name=cifar_resnet", "model.depth=8")["depth"] == 8
+    keyword = {p.name for p in inspect.signature(cifar_resnet).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    assert model_option_names("cifar_resnet20") == keyword - {"residual"}
+    with pytest.raises(UserError, match=r"^model.stride_in_1x1=false does not apply to cifar_resnet20"):
+        opts("cifar10-resnet20", "model.stride_in_1x1=false")
+    with pytest.raises(UserError, match=r"model.shortcut=B does not apply to vgg16 \(its options: none\)"):
+        opts("cifar10-resnet20", "model.name=vgg16", "model.shortcut=B")

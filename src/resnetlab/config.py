@@ -382,16 +382,24 @@ def dump(cfg: Any, path: str | Path) -> None:
 
 
 def model_options(cfg: ModelConfig, *, num_classes: int, in_channels: int) -> dict[str, Any]:
-    """The keyword options `create_model(cfg.name, ...)` takes for this model config."""
+    """The keyword options of `create_model(cfg.name, ...)` for this model config: every option set
+    away from its default, passed through when the model takes it (`models.model_option_names`), a
+    one-line UserError when it does not; an option left at its default leaves the network's own."""
+    from resnetlab.models.registry import model_option_names  # torch: only where a model is built
+
+    try:
+        accepted = model_option_names(cfg.name)
+    except ValueError as e:
+        raise UserError(f"model.name: {e}") from None
+    default = ModelConfig()
     opts: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
-    if cfg.name.startswith("vgg"):
-        return opts
-    if cfg.depth is not None:
-        opts["depth"] = cfg.depth
-    if cfg.shortcut is not None:
-        opts["shortcut"] = cfg.shortcut
-    if cfg.zero_init_residual:
-        opts["zero_init_residual"] = True
-    if not cfg.name.startswith("cifar") and not cfg.stride_in_1x1:
-        opts["stride_in_1x1"] = False
+    for f in dataclasses.fields(ModelConfig):
+        value = getattr(cfg, f.name)
+        if f.name == "name" or value is None or value == getattr(default, f.name):
+            continue
+        if f.name not in accepted:
+            takes = ", ".join(f"model.{k}" for k in sorted(accepted - {"num_classes", "in_channels"})) or "none"
+            shown = str(value).lower() if isinstance(value, bool) else value
+            raise UserError(f"model.{f.name}={shown} does not apply to {cfg.name} (its options: {takes})")
+        opts[f.name] = value
     return opts

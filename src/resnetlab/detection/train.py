@@ -21,6 +21,7 @@ from resnetlab.detection.data import TrainOrder, build_detection_set, train_load
 from resnetlab.detection.evaluate import evaluate_detector
 from resnetlab.detection.models import build_detector, read_pretrained
 from resnetlab.errors import UserError
+from resnetlab.models.registry import model_option_names
 from resnetlab.train.lifecycle import Run, gather_rng_states, open_run, progress_bar, restore_rng_states
 from resnetlab.utils import distributed
 from resnetlab.utils.checkpoint import load
@@ -35,7 +36,7 @@ def detector_kwargs(cfg: DetectionConfig, num_classes: int) -> tuple[dict[str, A
     if m.pretrained:
         pre = read_pretrained(m.pretrained, m.name)
         state, options, mean, std = pre["state_dict"], pre["options"], pre["image_mean"], pre["image_std"]
-    elif m.name.startswith(("resnet", "plain")):
+    elif "stride_in_1x1" in _option_names(m.name):  # from scratch: the layout the config names
         options = {"stride_in_1x1": m.stride_in_1x1}
     if m.depth is not None:
         options["depth"] = m.depth
@@ -65,6 +66,13 @@ def detector_kwargs(cfg: DetectionConfig, num_classes: int) -> tuple[dict[str, A
         "box_detections_per_img": m.detections_per_img,
     }
     return kwargs, state
+
+
+def _option_names(name: str) -> frozenset[str]:
+    try:
+        return model_option_names(name)
+    except ValueError as e:
+        raise UserError(f"model.name: {e}") from None
 
 
 def check_backbone(cfg: DetectionConfig) -> None:

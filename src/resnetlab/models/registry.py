@@ -6,6 +6,7 @@ take explicit keyword arguments.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -29,14 +30,32 @@ CIFAR_DEPTHS: dict[int, int] = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
 CIFAR_WIDTHS = (16, 32, 64)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_OPTIONS: dict[str, frozenset[str]] = {}  # the keyword options each registered builder takes
 
 
-def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register(
+    name: str, options: frozenset[str] = frozenset()
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = fn
+        _OPTIONS[name] = options
         return fn
 
     return wrap
+
+
+def _keyword_options(fn: Callable[..., nn.Module]) -> frozenset[str]:
+    """The keyword-only options of a family builder, less the ones the name fixes (`residual`)."""
+    params = inspect.signature(fn).parameters.values()
+    return frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY) - {"residual"}
+
+
+def model_option_names(name: str) -> frozenset[str]:
+    """The options `create_model(name, ...)` takes (e.g. resnet50: num_classes, in_channels,
+    shortcut, stride_in_1x1, zero_init_residual), so configs pass theirs through without name checks."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    return _OPTIONS[name]
 
 
 def imagenet_resnet(
@@ -101,14 +120,15 @@ def _builder(family: Callable[..., ResNet], depth: int, residual: bool) -> Calla
 
 
 def _register_family() -> None:
+    imagenet, cifar = _keyword_options(imagenet_resnet), _keyword_options(cifar_resnet)
     for depth in IMAGENET_DEPTHS:
         for kind, residual in (("resnet", True), ("plain", False)):
-            register(f"{kind}{depth}")(_builder(imagenet_resnet, depth, residual))
+            register(f"{kind}{depth}", imagenet)(_builder(imagenet_resnet, depth, residual))
     for depth in CIFAR_DEPTHS:
         for kind, residual in (("cifar_resnet", True), ("cifar_plain", False)):
-            register(f"{kind}{depth}")(_builder(cifar_resnet, depth, residual))
-    register("cifar_resnet")(lambda *, depth, **kw: cifar_resnet(depth, residual=True, **kw))
-    register("cifar_plain")(lambda *, depth, **kw: cifar_resnet(depth, residual=False, **kw))
+            register(f"{kind}{depth}", cifar)(_builder(cifar_resnet, depth, residual))
+    register("cifar_resnet", cifar | {"depth"})(lambda *, depth, **kw: cifar_resnet(depth, residual=True, **kw))
+    register("cifar_plain", cifar | {"depth"})(lambda *, depth, **kw: cifar_resnet(depth, residual=False, **kw))
 
 
 def _vgg(depth: int, *, num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
@@ -120,8 +140,8 @@ def _vgg(depth: int, *, num_classes: int = 1000, in_channels: int = 3) -> nn.Mod
 
 
 _register_family()
-register("vgg16")(lambda **kw: _vgg(16, **kw))
-register("vgg19")(lambda **kw: _vgg(19, **kw))
+register("vgg16", frozenset({"num_classes", "in_channels"}))(lambda **kw: _vgg(16, **kw))
+register("vgg19", frozenset({"num_classes", "in_channels"}))(lambda **kw: _vgg(19, **kw))
 
 
 def list_models() -> list[str]:
