@@ -28,7 +28,8 @@ def test_run_writes_config_metrics_tensorboard_checkpoints(tmp_path, fake_data, 
     metrics = read_metrics(run)
     assert [m["iter"] for m in metrics] == [10, 20, 25]  # every eval_every and at the end
     for m in metrics:
-        assert set(m) == {"iter", "lr", "train_loss", "train_error", "test_error", "time"}
+        assert set(m) == {"iter", "lr", "train_loss", "train_error", "test_error", "eval_split", "time"}
+        assert m["eval_split"] == ("val" if cfg.data.val_split else "test")
         assert 0 <= m["train_error"] <= 100 and 0 <= m["test_error"] <= 100
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert summary["iterations"] == 25 and summary["test_error"] == metrics[-1]["test_error"]
@@ -77,6 +78,23 @@ def test_warmup_ends_when_training_error_drops(tmp_path, fake_data, tiny_cfg):
     assert state["warming_up"] is False and state["warmup_ended_at"] % 5 == 0  # decided at a log point
     lrs = [m["lr"] for m in read_metrics(tmp_path)]
     assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.1)
+
+
+def test_warmup_that_never_ends_by_error_ends_at_the_first_milestone(tmp_path, fake_data, tiny_cfg, capsys):
+    # warmup_until_error=0: the training error can never get below it.
+    cfg = tiny_cfg(
+        "train.max_iters=30",
+        "train.eval_every=10",
+        "optim.warmup_lr=0.02",
+        "optim.warmup_until_error=0",
+        "optim.milestones=[10,20]",
+    )
+    run_training(cfg, tmp_path)
+    lrs = [m["lr"] for m in read_metrics(tmp_path)]  # the lr of the last update before each evaluation
+    assert lrs == pytest.approx([0.02, 0.01, 0.001])  # 0.1/10 after 10, 0.1/100 after 20 (not 0.02 to the end)
+    state = checkpoint.load(tmp_path / "checkpoint.pt")["schedule"]
+    assert state["warmup_ended_at"] == 10 and state["warmup_capped"] is True
+    assert "warm-up ended at iteration 10" in capsys.readouterr().out
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path, fake_data, tiny_cfg):

@@ -13,14 +13,15 @@ CPU = torch.device("cpu")
 
 
 def test_precision_names():
-    assert autocast_dtype("auto", CPU) is None  # fp32 on CPU
-    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
-    assert autocast_dtype("fp32", torch.device("cuda")) is None
+    assert autocast_dtype("fp32", CPU) is None
+    assert autocast_dtype("fp32", torch.device("cuda")) is None  # the paper's fp32 on every device
+    assert autocast_dtype("bf16", torch.device("cuda")) is torch.bfloat16
     assert autocast_dtype("fp16", CPU) is torch.float16
     assert make_grad_scaler("bf16", CPU) is None
     assert make_grad_scaler("fp16", CPU) is not None
-    with pytest.raises(UserError):
-        autocast_dtype("int8", CPU)
+    for name in ("int8", "auto"):  # "auto" (bf16 on CUDA) was the default before; now a typo
+        with pytest.raises(UserError):
+            autocast_dtype(name, CPU)
 
 
 def test_one_step_is_sgd_with_momentum_and_weight_decay_by_hand():

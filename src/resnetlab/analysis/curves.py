@@ -29,6 +29,9 @@ def plot_curves(runs: list[Run], out: str | Path, *, title: str | None = None) -
     colours = depth_colours([r.depth for r in runs])
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), sharey=True, squeeze=False)
     top = max(max(row.get("train_error", 0.0), row["test_error"]) for r in runs for row in r.metrics)
+    # Runs before eval_split was recorded evaluated the test set unless told otherwise.
+    splits = {row.get("eval_split", "test") for r in runs for row in r.metrics}
+    evaluated = splits.pop() if len(splits) == 1 else "test / val"
     for ax, kind in zip(axes[0], kinds):
         labelled: set[int] = set()
         for run in sorted((r for r in runs if r.kind == kind), key=lambda r: r.depth):
@@ -44,7 +47,7 @@ def plot_curves(runs: list[Run], out: str | Path, *, title: str | None = None) -
         ax.set_xlabel("iterations")
         ax.set_ylim(0, min(100.0, top * 1.05) or 1.0)
         ax.grid(alpha=0.3)
-        ax.legend(title="dashed: training, bold: test", fontsize=9, title_fontsize=8)
+        ax.legend(title=f"dashed: training, bold: {evaluated}", fontsize=9, title_fontsize=8)
     axes[0][0].set_ylabel("error (%)")
     if title:
         fig.suptitle(title)

@@ -61,6 +61,7 @@ def run_training(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> d
 
 def _train(cfg: Config, run: Run) -> dict[str, Any]:
     t, info, device = cfg.train, run.info, run.device
+    split = eval_split(cfg)  # what the evaluated error is called in every output: "val" or "test"
     if t.batch_size % info.world_size:
         raise UserError(f"train.batch_size {t.batch_size} is not divisible by the {info.world_size} processes")
 
@@ -134,6 +135,9 @@ def _train(cfg: Config, run: Run) -> dict[str, Any]:
     try:
         while it < t.max_iters:
             x, y = next(batches)
+            warning = schedule.end_warmup_if_due(it)  # the warm-up never outlives the first milestone
+            if warning and info.is_main:
+                bar.write(warning)
             lr = schedule.lr(it)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)  # fine-tuning: the backbone's may be smaller
@@ -171,7 +175,8 @@ def _train(cfg: Config, run: Run) -> dict[str, Any]:
                     "lr": lr,
                     "train_loss": since_eval.loss,
                     "train_error": since_eval.error,
-                    "test_error": test_error,
+                    "test_error": test_error,  # the key for any split; `eval_split` names it
+                    "eval_split": split,
                     "time": elapsed_before + time.perf_counter() - t0,
                 }
                 # ImageFolder with data.skip_corrupt: how many unreadable images were skipped so far.
@@ -181,10 +186,11 @@ def _train(cfg: Config, run: Run) -> dict[str, Any]:
                 if best is None or test_error < best["test_error"]:
                     best = {"iter": it, "test_error": test_error}
                 since_eval.reset()
-                run.log(it, {"test/error": test_error, "train/error_since_eval": last_eval["train_error"]}, last_eval)
+                scalars = {f"{split}/error": test_error, "train/error_since_eval": last_eval["train_error"]}
+                run.log(it, scalars, last_eval)
                 if info.is_main:
                     bar.write(
-                        f"iter {it}: test error {test_error:.2f}%, train error {last_eval['train_error']:.2f}%, "
+                        f"iter {it}: {split} error {test_error:.2f}%, train error {last_eval['train_error']:.2f}%, "
                         f"loss {last_eval['train_loss']:.4f}, lr {lr:.3g}"
                         + (f", {skipped} unreadable images skipped" if skipped else "")
                     )
@@ -208,6 +214,7 @@ def _train(cfg: Config, run: Run) -> dict[str, Any]:
         "interrupted": run.stopped,
         "exit_code": run.exit_code,
         "out_dir": str(run.out),
+        "eval_split": split,
     }
     if run.stopped:
         run.announce_stop(it)
@@ -266,7 +273,7 @@ class _Window:
 
 
 def _evaluate(model: nn.Module, test, device: torch.device, cfg: Config, info: dist.DistInfo) -> float:
-    """Test error (%) of the whole test split, computed on rank 0 and shared with the others."""
+    """Error (%) of the whole evaluated split (test or val), computed on rank 0 and shared with the others."""
     error = None
     if info.is_main:
         wrong, images = evaluate_error(
@@ -276,8 +283,16 @@ def _evaluate(model: nn.Module, test, device: torch.device, cfg: Config, info: d
     return float(dist.broadcast_object(error))  # type: ignore[arg-type]
 
 
+def eval_split(cfg: Config) -> str:
+    """"val" when the evaluated images are a validation set (CIFAR's held-out `data.val_split` training
+    images; ImageNet's / an ImageFolder's val/ folder, where the paper reports too), else "test"."""
+    return "val" if cfg.data.val_split or cfg.data.name in ("imagenet", "imagefolder") else "test"
+
+
 def _eval_fields(last_eval: dict[str, Any] | None) -> dict[str, Any]:
-    return {"test_error": last_eval["test_error"], "train_error": last_eval["train_error"]} if last_eval else {}
+    if not last_eval:
+        return {}
+    return {k: last_eval[k] for k in ("test_error", "train_error", "eval_split") if k in last_eval}
 
 
 def _print_summary(summary: dict[str, Any], cfg: Config) -> None:
@@ -289,8 +304,8 @@ def _print_summary(summary: dict[str, Any], cfg: Config) -> None:
     ]
     if summary["test_error"] is not None:
         lines.append(
-            f"test error {summary['test_error']:.2f}% (best {summary['best_test_error']:.2f}% at iteration "
-            f"{summary['best_iter']}), training error {summary['train_error']:.2f}%"
+            f"{summary['eval_split']} error {summary['test_error']:.2f}% (best {summary['best_test_error']:.2f}% "
+            f"at iteration {summary['best_iter']}), training error {summary['train_error']:.2f}%"
         )
     lines.append(f"run: {summary['out_dir']} (final.pt, metrics.jsonl, tb/)")
     print("\n".join(lines))

@@ -1,10 +1,15 @@
 """The paper's learning-rate rules, with their state (saved in checkpoints).
 
 - CIFAR (sec. 4.2): 0.1, divided by 10 at 32k and 48k iterations (`multistep`).
-- ImageNet (sec. 3.4): 0.1, divided by 10 "when the error plateaus" (`plateau`: the test error has not
-  improved for `patience` evaluations).
+- ImageNet (sec. 3.4): 0.1, divided by 10 "when the error plateaus". The paper does not define the
+  rule; `plateau` is ours: the evaluated error (the held-out split, else the test/val set) has not beaten
+  its best by more than `threshold` points for `patience` evaluations; at most `max_drops` divisions
+  (2: 0.1 -> 0.001, as in fb.resnet.torch's fixed 30/60/90-epoch schedule, which is the alternative:
+  `multistep` with milestones at 30 and 60 epochs).
 - 110 / 1202 layers (sec. 4.2): warm up at 0.01 until the training error is below 80%, then back to
-  0.1 and the same schedule (milestones stay absolute iterations).
+  0.1 and the same schedule (milestones stay absolute iterations). Not in the paper: if the error never
+  gets below 80%, the warm-up ends at the first milestone (plateau: the first division) at the latest,
+  so the schedule is never skipped; `end_warmup_if_due` says so for the log.
 - Linear scaling (not in the paper; Goyal et al. 2017): lr * batch_size / base_batch_size when the
   batch differs from the recipe's.
 """
@@ -23,6 +28,8 @@ class LRSchedule:
         milestones: tuple[int, ...] = (),
         gamma: float = 0.1,
         patience: int = 3,
+        threshold: float = 0.0,
+        max_drops: int | None = None,
         warmup_lr: float | None = None,
         warmup_until_error: float = 80.0,
         scale: float = 1.0,
@@ -33,10 +40,13 @@ class LRSchedule:
         self.milestones = tuple(milestones)
         self.gamma = gamma
         self.patience = patience
+        self.threshold = threshold
+        self.max_drops = max_drops
         self.warmup_until_error = warmup_until_error
         # State (checkpointed):
         self.warming_up = warmup_lr is not None
         self.warmup_ended_at: int | None = None
+        self.warmup_capped = False  # True: ended by the first milestone, not by the training error
         self.decays = 0  # plateau: how many times the lr was divided
         self.best_error: float | None = None
         self.bad_evals = 0
@@ -50,6 +60,8 @@ class LRSchedule:
             milestones=o.milestones,
             gamma=o.gamma,
             patience=o.plateau_patience,
+            threshold=o.plateau_threshold,
+            max_drops=o.plateau_max_drops,
             warmup_lr=o.warmup_lr,
             warmup_until_error=o.warmup_until_error,
             scale=batch_size / o.base_batch_size if o.base_batch_size else 1.0,
@@ -57,11 +69,29 @@ class LRSchedule:
 
     def lr(self, iteration: int) -> float:
         """The learning rate for the update of (0-based) `iteration`."""
-        if self.warming_up:
+        if self.warming_up and not self._warmup_past_cap(iteration):
             return self.warmup_lr  # type: ignore[return-value]
         if self.schedule == "multistep":
             return self.base_lr * self.gamma ** sum(iteration >= m for m in self.milestones)
         return self.base_lr * self.gamma**self.decays
+
+    def _warmup_past_cap(self, iteration: int) -> bool:
+        if self.schedule == "multistep":
+            return bool(self.milestones) and iteration >= self.milestones[0]
+        return self.decays > 0
+
+    def end_warmup_if_due(self, iteration: int) -> str | None:
+        """Called before each iteration's update: ends a warm-up that reached the first milestone (or
+        the first plateau division) with the training error still >= `warmup_until_error`, and returns
+        a warning line for the log; None otherwise."""
+        if not (self.warming_up and self._warmup_past_cap(iteration)):
+            return None
+        self.warming_up, self.warmup_ended_at, self.warmup_capped = False, iteration, True
+        return (
+            f"warning: the training error never got below {self.warmup_until_error:g}% during the warm-up "
+            f"at lr {self.warmup_lr:g}; warm-up ended at iteration {iteration} (the first lr division), "
+            f"lr now {self.lr(iteration):g}"
+        )
 
     def observe_train_error(self, iteration: int, error: float) -> None:
         """Called with the training error (%) over the recent iterations; ends the warm-up."""
@@ -74,19 +104,19 @@ class LRSchedule:
         without a new best."""
         if self.schedule != "plateau":
             return
-        if self.best_error is None or error < self.best_error:
+        if self.best_error is None or error < self.best_error - self.threshold:
             self.best_error, self.bad_evals = error, 0
             return
         self.bad_evals += 1
-        if self.bad_evals >= self.patience:
+        if self.bad_evals >= self.patience and (self.max_drops is None or self.decays < self.max_drops):
             self.decays += 1
             self.bad_evals = 0
 
-    _STATE = ("warming_up", "warmup_ended_at", "decays", "best_error", "bad_evals")
+    _STATE = ("warming_up", "warmup_ended_at", "warmup_capped", "decays", "best_error", "bad_evals")
 
     def state_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._STATE}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         for k in self._STATE:
-            setattr(self, k, d[k])
+            setattr(self, k, d.get(k, False) if k == "warmup_capped" else d[k])  # older checkpoints lack it
