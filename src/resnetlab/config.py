@@ -68,12 +68,11 @@ class OptimConfig:
     schedule: Literal["multistep", "plateau"] = "multistep"  # plateau: ImageNet's "when error plateaus"
     milestones: tuple[int, ...] = (32000, 48000)  # multistep: divide lr by 10 at these iterations
     gamma: float = 0.1  # lr factor at each milestone / plateau
-    # plateau (the paper does not define it; docs/fidelity.md): the evaluated error must beat its best by
-    # more than plateau_threshold points within plateau_patience evaluations, else lr /10; at most
-    # plateau_max_drops divisions (0.1 -> 0.001, fb.resnet.torch's final lr).
-    plateau_patience: int = 3
-    plateau_threshold: float = 0.1
-    plateau_max_drops: int = 2
+    # plateau (the paper does not define it; docs/fidelity.md): lr /10 when the evaluated error has not
+    # beaten its best by more than plateau_threshold points for plateau_patience evaluations
+    plateau_patience: int = 3  # plateau: evaluations without a new best before dividing
+    plateau_threshold: float = 0.1  # plateau: points (%) a new best must improve on the old one by
+    plateau_max_drops: int = 2  # plateau: divisions at most (0.1 -> 0.001, fb.resnet.torch's final lr)
     warmup_lr: float | None = None  # 110/1202 layers: 0.01 ...
     warmup_until_error: float = 80.0  # ... until the training error (%) is below this (or the 1st milestone)
     base_batch_size: int | None = None  # linear lr scaling: lr * batch_size / base_batch_size
@@ -89,9 +88,8 @@ class TrainConfig:
     log_every: int = 50  # iterations between training loss/error logs
     seed: int = 0  # seeds the weights, the data order and the augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # The paper trained in fp32. bf16 / fp16 autocast (fp16 with loss scaling) are opt-in: about twice
-    # the images/s on recent GPUs, at a recipe that is no longer the paper's (docs/fidelity.md).
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # bf16 / fp16 autocast (fp16 with loss scaling) are opt-in for throughput (docs/fidelity.md)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp32: the paper's; bf16 | fp16: mixed precision
     channels_last: bool = True  # NHWC memory layout (faster convolutions on most devices)
     compile: bool = False  # torch.compile the model
     # torch.compile's mode: "reduce-overhead" adds CUDA graphs (small CIFAR nets are launch-bound on a GPU)
