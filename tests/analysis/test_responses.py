@@ -101,3 +101,40 @@ def test_max_images_and_model_mode_restored():
     first5 = layer_responses(model, [x[:5]])
     assert full == pytest.approx(first5, rel=1e-5)  # float32 convs differ slightly with the batch size
     assert model.training is True
+
+
+def test_responses_use_the_checkpoints_mean(tmp_path, monkeypatch):
+    # Fig. 7 on a model trained on the 45k split: the test images must be normalised with the mean the
+    # model was trained with (stored in its checkpoint), not with a mean recomputed over all 50k.
+    import resnetlab.data
+    from resnetlab.analysis.responses import checkpoint_responses
+    from resnetlab.data.bundle import DataBundle
+    from resnetlab.data.ondevice import DeviceEvalSource, Normalizer
+    from resnetlab.utils.checkpoint import save_atomic
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 3, 32, 32), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (12,), generator=g)
+    mean_50k = images.float().mean(0) / 255  # what building the data with val_split=0 computes
+    mean_45k = torch.full((3, 32, 32), 0.3)  # the checkpoint's own (far from mean_50k on purpose)
+
+    def fake_build_data(cfg, device, **kw):
+        test = DeviceEvalSource(images, labels, normalizer=Normalizer(mean_50k, None, device), batch_size=5)
+        return DataBundle(None, test, 10, 3, 32, [str(i) for i in range(10)], {"mean": mean_50k, "std": None})
+
+    monkeypatch.setattr(resnetlab.data, "build_data", fake_build_data)
+    torch.manual_seed(0)
+    net = create_model("cifar_resnet20").eval()
+    meta = {"dataset": "cifar10", "mean": mean_45k, "std": None, "model": "cifar_resnet20", "model_options": {}}
+    config = {"data": {"name": "cifar10", "val_split": 5000}}
+    save_atomic({"model": net.state_dict(), "config": config, "meta": meta}, tmp_path / "c.pt")
+
+    got = checkpoint_responses(tmp_path / "c.pt", device=torch.device("cpu"))
+    x = images.float() / 255 - mean_45k  # normalised by hand with the checkpoint's mean
+    expected = layer_responses(net, [(x, labels)])
+    assert list(got["layers"]) == list(expected)
+    for name, std in expected.items():
+        assert got["layers"][name] == pytest.approx(std, rel=1e-4)
+    with torch.no_grad():
+        wrong = (net(x).argmax(1) != labels).sum().item()
+    assert got["test_error"] == pytest.approx(100 * wrong / 12)

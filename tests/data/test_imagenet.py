@@ -153,3 +153,74 @@ def test_skip_corrupt_counts_skips(corrupt_tree):
 def test_missing_tree_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         build_imagefolder(config(tmp_path), torch.device("cpu"))
+
+
+# AlexNet's "standard color augmentation" eigen-pairs of ImageNet RGB pixels in [0, 1], typed from
+# fb.resnet.torch (datasets/imagenet.lua, `pca`): eigenvalues, and eigenvectors as the columns.
+ALEXNET_EIGVAL = [0.2175, 0.0188, 0.0045]
+ALEXNET_EIGVEC = [
+    [-0.5675, 0.7192, 0.4009],
+    [-0.5808, -0.0045, -0.8140],
+    [-0.5836, -0.6948, 0.4203],
+]
+
+
+def test_lighting_against_alexnet_pca_typed_from_the_source():
+    # rgb_i = sum_j eigvec[i][j] * alpha_j * eigval_j, written out element by element.
+    for alpha in ([0.1, -0.2, 0.3], [0.0, 0.05, -0.01], [1.0, 0.0, 0.0]):
+        rgb = [sum(ALEXNET_EIGVEC[i][j] * alpha[j] * ALEXNET_EIGVAL[j] for j in range(3)) for i in range(3)]
+        got = lighting_shift(torch.tensor([alpha], dtype=torch.float64))[0]
+        torch.testing.assert_close(got, torch.tensor(rgb, dtype=torch.float64), atol=1e-7, rtol=0)
+    # The columns are the principal axes: orthonormal to the 4 decimals they were published with.
+    v = torch.tensor(ALEXNET_EIGVEC, dtype=torch.float64)
+    torch.testing.assert_close(v.T @ v, torch.eye(3, dtype=torch.float64), atol=2e-4, rtol=0)
+
+
+def test_lighting_shift_covariance_through_the_training_source(tree):
+    # Training batches with and without lighting differ by one RGB shift per image (the crop and flip
+    # draws come first, so they are the same). Over many images the shifts' covariance must be
+    # std^2 * V diag(eigval)^2 V^T, computed here from the typed eigen-pairs.
+    std = 0.1
+    n_batches, batch = 100, 4
+    common = ("data.mean=channel", f"train.batch_size={batch}")
+
+    def shifts_per_image(lighting: float) -> torch.Tensor:
+        src = build_imagefolder(config(tree, *common, f"data.lighting={lighting}"), torch.device("cpu")).train
+        stream = src.batches(0)
+        return torch.cat([next(stream)[0] for _ in range(n_batches)])  # (N, 3, 32, 32)
+
+    diff = (shifts_per_image(std) - shifts_per_image(0.0)).double()  # [0, 1] units: no std division
+    per_image = diff.mean((2, 3))  # (N, 3)
+    torch.testing.assert_close(diff, per_image[:, :, None, None].expand_as(diff), atol=1e-5, rtol=0)  # a shift
+    v, lam = torch.tensor(ALEXNET_EIGVEC, dtype=torch.float64), torch.tensor(ALEXNET_EIGVAL, dtype=torch.float64)
+    expected = std**2 * v @ torch.diag(lam**2) @ v.T  # (3, 3); largest entry ~1.6e-4
+    observed = per_image.T @ per_image / len(per_image)  # the shifts have mean zero
+    torch.testing.assert_close(observed, expected, atol=4e-5, rtol=0)
+
+
+def test_scale_augmentation_covers_256_to_480(tree, monkeypatch):
+    # Sec. 3.4: the shorter side is random in [256, 480]. Record the shorter side of every resized
+    # training image over 600 draws, with the paper's sizes (from the ResNet-50 preset).
+    import resnetlab.data.imagenet as imagenet
+
+    sides = []
+    resize = imagenet.resize_shorter
+
+    def recording_resize(img, size):
+        out = resize(img, size)
+        sides.append(min(out.shape[-2:]))
+        return out
+
+    monkeypatch.setattr(imagenet, "resize_shorter", recording_resize)
+    preset = load_config("imagenet-resnet50")
+    assert (preset.data.scale_min, preset.data.scale_max, preset.data.crop) == (256, 480, 224)
+    cfg = config(tree, "data.crop=224", "data.scale_min=256", "data.scale_max=480", "data.lighting=0")
+    src = build_imagefolder(cfg, torch.device("cpu")).train
+    sides.clear()  # leave out the mean's test views (shorter side 256)
+    stream = src.batches(0)
+    for _ in range(150):
+        next(stream)
+    assert len(sides) == 600
+    assert min(sides) >= 256 and max(sides) <= 480  # none outside
+    assert min(sides) <= 259 and max(sides) >= 477  # and the whole range is reached
+    assert 330 < sum(sides) / len(sides) < 406  # uniform: mean 368

@@ -138,3 +138,24 @@ def test_backbone_from_our_checkpoint(tmp_path):
 
     with pytest.raises(UserError, match="resnet50"):
         read_pretrained(str(tmp_path / "ck.pt"), "resnet50")
+
+
+@pytest.mark.parametrize(("bg_low", "expected"), [(0.1, [3, 3, 0, -1]), (0.0, [3, 3, 0, 0])])
+def test_background_iou_range_is_faster_rcnns(bg_low, expected):
+    # [32]: an RoI is foreground (its box's class) at IoU >= 0.5 with a ground-truth box, background
+    # (0) in [0.1, 0.5), and left out of the sampled RoIs (-1) below 0.1. IoUs with the 10x10 box at
+    # the origin, by hand: 1.0, 0.6, 0.3, 0.05 (the heights are 10, 6, 3, 0.5 of 10).
+    model = build_detector(backbone="resnet18", num_classes=5, freeze_bn=False, box_bg_iou_low=bg_low, **SMALL)
+    gt = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([3])}
+    proposals = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 3], [0, 0, 10, 0.5]], dtype=torch.float)
+    _, labels = model.roi_heads.assign_targets_to_proposals([proposals], [gt["boxes"]], [gt["labels"]])
+    assert labels[0].tolist() == expected
+
+
+def test_background_iou_default_is_faster_rcnns():
+    import inspect
+
+    from resnetlab.detection.config import DetModelConfig, DetOptimConfig
+
+    assert inspect.signature(build_detector).parameters["box_bg_iou_low"].default == 0.1
+    assert DetModelConfig().box_bg_iou_low == 0.1 and DetOptimConfig().weight_decay == 0.0005  # [32]

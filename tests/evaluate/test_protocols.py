@@ -95,7 +95,7 @@ def test_multiscale_single_scale_without_flip_is_the_fully_convolutional_net(tre
         got = multiscale_probs([model], img, scales=[scale], flip=False)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     flipped = (softmax_of(model, resized) + softmax_of(model, TV.hflip(resized))) / 2
-    torch.testing.assert_close(multiscale_probs([model], img, scales=[384]), flipped, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(multiscale_probs([model], img, scales=[384], flip=True), flipped, atol=1e-5, rtol=1e-4)
 
 
 def test_fully_convolutional_score_map_is_fc_at_every_position(checkpoints):
@@ -164,3 +164,51 @@ def test_incompatible_ensemble_is_refused(tmp_path, tree, checkpoints):
     torch.save(ckpt, other)
     with pytest.raises(UserError, match="different classes"):
         load_models([str(checkpoints["a"]), str(other)], CPU)
+
+
+def by_hand_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """exp(l - max) / sum, written out (not torch.softmax)."""
+    e = (logits - logits.max(-1, keepdim=True).values).double().exp()
+    return (e / e.sum(-1, keepdim=True)).float()
+
+
+@torch.no_grad()
+def test_ensemble_against_probabilities_averaged_by_hand(tree, checkpoints):
+    # Table 5's ensemble: each member's logits on each view (views cut with torchvision, normalised with
+    # the member's own mean), softmax by hand, averaged over the ten views and the two members.
+    a, b = load_model(checkpoints["a"], CPU), load_model(checkpoints["b"], CPU)
+    samples = val_images(tree)
+    expected = []
+    for path, _ in samples:
+        img = read_image(path)
+        five = TV.five_crop(resize(img, 37), 32)
+        views = [*five, *(TV.hflip(c) for c in five)]
+        members = []
+        for m in (a, b):
+            logits = m.model(torch.stack([normalise(v, m.meta) for v in views]))  # (10, K)
+            members.append(by_hand_softmax(logits).mean(0))
+        expected.append((members[0] + members[1]) / 2)
+    expected = torch.stack(expected)  # (N, K)
+    got = torch.cat([ensemble_probs([a, b], ten_crop(read_image(p), 32)[None]) for p, _ in samples])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    # The error evaluate reports for the pair is the one of these averaged probabilities.
+    labels = torch.tensor([y for _, y in samples])
+    r = evaluate_checkpoints(
+        [str(checkpoints["a"]), str(checkpoints["b"])], protocol="10crop", batch_size=4, workers=0, device="cpu"
+    )
+    assert r["top1_error"] == pytest.approx(100 * (expected.argmax(-1) != labels).float().mean().item())
+
+
+@torch.no_grad()
+def test_multiscale_default_is_the_papers_five_scales_without_flips(tree, checkpoints):
+    # Sec. 3.4: scores averaged over the shorter sides {224, 256, 384, 480, 640}; no mirror images.
+    model = load_model(checkpoints["a"], CPU)
+    img = read_image(val_images(tree)[0][0])
+    sides = [round(s * 32 / 224) for s in (224, 256, 384, 480, 640)]  # the paper's sides for a 32-px model
+    expected = torch.stack([softmax_of(model, resize(img, side)) for side in sides]).mean(0)
+    torch.testing.assert_close(multiscale_probs([model], img), expected, atol=1e-5, rtol=1e-4)
+    with_flips = torch.stack(
+        [(softmax_of(model, resize(img, s)) + softmax_of(model, TV.hflip(resize(img, s)))) / 2 for s in sides]
+    ).mean(0)
+    torch.testing.assert_close(multiscale_probs([model], img, flip=True), with_flips, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(with_flips, expected)  # the option does change something

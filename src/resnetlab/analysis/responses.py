@@ -141,6 +141,7 @@ def checkpoint_responses(
     """
     from resnetlab.config import apply_overrides, from_dict  # the boundary: config read here only
     from resnetlab.data import build_data
+    from resnetlab.data.ondevice import Normalizer
 
     weights = read_weights(path, what="checkpoint")
     meta, ckpt = weights.meta, {"config": weights.config}
@@ -149,6 +150,13 @@ def checkpoint_responses(
     overrides = ["data.val_split=0", *([f"data.dir={data_dir}"] if data_dir else [])]
     cfg = apply_overrides(from_dict(ckpt.get("config") or {}), overrides)
     test = build_data(cfg, device).test
+    # Normalise with the mean (and std) the model was trained with, stored in its checkpoint: with
+    # val_split=0 the data would bring the 50k-image mean, not the 45k one a 45k/5k model learned on.
+    if meta.get("mean") is not None and isinstance(getattr(test, "normalize", None), Normalizer):
+        std = meta.get("std")
+        test.normalize = Normalizer(
+            torch.as_tensor(meta["mean"]), None if std is None else torch.as_tensor(std), device
+        )
     wrong = [0, 0]  # top-1 errors, images: the test error comes free with the same forward passes
 
     def count(logits: torch.Tensor, y: torch.Tensor | None) -> None:

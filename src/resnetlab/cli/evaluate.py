@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="top-1/top-5 error of a checkpoint (or an ensemble) under the paper's test protocols",
         description=(
             "center: shorter side 256, central 224. 10crop: 4 corners + centre and their flips, softmax "
-            "averaged (tables 2, 3). multiscale: fully-convolutional, scores averaged over flips and shorter "
-            "sides 224, 256, 384, 480, 640 (table 4). Several checkpoints: softmax averaged (table 5). "
+            "averaged (tables 2, 3). multiscale: fully-convolutional, scores averaged over the shorter "
+            "sides 224, 256, 384, 480, 640 (table 4; --flip adds each scale's mirror image). Several "
+            "checkpoints: softmax averaged (table 5). "
             "CIFAR/MNIST checkpoints: the single original image of the test split."
         ),
         epilog=EVALUATE_EPILOG,
@@ -48,7 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="multiscale: shorter sides for a 224 model (default the paper's 224 256 384 480 640)",
     )
-    p.add_argument("--no-flip", action="store_true", help="multiscale: leave out the mirror images")
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="multiscale: also average each scale's mirror image (not in the paper's sec. 3.4; default off)",
+    )
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object (fields: docs/evaluate.md)")
@@ -111,7 +117,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         skip_corrupt=args.skip_corrupt,
         scales=tuple(args.scales or PAPER_SCALES),
-        flip=not args.no_flip,
+        flip=args.flip,
         quiet=args.quiet,
     )
     if args.plot:

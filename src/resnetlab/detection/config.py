@@ -43,6 +43,7 @@ class DetModelConfig:
     rpn_post_nms_top_n_test: int = 300
     rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
     box_batch_size_per_image: int = 128  # RoIs sampled per image for the head's loss
+    box_bg_iou_low: float = 0.1  # [32]: background RoIs have IoU in [0.1, 0.5); below: not sampled
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.3
     detections_per_img: int = 100
@@ -71,7 +72,7 @@ class DetDataConfig:
 class DetOptimConfig:
     lr: float = 0.001  # [32]: 0.001, then 0.0001
     momentum: float = 0.9
-    weight_decay: float = 1e-4  # the ResNet recipe (VGG in [32]: 5e-4)
+    weight_decay: float = 5e-4  # Faster R-CNN's [32], whose hyper-parameters sec. 4.3 follows
     milestones: tuple[int, ...] = (60000,)
     gamma: float = 0.1
     warmup_iters: int = 0  # not in the paper: linear warm-up from warmup_factor * lr

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
@@ -213,6 +214,7 @@ def build_detector(
     rpn_post_nms_top_n_test: int = 300,
     rpn_batch_size_per_image: int = 256,
     box_batch_size_per_image: int = 128,
+    box_bg_iou_low: float = 0.1,
     box_score_thresh: float = 0.05,
     box_nms_thresh: float = 0.3,
     box_detections_per_img: int = 100,
@@ -223,7 +225,8 @@ def build_detector(
     2 also conv2_x (ResNet) / conv1_x+conv2_x (VGG), as the paper's Faster R-CNN does. pool_size is
     the RoI size fed to conv5_x (C4: 14 -> 7x7 after its stride 2) or to fc6 (VGG: 7). The proposal
     and sampling defaults are the Faster R-CNN paper's (12000/2000 train, 6000/300 test, 256 anchors
-    and 128 RoIs per image, NMS 0.3 at test).
+    and 128 RoIs per image, foreground IoU >= 0.5, background IoU in [box_bg_iou_low, 0.5) = [0.1, 0.5),
+    NMS 0.3 at test). box_bg_iou_low=0 is torchvision's [0, 0.5).
     """
     if arch == "fpn" and backbone != "vgg16" and len(anchor_sizes) != 5:
         raise ValueError("fpn needs one anchor size per level P2..P6 (5 sizes)")
@@ -284,7 +287,26 @@ def build_detector(
         box_detections_per_img=box_detections_per_img,
     )
     model.roi_heads.box_roi_pool = roi_pool_layer
+    if box_bg_iou_low > 0:
+        model.roi_heads.proposal_matcher = BackgroundRangeMatcher(0.5, box_bg_iou_low)
     return model
+
+
+class BackgroundRangeMatcher(Matcher):
+    """torchvision's RoI matcher with Faster R-CNN's background range: IoU >= `fg_iou` matches a box,
+    [bg_low, fg_iou) is background, below `bg_low` is neither (py-faster-rcnn's BG_THRESH_LO = 0.1):
+    the RoI heads label those -1 and the sampler never picks them."""
+
+    def __init__(self, fg_iou: float, bg_low: float) -> None:
+        super().__init__(fg_iou, fg_iou, allow_low_quality_matches=False)
+        self.bg_low = bg_low
+
+    def __call__(self, match_quality_matrix: torch.Tensor) -> torch.Tensor:
+        matches = super().__call__(match_quality_matrix)  # (R,): box index, or -1 below fg_iou
+        if match_quality_matrix.numel():
+            best = match_quality_matrix.max(dim=0).values  # (R,) best IoU of each RoI
+            matches[best < self.bg_low] = self.BETWEEN_THRESHOLDS
+        return matches
 
 
 def read_pretrained(path: str, backbone: str) -> dict[str, Any]:

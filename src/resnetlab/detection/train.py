@@ -61,6 +61,7 @@ def detector_kwargs(cfg: DetectionConfig, num_classes: int) -> tuple[dict[str, A
         "rpn_post_nms_top_n_test": m.rpn_post_nms_top_n_test,
         "rpn_batch_size_per_image": m.rpn_batch_size_per_image,
         "box_batch_size_per_image": m.box_batch_size_per_image,
+        "box_bg_iou_low": m.box_bg_iou_low,
         "box_score_thresh": m.box_score_thresh,
         "box_nms_thresh": m.box_nms_thresh,
         "box_detections_per_img": m.detections_per_img,

@@ -5,7 +5,8 @@
               the softmax outputs of the ten views averaged (tables 2, 3)
   multiscale  the fully-convolutional form: the fc layer applied as a 1x1 convolution to the last
               feature map of the whole image, the class score map averaged over positions, softmax,
-              averaged over the image and its mirror at shorter sides {224, 256, 384, 480, 640} (table 4)
+              averaged over the shorter sides {224, 256, 384, 480, 640} (table 4). The paper averages
+              over scales only; `flip=True` also averages each scale's mirror image (VGG's dense test).
 An ensemble averages the softmax outputs of its models (table 5).
 
 Sizes scale with the model's training crop (`image_size`): 256 becomes round(crop * 256 / 224), and
@@ -80,7 +81,7 @@ def ensemble_probs(models: Sequence[LoadedModel], views: Tensor, *, fully_conv: 
 
 @torch.no_grad()
 def multiscale_probs(
-    models: Sequence[LoadedModel], img: Tensor, *, scales: Sequence[int] = PAPER_SCALES, flip: bool = True
+    models: Sequence[LoadedModel], img: Tensor, *, scales: Sequence[int] = PAPER_SCALES, flip: bool = False
 ) -> Tensor:
     """(C, H, W) uint8, one whole image -> (K,): softmax of the fully-convolutional scores averaged
     over the shorter sides `scales` (paper sizes, scaled to the model's crop) and, with `flip`, mirrors."""

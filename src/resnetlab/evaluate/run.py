@@ -165,7 +165,7 @@ def evaluate_checkpoints(
     device: str = "auto",
     skip_corrupt: bool = False,
     scales: Sequence[int] = PAPER_SCALES,
-    flip: bool = True,
+    flip: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Top-1 / top-5 error (%) of the checkpoint (or the ensemble of them, softmax averaged), per-class

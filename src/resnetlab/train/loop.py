@@ -284,7 +284,7 @@ def _evaluate(model: nn.Module, test, device: torch.device, cfg: Config, info: d
 
 
 def eval_split(cfg: Config) -> str:
-    """"val" when the evaluated images are a validation set (CIFAR's held-out `data.val_split` training
+    """The evaluated split's name: "val" for a validation set (CIFAR's held-out `data.val_split` training
     images; ImageNet's / an ImageFolder's val/ folder, where the paper reports too), else "test"."""
     return "val" if cfg.data.val_split or cfg.data.name in ("imagenet", "imagefolder") else "test"
 
