@@ -63,6 +63,9 @@ last = json.loads(open(f"{sys.argv[1]}/metrics.jsonl").read().splitlines()[-1])
 split = last.get("eval_split", "test")  # all 60k images train, so the 10k test images are evaluated
 print(f"ResNet-20 on Fashion-MNIST, {last['iter']} iterations: {split} error {last['test_error']:.2f}% "
       f"(training error {last['train_error']:.2f}% over the last evaluation interval)")
+if last["iter"] == 1000:
+    # Measured with this script for DEMO_SEED=0, 1, 2 (README, docs/train.md).
+    print("measured over seeds 0, 1, 2: test error 12.04 / 12.22 / 12.44 % (min / median / max)")
 PY
 if "$PY" -m resnetlab analyze curves --help >/dev/null 2>&1; then
     "$PY" -m resnetlab analyze curves "$OUT" --out "$FIG"
