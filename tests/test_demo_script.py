@@ -38,7 +38,7 @@ def test_demo_refreshes_package_lists_once_when_the_package_is_not_found(tmp_pat
     # The same script, with the Debian package's data folder pointed somewhere empty.
     text = DEMO.read_text().replace("SYSTEM_DIR=/usr/share/datasets/fashion-mnist", f"SYSTEM_DIR={tmp_path}/none")
     (repo / "scripts" / "demo.sh").write_text(text)
-    known = "exit 0" if lists == "stale" else f'[ -f {updated} ] && exit 0; exit 100'
+    known = "exit 0" if lists == "stale" else f"[ -f {updated} ] && exit 0; exit 100"
     stub(bin_dir / "apt-cache", f'echo "apt-cache $1" >> {calls}\n{known}\n')
     stub(
         bin_dir / "apt-get",
