@@ -200,23 +200,24 @@ def test_lighting_shift_covariance_through_the_training_source(tree):
 
 def test_scale_augmentation_covers_256_to_480(tree, monkeypatch):
     # Sec. 3.4: the shorter side is random in [256, 480]. Record the shorter side of every resized
-    # training image over 600 draws, with the paper's sizes (from the ResNet-50 preset).
+    # training image over 600 draws, with the paper's sizes (from the ResNet-50 preset). The training
+    # view is cut by `resized_crop(img, (H', W'), top, left, crop)`: the window of the image resized to
+    # (H', W'), whose shorter side is the drawn scale.
     import resnetlab.data.imagenet as imagenet
 
     sides = []
-    resize = imagenet.resize_shorter
+    crop_of_resized = imagenet.resized_crop
 
-    def recording_resize(img, size):
-        out = resize(img, size)
-        sides.append(min(out.shape[-2:]))
-        return out
+    def recording_crop(img, resized, top, left, crop):
+        sides.append(min(resized))
+        return crop_of_resized(img, resized, top, left, crop)
 
-    monkeypatch.setattr(imagenet, "resize_shorter", recording_resize)
+    monkeypatch.setattr(imagenet, "resized_crop", recording_crop)
     preset = load_config("imagenet-resnet50")
     assert (preset.data.scale_min, preset.data.scale_max, preset.data.crop) == (256, 480, 224)
     cfg = config(tree, "data.crop=224", "data.scale_min=256", "data.scale_max=480", "data.lighting=0")
     src = build_imagefolder(cfg, torch.device("cpu")).train
-    sides.clear()  # leave out the mean's test views (shorter side 256)
+    sides.clear()
     stream = src.batches(0)
     for _ in range(150):
         next(stream)
