@@ -25,9 +25,10 @@ if [ ! -d "$DIR/train" ]; then
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; uptime; } | tee "$OUT/machine.txt"
 
-# (a) input alone: warm-up per round = 2 x workers + 2 batches (drains the prefetch queue)
+# (a) input alone: warm-up per round = 2 x workers + 2 batches (drains the prefetch queue), then
+# 4 x workers timed batches (the workers' batches arrive in bursts of WORKERS)
 timeout 240 "$BIN/resnetlab" bench data --data-dir "$DIR" --device cuda --workers "$WORKERS" --batch-size 256 \
-    --views train --decode workers device --rounds 3 --iters 8 --json >"$OUT/bench_data_train.json" \
+    --views train --decode workers device --rounds 3 --json >"$OUT/bench_data_train.json" \
     2>"$OUT/bench_data_train.log"
 echo "bench data (train view) exit $?"
 "$BIN/python" -c "import json,sys; from resnetlab.bench.data import format_data_result as f; print(f(json.load(open(sys.argv[1]))))" \
@@ -35,7 +36,7 @@ echo "bench data (train view) exit $?"
 
 # test views, CPU path vs the reference (the CUDA path is the training input's)
 timeout 150 "$BIN/resnetlab" bench data --data-dir "$DIR" --device cuda --workers "$WORKERS" --batch-size 128 \
-    --views center 10crop --rounds 2 --iters 5 2>"$OUT/bench_data_test.log" | tee "$OUT/bench_data_test.txt"
+    --views center 10crop --rounds 2 2>"$OUT/bench_data_test.log" | tee "$OUT/bench_data_test.txt"
 
 # (b) training from files vs synthetic batches; warm-up 30 steps >= the 2 x workers prefetch queue,
 # fresh workers each round.

@@ -12,6 +12,11 @@ paper's recipe on PIL images (RandomShortestSize(256..480), RandomCrop(224), Ran
 PILToTensor, ToDtype(float32, scale), PCA lighting, Normalize; test: Resize(256), CenterCrop(224) or
 TenCrop(224)), `DataLoader` with the same workers and batch size, pinned memory on CUDA.
 
+Images/s = the images of a round's timed batches / their total time (never batch / median batch time:
+with W workers the batches arrive in bursts of W, so most steps take no time and one waits for the
+whole burst); the timed window spans at least 4 bursts. Epochs do not restart the DataLoaders (the
+samplers cycle), so no pipeline stalls at an epoch's end on a small tree.
+
 Rounds: every round times each view's pipelines back to back, the order reversed every other round;
 each pipeline gets fresh DataLoader workers per round, which stop at its end (so none works on a
 queue while the other is timed) and live through epoch ends within it; untimed warm-up batches
@@ -52,7 +57,7 @@ class DataSpec:
     batch_size: int = 128
     workers: int = 2
     rounds: int = 3
-    iters: int = 10  # timed batches per round
+    iters: int | None = None  # timed batches per round; default max(10, 4 x workers)
     warmup: int | None = None  # untimed batches per round; default 2 x workers + 2 (the prefetch queue)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     decode: tuple[str, ...] = ("workers",)  # ours: "workers" and/or "device"
@@ -77,6 +82,22 @@ def _sync(device: torch.device) -> None:
 def _endless(make: Callable[[], Iterator]) -> Iterator:
     while True:
         yield from make()
+
+
+class _Cycle:
+    """Indices 0..n-1 over and over (shuffled per pass with `shuffle`): a sampler without epoch ends."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed)
+        while True:
+            yield from (torch.randperm(self.n, generator=g).tolist() if self.shuffle else range(self.n))
+
+
+def timed_iters(spec: DataSpec) -> int:
+    return spec.iters if spec.iters is not None else max(10, 4 * spec.workers)
 
 
 # ---- ours ------------------------------------------------------------------------------------------
@@ -122,7 +143,7 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
             )
             # every batch full (images/s counts batch_size per step); workers live for the round
             source.loader = DataLoader(
-                **_loader_kwargs(source.loader), drop_last=True, persistent_workers=spec.workers > 0
+                **_loader_kwargs(source.loader), sampler=_Cycle(len(samples), False), drop_last=True
             )
             return (x for x, _ in _endless(source.batches))
 
@@ -137,8 +158,8 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
             num_workers=spec.workers,
             collate_fn=_collate,
             pin_memory=spec.device.type == "cuda",
+            sampler=_Cycle(len(samples), False),
             drop_last=True,
-            persistent_workers=spec.workers > 0,
         )
         for views, _labels, _unreadable in _endless(lambda: loader):
             yield normalizer(views.to(spec.device, non_blocking=True).flatten(0, 1))  # (N*10, 3, 224, 224)
@@ -243,12 +264,11 @@ def reference(view: str, spec: DataSpec) -> Callable[[], Iterator]:
         loader = DataLoader(
             dataset,
             batch_size=spec.batch_size,
-            shuffle=view == "train",
+            sampler=_Cycle(len(dataset), view == "train"),  # shuffled each pass for training, as shuffle=True
             drop_last=True,
             num_workers=spec.workers,
             pin_memory=spec.device.type == "cuda",
             collate_fn=_drop_none,
-            persistent_workers=spec.workers > 0,  # for the round: no new workers at each epoch's end
         )
         for x, _ in _endless(lambda: loader):
             yield x.to(spec.device, non_blocking=True)
@@ -283,7 +303,7 @@ def time_round(make: Callable[[], Iterator], spec: DataSpec) -> list[float]:
         _sync(spec.device)
 
     try:
-        return time_steps(step, iters=spec.iters, warmup=warmup, clock=PerfClock(), device=spec.device)
+        return time_steps(step, iters=timed_iters(spec), warmup=warmup, clock=PerfClock(), device=spec.device)
     finally:
         stream.close()  # ends the DataLoader iterator, so its workers stop before the next pipeline runs
 
@@ -300,8 +320,8 @@ def run_data_benchmark(spec: DataSpec, progress: Callable[[str], None] | None = 
             for name in names:
                 times[view][name].append(time_round(pipes[name], spec))
                 if progress:
-                    med = summarize(times[view][name][-1]).median
-                    progress(f"round {r + 1}/{spec.rounds} {view} {name}: {spec.batch_size / med:.1f} images/s")
+                    rate = spec.batch_size * timed_iters(spec) / sum(times[view][name][-1])
+                    progress(f"round {r + 1}/{spec.rounds} {view} {name}: {rate:.1f} images/s")
         load.append((before, os.getloadavg()[0]))
     per_worker = max(spec.workers, 1)
     result: dict = {
@@ -310,7 +330,7 @@ def run_data_benchmark(spec: DataSpec, progress: Callable[[str], None] | None = 
         "workers": spec.workers,
         "device": str(spec.device),
         "rounds": spec.rounds,
-        "iters": spec.iters,
+        "iters": timed_iters(spec),
         "cpus": os.cpu_count(),
         "load_average_per_round": load,
         "torch": torch.__version__,
@@ -319,18 +339,16 @@ def run_data_benchmark(spec: DataSpec, progress: Callable[[str], None] | None = 
     for view, by_name in times.items():
         res: dict = {}
         for name, rounds in by_name.items():
-            med = summarize([t for rnd in rounds for t in rnd]).median
+            all_times = [t for rnd in rounds for t in rnd]
+            rate = spec.batch_size * len(all_times) / sum(all_times)  # images / total time, over all rounds
             res[name] = {
-                "images_per_s": spec.batch_size / med,
-                "images_per_s_per_worker": spec.batch_size / med / per_worker,
-                "batch_time_s": summarize([t for rnd in rounds for t in rnd]).to_dict(),
+                "images_per_s": rate,
+                "images_per_s_per_worker": rate / per_worker,
+                "batch_time_s": summarize(all_times).to_dict(),
             }
         for name in by_name:
             if name != "reference" and "reference" in by_name:
-                per_round = [
-                    summarize(ref).median / summarize(mine).median
-                    for mine, ref in zip(by_name[name], by_name["reference"])
-                ]
+                per_round = [sum(ref) / sum(mine) for mine, ref in zip(by_name[name], by_name["reference"])]
                 res[f"{name}/reference"] = {
                     "ratio": res[name]["images_per_s"] / res["reference"]["images_per_s"],
                     "per_round": per_round,
@@ -348,7 +366,7 @@ def format_data_result(res: dict) -> str:
         f"{res['rounds']} round(s) x {res['iters']} timed batches; load average (1 min) before/after each round: "
         + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in res["load_average_per_round"]),
         "",
-        f"{'view':<8} {'pipeline':<12} {'images/s':>10} {'per worker':>11} {'median batch s':>15}",
+        f"{'view':<8} {'pipeline':<12} {'images/s':>10} {'per worker':>11} {'mean batch s':>13}",
     ]
     for view, r in res["views"].items():
         for name in ("ours", "ours-device", "reference"):
@@ -356,11 +374,14 @@ def format_data_result(res: dict) -> str:
                 f = r[name]
                 lines.append(
                     f"{view:<8} {name:<12} {f['images_per_s']:>10.1f} {f['images_per_s_per_worker']:>11.1f} "
-                    f"{f['batch_time_s']['median']:>15.3f}"
+                    f"{f['batch_time_s']['mean']:>13.3f}"
                 )
         for key, v in r.items():
             if "/" in key:
                 rounds = f" (per round: {', '.join(f'{x:.2f}' for x in v['per_round'])})" if "per_round" in v else ""
                 lines.append(f"{view:<8} {key}: {v['ratio']:.2f}x{rounds}")
-    lines.append("10crop: images/s counts images (10 views each). Per worker = images/s / workers.")
+    lines.append(
+        "images/s = images / total time of the timed batches; 10crop counts images (10 views each); "
+        "per worker = images/s / workers."
+    )
     return "\n".join(lines)

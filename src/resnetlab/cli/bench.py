@@ -58,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
         help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)",
     )
-    p.add_argument("--iters", type=int, default=20, metavar="N", help="timed steps per round (default 20)")
+    p.add_argument(
+        "--iters", type=int, metavar="N", help="timed steps per round (default 20; data: max(10, 4 x workers))"
+    )
     p.add_argument(
         "--warmup", type=int, metavar="N", help="untimed steps before each round (default 5; data: 2 x workers + 2)"
     )
@@ -92,7 +94,7 @@ def data_spec_from_args(args: argparse.Namespace):
     if not args.data_dir:
         raise UserError("bench data needs --data-dir DIR (make one: python benchmarks/make_imagefolder.py DIR)")
     for key in ("batch_size", "iters"):
-        if getattr(args, key) < 1:
+        if getattr(args, key) is not None and getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
     if args.workers < 0 or (args.warmup is not None and args.warmup < 0):
         raise UserError("--workers and --warmup must be >= 0")
@@ -128,6 +130,7 @@ def spec_from_args(args: argparse.Namespace):
     from resnetlab.train.step import autocast_dtype
     from resnetlab.utils.device import resolve_device
 
+    args.iters = 20 if args.iters is None else args.iters
     if args.model not in list_models():
         raise UserError(f"unknown model {args.model!r}; see `resnetlab info --list`")
     for key in ("batch_size", "iters"):
@@ -229,7 +232,10 @@ def format_result(res: dict) -> str:
     if "files_vs_synthetic" in res:
         s = res["files_vs_synthetic"]
         per_round = ", ".join(f"{x:.2f}" for x in s["per_round"])
-        lines.append(f"from files / synthetic: {s['images_per_s_ratio']:.2f}x images/s (per round: {per_round})")
+        lines.append(
+            f"from files / synthetic, by total time: {s['files_images_per_s']:.1f} / {s['synthetic_images_per_s']:.1f}"
+            f" images/s = {s['images_per_s_ratio']:.2f}x (per round: {per_round})"
+        )
     if "input_alone" in res:
         f = res["input_alone"]
         lines.append(
