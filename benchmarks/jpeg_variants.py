@@ -11,8 +11,8 @@ The view: shorter side 368 (the middle of [256, 480]), a 224 crop at a fixed pla
   tv_decode           torchvision.io.decode_jpeg (libjpeg-turbo straight into a uint8 tensor)
   reference           PIL decode, PIL resize of the whole image, crop (transforms.v2 on PIL images), uint8
   pil_box             PIL decode, PIL resize of the crop's box only (exact), uint8
-  tv_full             decode_jpeg, torch uint8 antialiased resize of the whole image, crop
-  ours                decode_jpeg, resized_crop (the window only: resnetlab.data.imagenet)
+  ours                decode_jpeg, torch uint8 antialiased resize of the whole image, crop
+                      (resnetlab.data.imagenet.resized_crop)
   float_normalise     the reference's per-image float work on a 224 crop: ToDtype(float, scale) + Normalize
 """
 
@@ -59,13 +59,7 @@ def pil_box(data: bytes) -> torch.Tensor:
     (h, w), top, left = _window(im.height, im.width)
     fy, fx = im.height / h, im.width / w
     box = (left * fx, top * fy, (left + CROP) * fx, (top + CROP) * fy)
-    return torch.from_numpy(np.asarray(im.resize((CROP, CROP), Image.BILINEAR, box=box))).permute(2, 0, 1)
-
-
-def tv_full(data: bytes) -> torch.Tensor:
-    img = tv_decode(data)
-    (h, w), top, left = _window(*img.shape[-2:])
-    return TF.resize(img, [h, w], antialias=True)[:, top : top + CROP, left : left + CROP]
+    return torch.from_numpy(np.array(im.resize((CROP, CROP), Image.BILINEAR, box=box))).permute(2, 0, 1)
 
 
 def ours(data: bytes) -> torch.Tensor:
@@ -82,7 +76,7 @@ def float_normalise(_data: bytes) -> torch.Tensor:
     return TF.normalize(x, [0.485, 0.456, 0.406], [1.0, 1.0, 1.0])
 
 
-VARIANTS = [pil_decode, tv_decode, reference, pil_box, tv_full, ours, float_normalise]
+VARIANTS = [pil_decode, tv_decode, reference, pil_box, ours, float_normalise]
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 The DataLoader workers only read files, parse JPEG headers and draw the augmentation (the same
 draws, from the same seeds, as the CPU path: `imagenet._Views` with `encoded=True`); the main
 process decodes the whole batch at once with `torchvision.io.decode_jpeg(list, device=...)` (nvjpeg
-on CUDA) and makes the views there: scale (antialiased resize of the crop window only), crop, flip.
+on CUDA) and makes the views there: scale (antialiased resize), crop, flip.
 Lighting and the mean are the source's usual device half. Files nvjpeg cannot take (PNG, CMYK
 JPEGs) were already decoded by the workers, on the CPU path; a JPEG that fails on the device is
 decoded again on the CPU (PIL) and, if that fails too, dropped and counted as skipped.
