@@ -70,6 +70,18 @@ def test_finetune_from_our_checkpoint_freezes_stem_and_layer1(tmp_path, fake_dat
     assert torch.equal(final["meta"]["mean"], torch.full((1, 8, 8), 0.25))
 
 
+def test_resume_needs_no_source_and_keeps_its_normalisation(tmp_path, fake_data, tiny_cfg, capsys):
+    source_checkpoint(tmp_path / "src.pt")
+    settings = [f"train.init_from={tmp_path / 'src.pt'}", "train.freeze=[stem]", "train.eval_every=4"]
+    run_training(tiny_cfg(*settings, "train.max_iters=4", "train.checkpoint_every=4"), tmp_path / "run")
+    (tmp_path / "src.pt").unlink()  # the source is gone: the run's own checkpoint has all it needs
+    run_training(tiny_cfg(*settings, "train.max_iters=8", "train.checkpoint_every=4"), tmp_path / "run", resume=True)
+    final = load(tmp_path / "run" / "final.pt")
+    assert final["iteration"] == 8 and torch.equal(final["meta"]["mean"], torch.full((1, 8, 8), 0.25))
+    out = capsys.readouterr().out
+    assert out.count("init from") == 1 and out.count("frozen: stem") == 2  # loaded once, frozen in both
+
+
 def test_backbone_lr_mult_zero_trains_the_head_only(tmp_path, fake_data, tiny_cfg):
     src = source_checkpoint(tmp_path / "src.pt")
     cfg = tiny_cfg(

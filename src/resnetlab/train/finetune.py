@@ -8,7 +8,7 @@ one's images.
     source = read_source(cfg)                         # before the data: its normalisation is used
     data = build_data(cfg, ..., stats=source_stats(source))
     model = create_model(...)
-    lines = init_model(model, source, classes=data.classes)   # fresh runs only
+    lines = init_model(model, source, classes=data.classes)   # fresh runs only (resumed: their checkpoint)
     freeze(model, cfg.train.freeze)                   # every run, resumed ones too
     optimizer = make_sgd(model, ..., backbone_lr_mult=cfg.optim.backbone_lr_mult)
 """
@@ -50,6 +50,15 @@ def read_source(cfg: Config) -> SourceWeights | None:
 def source_stats(source: SourceWeights | None) -> tuple[Tensor, Tensor | None] | None:
     """The normalisation (mean, std or None) the data must use: the source's own."""
     return None if source is None else (source.mean.float(), None if source.std is None else source.std.float())
+
+
+def resumed_stats(cfg: Config, checkpoint: dict | None) -> tuple[Tensor, Tensor | None] | None:
+    """A resumed fine-tuning run keeps the normalisation it started with, from its own checkpoint (the
+    source need not be there any more); other runs compute theirs from the data (None)."""
+    if not cfg.train.init_from or checkpoint is None:
+        return None
+    meta = checkpoint["meta"]
+    return meta["mean"].float(), None if meta.get("std") is None else meta["std"].float()
 
 
 def init_model(model: nn.Module, source: SourceWeights, *, classes: list[str]) -> list[str]:

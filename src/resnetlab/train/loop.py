@@ -67,10 +67,12 @@ def _train(cfg: Config, run: Run) -> dict[str, Any]:
 
     # ---- data, model, optimizer, schedule ------------------------------------------------------
     seed_everything(t.seed)
-    source = finetune.read_source(cfg)  # train.init_from: weights to start from, and their normalisation
-    data = build_data(cfg, device, rank=info.rank, world_size=info.world_size, stats=finetune.source_stats(source))
+    # train.init_from: weights to start from and their normalisation; a resumed run has both in its checkpoint.
+    source = finetune.read_source(cfg) if run.checkpoint is None else None
+    stats = finetune.source_stats(source) if source else finetune.resumed_stats(cfg, run.checkpoint)
+    data = build_data(cfg, device, rank=info.rank, world_size=info.world_size, stats=stats)
     model, meta = build_classifier(cfg, data)
-    report = finetune.init_model(model, source, classes=data.classes) if source and run.checkpoint is None else []
+    report = finetune.init_model(model, source, classes=data.classes) if source else []
     report += finetune.freeze(model, t.freeze)  # not in the checkpoint: applied to resumed runs too
     if info.is_main and report:
         print("\n".join(report))
