@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import pickle
@@ -48,12 +49,27 @@ def cifar10_writer():
     return write_cifar10_archive
 
 
-@pytest.fixture
-def cifar10_dir(tmp_path, monkeypatch):
-    """data.dir holding a tiny official-format CIFAR-10 archive whose MD5 the reader is told to expect."""
+def make_official(monkeypatch, name: str, archive: Path) -> None:
+    """Tell the reader to expect `archive`'s MD5 and the MD5s of the files in it, as it expects the
+    official ones (what the test writes is the real format, but not the real bytes)."""
     from resnetlab.data import readers
 
+    with tarfile.open(archive) as tar:
+        files = {Path(m.name).name: hashlib.md5(tar.extractfile(m).read()).hexdigest() for m in tar if m.isfile()}
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    spec = dataclasses.replace(readers.CIFAR_ARCHIVES[name], md5=md5, file_md5=files)
+    monkeypatch.setitem(readers.CIFAR_ARCHIVES, name, spec)
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path, monkeypatch):
+    """data.dir holding a tiny official-format CIFAR-10 archive whose MD5s the reader is told to expect."""
     written = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz")
-    spec = readers.CIFAR_ARCHIVES["cifar10"]
-    monkeypatch.setitem(readers.CIFAR_ARCHIVES, "cifar10", type(spec)(**{**spec.__dict__, "md5": written["md5"]}))
+    make_official(monkeypatch, "cifar10", tmp_path / "cifar-10-python.tar.gz")
     return tmp_path, written
+
+
+@pytest.fixture
+def official_cifar(monkeypatch):
+    """`make_official(name, archive)` for tests that write their own archive."""
+    return lambda name, archive: make_official(monkeypatch, name, archive)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import tarfile
 
 import pytest
@@ -85,8 +87,35 @@ def test_safe_extract_corrupt_archive(tmp_path):
 def test_download_file_url_and_failure(tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(b"payload")
-    download(src.as_uri(), tmp_path / "dl/copy.bin")
+    download(src.as_uri(), tmp_path / "dl/copy.bin", md5=hashlib.md5(b"payload").hexdigest())
     assert (tmp_path / "dl/copy.bin").read_bytes() == b"payload"
     with pytest.raises(UserError, match="could not download"):
-        download((tmp_path / "missing.bin").as_uri(), tmp_path / "dl/missing.bin")
+        download((tmp_path / "missing.bin").as_uri(), tmp_path / "dl/missing.bin", md5="0" * 32)
     assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["copy.bin"]  # no partial file left
+
+
+def test_download_with_wrong_checksum_leaves_nothing(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"tampered")
+    with pytest.raises(UserError) as e:
+        download(src.as_uri(), tmp_path / "dl/archive.tar.gz", md5=hashlib.md5(b"official").hexdigest())
+    msg = str(e.value)
+    assert "\n" not in msg and hashlib.md5(b"tampered").hexdigest() in msg and "removed" in msg
+    assert list((tmp_path / "dl").iterdir()) == []  # neither the file nor its .part
+
+
+def test_download_refuses_plain_http(tmp_path):
+    with pytest.raises(UserError, match="only https"):
+        download("http://images.cocodataset.org/zips/val2017.zip", tmp_path / "x.zip", md5="0" * 32)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_downloaded_file_gets_the_umask_mode(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"payload")
+    old = os.umask(0o027)
+    try:
+        download(src.as_uri(), tmp_path / "copy.bin", md5=hashlib.md5(b"payload").hexdigest())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "copy.bin").stat().st_mode) == 0o640  # 0o666 & ~0o027, not mkstemp's 0600

@@ -13,12 +13,14 @@ import shutil
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
 from resnetlab.errors import UserError
+from resnetlab.utils.files import make_ordinary
 
 
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -38,21 +40,34 @@ def check_md5(path: str | Path, expected: str) -> None:
         )
 
 
-def download(url: str, dest: str | Path, *, timeout: float = 60.0) -> None:
-    """Stream `url` to `dest` through a temp file (an interrupted download never looks complete)."""
+def download(url: str, dest: str | Path, *, md5: str, timeout: float = 60.0) -> None:
+    """Stream `url` to `dest`, checking the publisher's MD5 on the way. Only https (and file:, a
+    local mirror) is fetched. The bytes go to a temp file that becomes `dest` only once the checksum
+    matches: an interrupted or tampered download is removed and never looks complete."""
     dest = Path(dest)
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("https", "file"):
+        raise UserError(f"refusing to download {url}: only https:// (or a local file:) URL is fetched")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as e:
         raise UserError(f"cannot write into {dest.parent}: {e.strerror or e}") from None
+    h = hashlib.md5()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", leave=False) as bar:
                 while block := resp.read(1 << 20):
                     out.write(block)
+                    h.update(block)
                     bar.update(len(block))
+        if h.hexdigest() != md5:
+            raise UserError(
+                f"downloaded {url} but its MD5 is {h.hexdigest()}, not the publisher's {md5}: removed it "
+                "(a damaged transfer or not the official file); try again"
+            )
+        make_ordinary(tmp)  # mkstemp's 0600 -> the umask's mode
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e

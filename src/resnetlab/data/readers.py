@@ -1,8 +1,9 @@
 """Readers for the small datasets: CIFAR-10/100, MNIST, Fashion-MNIST -> uint8 tensors (N,C,H,W).
 
-Parsing is torchvision's (`torchvision.datasets.*`, `download=False`); this module only makes sure
-the files are where torchvision looks, fetching or unpacking them first, and turns every "not
-there" into a `UserError` that says which files go where.
+MNIST parsing is torchvision's (`download=False`); CIFAR batches are pickles, so they are checked
+against their official MD5 and read by our restricted unpickler (`cifar_pickle.py`), never by
+`pickle.load`. This module makes sure the files are where torchvision looks, fetching or unpacking
+them first, and turns every "not there" into a `UserError` that says which files go where.
 
 Layout under `data.dir` (torchvision's):
   cifar10        cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}  or  cifar-10-python.tar.gz
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,8 @@ import torch
 import torchvision
 from torch import Tensor
 
-from resnetlab.data.archive import check_md5, download, safe_extract
+from resnetlab.data.archive import check_md5, download, md5sum, safe_extract
+from resnetlab.data.cifar_pickle import RefusedPickle, load_cifar_pickle
 from resnetlab.errors import UserError
 
 
@@ -48,28 +49,60 @@ class CifarArchive:
     url: str
     md5: str
     folder: str  # what the archive unpacks to
-    files: tuple[str, ...]  # expected inside `folder`
+    file_md5: dict[str, str]  # the official MD5 of every file inside `folder`
+    train: tuple[str, ...]
+    test: str
+    meta: str
+    label_key: str  # the labels in each batch
+    names_key: str  # the class names in the meta file
 
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train, self.test, self.meta)
 
-# The official archives (https://www.cs.toronto.edu/~kriz/cifar.html) and their published MD5s.
+
+# The official archives (https://www.cs.toronto.edu/~kriz/cifar.html), their published MD5s and
+# the MD5 of each file in them (the same values torchvision's CIFAR10/CIFAR100 check; a test compares).
 CIFAR_ARCHIVES = {
     "cifar10": CifarArchive(
         "CIFAR-10",
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         "c58f30108f718f92721af3b95e74349a",
         "cifar-10-batches-py",
-        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+        {
+            "data_batch_1": "c99cafc152244af753f735de768cd75f",
+            "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+            "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+            "data_batch_4": "634d18415352ddfa80567beed471001a",
+            "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+            "test_batch": "40351d587109b95175f43aff81a1287e",
+            "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+        },
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        "batches.meta",
+        "labels",
+        "label_names",
     ),
     "cifar100": CifarArchive(
         "CIFAR-100",
         "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         "eb9058c3a382ffc7106e4002c42a8d85",
         "cifar-100-python",
-        ("train", "test", "meta"),
+        {
+            "train": "16019d7e3df5f24257cddd939b257f8d",
+            "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+            "meta": "7973b15100ade9c7d40fb424638fde48",
+        },
+        ("train",),
+        "test",
+        "meta",
+        "fine_labels",
+        "fine_label_names",
     ),
 }
 
@@ -81,20 +114,6 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-# We check the archive's MD5 before unpacking it, so the per-file MD5s torchvision checks again
-# (official files only) are cleared: that also lets a test write its own small archive.
-class _CIFAR10(torchvision.datasets.CIFAR10):
-    train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
-    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
-
-
-class _CIFAR100(torchvision.datasets.CIFAR100):
-    train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR100.train_list]
-    test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR100.test_list]
-    meta = {**torchvision.datasets.CIFAR100.meta, "md5": None}
 
 
 def ensure_cifar(name: str, root: Path, download_ok: bool) -> None:
@@ -112,7 +131,7 @@ def ensure_cifar(name: str, root: Path, download_ok: bool) -> None:
         if not download_ok:
             raise UserError(f"{where}; or run with data.download=true")
         try:
-            download(spec.url, archive)
+            download(spec.url, archive, md5=spec.md5)
         except UserError as e:
             raise UserError(f"{e}; offline? {where}") from None
     check_md5(archive, spec.md5)
@@ -122,20 +141,54 @@ def ensure_cifar(name: str, root: Path, download_ok: bool) -> None:
         raise UserError(f"{archive}: unpacked, but {folder} lacks {', '.join(missing)}")
 
 
-def _cifar_split(ds: torchvision.datasets.CIFAR10) -> Split:
-    images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))  # (N,H,W,C) -> (N,C,H,W)
-    return Split(images, torch.as_tensor(ds.targets, dtype=torch.int64))
+def _read_batch(path: Path, expected_md5: str) -> dict:
+    """One CIFAR file, checked against its official MD5 first, then read by the restricted
+    unpickler (a pickle is a program: nothing outside the batch format is ever built)."""
+    try:
+        actual = md5sum(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    if actual != expected_md5:
+        raise UserError(
+            f"{path}: not the official file (MD5 {actual}, expected {expected_md5}); refusing to read it: "
+            f"delete {path.parent} and unpack the official archive again"
+        )
+    try:
+        return load_cifar_pickle(path.read_bytes())
+    except RefusedPickle as e:
+        raise UserError(f"{path}: refusing to read it: {e}") from None
+    except Exception as e:  # truncated, not a pickle, a pickle of something else
+        raise UserError(f"{path}: cannot read a CIFAR batch ({e.__class__.__name__}: {e})") from None
+
+
+def _cifar_split(spec: CifarArchive, folder: Path, files: tuple[str, ...]) -> Split:
+    images, labels = [], []
+    for f in files:
+        batch = _read_batch(folder / f, spec.file_md5[f])
+        data, ys = batch.get("data"), batch.get(spec.label_key)
+        if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or not isinstance(ys, list):
+            raise UserError(f"{folder / f}: not a CIFAR batch (needs 'data' (N, 3072) uint8 and '{spec.label_key}')")
+        if len(ys) != len(data) or not all(isinstance(y, int) for y in ys):
+            raise UserError(f"{folder / f}: {len(data)} images but {len(ys)} labels, or labels that are not integers")
+        images.append(data)
+        labels += ys
+    # Each row is the R plane, then G, then B, each 32x32 row-major: (N, 3072) -> (N, C, H, W).
+    x = torch.from_numpy(np.ascontiguousarray(np.concatenate(images).reshape(-1, 3, 32, 32)))
+    return Split(x, torch.tensor(labels, dtype=torch.int64))
 
 
 def read_cifar(name: str, root: Path, download_ok: bool) -> RawDataset:
     ensure_cifar(name, root, download_ok)
-    cls = _CIFAR10 if name == "cifar10" else _CIFAR100
-    try:
-        train, test = cls(str(root), train=True), cls(str(root), train=False)
-    except (RuntimeError, OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        folder = root / CIFAR_ARCHIVES[name].folder
-        raise UserError(f"{folder}: cannot read ({e.__class__.__name__}: {e}); delete it to unpack again") from None
-    return RawDataset(_cifar_split(train), _cifar_split(test), list(train.classes))
+    spec = CIFAR_ARCHIVES[name]
+    folder = root / spec.folder
+    train, test = _cifar_split(spec, folder, spec.train), _cifar_split(spec, folder, (spec.test,))
+    classes = _read_batch(folder / spec.meta, spec.file_md5[spec.meta]).get(spec.names_key)
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{folder / spec.meta}: no list of class names under '{spec.names_key}'")
+    bad = [y for y in (train.labels, test.labels) if len(y) and not (0 <= int(y.min()) and int(y.max()) < len(classes))]
+    if bad:
+        raise UserError(f"{folder}: labels outside 0..{len(classes) - 1}")
+    return RawDataset(train, test, classes)
 
 
 def _gunzip(src: Path, dest: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from resnetlab.errors import UserError
+from resnetlab.utils.files import make_ordinary
 
 FORMAT = "resnetlab"
 
@@ -32,6 +33,7 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
             torch.save({"format": FORMAT, **obj}, f)
             f.flush()
             os.fsync(f.fileno())
+            make_ordinary(f.fileno())  # mkstemp's 0600 -> the umask's mode, like every other file of a run
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
