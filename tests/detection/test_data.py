@@ -91,7 +91,7 @@ def test_missing_data_is_a_user_error(tmp_path):
         build_detection_set(DetDataConfig(name="voc", dir=str(tmp_path), download=False), ["2007-test"], train=False)
     with pytest.raises(UserError, match="COCO val2017 not found"):
         build_detection_set(DetDataConfig(name="coco", dir=str(tmp_path), download=False), ["val2017"], train=False)
-    with pytest.raises(UserError, match="COCO split must look like"):
+    with pytest.raises(UserError, match="COCO split .minival. cannot be downloaded"):
         build_detection_set(DetDataConfig(name="coco", dir=str(tmp_path)), ["minival"], train=False)
     with pytest.raises(UserError, match="YEAR-IMAGESET"):
         build_detection_set(DetDataConfig(name="voc", dir=str(tmp_path)), ["test"], train=False)

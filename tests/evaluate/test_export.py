@@ -119,7 +119,28 @@ def test_import_torchvision_weights(tmp_path):
 def test_import_refuses_a_mismatched_file(tmp_path):
     pth = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), pth)
-    with pytest.raises(UserError, match="not a torchvision resnet50"):
+    with pytest.raises(UserError, match="not a torchvision resnet50 state dict .* missing keys .e.g. layer"):
         import_weights(pth, "resnet50", tmp_path / "x.pt")
     with pytest.raises(UserError, match="resnet18/34/50/101/152"):
         import_weights(pth, "cifar_resnet20", tmp_path / "x.pt")
+
+
+def test_import_of_a_full_pickle_says_how_to_convert_safely(tmp_path):
+    """A file that pickles a whole module: refused without loading it, one plain line, and the advice
+    never is weights_only=False (what torch's own message suggests)."""
+    pth = tmp_path / "whole-model.pth"
+    torch.save(torchvision.models.resnet18(), pth)
+    with pytest.raises(UserError) as e:
+        import_weights(pth, "resnet18", tmp_path / "x.pt")
+    msg = str(e.value)
+    assert "not a plain tensor dictionary" in msg and "torch.save(model.state_dict()" in msg
+    assert "weights_only" not in msg and "\x1b" not in msg and "\n" not in msg
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_import_of_a_truncated_file(tmp_path):
+    pth = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), pth)
+    pth.write_bytes(pth.read_bytes()[:1000])
+    with pytest.raises(UserError, match="unreadable or truncated"):
+        import_weights(pth, "resnet18", tmp_path / "x.pt")

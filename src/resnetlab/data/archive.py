@@ -1,7 +1,8 @@
-"""Fetching, checking and unpacking dataset archives, with every failure a one-line `UserError`.
+"""Fetching, checking and unpacking dataset archives (CIFAR's tar.gz, VOC's tar, COCO's zip), with
+every failure a one-line `UserError`.
 
 Written by hand rather than torchvision's `download_and_extract_archive` for two reasons: its errors
-are raw exceptions, and its tar extraction trusts the archive. Ours refuses any member that is not a
+are raw exceptions, and its extraction trusts the archive. Ours refuses any member that is not a
 plain file or folder, or whose path leaves the target folder (on top of tarfile's own "data" filter).
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
 from tqdm import tqdm
@@ -82,10 +85,8 @@ _DATA_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 _FILTER_ERRORS = getattr(tarfile, "FilterError", ())
 
 
-def _check_member(member: tarfile.TarInfo, target: Path) -> None:
-    name = member.name
-    if not (member.isfile() or member.isdir()):
-        kind = "link" if (member.issym() or member.islnk()) else "device or special file"
+def _check_member(name: str, kind: str, target: Path) -> None:
+    if kind not in ("file", "dir"):
         raise UserError(f"refusing to extract {name!r}: a {kind}; only plain files and folders are allowed")
     if os.path.isabs(name) or name.startswith(("/", "\\")):
         raise UserError(f"refusing to extract {name!r}: absolute path")
@@ -94,28 +95,56 @@ def _check_member(member: tarfile.TarInfo, target: Path) -> None:
         raise UserError(f"refusing to extract {name!r}: it resolves outside {target}")
 
 
+def _tar_kind(m: tarfile.TarInfo) -> str:
+    if m.isfile() or m.isdir():
+        return "file" if m.isfile() else "dir"
+    return "link" if (m.issym() or m.islnk()) else "device or special file"
+
+
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    kind = stat.S_IFMT(info.external_attr >> 16)  # the Unix file type, when the zip records one
+    if kind == stat.S_IFLNK:
+        return "link"
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "device or special file"
+    return "dir" if info.is_dir() else "file"
+
+
+def _move_into(src: Path, dest: Path) -> None:
+    """Move src's entries into dest: files replace files, folders merge (COCO's annotations/ holds
+    several years' files; extracting one keeps the others)."""
+    for entry in src.iterdir():
+        to = dest / entry.name
+        if entry.is_dir() and to.is_dir():
+            _move_into(entry, to)
+            continue
+        if to.is_dir():
+            shutil.rmtree(to)
+        os.replace(entry, to)
+
+
 def safe_extract(archive: str | Path, target: str | Path) -> None:
-    """Extract a tar(.gz) into `target`. Every member is checked before anything is written, so a
-    hostile archive leaves nothing behind; the files land in a temp folder first, then move in."""
+    """Extract a tar(.gz) or zip into `target`. Every member is checked before anything is written,
+    so a hostile archive leaves nothing behind; the files land in a temp folder first, then move in."""
     archive, target = Path(archive), Path(target)
     try:
         target.mkdir(parents=True, exist_ok=True)
         target = target.resolve()
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for m in members:
-                _check_member(m, target)
+        is_zip = zipfile.is_zipfile(archive)
+        with zipfile.ZipFile(archive) if is_zip else tarfile.open(archive, "r:*") as arc:
+            if is_zip:
+                members = [(i.filename, _zip_kind(i)) for i in arc.infolist()]
+            else:
+                members = [(m.name, _tar_kind(m)) for m in arc.getmembers()]
+            for name, kind in members:
+                _check_member(name, kind, target)
             tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target))
             try:
-                tar.extractall(tmp, members=members, **_DATA_FILTER)
-                for top in tmp.iterdir():
-                    dest = target / top.name
-                    if dest.exists():
-                        shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-                    os.replace(top, dest)
+                arc.extractall(tmp) if is_zip else arc.extractall(tmp, **_DATA_FILTER)
+                _move_into(tmp, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except _FILTER_ERRORS as e:
         raise UserError(f"{archive}: refusing to extract: {e}") from None
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         raise UserError(f"{archive}: cannot extract ({e.__class__.__name__}: {e}); delete it, fetch it again") from None

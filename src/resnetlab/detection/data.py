@@ -22,9 +22,9 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, VOCDetection
-from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms.v2 import functional as TF
 
+from resnetlab.data.archive import check_md5, download, safe_extract
 from resnetlab.data.order import IterationSampler
 from resnetlab.detection.config import DetDataConfig
 from resnetlab.detection.synthetic import SHAPE_CLASSES, write_shapes
@@ -54,14 +54,14 @@ class VOCSplit(Dataset):
         self.name = name or f"voc{year}-{image_set}"
         self.classes = list(classes)
         devkit = Path(root) / "VOCdevkit" / f"VOC{year}"
-        have = (devkit / "ImageSets" / "Main" / f"{image_set}.txt").is_file()
+        if not (devkit / "ImageSets" / "Main" / f"{image_set}.txt").is_file():
+            if not download:
+                raise UserError(f"PASCAL VOC {year} {image_set} not found under {devkit} (data.download is false)")
+            download_voc(Path(root), year, image_set)
         try:
-            self.voc = VOCDetection(str(root), year=year, image_set=image_set, download=download and not have)
-        except Exception as e:  # no copy and no internet, a bad year/image set, a broken archive
-            raise UserError(
-                f"PASCAL VOC {year} {image_set} not found under {devkit} and "
-                + (f"could not be downloaded ({type(e).__name__}: {e})" if download else "data.download is false")
-            ) from None
+            self.voc = VOCDetection(str(root), year=year, image_set=image_set, download=False)
+        except Exception as e:  # a bad year/image set, a damaged copy
+            raise UserError(f"PASCAL VOC {year} {image_set} under {devkit}: {type(e).__name__}: {e}") from None
 
     def __len__(self) -> int:
         return len(self.voc)
@@ -122,23 +122,74 @@ class COCOSplit(Dataset):
         return TF.pil_to_tensor(image.convert("RGB")), _target(boxes, labels, ignore, self.coco.ids[index])
 
 
-COCO_URL = "http://images.cocodataset.org"
+# Every download: https, checked against the publisher's MD5 before it is unpacked (safe_extract).
+# COCO: the files of images.cocodataset.org through S3's https endpoint (its own host name has no
+# certificate of its own); the MD5 is what the server reports as ETag and what COCO's users check.
+# VOC: the Oxford mirror torchvision uses, with torchvision's MD5s.
+COCO_S3 = "https://s3.amazonaws.com/images.cocodataset.org"
+DOWNLOADS = {
+    "coco-train2017": (f"{COCO_S3}/zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2"),
+    "coco-val2017": (f"{COCO_S3}/zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80"),
+    "coco-annotations2017": (
+        f"{COCO_S3}/annotations/annotations_trainval2017.zip",
+        "f4bbac642086de4f52a3fdda2de5fa2c",
+    ),
+    "coco-train2014": (f"{COCO_S3}/zips/train2014.zip", "0da8c0bd3d6becc4dcb32757491aca88"),
+    "coco-val2014": (f"{COCO_S3}/zips/val2014.zip", "a3d79f5ed8d289b7a7554ce06a5782b3"),
+    "coco-annotations2014": (
+        f"{COCO_S3}/annotations/annotations_trainval2014.zip",
+        "0a379cfc70b0e71301e0f377548639bd",
+    ),
+    "voc2007-trainval": (
+        "https://thor.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar",
+        "c52e279531787c972589f7e41ab4ae64",
+    ),
+    "voc2007-test": (
+        "https://thor.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
+        "b6e924de25625d8de591ea690078ad9f",
+    ),
+    "voc2012-trainval": (
+        "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+        "6cd6e144f989b92b3379bac3b3de84fd",
+    ),
+}
+
+
+def fetch(key: str, root: Path) -> None:
+    """Download DOWNLOADS[key] into root (https, MD5 checked), unpack it safely, delete the archive."""
+    url, md5 = DOWNLOADS[key]
+    archive = root / url.rsplit("/", 1)[-1]
+    if not archive.is_file():
+        download(url, archive, md5=md5)
+    check_md5(archive, md5)
+    safe_extract(archive, root)
+    archive.unlink()
 
 
 def download_coco(root: Path, split: str) -> None:
-    """Fetch a COCO split's images and its year's annotations (torchvision's download helper)."""
+    """Fetch a COCO split's images and its year's annotations."""
     year = split[-4:]
-    if not (split.startswith(("train", "val")) and year.isdigit()):
-        raise UserError(f"COCO split must look like train2017 / val2014, got {split!r}")
+    if f"coco-{split}" not in DOWNLOADS:
+        known = ", ".join(k[5:] for k in DOWNLOADS if k.startswith("coco-") and "annotations" not in k)
+        raise UserError(f"data.test/data.train: COCO split {split!r} cannot be downloaded; known: {known}")
     try:
         if not (root / split).is_dir():
-            download_and_extract_archive(f"{COCO_URL}/zips/{split}.zip", str(root))
+            fetch(f"coco-{split}", root)
         if not (root / "annotations" / f"instances_{split}.json").is_file():
-            download_and_extract_archive(f"{COCO_URL}/annotations/annotations_trainval{year}.zip", str(root))
-    except Exception as e:  # no internet, a full disk, a broken archive
-        raise UserError(
-            f"COCO {split} not found under {root} and could not be downloaded ({type(e).__name__}: {e})"
-        ) from None
+            fetch(f"coco-annotations{year}", root)
+    except UserError as e:
+        raise UserError(f"COCO {split} not found under {root}: {e}") from None
+
+
+def download_voc(root: Path, year: str, image_set: str) -> None:
+    key = f"voc{year}-{'test' if image_set == 'test' else 'trainval'}"
+    if key not in DOWNLOADS:
+        known = ", ".join(k[3:] for k in DOWNLOADS if k.startswith("voc"))
+        raise UserError(f"PASCAL VOC {year} {image_set} cannot be downloaded (known: {known}); put it under {root}")
+    try:
+        fetch(key, root)
+    except UserError as e:
+        raise UserError(f"PASCAL VOC {year} {image_set} not found under {root}: {e}") from None
 
 
 class DetectionSet(Dataset):

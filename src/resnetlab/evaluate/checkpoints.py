@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,14 @@ def read_weights(source: str | Path, what: str = "train.init_from") -> Weights:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, random bytes, pickled objects outside the allow-list
-        raise UserError(f"{what}: {source} is unreadable ({type(e).__name__})") from None
+    except pickle.UnpicklingError:  # it pickles Python objects, not only tensors: loading it would run code
+        raise UserError(
+            f"{what}: {source} is not a plain tensor dictionary (it pickles Python objects, which are never "
+            "loaded here); where the file was made and is trusted, save the weights alone with "
+            "`torch.save(model.state_dict(), 'weights.pth')` and use that"
+        ) from None
+    except Exception as e:  # truncated, random bytes
+        raise UserError(f"{what}: {source} is unreadable or truncated ({type(e).__name__})") from None
     if isinstance(obj, dict) and obj.get("format") == "resnetlab":
         ckpt = load(path)
         meta = ckpt.get("meta") or {}
