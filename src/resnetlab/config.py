@@ -232,6 +232,10 @@ def _validate(cfg: Any) -> Any:
         raise UserError(f"optim.backbone_lr_mult: must be >= 0, got {o.backbone_lr_mult}")
     if cfg.data.val_split < 0:
         raise UserError(f"data.val_split: must be >= 0, got {cfg.data.val_split}")
+    if cfg.model.shortcut is not None and not cfg.model.name.startswith(("resnet", "cifar_resnet")):
+        raise UserError(f"model.shortcut: {cfg.model.name} has no shortcuts (only resnet* and cifar_resnet* do)")
+    if not 0 <= cfg.train.seed < 2**32:  # what torch and numpy seeding accept
+        raise UserError(f"train.seed: must be from 0 to {2**32 - 1}, got {cfg.train.seed}")
     if cfg.data.scale_min > cfg.data.scale_max:
         raise UserError("data.scale_min must be <= data.scale_max")
     if o.warmup_lr is not None and o.warmup_lr <= 0:
@@ -352,9 +356,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """The one YAML reader: a mapping from `path`, or a UserError naming the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {e.start}); a preset is YAML text") from None
     except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
     if data is None:

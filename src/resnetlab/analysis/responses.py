@@ -16,6 +16,7 @@ The model code is not changed; hooks are removed afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -133,22 +134,26 @@ def checkpoint_responses(
     data_dir: str | None = None,
     max_images: int | None = None,
     quiet: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> dict:
     """Rebuild the model of checkpoint `path` and measure its responses on its own test set (a
-    progress bar on a terminal unless `quiet`).
+    progress bar on a terminal unless `quiet`; `data_dir`, else the checkpoint's own data.dir,
+    named through `say`).
 
     Returns `{"checkpoint", "model", "label", "images", "layers": {name: std}}`.
     """
-    from resnetlab.config import apply_overrides, from_dict  # the boundary: config read here only
+    from resnetlab.config import from_dict  # the boundary: config read here only
     from resnetlab.data import build_data
     from resnetlab.data.ondevice import Normalizer
+    from resnetlab.evaluate.checkpoints import resolve_data_dir
 
     weights = read_weights(path, what="checkpoint")
-    meta, ckpt = weights.meta, {"config": weights.config}
+    meta, config = weights.meta, weights.config
     model = weights.build().to(device)
     # The test split itself, even when the run evaluated on a held-out part of the training set.
-    overrides = ["data.val_split=0", *([f"data.dir={data_dir}"] if data_dir else [])]
-    cfg = apply_overrides(from_dict(ckpt.get("config") or {}), overrides)
+    data_dir = resolve_data_dir(config, data_dir, say)
+    cfg = from_dict(config)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_split=0, dir=data_dir))
     test = build_data(cfg, device).test
     # Normalise with the mean (and std) the model was trained with, stored in its checkpoint: with
     # val_split=0 the data would bring the 50k-image mean, not the 45k one a 45k/5k model learned on.

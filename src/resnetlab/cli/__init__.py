@@ -1,16 +1,21 @@
 """`resnetlab` command line: one module per subcommand group, each with `register(subparsers)`.
 
-Every handler returns an exit code; a `UserError` becomes `error: <message>` on stderr, exit 2,
-with no traceback.
+Every handler returns an exit code. Every error is one line on stderr, never a traceback: a bad
+flag (argparse) or a `UserError` is `error: <message>`, exit 2; any other exception is
+`error: <Type>: <message>` plus how to see the traceback (`--debug` or RESNETLAB_DEBUG=1), exit 1;
+Ctrl-C is `interrupted`, exit 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
 
 from resnetlab import __version__
+from resnetlab.cli.args import Parser
 from resnetlab.errors import UserError
 
 # Modules under resnetlab.cli, in the order their commands appear in `--help`. Their top level and
@@ -18,29 +23,56 @@ from resnetlab.errors import UserError
 COMMAND_MODULES = ["info", "train", "config", "evaluate", "analyze", "bench", "detect"]
 
 
+DEBUG_ENV = "RESNETLAB_DEBUG"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="resnetlab",
         description="Deep Residual Learning (He et al., 2015): models, training, test protocols, analyses.",
     )
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the traceback of an unexpected error (or set {DEBUG_ENV}=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"resnetlab.cli.{name}").register(sub)
     return parser
 
 
+def _one_line(e: BaseException) -> str:
+    """The message on one line, without terminal escapes (some libraries colour theirs). An error
+    re-raised from a DataLoader worker carries the worker's traceback: only its last line is kept."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = re.sub(r"^[\w.]*(UserError): ", "", last)
+    return " ".join(text.split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        debug = debug or args.debug
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the last resort: a bug or a case nobody checked, still one line
+        if debug:
+            raise
+        print(
+            f"error: {type(e).__name__}: {_one_line(e)[:500]} (unexpected; `resnetlab --debug ...` or "
+            f"{DEBUG_ENV}=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1

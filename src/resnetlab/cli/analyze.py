@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from resnetlab.analysis.grids import DATASETS, GRIDS, SHORT_FACTOR  # data only: no torch import at --help
+from resnetlab.cli.args import POSITIVE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     resp.add_argument("--checkpoint", nargs="+", required=True, metavar="CK", help="one or more checkpoints")
     resp.add_argument("--out", default=None, help="figure file (.png, .pdf, .svg)")
     resp.add_argument("--json", action="store_true", help="print the per-layer stds as JSON on stdout")
-    resp.add_argument("--data-dir", default=None, help="where the test set is (default: the checkpoint's)")
-    resp.add_argument("--max-images", type=int, default=None, metavar="N", help="first N test images only")
+    resp.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the test set is (default: the checkpoint's data.dir, named on the first line)",
+    )
+    resp.add_argument("--max-images", type=POSITIVE, default=None, metavar="N", help="first N test images only")
     resp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     resp.add_argument("--quiet", action="store_true", help="no progress bar (none off a terminal either)")
     resp.set_defaults(func=_responses)
@@ -49,21 +54,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     rep.add_argument("name", choices=list(GRIDS), metavar="NAME", help=" | ".join(GRIDS))
-    rep.add_argument("--seeds", type=int, default=1, help="runs per network (seeds 0..N-1)")
+    rep.add_argument("--seeds", type=POSITIVE, default=1, help="runs per network (seeds 0..N-1)")
     rep.add_argument("--dataset", choices=DATASETS, default="cifar10")
     rep.add_argument("--schedule", choices=("paper", "short"), default="paper")
-    rep.add_argument("--iters", type=int, default=None, help="total iterations (same schedule shape)")
-    rep.add_argument("--eval-every", type=int, default=None, help="default 1000 (paper), iters/16 otherwise")
+    rep.add_argument("--iters", type=POSITIVE, default=None, help="total iterations (same schedule shape)")
+    rep.add_argument("--eval-every", type=POSITIVE, default=None, help="default 1000 (paper), iters/16 otherwise")
     rep.add_argument("--out", default=None, help="default runs/reproduce/NAME-DATASET-SCHEDULE")
     rep.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     rep.add_argument(
-        "--jobs-per-gpu", type=int, default=1, metavar="N", help="runs sharing each GPU at once (default 1)"
+        "--jobs-per-gpu", type=POSITIVE, default=1, metavar="N", help="runs sharing each GPU at once (default 1)"
     )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
     rep.add_argument(
         "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides, several per flag"
     )
-    rep.add_argument("--max-images", type=int, default=None, help="responses on the first N test images")
+    rep.add_argument("--max-images", type=POSITIVE, default=None, help="responses on the first N test images")
     rep.add_argument("--no-responses", action="store_true", help="skip the fig. 7 analysis")
     rep.add_argument(
         "--rerun-changed",
@@ -90,11 +95,16 @@ def _responses(args: argparse.Namespace) -> int:
 
     if not args.out and not args.json:
         raise UserError("give --out FIG.png and/or --json")
-    if args.max_images is not None and args.max_images < 1:
-        raise UserError(f"--max-images must be >= 1, got {args.max_images}")
     device = resolve_device(args.device)
     results = [
-        checkpoint_responses(ck, device=device, data_dir=args.data_dir, max_images=args.max_images, quiet=args.quiet)
+        checkpoint_responses(
+            ck,
+            device=device,
+            data_dir=args.data_dir,
+            max_images=args.max_images,
+            quiet=args.quiet,
+            say=(lambda line: print(line, file=sys.stderr)) if args.json else print,
+        )
         for ck in args.checkpoint
     ]
     if args.out:

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from resnetlab.cli.args import NON_NEGATIVE, POSITIVE, float_in
 from resnetlab.errors import UserError
 
 EPILOG = """examples:
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("mode", choices=["train", "infer", "data"])
     p.add_argument("--model", default="cifar_resnet20", help="a registered model (default cifar_resnet20)")
-    p.add_argument("--batch-size", type=int, default=128, metavar="N")
+    p.add_argument("--batch-size", type=POSITIVE, default=128, metavar="N")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
         "--precision",
@@ -59,24 +60,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)",
     )
     p.add_argument(
-        "--iters", type=int, metavar="N", help="timed steps per round (default 20; data: max(10, 4 x workers))"
+        "--iters", type=POSITIVE, metavar="N", help="timed steps per round (default 20; data: max(10, 4 x workers))"
     )
     p.add_argument(
-        "--warmup", type=int, metavar="N", help="untimed steps before each round (default 5; data: 2 x workers + 2)"
+        "--warmup",
+        type=NON_NEGATIVE,
+        metavar="N",
+        help="untimed steps before each round (default 5; data: 2 x workers + 2)",
     )
-    p.add_argument("--rounds", type=int, metavar="N", help="A/B rounds (default 3 with --vs-reference, else 1)")
+    p.add_argument("--rounds", type=POSITIVE, metavar="N", help="A/B rounds (default 3 with --vs-reference, else 1)")
     p.add_argument("--vs-reference", action="store_true", help="also time the reference pipeline; print the ratio")
-    p.add_argument("--ref-workers", type=int, default=2, metavar="N", help="reference DataLoader workers (default 2)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU: torch.set_num_threads(N) (default: torch's)")
-    p.add_argument("--train-images", type=int, default=50_000, metavar="N", help="synthetic CIFAR split size")
-    p.add_argument("--peak-tflops", type=float, metavar="X", help="device peak for MFU, if not in the table")
+    p.add_argument(
+        "--ref-workers", type=NON_NEGATIVE, default=2, metavar="N", help="reference DataLoader workers (default 2)"
+    )
+    p.add_argument("--threads", type=POSITIVE, metavar="N", help="CPU: torch.set_num_threads(N) (default: torch's)")
+    p.add_argument("--train-images", type=POSITIVE, default=50_000, metavar="N", help="synthetic CIFAR split size")
+    p.add_argument(
+        "--peak-tflops", type=float_in(1e-3, 1e6), metavar="X", help="device peak for MFU, if not in the table"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     g = p.add_argument_group("ImageNet input (bench data; bench train --data imagefolder)")
     g.add_argument("--data-dir", metavar="DIR", help="ImageFolder tree: DIR/train/CLASS/*.JPEG (and DIR/val/...)")
     g.add_argument(
         "--data", default="synthetic", choices=["synthetic", "imagefolder"], help="bench train: where batches come from"
     )
-    g.add_argument("--workers", type=int, default=2, metavar="N", help="DataLoader workers, ours and the reference")
+    g.add_argument(
+        "--workers", type=NON_NEGATIVE, default=2, metavar="N", help="DataLoader workers, ours and the reference"
+    )
     g.add_argument("--views", nargs="+", default=["train", "center"], choices=["train", "center", "10crop"])
     g.add_argument(
         "--decode", nargs="+", default=["workers"], choices=["workers", "device"], help="ours: where JPEGs are decoded"

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from resnetlab.cli.args import NON_NEGATIVE, float_in, run_folder
 from resnetlab.errors import UserError
 
 
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--set", nargs="+", action="extend", default=[], metavar="K=V", help="data.* overrides (data.dir, data.test)"
     )
-    e.add_argument("--max-images", type=int, default=0, help="only the first N test images")
+    e.add_argument("--max-images", type=NON_NEGATIVE, default=0, help="only the first N test images (0: all)")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.set_defaults(func=_evaluate)
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("image")
     r.add_argument("--checkpoint", required=True)
     r.add_argument("--out", required=True, help="output image (.png)")
-    r.add_argument("--threshold", type=float, default=0.5, help="minimum score to draw")
+    r.add_argument("--threshold", type=float_in(0, 1), default=0.5, help="minimum score to draw")
     r.add_argument("--device", default="auto")
     r.set_defaults(func=_predict)
 
@@ -55,7 +56,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError("detect train needs --out DIR (the run folder)")
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
     cfg = load_detection_config(args.preset, overrides)
-    summary = run_detection_training(cfg, args.out, resume=args.resume)
+    with run_folder(args.out):
+        summary = run_detection_training(cfg, args.out, resume=args.resume)
     if summary["stopped"] or not summary["is_main"]:
         return summary["exit_code"]  # 130 SIGINT, 143 SIGTERM; under torchrun only rank 0 reports
     metrics = summary.get("metrics")

@@ -7,6 +7,8 @@ import csv
 import json
 import sys
 
+from resnetlab.cli.args import NON_NEGATIVE, POSITIVE
+
 EVALUATE_EPILOG = """examples:
   resnetlab evaluate --checkpoint runs/r50/final.pt --protocol 10crop --data-dir /data
   resnetlab evaluate --checkpoint runs/r50/final.pt --protocol multiscale --json
@@ -38,13 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="CK", help="one checkpoint, or several")
     p.add_argument("--protocol", default="center", choices=("center", "10crop", "multiscale"))
-    p.add_argument("--data-dir", metavar="D", help="data.dir (default: the checkpoint's, else $RESNETLAB_DATA)")
+    p.add_argument(
+        "--data-dir",
+        metavar="D",
+        help="data.dir (default: the checkpoint's, named on the first line, else $RESNETLAB_DATA)",
+    )
     p.add_argument("--split", default="val", help="ImageFolder split folder (default val)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, metavar="N", help="images per batch (default 32)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=4, help="DataLoader workers (default 4)")
     p.add_argument(
         "--scales",
-        type=int,
+        type=POSITIVE,
         nargs="+",
         metavar="S",
         help="multiscale: shorter sides for a 224 model (default the paper's 224 256 384 480 640)",
@@ -73,9 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive), globs ('**/*.jpg')")
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="CK", help="one checkpoint, or an ensemble")
-    p.add_argument("--top", type=int, default=5, help="how many classes (default 5)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
-    p.add_argument("--workers", type=int, default=2, help="image-reading worker processes (default 2)")
+    p.add_argument("--top", type=POSITIVE, default=5, help="how many classes (default 5)")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, metavar="N", help="images per batch (default 32)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="image-reading worker processes (default 2)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON list: {image, top: [[class, p], ...], error}")
@@ -100,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CK")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2"))
     p.add_argument("--out", required=True, metavar="FILE")
-    p.add_argument("--image-size", type=int, metavar="S", help="input height = width (default: training crop)")
+    p.add_argument("--image-size", type=POSITIVE, metavar="S", help="input height = width (default: training crop)")
     p.set_defaults(func=run_export)
 
 
@@ -119,6 +125,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         scales=tuple(args.scales or PAPER_SCALES),
         flip=args.flip,
         quiet=args.quiet,
+        say=_say(args.json),
     )
     if args.plot:
         from resnetlab.analysis.confusion import plot_confusion
@@ -150,6 +157,11 @@ def format_per_class(rows: list[dict], limit: int = 20) -> str:
             lines.append("  ...")
         lines.append(f"  {r['class'][:32]:<{width}}  {r['accuracy']:6.2f}%  ({r['images']} images)")
     return "\n".join(lines)
+
+
+def _say(json_out: bool):
+    """Where notes go: stdout, or stderr when stdout carries JSON."""
+    return (lambda line: print(line, file=sys.stderr)) if json_out else print
 
 
 def run_predict(args: argparse.Namespace) -> int:

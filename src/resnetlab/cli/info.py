@@ -13,6 +13,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from resnetlab.cli.args import POSITIVE
 from resnetlab.errors import UserError
 
 if TYPE_CHECKING:  # resnetlab.models imports torch: only the handlers import it, not `--help`
@@ -27,10 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and per-stage output shapes of a model, for one image.",
     )
     p.add_argument("model", nargs="?", metavar="MODEL", help="a registered model (see --list)")
-    p.add_argument("--input-size", type=int, metavar="N", help="input N x N (default 224; 32 for cifar_*)")
-    p.add_argument("--in-channels", type=int, metavar="C", help="input channels (default 3)")
-    p.add_argument("--num-classes", type=int, metavar="K", help="classes (default 1000; 10 for cifar_*)")
-    p.add_argument("--depth", type=int, metavar="D", help="depth 6n+2 for the generic cifar_resnet/cifar_plain")
+    p.add_argument("--input-size", type=POSITIVE, metavar="N", help="input N x N (default 224; 32 for cifar_*)")
+    p.add_argument("--in-channels", type=POSITIVE, metavar="C", help="input channels (default 3)")
+    p.add_argument("--num-classes", type=POSITIVE, metavar="K", help="classes (default 1000; 10 for cifar_*)")
+    p.add_argument("--depth", type=POSITIVE, metavar="D", help="depth 6n+2 for the generic cifar_resnet/cifar_plain")
     p.add_argument("--shortcut", choices=["A", "B", "C"], help="shortcut option of sec. 3.3 (default: paper's)")
     p.add_argument(
         "--v1.5", dest="v1_5", action="store_true", help="stride on the 3x3 of bottlenecks (torchvision layout)"
@@ -87,6 +88,8 @@ def measure_named(name: str, *, input_size: int | None = None, **options: Any) -
         raise UserError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
     if "stride_in_1x1" in options and not name.startswith(("resnet", "plain")):
         raise UserError(f"--v1.5 applies to the ImageNet ResNets (resnet50, ...), not to {name}")
+    if "shortcut" in options and not (name.startswith(("resnet", "cifar_resnet"))):
+        raise UserError(f"--shortcut applies to the residual networks, not to {name} (it has no shortcuts)")
     if "depth" in options and name not in ("cifar_resnet", "cifar_plain"):
         raise UserError(f"--depth applies to the generic cifar_resnet/cifar_plain, not to {name}")
     if name in ("cifar_resnet", "cifar_plain") and "depth" not in options:

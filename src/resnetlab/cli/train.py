@@ -6,6 +6,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
+from resnetlab.cli.args import run_folder
 from resnetlab.errors import UserError
 
 EPILOG = """examples:
@@ -75,4 +76,5 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     from resnetlab.train import run_training  # torch import only when training
 
-    return run_training(cfg, args.out, resume=args.resume)["exit_code"]  # 130 SIGINT, 143 SIGTERM
+    with run_folder(args.out):
+        return run_training(cfg, args.out, resume=args.resume)["exit_code"]  # 130 SIGINT, 143 SIGTERM

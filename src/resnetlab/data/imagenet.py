@@ -142,8 +142,16 @@ def center_view(img: Tensor, crop: int, resize: int | None = None) -> Tensor:
 
 
 def scan_split(root: str | Path, class_to_idx: dict[str, int]) -> list[Sample]:
-    """(path, label) of every image under root/CLASS/ for the given classes (missing folders are fine)."""
-    return make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    """(path, label) of every image under root/CLASS/ for the given classes. A missing folder is fine
+    (a split may hold a subset of the classes); a folder without a single image is a UserError."""
+    samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    seen = {label for _, label in samples}
+    empty = [c for c, i in class_to_idx.items() if i not in seen and (Path(root) / c).is_dir()]
+    if empty:
+        raise UserError(
+            f"{Path(root) / empty[0]} holds no images ({', '.join(IMG_EXTENSIONS)}); add them or remove the folder"
+        )
+    return samples
 
 
 def split_classes(root: str | Path) -> list[str]:

@@ -17,8 +17,10 @@ import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import torch
+from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, VOCDetection
@@ -62,25 +64,49 @@ class VOCSplit(Dataset):
             self.voc = VOCDetection(str(root), year=year, image_set=image_set, download=False)
         except Exception as e:  # a bad year/image set, a damaged copy
             raise UserError(f"PASCAL VOC {year} {image_set} under {devkit}: {type(e).__name__}: {e}") from None
+        # Every annotation is read and checked here, before training starts, not when a DataLoader
+        # worker first meets it; __getitem__ then only decodes the image.
+        self.targets = [self._read_target(i) for i in range(len(self.voc))]
 
     def __len__(self) -> int:
         return len(self.voc)
 
     def target(self, index: int, annotation: dict[str, Any]) -> dict[str, Any]:
         boxes, labels, ignore = [], [], []
+        size = annotation["annotation"].get("size") or {}
+        width, height = float(size.get("width", "inf")), float(size.get("height", "inf"))
         for obj in annotation["annotation"].get("object", []):
             if obj["name"] not in self.classes:
                 raise UserError(f"{self.name}: class {obj['name']!r} is not in data.classes {self.classes}")
             bb = obj["bndbox"]
             # VOC boxes are 1-based inclusive pixel indices; -1 on the top-left gives 0-based edges.
-            boxes.append([float(bb["xmin"]) - 1, float(bb["ymin"]) - 1, float(bb["xmax"]), float(bb["ymax"])])
+            box = [float(bb["xmin"]) - 1, float(bb["ymin"]) - 1, float(bb["xmax"]), float(bb["ymax"])]
+            if not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
+                raise UserError(
+                    f"{self.voc.annotations[index]}: the box of {obj['name']!r} ({bb['xmin']}, {bb['ymin']}, "
+                    f"{bb['xmax']}, {bb['ymax']}) is empty or outside the {width:g}x{height:g} image"
+                )
+            boxes.append(box)
             labels.append(self.classes.index(obj["name"]) + 1)
             ignore.append(obj.get("difficult", "0") == "1")
         return _target(boxes, labels, ignore, index)
 
+    def _read_target(self, index: int) -> dict[str, Any]:
+        path = self.voc.annotations[index]
+        try:
+            annotation = self.voc.parse_voc_xml(ElementTree.parse(path).getroot())
+        except (OSError, ElementTree.ParseError) as e:
+            raise UserError(f"{path}: cannot read the annotation ({type(e).__name__}: {e})") from None
+        return self.target(index, annotation)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        image, annotation = self.voc[index]
-        return TF.pil_to_tensor(image.convert("RGB")), self.target(index, annotation)
+        path = self.voc.images[index]
+        try:
+            image = Image.open(path).convert("RGB")
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read image {path} ({type(e).__name__}): corrupt or not an image") from None
+        target = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.targets[index].items()}
+        return TF.pil_to_tensor(image), target
 
 
 class COCOSplit(Dataset):
@@ -102,6 +128,9 @@ class COCOSplit(Dataset):
                 self.coco = CocoDetection(str(root / split), str(ann))
         except Exception as e:
             raise UserError(f"COCO {split}: cannot read {ann} ({type(e).__name__}: {e})") from None
+        for key in ("images", "annotations", "categories"):  # pycocotools accepts a file without them
+            if not isinstance(self.coco.coco.dataset.get(key), list):
+                raise UserError(f"COCO {split}: {ann} has no {key!r} list; not a COCO instances file")
         self.cat_ids = sorted(self.coco.coco.cats)
         self.classes = [self.coco.coco.cats[c]["name"] for c in self.cat_ids]
         self.label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}

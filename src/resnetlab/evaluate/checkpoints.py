@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnetlab.config import default_data_dir
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.utils.checkpoint import load
@@ -64,6 +66,20 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     weights = read_weights(path, what="checkpoint")
     model = weights.build().to(device).eval()
     return LoadedModel(model, weights.meta, weights.config, str(path))
+
+
+def resolve_data_dir(config: dict[str, Any], override: str | None, say: Callable[[str], None] | None) -> str:
+    """data.dir for a command that starts from a checkpoint: `--data-dir` when given; else the
+    checkpoint's own, said aloud (a checkpoint from elsewhere names a folder its author chose);
+    else the default ($RESNETLAB_DATA or the cache)."""
+    if override:
+        return override
+    stored = (config.get("data") or {}).get("dir")
+    if stored:
+        if say is not None:
+            say(f"data: {stored} (data.dir from the checkpoint's config; --data-dir DIR reads another folder)")
+        return str(stored)
+    return default_data_dir()
 
 
 def load_models(paths: list[str], device: torch.device) -> list[LoadedModel]:

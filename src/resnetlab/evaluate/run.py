@@ -8,17 +8,17 @@ single original image of the test split, through `resnetlab.data.build_data`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from resnetlab.config import Config, default_data_dir, from_dict
+from resnetlab.config import Config, from_dict
 from resnetlab.data.imagenet import read_image, scan_split, split_classes
 from resnetlab.errors import UserError
-from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models
+from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models, resolve_data_dir
 from resnetlab.evaluate.predict import class_names
 from resnetlab.evaluate.protocols import (
     PAPER_SCALES,
@@ -128,7 +128,7 @@ def _evaluate_images(
 
 
 def _evaluate_small(
-    models: list[LoadedModel], *, data_dir: str | None, device: torch.device, quiet: bool = False
+    models: list[LoadedModel], *, data_dir: str, device: torch.device, quiet: bool = False
 ) -> dict[str, Any]:
     """CIFAR / MNIST family: the single original test image (sec. 4.2), via the data contract."""
     try:
@@ -136,7 +136,7 @@ def _evaluate_small(
     except ImportError:
         raise UserError("resnetlab.data.build_data is not available in this install") from None
     cfg = from_dict(models[0].config) if models[0].config else Config()
-    data = dataclasses.replace(cfg.data, val_split=0, augment=False, **({"dir": data_dir} if data_dir else {}))
+    data = dataclasses.replace(cfg.data, val_split=0, augment=False, dir=data_dir)
     bundle = build_data(dataclasses.replace(cfg, data=data), device)
     # The bundle's batches are normalised with its own mean; undo that, then apply each model's own.
     mean = bundle.meta["mean"].to(device)
@@ -167,9 +167,11 @@ def evaluate_checkpoints(
     scales: Sequence[int] = PAPER_SCALES,
     flip: bool = False,
     quiet: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Top-1 / top-5 error (%) of the checkpoint (or the ensemble of them, softmax averaged), per-class
     accuracy and the confusion matrix. The fields are documented in docs/evaluate.md ("--json").
+    `say` receives a line naming the data folder when it comes from the checkpoint's config.
 
     Returns {"protocol", "split", "checkpoints", "images", "top1_error", "top5_error", "skipped", "data",
     "classes", "per_class", "confusion_matrix"}."""
@@ -179,12 +181,12 @@ def evaluate_checkpoints(
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     models = load_models(list(paths), dev)
+    data_dir = resolve_data_dir(models[0].config, data_dir, say)
     if models[0].dataset in IMAGE_DATASETS:
-        cfg_dir = models[0].config.get("data", {}).get("dir")
         r = _evaluate_images(
             models,
             protocol=protocol,
-            data_dir=data_dir or cfg_dir or default_data_dir(),
+            data_dir=data_dir,
             split=split,
             batch_size=batch_size,
             workers=workers,

@@ -114,6 +114,8 @@ def _builder(family: Callable[..., ResNet], depth: int, residual: bool) -> Calla
     # A closure, not `lambda d=depth, ...`: a stray `d=`/`depth=`/`residual=` option must be an error,
     # not a silent change of network.
     def build(**options: Any) -> ResNet:
+        if not residual and "shortcut" in options:
+            raise ValueError("a plain network has no shortcuts, so the shortcut option does not apply")
         return family(depth, residual=residual, **options)
 
     return build
@@ -128,7 +130,7 @@ def _register_family() -> None:
         for kind, residual in (("cifar_resnet", True), ("cifar_plain", False)):
             register(f"{kind}{depth}", cifar)(_builder(cifar_resnet, depth, residual))
     register("cifar_resnet", cifar | {"depth"})(lambda *, depth, **kw: cifar_resnet(depth, residual=True, **kw))
-    register("cifar_plain", cifar | {"depth"})(lambda *, depth, **kw: cifar_resnet(depth, residual=False, **kw))
+    register("cifar_plain", cifar | {"depth"})(lambda *, depth, **kw: _builder(cifar_resnet, depth, False)(**kw))
 
 
 def _vgg(depth: int, *, num_classes: int = 1000, in_channels: int = 3) -> nn.Module:

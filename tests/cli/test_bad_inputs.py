@@ -1,0 +1,279 @@
+"""Bad input through the real `resnetlab` command, one subprocess per case (docs/reliability.md).
+
+Each case must: exit non-zero (2: a checked error; 1 would mean the last-resort handler caught
+something nobody checked), print exactly one line on stderr, without "Traceback", that names what
+the user typed; and leave the files exactly as they were (no run folder, no output, no marker file
+from the hostile pickle). The inputs are tiny and written once for the whole table.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resnetlab.data.readers import CIFAR_ARCHIVES
+from resnetlab.models import create_model
+from resnetlab.utils.checkpoint import save_atomic
+
+TRAIN = ["train", "--preset", "cifar10-resnet20", "--out", "{w}/run", "--device", "cpu", "--set"]
+FM = ["data.name=fashion-mnist", "data.dir={w}/fm", "data.download=false", "train.batch_size=8"]
+
+# (id, argv with {w} = the work folder, a fragment the one line must contain)
+CASES = [
+    ("seed negative", TRAIN + ["train.seed=-1"], "train.seed"),
+    ("seed above 2**32", TRAIN + ["train.seed=4294967296"], "train.seed"),
+    ("vgg16 on 28 px", TRAIN + ["model.name=vgg16", "train.max_iters=1", *FM], "model.name=vgg16"),
+    ("preset not UTF-8", ["train", "--preset", "{w}/latin1.yaml", "--out", "{w}/run"], "UTF-8"),
+    ("preset not a mapping", ["train", "--preset", "{w}/list.yaml", "--out", "{w}/run"], "mapping"),
+    ("missing preset", ["train", "--preset", "nope", "--out", "{w}/run"], "'nope'"),
+    ("unknown config key", TRAIN + ["foo.bar=1"], "foo.bar"),
+    ("wrong type", TRAIN + ["optim.lr=abc"], "optim.lr"),
+    ("override without =", TRAIN + ["optim.lr"], "optim.lr"),
+    ("milestones decreasing", TRAIN + ["optim.milestones=[5,2]"], "optim.milestones"),
+    ("plain net with shortcut", TRAIN + ["model.name=cifar_plain20", "model.shortcut=B"], "model.shortcut"),
+    ("resume without a run", ["train", "--out", "{w}/run", "--resume"], "--preset"),
+    ("CIFAR missing offline", TRAIN + ["data.dir={w}/nodata", "data.download=false"], "data.download=true"),
+    ("hostile CIFAR pickle", TRAIN + ["data.dir={w}/planted", "data.download=false"], "data_batch_1"),
+    ("hostile CIFAR via a checkpoint", ["evaluate", "--checkpoint", "{w}/cifar.pt", "--device", "cpu"], "data_batch_1"),
+    ("predict --top -3", ["predict", "{w}/good.jpg", "--checkpoint", "{w}/fm.pt", "--top", "-3"], "--top"),
+    ("evaluate --workers -1", ["evaluate", "--checkpoint", "{w}/fm.pt", "--workers", "-1"], "--workers"),
+    ("evaluate --scales 0", ["evaluate", "--checkpoint", "{w}/fm.pt", "--scales", "0"], "--scales"),
+    ("evaluate --protocol bogus", ["evaluate", "--checkpoint", "{w}/fm.pt", "--protocol", "x"], "--protocol"),
+    ("reproduce --eval-every 0", ["reproduce", "table6", "--eval-every", "0", "--out", "{w}/rep"], "--eval-every"),
+    ("info plain18 --shortcut B", ["info", "plain18", "--shortcut", "B"], "--shortcut"),
+    ("info --input-size -1", ["info", "resnet18", "--input-size", "-1"], "--input-size"),
+    ("info unknown model", ["info", "resnet19"], "resnet19"),
+    ("bench --batch-size 0", ["bench", "train", "--batch-size", "0"], "--batch-size"),
+    (
+        "export --image-size 0",
+        ["export", "--checkpoint", "{w}/fm.pt", "--format", "onnx", "--out", "{w}/x.onnx", "--image-size", "0"],
+        "--image-size",
+    ),  # fmt: skip
+    (
+        "detect predict --threshold 2",
+        ["detect", "predict", "{w}/good.jpg", "--checkpoint", "{w}/fm.pt", "--out", "{w}/o.png", "--threshold", "2"],
+        "--threshold",
+    ),  # fmt: skip
+    ("missing checkpoint", ["evaluate", "--checkpoint", "{w}/nope.pt"], "nope.pt"),
+    ("truncated checkpoint", ["evaluate", "--checkpoint", "{w}/truncated.pt"], "truncated"),
+    ("checkpoint of another model", ["evaluate", "--checkpoint", "{w}/other.pt"], "cifar_resnet32"),
+    (
+        "responses of a truncated checkpoint",
+        ["analyze", "responses", "--checkpoint", "{w}/truncated.pt", "--json"],
+        "truncated",
+    ),  # fmt: skip
+    ("curves of a missing run", ["analyze", "curves", "{w}/norun", "--out", "{w}/c.png"], "norun"),
+    ("corrupt JPEG", ["predict", "{w}/corrupt.jpg", "--checkpoint", "{w}/fm.pt"], "corrupt.jpg"),
+    ("zero-byte JPEG", ["predict", "{w}/empty.jpg", "--checkpoint", "{w}/fm.pt"], "empty.jpg"),
+    ("missing image", ["predict", "{w}/nope.jpg", "--checkpoint", "{w}/fm.pt"], "nope.jpg"),
+    (
+        "empty ImageFolder",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/emptyfolder", "--workers", "0"],
+        "emptyfolder",
+    ),  # fmt: skip
+    (
+        "class folder without images",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/noimages", "--workers", "0"],
+        "holds no images",
+    ),  # fmt: skip
+    (
+        "non-image among images",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/mixed", "--workers", "0"],
+        "readme.jpg",
+    ),  # fmt: skip
+    (
+        "import-weights of a full pickle",
+        ["import-weights", "{w}/whole.pth", "--model", "resnet18", "--out", "{w}/imported.pt"],
+        "not a plain tensor dictionary",
+    ),  # fmt: skip
+    (
+        "import-weights of a truncated file",
+        ["import-weights", "{w}/truncated.pt", "--model", "resnet18", "--out", "{w}/imported.pt"],
+        "truncated",
+    ),  # fmt: skip
+    (
+        "COCO json without annotations",
+        [
+            "detect",
+            "train",
+            "--preset",
+            "shapes-cifar-c4",
+            "--out",
+            "{w}/det",
+            "--device",
+            "cpu",
+            "--set",
+            "data.dataset=coco",
+            "data.dir={w}/coco",
+            "data.train=[val2017]",
+            "data.test=val2017",
+            "data.download=false",
+        ],
+        "'annotations'",
+    ),  # fmt: skip
+    (
+        "VOC box outside the image",
+        [
+            "detect",
+            "train",
+            "--preset",
+            "shapes-cifar-c4",
+            "--out",
+            "{w}/det",
+            "--device",
+            "cpu",
+            "--set",
+            "data.dataset=voc",
+            "data.dir={w}/voc",
+            "data.train=[2007-trainval]",
+            "data.test=2007-test",
+            "data.download=false",
+            "data.classes=[dog]",
+            "train.max_iters=1",
+            "train.batch_size=1",
+        ],
+        "outside the 40x30 image",
+    ),  # fmt: skip
+]
+
+
+# ---- the inputs ---------------------------------------------------------------------------------
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def _idx(path: Path, array: np.ndarray) -> None:
+    magic = 2051 if array.ndim == 3 else 2049
+    with open(path, "wb") as f:
+        f.write(struct.pack(">" + "I" * (1 + array.ndim), magic, *array.shape) + array.tobytes())
+
+
+def _jpeg(path: Path, w: int = 40, h: int = 30) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def _checkpoint(path: Path, model: str, meta: dict, config: dict, weights_of: str | None = None, **options) -> None:
+    net = create_model(weights_of or model, **options)
+    full = {"model": model, "model_options": options, "num_classes": options["num_classes"], **meta}
+    save_atomic({"model": net.state_dict(), "config": config, "meta": full}, path)
+
+
+def _world(w: Path) -> None:
+    rng = np.random.default_rng(0)
+    raw = w / "fm" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 20), ("t10k", 10)):
+        _idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
+        _idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
+    (w / "latin1.yaml").write_bytes("model:\n  name: caf\xe9\n".encode("latin-1"))
+    (w / "list.yaml").write_text("- model\n- data\n")
+
+    small = {"dataset": "fashion-mnist", "classes": [str(i) for i in range(10)], "in_channels": 1,
+             "image_size": 28, "mean": torch.zeros(1, 28, 28), "std": None}  # fmt: skip
+    fm_config = {"data": {"name": "fashion-mnist", "dir": str(w / "fm"), "download": False}}
+    _checkpoint(w / "fm.pt", "cifar_resnet20", small, fm_config, num_classes=10, in_channels=1)
+    _checkpoint(w / "other.pt", "cifar_resnet32", small, fm_config, "cifar_resnet20", num_classes=10, in_channels=1)
+    blob = (w / "fm.pt").read_bytes()
+    (w / "truncated.pt").write_bytes(blob[: len(blob) // 2])
+    torch.save(create_model("cifar_resnet20"), w / "whole.pth")  # a whole module: a full pickle
+
+    cifar = {"dataset": "cifar10", "classes": [str(i) for i in range(10)], "in_channels": 3, "image_size": 32,
+             "mean": torch.zeros(3, 32, 32), "std": None}  # fmt: skip
+    planted = w / "planted" / CIFAR_ARCHIVES["cifar10"].folder
+    planted.mkdir(parents=True)
+    for name in CIFAR_ARCHIVES["cifar10"].files:
+        (planted / name).write_bytes(pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": [0]}))
+    (planted / "data_batch_1").write_bytes(pickle.dumps({"labels": _Payload(w / "marker")}, protocol=2))
+    cifar_config = {"data": {"name": "cifar10", "dir": str(w / "planted"), "download": False}}
+    _checkpoint(w / "cifar.pt", "cifar_resnet20", cifar, cifar_config, num_classes=10)
+
+    folder = {"dataset": "imagefolder", "classes": ["a", "b"], "in_channels": 3, "image_size": 32,
+              "mean": torch.zeros(3, 1, 1), "std": None}  # fmt: skip
+    _checkpoint(w / "folder.pt", "cifar_resnet20", folder, {"data": {"name": "imagefolder"}}, num_classes=2)
+    (w / "emptyfolder" / "val").mkdir(parents=True)
+    _jpeg(w / "noimages" / "val" / "a" / "a0.jpg")
+    (w / "noimages" / "val" / "b").mkdir(parents=True)
+    for c in "ab":
+        _jpeg(w / "mixed" / "val" / c / f"{c}0.jpg")
+    (w / "mixed" / "val" / "b" / "readme.jpg").write_text("not an image")
+
+    _jpeg(w / "good.jpg")
+    (w / "corrupt.jpg").write_bytes((w / "good.jpg").read_bytes()[:40])
+    (w / "empty.jpg").write_bytes(b"")
+
+    (w / "coco" / "annotations").mkdir(parents=True)
+    _jpeg(w / "coco" / "val2017" / "1.jpg")
+    (w / "coco" / "annotations" / "instances_val2017.json").write_text(
+        '{"images": [{"id": 1, "file_name": "1.jpg", "width": 40, "height": 30}], '
+        '"categories": [{"id": 1, "name": "dog"}]}'
+    )
+
+    voc = w / "voc" / "VOCdevkit" / "VOC2007"
+    _jpeg(voc / "JPEGImages" / "000001.jpg")
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "Annotations" / "000001.xml").write_text(
+        "<annotation><filename>000001.jpg</filename><size><width>40</width><height>30</height><depth>3</depth>"
+        "</size><object><name>dog</name><difficult>0</difficult><bndbox><xmin>5</xmin><ymin>5</ymin>"
+        "<xmax>90</xmax><ymax>20</ymax></bndbox></object></annotation>"
+    )
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    for split in ("trainval", "test"):
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("000001\n")
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    base = tmp_path_factory.mktemp("bad-inputs")
+    w = base / "w"
+    w.mkdir()
+    _world(w)
+    env = {
+        **os.environ,
+        "RESNETLAB_DATA": str(w / "nodata"),
+        "XDG_CACHE_HOME": str(base / "cache"),
+        "MPLCONFIGDIR": str(base / "mpl"),
+        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", ""),
+    }
+    env.pop(__import__("resnetlab.cli", fromlist=["DEBUG_ENV"]).DEBUG_ENV, None)
+    return w, env
+
+
+def test_the_table_is_long_enough():
+    assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("argv, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(world, argv, fragment):
+    w, env = world
+    before = _snapshot(w)
+    argv = [a.replace("{w}", str(w)) for a in argv]
+    r = subprocess.run(
+        [sys.executable, "-m", "resnetlab", *argv], cwd=w, env=env, capture_output=True, text=True, timeout=300
+    )
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert _snapshot(w) == before  # nothing written, nothing half-written, nothing unpacked
+    assert not (w / "marker").exists()  # the hostile pickle never ran
