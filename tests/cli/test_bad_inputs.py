@@ -26,7 +26,7 @@ from resnetlab.utils.checkpoint import save_atomic
 TRAIN = ["train", "--preset", "cifar10-resnet20", "--out", "{w}/run", "--device", "cpu", "--set"]
 FM = ["data.name=fashion-mnist", "data.dir={w}/fm", "data.download=false", "train.batch_size=8"]
 
-# (id, argv with {w} = the work folder, a fragment the one line must contain)
+# (id, argv with {w} = the work folder, a fragment the one line must contain[, exit status, default 2])
 CASES = [
     ("seed negative", TRAIN + ["train.seed=-1"], "train.seed"),
     ("seed above 2**32", TRAIN + ["train.seed=4294967296"], "train.seed"),
@@ -71,9 +71,24 @@ CASES = [
         "truncated",
     ),  # fmt: skip
     ("curves of a missing run", ["analyze", "curves", "{w}/norun", "--out", "{w}/c.png"], "norun"),
-    ("corrupt JPEG", ["predict", "{w}/corrupt.jpg", "--checkpoint", "{w}/fm.pt"], "corrupt.jpg"),
-    ("zero-byte JPEG", ["predict", "{w}/empty.jpg", "--checkpoint", "{w}/fm.pt"], "empty.jpg"),
-    ("missing image", ["predict", "{w}/nope.jpg", "--checkpoint", "{w}/fm.pt"], "nope.jpg"),
+    (
+        "corrupt JPEG",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/corrupt", "--workers", "0"],
+        "b0.jpg",
+    ),  # fmt: skip
+    (
+        "zero-byte JPEG",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/zero", "--workers", "0"],
+        "b0.jpg",
+    ),  # fmt: skip
+    # predict reports a bad image in its row (stdout) and goes on with the others; exit status 1.
+    ("predict a missing image", ["predict", "{w}/nope.jpg", "--checkpoint", "{w}/fm.pt"], "could not be read", 1),
+    (
+        "predict a corrupt image",
+        ["predict", "{w}/corrupt/val/b/b0.jpg", "--checkpoint", "{w}/fm.pt"],
+        "could not be read",
+        1,
+    ),  # fmt: skip
     (
         "empty ImageFolder",
         ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/emptyfolder", "--workers", "0"],
@@ -177,11 +192,12 @@ def _checkpoint(path: Path, model: str, meta: dict, config: dict, weights_of: st
 
 def _world(w: Path) -> None:
     rng = np.random.default_rng(0)
-    raw = w / "fm" / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for split, n in (("train", 20), ("t10k", 10)):
-        _idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
-        _idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
+    for folder, tests in (("fm", 10), ("fm2", 6)):  # fm2: another copy, for --data-dir
+        raw = w / folder / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        for split, n in (("train", 20), ("t10k", tests)):
+            _idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
+            _idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
     (w / "latin1.yaml").write_bytes("model:\n  name: caf\xe9\n".encode("latin-1"))
     (w / "list.yaml").write_text("- model\n- data\n")
 
@@ -215,8 +231,10 @@ def _world(w: Path) -> None:
     (w / "mixed" / "val" / "b" / "readme.jpg").write_text("not an image")
 
     _jpeg(w / "good.jpg")
-    (w / "corrupt.jpg").write_bytes((w / "good.jpg").read_bytes()[:40])
-    (w / "empty.jpg").write_bytes(b"")
+    for kind, blob in (("corrupt", (w / "good.jpg").read_bytes()[:40]), ("zero", b"")):
+        _jpeg(w / kind / "val" / "a" / "a0.jpg")
+        (w / kind / "val" / "b").mkdir(parents=True)
+        (w / kind / "val" / "b" / "b0.jpg").write_bytes(blob)
 
     (w / "coco" / "annotations").mkdir(parents=True)
     _jpeg(w / "coco" / "val2017" / "1.jpg")
@@ -263,8 +281,8 @@ def test_the_table_is_long_enough():
     assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("argv, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line(world, argv, fragment):
+@pytest.mark.parametrize("argv, fragment, status", [(*c[1:], 2)[:3] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(world, argv, fragment, status):
     w, env = world
     before = _snapshot(w)
     argv = [a.replace("{w}", str(w)) for a in argv]
@@ -272,8 +290,24 @@ def test_bad_input_is_one_line(world, argv, fragment):
         [sys.executable, "-m", "resnetlab", *argv], cwd=w, env=env, capture_output=True, text=True, timeout=300
     )
     lines = r.stderr.splitlines()
-    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert r.returncode == status, (r.returncode, r.stderr[-3000:])
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert fragment in lines[0] and (status != 2 or lines[0].startswith("error: ")), lines[0]
     assert _snapshot(w) == before  # nothing written, nothing half-written, nothing unpacked
     assert not (w / "marker").exists()  # the hostile pickle never ran
+
+
+def test_data_from_the_checkpoint_is_named_and_data_dir_overrides_it(world):
+    """A checkpoint names a folder its author chose: evaluate says so, and --data-dir reads another."""
+    w, env = world
+
+    def evaluate(*extra):
+        argv = [sys.executable, "-m", "resnetlab", "evaluate", "--checkpoint", str(w / "fm.pt"), "--device", "cpu"]
+        r = subprocess.run([*argv, *extra], cwd=w, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout
+
+    out = evaluate()
+    assert f"data: {w / 'fm'} (data.dir from the checkpoint's config; --data-dir DIR" in out and "10 images" in out
+    out = evaluate("--data-dir", str(w / "fm2"))
+    assert "data.dir from the checkpoint" not in out and "6 images" in out
