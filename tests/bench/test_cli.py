@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from resnetlab.cli import main
 
 SMALL = ["--device", "cpu", "--batch-size", "4", "--iters", "2", "--warmup", "1", "--train-images", "64"]
@@ -31,4 +33,6 @@ def test_infer_text(capsys):
 def test_bad_input_is_a_user_error(capsys):
     assert main(["bench", "train", "--model", "nope", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown model")
-    assert main(["bench", "train", "--iters", "0", "--device", "cpu"]) == 2
+    with pytest.raises(SystemExit) as e:  # argparse checks it: one line, exit status 2
+        main(["bench", "train", "--iters", "0", "--device", "cpu"])
+    assert e.value.code == 2
