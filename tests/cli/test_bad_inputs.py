@@ -203,7 +203,7 @@ def _world(w: Path) -> None:
 
     small = {"dataset": "fashion-mnist", "classes": [str(i) for i in range(10)], "in_channels": 1,
              "image_size": 28, "mean": torch.zeros(1, 28, 28), "std": None}  # fmt: skip
-    fm_config = {"data": {"name": "fashion-mnist", "dir": str(w / "fm"), "download": False}}
+    fm_config = {"data": {"name": "fashion-mnist", "dir": str(w / "fm"), "download": False}, "train": {"batch_size": 8}}
     _checkpoint(w / "fm.pt", "cifar_resnet20", small, fm_config, num_classes=10, in_channels=1)
     _checkpoint(w / "other.pt", "cifar_resnet32", small, fm_config, "cifar_resnet20", num_classes=10, in_channels=1)
     blob = (w / "fm.pt").read_bytes()
