@@ -18,7 +18,10 @@ def one_thread():
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(["info", *argv])
+    try:
+        code = main(["info", *argv])
+    except SystemExit as e:  # a value argparse itself refuses (--input-size 0): one line, exit 2
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
