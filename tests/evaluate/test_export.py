@@ -119,7 +119,7 @@ def test_import_torchvision_weights(tmp_path):
 def test_import_refuses_a_mismatched_file(tmp_path):
     pth = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), pth)
-    with pytest.raises(UserError, match="not a torchvision resnet50 state dict .* missing keys .e.g. layer"):
+    with pytest.raises(UserError, match="not a torchvision resnet50 state dict .* missing keys, e.g. layer"):
         import_weights(pth, "resnet50", tmp_path / "x.pt")
     with pytest.raises(UserError, match="resnet18/34/50/101/152"):
         import_weights(pth, "cifar_resnet20", tmp_path / "x.pt")

@@ -147,12 +147,29 @@ class Weights:
         name = model or self.model
         if name is None:
             raise UserError(f"{self.description} does not name its network; give the model name")
+        net = None
         try:
             net = create_model(name, **{**self.options, **options})
             net.load_state_dict(self.state_dict, strict=strict)
         except (ValueError, TypeError, RuntimeError) as e:
-            raise UserError(f"{self.description}: cannot rebuild {name!r} ({str(e).splitlines()[0][:200]})") from None
+            why = _mismatch(net.state_dict(), self.state_dict) if net is not None else None
+            why = why or str(e).splitlines()[0][:200]
+            raise UserError(f"{self.description}: cannot rebuild {name!r} ({why})") from None
         return net
+
+
+def _mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    """What differs between a network's state dict and a file's, in a few words."""
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    parts = [f"{len(missing)} missing keys, e.g. {missing[0]}"] if missing else []
+    parts += [f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}"] if unexpected else []
+    shapes = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(getattr(found[k], "shape", ()))]
+    if shapes:
+        k = shapes[0]
+        parts.append(
+            f"{len(shapes)} shapes differ, e.g. {k}: {tuple(found[k].shape)} here, {tuple(expected[k].shape)} expected"
+        )
+    return "; ".join(parts)
 
 
 SourceWeights = Weights  # the name `train.init_from` used first
