@@ -232,8 +232,8 @@ def _validate(cfg: Any) -> Any:
         raise UserError(f"optim.backbone_lr_mult: must be >= 0, got {o.backbone_lr_mult}")
     if cfg.data.val_split < 0:
         raise UserError(f"data.val_split: must be >= 0, got {cfg.data.val_split}")
-    if cfg.model.shortcut is not None and not cfg.model.name.startswith(("resnet", "cifar_resnet")):
-        raise UserError(f"model.shortcut: {cfg.model.name} has no shortcuts (only resnet* and cifar_resnet* do)")
+    if cfg.model.shortcut is not None and cfg.model.name.startswith(("plain", "cifar_plain")):
+        raise UserError(f"model.shortcut: {cfg.model.name} is a plain network, it has no shortcuts")
     if not 0 <= cfg.train.seed < 2**32:  # what torch and numpy seeding accept
         raise UserError(f"train.seed: must be from 0 to {2**32 - 1}, got {cfg.train.seed}")
     if cfg.data.scale_min > cfg.data.scale_max:
