@@ -29,6 +29,10 @@ def default_data_dir() -> str:
     return os.path.join(cache, "resnetlab", "data")
 
 
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODES: tuple[str, ...] = typing.get_args(CompileMode)  # torch.compile's modes
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "cifar_resnet20"  # any name from `resnetlab.models.list_models()`
@@ -93,7 +97,7 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory layout (faster convolutions on most devices)
     compile: bool = False  # torch.compile the model
     # torch.compile's mode: "reduce-overhead" adds CUDA graphs (small CIFAR nets are launch-bound on a GPU)
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_mode: CompileMode = "default"
     eval_batch_size: int = 1000  # images per forward at evaluation
     # Fine-tuning (not in the paper, which trains from scratch): see docs/finetune.md.
     init_from: str | None = None  # start from: our checkpoint, torchvision:ResNet50_Weights.IMAGENET1K_V2, a .pth

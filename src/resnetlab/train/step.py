@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnetlab.config import COMPILE_MODES
 from resnetlab.errors import UserError
 
 TrainStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -46,9 +47,6 @@ def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
     if mode not in COMPILE_MODES:
         raise UserError(f"train.compile_mode: {mode!r} is not one of {', '.join(map(repr, COMPILE_MODES))}")
     return torch.compile(model, mode=None if mode == "default" else mode)
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def make_sgd(
