@@ -145,60 +145,65 @@ def step_bench(ctx: Ctx) -> dict:
         variants = {v: f for v, f in variants.items() if v in ctx.args.bench_variants.split(",")}
         model, batch, iters, warmup, precision = "resnet50", 256, 50, 10, "bf16"
     runs = {v: bench(ctx, f"bench-{v}", model, batch, precision, extra, iters, warmup) for v, extra in variants.items()}
-    ok = {v: r for v, r in runs.items() if r["status"] == "ok"}
-    best = max(ok, key=lambda v: ok[v]["images_per_s"]) if ok else None
+    summary = best_variant(runs, "images_per_s", max)
+    best = summary["best"]
     return {
-        "status": "ok" if ok else "failed",
-        "seconds": sum(r["seconds"] for r in runs.values()),
+        **summary,
         "model": model,
         "batch_size": batch,
-        "variants": runs,
-        "best": best,
-        "images_per_s": ok[best]["images_per_s"] if best else None,
+        "images_per_s": runs[best]["images_per_s"] if best else None,
         "goal_images_per_s": GOAL_RESNET50,
-        "goal_met": bool(best and not ctx.dry and ok[best]["images_per_s"] >= GOAL_RESNET50),
+        "goal_met": bool(best and not ctx.dry and runs[best]["images_per_s"] >= GOAL_RESNET50),
     }
 
 
-# (name, precision, bench flags, config overrides for the loop and the grid)
-CIFAR_VARIANTS = [
-    ("eager-bf16", "bf16", [], ["train.precision=bf16"]),
-    (
-        "graphs-bf16",
-        "bf16",
-        ["--compile", "--compile-mode", "reduce-overhead"],
-        ["train.precision=bf16", "train.compile=true", "train.compile_mode=reduce-overhead"],
-    ),
-    (
-        "graphs-fp32",
-        "fp32",
-        ["--compile", "--compile-mode", "reduce-overhead"],
-        ["train.precision=fp32", "train.compile=true", "train.compile_mode=reduce-overhead"],
-    ),
-]
+def best_variant(runs: dict[str, dict], figure: str, pick) -> dict:
+    """status, seconds, variants and the best variant by `figure` (`pick`: max or min) of a step's runs."""
+    ok = {v: r for v, r in runs.items() if r["status"] == "ok"}
+    return {
+        "status": "ok" if ok else "failed",
+        "seconds": sum(r["seconds"] for r in runs.values()),
+        "variants": runs,
+        "best": pick(ok, key=lambda v: ok[v][figure]) if ok else None,
+    }
+
+
+# name -> (precision, torch.compile mode or None for eager); bench flags and config overrides follow.
+CIFAR_VARIANTS = {
+    "eager-bf16": ("bf16", None),
+    "graphs-bf16": ("bf16", "reduce-overhead"),
+    "graphs-fp32": ("fp32", "reduce-overhead"),
+}
+
+
+def bench_flags(mode: str | None) -> list[str]:
+    return ["--compile", "--compile-mode", mode] if mode else []
+
+
+def config_overrides(precision: str, mode: str | None) -> list[str]:
+    """The `--set` lines that give the loop (and the grid) a CIFAR variant's setting."""
+    return [f"train.precision={precision}"] + (["train.compile=true", f"train.compile_mode={mode}"] if mode else [])
 
 
 def step_cifar(ctx: Ctx) -> dict:
     chosen = ctx.args.cifar_variants.split(",")
-    variants = CIFAR_VARIANTS[:1] if ctx.dry else [v for v in CIFAR_VARIANTS if v[0] in chosen]
+    names = ["eager-bf16"] if ctx.dry else [n for n in CIFAR_VARIANTS if n in chosen]
     model, batch, iters, warmup = ("cifar_resnet20", 4, 1, 0) if ctx.dry else ("cifar_resnet56", 128, 300, 40)
     runs = {}
-    for name, precision, flags, _ in variants:
-        extra = ["--channels-last", *flags] + (["--train-images", "64"] if ctx.dry else [])
+    for name in names:
+        precision, mode = CIFAR_VARIANTS[name]
+        extra = ["--channels-last", *bench_flags(mode)] + (["--train-images", "64"] if ctx.dry else [])
         runs[name] = bench(ctx, f"cifar-{name}", model, batch, precision, extra, iters, warmup)
         if runs[name]["status"] == "ok":
             runs[name]["projected_64k_s"] = PAPER_ITERS * runs[name]["median_step_ms"] / 1e3
-    ok = {v: r for v, r in runs.items() if r["status"] == "ok"}
-    best = min(ok, key=lambda v: ok[v]["median_step_ms"]) if ok else None
+    summary = best_variant(runs, "median_step_ms", min)
+    best = summary["best"]
     return {
-        "status": "ok" if ok else "failed",
-        "seconds": sum(r["seconds"] for r in runs.values()),
+        **summary,
         "model": model,
         "batch_size": batch,
-        "variants": runs,
-        "best": best,
-        "best_overrides": next(o for n, _, _, o in CIFAR_VARIANTS if n == best) if best else None,
-        "projected_64k_s": ok[best]["projected_64k_s"] if best else None,
+        "best_overrides": config_overrides(*CIFAR_VARIANTS[best]) if best else None,
+        "projected_64k_s": runs[best]["projected_64k_s"] if best else None,
         "goal_s": GOAL_CIFAR_SECONDS,
     }
 
@@ -210,7 +215,7 @@ def chosen_overrides(ctx: Ctx) -> list[str]:
     cifar = ctx.results["steps"].get("cifar") or {}
     if cifar.get("best_overrides") and not ctx.dry:
         return cifar["best_overrides"]
-    return [] if ctx.dry else CIFAR_VARIANTS[2][3]
+    return [] if ctx.dry else config_overrides(*CIFAR_VARIANTS["graphs-bf16"])
 
 
 def step_loop(ctx: Ctx) -> dict:
@@ -237,13 +242,13 @@ def step_profile(ctx: Ctx) -> dict:
     if not ctx.dry and projected is not None and projected <= GOAL_CIFAR_SECONDS:
         return {"status": "skipped", "why": f"goal met ({projected:.0f} s <= {GOAL_CIFAR_SECONDS:.0f} s)"}
     best = cifar.get("best") or "eager-bf16"
-    _, precision, flags, _ = next(v for v in CIFAR_VARIANTS if v[0] == best)
+    precision, mode = CIFAR_VARIANTS[best]
     cmd = [ctx.py, "benchmarks/profile_step.py", "--device", ctx.device, "--channels-last", "--rows", "30"]
     if ctx.dry:
         cmd += ["--model", "cifar_resnet20", "--batch-size", "4", "--steps", "1", "--warmup", "1"]
     else:
         cmd += ["--model", "cifar_resnet56", "--batch-size", "128", "--steps", "10", "--warmup", "30"]
-        cmd += ["--precision", precision, *flags, "--trace", str(ctx.out / "trace-cifar-resnet56.json")]
+        cmd += ["--precision", precision, *bench_flags(mode), "--trace", str(ctx.out / "trace-cifar-resnet56.json")]
     rc, seconds, _ = run(ctx, "profile", cmd, timeout=240)
     return {"status": "ok" if rc == 0 else "failed", "seconds": seconds, "setting": best, "command": shlex.join(cmd)}
 
@@ -476,8 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench-variants", default="eager,compiled", help="ResNet-50 settings (eager,compiled)")
     p.add_argument(
         "--cifar-variants",
-        default=",".join(v[0] for v in CIFAR_VARIANTS),
-        help=f"ResNet-56 settings ({','.join(v[0] for v in CIFAR_VARIANTS)})",
+        default=",".join(CIFAR_VARIANTS),
+        help=f"ResNet-56 settings ({','.join(CIFAR_VARIANTS)})",
     )
     p.add_argument("--grid-iters", type=int, help="grid iterations (default: 64k, or what the time left allows)")
     p.add_argument("--grid-set", nargs="*", metavar="KEY=VALUE", help="grid/loop setting (default: fastest)")
