@@ -539,38 +539,26 @@ def build_imagefolder(
         mean, std = _cached_stats(root, train, rank=rank, world_size=world_size, skip_corrupt=d.skip_corrupt, **opts)
         std = std if d.normalize_std else None
     normalizer = Normalizer(mean, std, device)
+    # What both training sources take; the DataLoader one also has the switches DALI's pipeline lacks.
+    common = dict(
+        normalizer=normalizer,
+        device=device,
+        batch_size=t.batch_size,
+        seed=t.seed,
+        crop=d.crop,
+        scale=(d.scale_min, d.scale_max),
+        lighting=d.lighting,
+        workers=d.workers,
+        rank=rank,
+        world_size=world_size,
+    )
     if d.loader == "dali":
         from resnetlab.data.dali import DaliTrainSource
 
-        source = DaliTrainSource(
-            train,
-            normalizer=normalizer,
-            device=device,
-            batch_size=t.batch_size,
-            seed=t.seed,
-            crop=d.crop,
-            scale=(d.scale_min, d.scale_max),
-            lighting=d.lighting,
-            workers=d.workers,
-            rank=rank,
-            world_size=world_size,
-        )
+        source = DaliTrainSource(train, **common)
     else:
         source = ImageFolderTrainSource(
-            train,
-            normalizer=normalizer,
-            device=device,
-            batch_size=t.batch_size,
-            seed=t.seed,
-            crop=d.crop,
-            scale=(d.scale_min, d.scale_max),
-            augment=d.augment,
-            lighting=d.lighting,
-            workers=d.workers,
-            skip_corrupt=d.skip_corrupt,
-            rank=rank,
-            world_size=world_size,
-            decode=d.decode,
+            train, **common, augment=d.augment, skip_corrupt=d.skip_corrupt, decode=d.decode
         )
     evaluation = ImageFolderEvalSource(
         test,
