@@ -8,7 +8,7 @@ ImageNet family: torchvision's ResNet (its "v1.5" layout), NCHW, fp32, eager, on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -88,6 +88,19 @@ def _batches(model_name: str, batch_size: int, *, train: bool, workers: int, dev
     return iter(lambda: (x, y), None), "ready float batch on the device"
 
 
+def _pipeline(
+    model: torch.nn.Module, model_name: str, batch_size: int, what: str, step: Callable[[], object]
+) -> Pipeline:
+    """The reference pipeline record: which network, fp32 eager, and how its batches are made."""
+    return Pipeline(
+        name="reference",
+        description=f"{type(model).__module__}.{type(model).__name__} ({model_name}), fp32, NCHW, eager; {what}",
+        batch_size=batch_size,
+        mult_adds=_mult_adds(model_name),
+        step=step,
+    )
+
+
 def reference_train(
     model_name: str,
     *,
@@ -109,13 +122,7 @@ def reference_train(
         optimizer.step()
         return loss
 
-    return Pipeline(
-        name="reference",
-        description=f"{type(model).__module__}.{type(model).__name__} ({model_name}), fp32, NCHW, eager; {what}",
-        batch_size=batch_size,
-        mult_adds=_mult_adds(model_name),
-        step=step,
-    )
+    return _pipeline(model, model_name, batch_size, what, step)
 
 
 def reference_infer(
@@ -130,10 +137,4 @@ def reference_infer(
         x, _ = next(stream)
         return model(x.to(device, non_blocking=True))
 
-    return Pipeline(
-        name="reference",
-        description=f"{type(model).__module__}.{type(model).__name__} ({model_name}), fp32, NCHW, eager; {what}",
-        batch_size=batch_size,
-        mult_adds=_mult_adds(model_name),
-        step=step,
-    )
+    return _pipeline(model, model_name, batch_size, what, step)

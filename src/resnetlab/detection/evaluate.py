@@ -35,8 +35,8 @@ def detect_all(
     dataset: DetectionSet,
     *,
     device: torch.device,
-    batch_size: int,
-    workers: int,
+    batch_size: int = 2,
+    workers: int = 0,
     max_images: int = 0,
     rank: int = 0,
     world_size: int = 1,
@@ -81,28 +81,10 @@ def score(dets: list[dict], gts: list[dict], classes: list[str], *, voc: bool = 
     return out
 
 
-def evaluate_detector(
-    model: nn.Module,
-    dataset: DetectionSet,
-    *,
-    device: torch.device,
-    batch_size: int = 2,
-    workers: int = 0,
-    max_images: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> dict[str, Any]:
-    """Detect on the test set (shared between processes when world_size > 1) and score it."""
-    dets, gts = detect_all(
-        model,
-        dataset,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        max_images=max_images,
-        rank=rank,
-        world_size=world_size,
-    )
+def evaluate_detector(model: nn.Module, dataset: DetectionSet, **options: Any) -> dict[str, Any]:
+    """`score` of `detect_all(model, dataset, **options)`: the test set's metrics (shared between
+    processes when world_size > 1)."""
+    dets, gts = detect_all(model, dataset, **options)
     return score(dets, gts, dataset.classes, voc=not dataset.names[0].startswith("coco"))
 
 

@@ -65,51 +65,12 @@ def make_shortcut(shortcut: Shortcut, in_channels: int, out_channels: int, strid
     return None
 
 
-class BasicBlock(nn.Module):
-    """3x3, BN, ReLU, 3x3, BN, + shortcut, ReLU (fig. 2 / fig. 5 left). Plain: no shortcut."""
+class _Block(nn.Module):
+    """What both blocks share (eq. 1 and 2): y = ReLU(F(x) + shortcut(x)), the shortcut chosen by
+    `make_shortcut`; a plain block (residual=False) is y = ReLU(F(x)). A subclass builds the layers
+    of F in `build` and applies them in `branch`."""
 
-    expansion = 1
-
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int,
-        *,
-        stride: int = 1,
-        shortcut: Shortcut = "B",
-        residual: bool = True,
-        stride_in_1x1: bool = True,  # unused: a basic block has no 1x1 conv
-    ) -> None:
-        super().__init__()
-        del stride_in_1x1
-        out_channels = channels * self.expansion
-        self.residual = residual
-        self.conv1 = conv3x3(in_channels, channels, stride)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = conv3x3(channels, out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride) if residual else None
-
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
-
-
-class Bottleneck(nn.Module):
-    """1x1, BN, ReLU, 3x3, BN, ReLU, 1x1 (x4), BN, + shortcut, ReLU (fig. 5 right).
-
-    `stride_in_1x1=True` puts a downsampling block's stride on the first 1x1 conv, as the paper's
-    Caffe release does; False puts it on the 3x3 (torchvision "v1.5": more FLOPs, ~+0.5% top-1).
-    """
-
-    expansion = 4
+    expansion: int
 
     def __init__(
         self,
@@ -123,27 +84,72 @@ class Bottleneck(nn.Module):
     ) -> None:
         super().__init__()
         out_channels = channels * self.expansion
-        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.residual = residual
+        self.build(in_channels, channels, out_channels, stride=stride, stride_in_1x1=stride_in_1x1)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride) if residual else None
+
+    def build(self, in_channels: int, channels: int, out_channels: int, *, stride: int, stride_in_1x1: bool) -> None:
+        raise NotImplementedError
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """F(x): the block's layers up to (and with) its last BN, before the addition."""
+        raise NotImplementedError
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branch(x)
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+class BasicBlock(_Block):
+    """3x3, BN, ReLU, 3x3, BN, + shortcut, ReLU (fig. 2 / fig. 5 left). Plain: no shortcut."""
+
+    expansion = 1
+
+    def build(self, in_channels: int, channels: int, out_channels: int, *, stride: int, stride_in_1x1: bool) -> None:
+        del stride_in_1x1  # a basic block has no 1x1 conv
+        self.conv1 = conv3x3(in_channels, channels, stride)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = conv3x3(channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+
+class Bottleneck(_Block):
+    """1x1, BN, ReLU, 3x3, BN, ReLU, 1x1 (x4), BN, + shortcut, ReLU (fig. 5 right).
+
+    `stride_in_1x1=True` puts a downsampling block's stride on the first 1x1 conv, as the paper's
+    Caffe release does; False puts it on the 3x3 (torchvision "v1.5": more FLOPs, ~+0.5% top-1).
+    """
+
+    expansion = 4
+
+    def build(self, in_channels: int, channels: int, out_channels: int, *, stride: int, stride_in_1x1: bool) -> None:
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(in_channels, channels, stride_1x1)
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = conv3x3(channels, channels, stride_3x3)
         self.bn2 = nn.BatchNorm2d(channels)
         self.conv3 = conv1x1(channels, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride) if residual else None
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
 
 
 Block = type[BasicBlock] | type[Bottleneck]
