@@ -10,6 +10,7 @@ resnetlab bench data --data-dir /tmp/imagefolder --workers 2 --batch-size 64
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -168,24 +169,17 @@ def spec_from_args(args: argparse.Namespace):
         imagefolder = {"dir": args.data_dir, "workers": args.workers, "decode": args.decode[0]}
     if rounds < 1:
         raise UserError(f"--rounds must be >= 1, got {rounds}")
-    return BenchSpec(
-        mode=args.mode,
-        model=args.model,
-        batch_size=args.batch_size,
-        device=device,
-        precision=precision,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        compile_mode=args.compile_mode,
-        iters=args.iters,
-        warmup=warmup,
-        rounds=rounds,
-        vs_reference=args.vs_reference,
-        reference_workers=args.ref_workers,
-        train_images=args.train_images,
-        peak_tflops=args.peak_tflops,
-        imagefolder=imagefolder,
-    )
+    derived = {
+        "device": device,
+        "precision": precision,
+        "warmup": warmup,
+        "rounds": rounds,
+        "reference_workers": args.ref_workers,
+        "imagefolder": imagefolder,
+    }
+    # Every other field of the spec is the flag of the same name.
+    same = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchSpec) if f.name not in derived}
+    return BenchSpec(**same, **derived)
 
 
 def run(args: argparse.Namespace) -> int:
