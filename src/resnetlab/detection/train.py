@@ -8,21 +8,21 @@ goes on from checkpoint.pt exactly: model, optimizer, scheduler, RNG and data or
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from resnetlab.config import to_dict
 from resnetlab.detection.config import DetectionConfig
 from resnetlab.detection.data import TrainOrder, build_detection_set, train_loader
 from resnetlab.detection.evaluate import evaluate_detector
 from resnetlab.detection.models import build_detector, read_pretrained
 from resnetlab.errors import UserError
 from resnetlab.models.registry import model_option_names
-from resnetlab.train.lifecycle import Run, gather_rng_states, open_run, progress_bar, restore_rng_states
+from resnetlab.train.lifecycle import Run, open_run
 from resnetlab.utils import distributed
 from resnetlab.utils.checkpoint import load
 
@@ -119,10 +119,79 @@ def run_detection_training(cfg: DetectionConfig, out_dir: str | Path, *, resume:
 
 
 def _train(cfg: DetectionConfig, run: Run) -> dict[str, Any]:
+    t = cfg.train
+    s = _build(cfg, run)  # data order, detector, optimizer, lr scheduler; the checkpoint's state loaded
+    summary: dict[str, Any] = {"out": str(run.out), "stopped": None, "test": s.meta["test"], "is_main": run.is_main}
+    done = run.start_iter
+    with run.steps(desc="detect train") as bar:
+        while done < t.max_iters:
+            images, targets = next(s.batches)
+            _step(s, run, images, targets, it=done + 1)
+            done += 1
+            due = run.after_step(done)
+            lr = s.optimizer.param_groups[0]["lr"]
+            if due.log:
+                bar.set_postfix(loss=f"{s.losses.mean('loss'):.3f}", lr=f"{lr:.2g}")
+                run.log(done, {"train/loss": s.losses.mean("loss"), "lr": lr})
+            if due.eval:
+                summary["metrics"] = _evaluate_and_log(s, run, done, lr)
+            if due.checkpoint:
+                run.save_checkpoint(s.state(run), done)
+            if due.stop:
+                break
+    summary.update(iterations=done, stopped=run.stopped, exit_code=run.exit_code)
+    run.end(done, run.record(_unwrap(s.model), s.meta))
+    return summary
+
+
+# ---- the steps of a run --------------------------------------------------------------------------
+
+
+class _LossMeans:
+    """Sums of each loss term (and their total, "loss") over the iterations since the last evaluation."""
+
+    def __init__(self, sums: dict[str, float] | None = None, iters: int = 0) -> None:
+        self.sums, self.iters = dict(sums or {}), iters
+
+    def add(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
+        self.sums["loss"] = self.sums.get("loss", 0.0) + float(total.detach())
+        self.iters += 1
+
+    def mean(self, key: str) -> float:
+        return self.sums.get(key, 0.0) / max(self.iters, 1)
+
+
+@dataclass
+class _Training:
+    """What one detection run trains with (all of it in its checkpoint)."""
+
+    cfg: DetectionConfig
+    model: nn.Module  # DistributedDataParallel under torchrun; `_unwrap` gives the detector
+    meta: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    test_set: Any
+    batches: Iterator[Any]
+    losses: _LossMeans
+
+    def state(self, run: Run) -> dict[str, Any]:
+        return run.state(
+            _unwrap(self.model),
+            self.meta,
+            self.optimizer,
+            scheduler=self.scheduler.state_dict(),
+            loss_sums=self.losses.sums,
+            loss_iters=self.losses.iters,
+        )
+
+
+def _build(cfg: DetectionConfig, run: Run) -> _Training:
+    """The data (a deterministic order by (seed, iteration): exact resume), detector, optimizer and lr
+    scheduler of `cfg`, in `run.checkpoint`'s state if resumed."""
     t, o, info, device = cfg.train, cfg.optim, run.info, run.device
     torch.manual_seed(t.seed + info.rank)  # RPN/RoI sampling draws from this RNG
-
-    # Data: deterministic order by (seed, iteration) -> exact resume.
     train_set = build_detection_set(cfg.data, cfg.data.train, train=True)
     test_set = build_detection_set(cfg.data, [cfg.data.test], train=False)
     classes = train_set.classes
@@ -144,16 +213,14 @@ def _train(cfg: DetectionConfig, run: Run) -> dict[str, Any]:
     optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
     schedule = dict(milestones=o.milestones, gamma=o.gamma, warmup_iters=o.warmup_iters, warmup_factor=o.warmup_factor)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, **schedule))
-    loss_sums: dict[str, float] = {}
-    loss_iters = 0
+    losses = _LossMeans()
     if (ckpt := run.checkpoint) is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        loss_sums, loss_iters = dict(ckpt["loss_sums"]), int(ckpt["loss_iters"])
-        restore_rng_states(run, ckpt["rng"])
+        losses = _LossMeans(ckpt["loss_sums"], int(ckpt["loss_iters"]))
+        run.restore(model, optimizer)
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    model.train()
 
     order = TrainOrder(
         len(train_set),
@@ -165,91 +232,54 @@ def _train(cfg: DetectionConfig, run: Run) -> dict[str, Any]:
         world=info.world_size,
     )
     batches = iter(train_loader(train_set, order, cfg.data.workers))
+    return _Training(cfg, model, meta, optimizer, scheduler, test_set, batches, losses)
 
-    def state() -> dict[str, Any]:
-        return {
-            "model": _unwrap(model).state_dict(),
-            "config": to_dict(cfg),
-            "meta": meta,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "loss_sums": loss_sums,
-            "loss_iters": loss_iters,
-            "rng": gather_rng_states(run),  # each process samples RoIs with its own RNG stream
-        }
 
-    model.train()
-    summary: dict[str, Any] = {"out": str(run.out), "stopped": None, "test": meta["test"], "is_main": info.is_main}
-    bar = progress_bar(t.max_iters, run, desc="detect train")
-    t0 = time.perf_counter()
-    done = run.start_iter
-    try:
-        while done < t.max_iters:
-            images, targets = next(batches)
-            images = [im.to(device, non_blocking=True).float().div_(255) for im in images]
-            targets = [{"boxes": x["boxes"].to(device), "labels": x["labels"].to(device)} for x in targets]
-            losses = model(images, targets)  # RPN objectness + box, head classifier + box (torchvision)
-            loss = sum(losses.values())
-            # Agreed over ranks before backward, so every rank stops at the same step.
-            mean_loss = float(distributed.all_reduce_sum(loss.detach().float().clone())) / info.world_size
-            run.check_finite([mean_loss], done + 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+def _step(s: _Training, run: Run, images: list[torch.Tensor], targets: list[dict], *, it: int) -> None:
+    """One SGD step on a batch: the four losses, agreed finite across ranks, backward, update."""
+    device = run.device
+    images = [im.to(device, non_blocking=True).float().div_(255) for im in images]
+    targets = [{"boxes": x["boxes"].to(device), "labels": x["labels"].to(device)} for x in targets]
+    losses = s.model(images, targets)  # RPN objectness + box, head classifier + box (torchvision)
+    loss = sum(losses.values())
+    # Agreed over ranks before backward, so every rank stops at the same step.
+    mean_loss = float(distributed.all_reduce_sum(loss.detach().float().clone())) / run.info.world_size
+    run.check_finite([mean_loss], it)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    s.optimizer.step()
+    s.scheduler.step()
+    s.losses.add(losses, loss)
 
-            for k, v in losses.items():
-                loss_sums[k] = loss_sums.get(k, 0.0) + float(v.detach())
-            loss_sums["loss"] = loss_sums.get("loss", 0.0) + float(loss.detach())
-            loss_iters += 1
-            done += 1
-            bar.update(1)
-            lr_now = optimizer.param_groups[0]["lr"]
-            if done % t.log_every == 0:
-                bar.set_postfix(loss=f"{loss_sums['loss'] / loss_iters:.3f}", lr=f"{lr_now:.2g}")
-                run.log(done, {"train/loss": loss_sums["loss"] / loss_iters, "lr": lr_now})
 
-            if done % t.eval_every == 0 or done == t.max_iters:
-                # Every process detects on its share of the test images; all get the metrics.
-                metrics = evaluate_detector(
-                    _unwrap(model),
-                    test_set,
-                    device=device,
-                    batch_size=t.eval_batch_size,
-                    workers=cfg.data.workers,
-                    max_images=t.eval_max_images,
-                    rank=info.rank,
-                    world_size=info.world_size,
-                )
-                row = {
-                    "iter": done,
-                    "lr": lr_now,
-                    "train_loss": loss_sums["loss"] / max(loss_iters, 1),
-                    **{f"train_{k}": v / max(loss_iters, 1) for k, v in loss_sums.items() if k != "loss"},
-                    **{k: v for k, v in metrics.items() if k != "ap50_per_class"},
-                    "time": time.perf_counter() - t0,
-                }
-                scalars = {f"test/{k}": v for k, v in metrics.items() if k.endswith(("map", "map50"))}
-                run.log(done, scalars, row)
-                if info.is_main:
-                    voc = f"  mAP@0.5 (VOC07) {metrics['voc07_map50']:.1f}" if "voc07_map50" in metrics else ""
-                    bar.write(
-                        f"iter {done}: loss {row['train_loss']:.3f}{voc}  "
-                        f"COCO mAP@[.5,.95] {metrics['coco_map']:.1f} mAP@.5 {metrics['coco_map50']:.1f}"
-                    )
-                summary["metrics"] = metrics
-                loss_sums, loss_iters = {}, 0
-
-            stopping = run.stop_requested()
-            if done % t.checkpoint_every == 0 or stopping or done == t.max_iters:
-                run.save_checkpoint(state(), done)
-            if stopping:
-                break
-    finally:
-        bar.close()
-    summary.update(iterations=done, stopped=run.stopped, exit_code=run.exit_code)
-    if run.stopped:
-        run.announce_stop(done)
-        return summary
-    run.finish({"model": _unwrap(model).state_dict(), "config": to_dict(cfg), "meta": meta, "iteration": done})
-    return summary
+def _evaluate_and_log(s: _Training, run: Run, it: int, lr: float) -> dict[str, Any]:
+    """Every process detects on its share of the test images; all get the metrics. A metrics.jsonl
+    row, TensorBoard, a line above the progress bar; the loss means start again."""
+    t = s.cfg.train
+    metrics = evaluate_detector(
+        _unwrap(s.model),
+        s.test_set,
+        device=run.device,
+        batch_size=t.eval_batch_size,
+        workers=s.cfg.data.workers,
+        max_images=t.eval_max_images,
+        rank=run.info.rank,
+        world_size=run.info.world_size,
+    )
+    row = {
+        "iter": it,
+        "lr": lr,
+        "train_loss": s.losses.mean("loss"),
+        **{f"train_{k}": s.losses.mean(k) for k in s.losses.sums if k != "loss"},
+        **{k: v for k, v in metrics.items() if k != "ap50_per_class"},
+        "time": run.elapsed(),
+    }
+    run.log(it, {f"test/{k}": v for k, v in metrics.items() if k.endswith(("map", "map50"))}, row)
+    if run.is_main:
+        voc = f"  mAP@0.5 (VOC07) {metrics['voc07_map50']:.1f}" if "voc07_map50" in metrics else ""
+        run.bar.write(
+            f"iter {it}: loss {row['train_loss']:.3f}{voc}  "
+            f"COCO mAP@[.5,.95] {metrics['coco_map']:.1f} mAP@.5 {metrics['coco_map50']:.1f}"
+        )
+    s.losses = _LossMeans()
+    return metrics

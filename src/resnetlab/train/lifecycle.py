@@ -1,14 +1,17 @@
 """A training run's life in its folder, the same for every loop (`train`, `detect train`, `reproduce`).
 
-    with open_run(cfg, out, resume=resume, kind="classification") as run:
-        ... build data and model; load `run.checkpoint` if it is not None ...
-        for it in range(run.start_iter, cfg.train.max_iters):
-            ... one step ...
-            run.check_finite(losses, first_iter)      # NaN / inf: one line, the last checkpoint kept
-            run.log(it, {"train/loss": ...}, row)     # TensorBoard scalars; a metrics.jsonl row
-            if run.stop_requested(): ...              # SIGINT / SIGTERM, agreed across ranks
-            run.save_checkpoint(state, it)
-        run.finish(final_state)
+    with open_run(cfg, out, resume=resume) as run:
+        ... build data and model; if run.checkpoint: load the loop's entries, then run.restore(model, opt)
+        it = run.start_iter
+        with run.steps() as bar:                      # progress bar and clock
+            while it < cfg.train.max_iters:
+                ... one step ...; it += 1
+                due = run.after_step(it)              # log / eval / checkpoint / stop now?
+                run.check_finite(losses, first_iter)  # NaN / inf: one line, the last checkpoint kept
+                if due.log or due.eval: run.log(it, {"train/loss": ...}, row)  # TensorBoard; metrics.jsonl
+                if due.checkpoint: run.save_checkpoint(run.state(model, meta, opt, ...), it)
+                if due.stop: break                    # SIGINT / SIGTERM, agreed across ranks
+        run.end(it, run.record(model, meta))          # final.pt, or the stop line
 
 What `open_run` guarantees, in this order, before any data or model is loaded:
 1. `--out` is a folder this process can write (a file in the way, a read-only folder: one line).
@@ -31,6 +34,7 @@ step boundary; the loop checkpoints there and the command exits 130 / 143.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
@@ -76,6 +80,16 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite: training stops, the last good checkpoint stays."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Due:
+    """What a finished step calls for (`Run.after_step`)."""
+
+    log: bool
+    eval: bool
+    checkpoint: bool
+    stop: bool
+
+
 class Run:
     """The handle a loop gets from `open_run`: where to write, what to resume from, when to stop."""
 
@@ -85,6 +99,9 @@ class Run:
         self.start_iter = 0
         self.last_checkpoint: int | None = None  # iteration of the newest checkpoint.pt on disk
         self.stopped: str | None = None  # "SIGINT" / "SIGTERM" once the ranks agreed to stop
+        self.elapsed_before = 0.0  # training seconds of the run before this process resumed it
+        self.bar = None  # the progress bar while `steps()` is open
+        self._t0: float | None = None
         self._writer = None
         self._signals = _StopSignal(info)
 
@@ -98,6 +115,69 @@ class Run:
         return 128 + int(getattr(signal, self.stopped)) if self.stopped else 0
 
     # ---- during the run ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def steps(self, desc: str | None = None) -> Iterator[Any]:
+        """The training steps' progress bar (tqdm, rank 0) and the run's clock, started here."""
+        self.bar = progress_bar(self.cfg.train.max_iters, self, desc)
+        self._t0 = time.perf_counter()
+        try:
+            yield self.bar
+        finally:
+            self.bar.close()
+
+    def elapsed(self) -> float:
+        """Training seconds so far, the resumed run's included (data and model building left out)."""
+        return self.elapsed_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+    def after_step(self, it: int) -> Due:
+        """Call on every rank once iteration `it` (counted from 1) is done: what is due now. Every
+        `train.log_every` / `eval_every` / `checkpoint_every` iterations and at the last one; a
+        checkpoint and a stop when a signal arrived (SIGINT / SIGTERM, agreed across ranks)."""
+        t = self.cfg.train
+        if self.bar is not None:
+            self.bar.update(1)
+        last = it == t.max_iters
+        stop = self.stop_requested()
+        return Due(
+            log=it % t.log_every == 0 or last,
+            eval=it % t.eval_every == 0 or last,
+            checkpoint=it % t.checkpoint_every == 0 or last or stop,
+            stop=stop,
+        )
+
+    def record(self, model: torch.nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+        """What rebuilds the network: its weights, the run's config and the loop's meta."""
+        return {"model": model.state_dict(), "config": to_dict(self.cfg), "meta": meta}
+
+    def state(
+        self, model: torch.nn.Module, meta: dict[str, Any], optimizer: torch.optim.Optimizer, **loop: Any
+    ) -> dict[str, Any]:
+        """A training checkpoint: `record`, the optimizer, the loop's own entries (schedule, meters,
+        ...), every rank's RNG state and the elapsed time. Call on every rank (it gathers RNGs)."""
+        return {
+            **self.record(model, meta),
+            "optimizer": optimizer.state_dict(),
+            **loop,
+            "rng": gather_rng_states(self),  # each rank draws its own stream
+            "elapsed": self.elapsed(),
+        }
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Weights, optimizer and RNG states from `checkpoint` (call after the loop's own entries:
+        the RNGs are set last, as they were when the checkpoint was written)."""
+        assert self.checkpoint is not None
+        model.load_state_dict(self.checkpoint["model"])
+        optimizer.load_state_dict(self.checkpoint["optimizer"])
+        restore_rng_states(self, self.checkpoint["rng"])
+
+    def end(self, it: int, final: dict[str, Any]) -> None:
+        """After the loop: a run stopped by a signal prints its one line (its checkpoint is on disk);
+        a finished one writes `final` (`record` and more) as final.pt."""
+        if self.stopped:
+            self.announce_stop(it)
+        else:
+            self.finish({**final, "iteration": it})
 
     def log(self, it: int, scalars: dict[str, float], row: dict[str, Any] | None = None) -> None:
         """TensorBoard scalars at step `it` and, with `row`, one line of metrics.jsonl (rank 0)."""
@@ -184,6 +264,7 @@ def open_run(cfg: Any, out: str | Path, *, resume: bool) -> Iterator[Run]:
         if resume and ckpt_path.is_file():
             run.checkpoint = checkpoint.load(ckpt_path, map_location=device)  # rank 0 checked it
             run.start_iter = run.last_checkpoint = int(run.checkpoint["iteration"])
+            run.elapsed_before = float(run.checkpoint.get("elapsed", 0.0))
         if info.is_main:
             _prepare_folder(cfg, out, run.start_iter)
         dist.barrier()

@@ -10,7 +10,8 @@ under DistributedDataParallel; rank 0 alone evaluates and writes files.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +19,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resnetlab.config import Config, model_options, to_dict
+from resnetlab.config import Config, model_options
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.train import finetune
-from resnetlab.train.lifecycle import (
-    NonFiniteLoss,
-    Run,
-    gather_rng_states,
-    open_run,
-    progress_bar,
-    restore_rng_states,
-    seed_everything,
-)
+from resnetlab.train.lifecycle import NonFiniteLoss, Run, open_run, seed_everything
 from resnetlab.train.schedule import LRSchedule
 from resnetlab.train.step import compile_model, evaluate_error, make_grad_scaler, make_sgd, make_train_step
 from resnetlab.utils import distributed as dist
@@ -60,12 +53,92 @@ def run_training(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> d
 
 
 def _train(cfg: Config, run: Run) -> dict[str, Any]:
-    t, info, device = cfg.train, run.info, run.device
-    split = eval_split(cfg)  # what the evaluated error is called in every output: "val" or "test"
-    if t.batch_size % info.world_size:
-        raise UserError(f"train.batch_size {t.batch_size} is not divisible by the {info.world_size} processes")
+    t, world = cfg.train, run.info.world_size
+    if t.batch_size % world:
+        raise UserError(f"train.batch_size {t.batch_size} is not divisible by the {world} processes")
+    s = _build(cfg, run)  # data, model, optimizer, schedule, train step; the checkpoint's state loaded
+    window, throughput = _Window(run.device, world), Throughput()
+    batches = s.data.train.batches(run.start_iter)
+    it = run.start_iter
+    with run.steps():
+        while it < t.max_iters:
+            x, y = next(batches)
+            lr = _set_lr(s, it, run)
+            loss, errors = s.step(x, y)
+            window.add(loss, errors, y.numel())
+            throughput.add(y.numel() * world)
+            it += 1
+            due = run.after_step(it)
+            if due.log or due.eval or due.checkpoint:  # read the losses off the device only here
+                first = it - window.count + 1
+                losses, n_err, n_img = window.drain()
+                run.check_finite(losses, first)
+                for meter in (s.recent, s.since_eval):
+                    meter.add(sum(losses), n_err, n_img, len(losses))
+            if due.log:
+                _log_training(s, run, it, lr, throughput.rate())
+            if due.eval:
+                _evaluate_and_log(s, run, it, lr)
+                throughput.rate()  # leave evaluation out of images/s
+            if due.checkpoint:
+                run.save_checkpoint(s.state(run), it)
+            if due.stop:
+                break
+    summary = _summary(s, run, it)
+    run.end(it, {**run.record(s.model, s.meta), **_eval_fields(s.last_eval)})
+    if run.is_main and not run.stopped:
+        _print_summary(summary, cfg)
+    return summary
 
-    # ---- data, model, optimizer, schedule ------------------------------------------------------
+
+# ---- the steps of a run --------------------------------------------------------------------------
+
+
+@dataclass
+class _Training:
+    """What one classification run trains with, and what it has measured (all in its checkpoint)."""
+
+    cfg: Config
+    data: Any
+    model: nn.Module  # the bare network (weights, evaluation); `step` runs its DDP / compiled wrapper
+    meta: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: Any
+    step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    recent: Average = field(default_factory=Average)  # training stats since the last log
+    since_eval: Average = field(default_factory=Average)  # ... since the last evaluation
+    last_eval: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
+
+    def state(self, run: Run) -> dict[str, Any]:
+        return run.state(
+            self.model,
+            self.meta,
+            self.optimizer,
+            schedule=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            meters={"recent": self.recent.state_dict(), "since_eval": self.since_eval.state_dict()},
+            data=self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None,
+            last_eval=self.last_eval,
+            best=self.best,
+        )
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """The loop's own entries of a checkpoint (`Run.restore` loads weights, optimizer, RNGs)."""
+        self.schedule.load_state_dict(ckpt["schedule"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.recent.load_state_dict(ckpt["meters"]["recent"])
+        self.since_eval.load_state_dict(ckpt["meters"]["since_eval"])
+        if ckpt.get("data") and hasattr(self.data.train, "load_state_dict"):
+            self.data.train.load_state_dict(ckpt["data"])
+        self.last_eval, self.best = ckpt["last_eval"], ckpt["best"]
+
+
+def _build(cfg: Config, run: Run) -> _Training:
+    """Data, model, optimizer, schedule and train step of `cfg`, in `run.checkpoint`'s state if resumed."""
+    t, info, device = cfg.train, run.info, run.device
     seed_everything(t.seed)
     # train.init_from: weights to start from and their normalisation; a resumed run has both in its checkpoint.
     source = finetune.read_source(cfg) if run.checkpoint is None else None
@@ -84,21 +157,10 @@ def _train(cfg: Config, run: Run) -> dict[str, Any]:
         model, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, backbone_lr_mult=o.backbone_lr_mult
     )
     schedule = LRSchedule.from_config(o, batch_size=t.batch_size)
-    scaler = make_grad_scaler(t.precision, device)
-    recent, since_eval = Average(), Average()  # training stats since the last log / evaluation
-    elapsed_before, last_eval, best = 0.0, None, None
-    if (ckpt := run.checkpoint) is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        recent.load_state_dict(ckpt["meters"]["recent"])
-        since_eval.load_state_dict(ckpt["meters"]["since_eval"])
-        if ckpt.get("data") and hasattr(data.train, "load_state_dict"):
-            data.train.load_state_dict(ckpt["data"])
-        restore_rng_states(run, ckpt["rng"])
-        elapsed_before, last_eval, best = ckpt["elapsed"], ckpt["last_eval"], ckpt["best"]
+    s = _Training(cfg, data, model, meta, optimizer, schedule, make_grad_scaler(t.precision, device))
+    if run.checkpoint is not None:
+        s.load_state_dict(run.checkpoint)
+        run.restore(model, optimizer)
 
     train_model: nn.Module = model
     if info.enabled:  # gradients averaged over processes; BN statistics stay per process, as in the paper
@@ -106,128 +168,77 @@ def _train(cfg: Config, run: Run) -> dict[str, Any]:
     if t.compile:
         train_model = compile_model(train_model, t.compile_mode)
     train_model.train()
-    step = make_train_step(
-        train_model, optimizer, device=device, precision=t.precision, channels_last=t.channels_last, scaler=scaler
+    s.step = make_train_step(
+        train_model, optimizer, device=device, precision=t.precision, channels_last=t.channels_last, scaler=s.scaler
     )
+    return s
 
-    def state(iteration: int, elapsed: float) -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "config": to_dict(cfg),
-            "meta": meta,
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "meters": {"recent": recent.state_dict(), "since_eval": since_eval.state_dict()},
-            "data": data.train.state_dict() if hasattr(data.train, "state_dict") else None,
-            "rng": gather_rng_states(run),
-            "elapsed": elapsed,
-            "last_eval": last_eval,
-            "best": best,
-        }
 
-    # ---- the loop ------------------------------------------------------------------------------
-    window = _Window(device, info.world_size)
-    throughput = Throughput()
-    bar = progress_bar(t.max_iters, run)
-    t0 = time.perf_counter()
-    it = run.start_iter
-    lr = schedule.lr(it)
-    batches = data.train.batches(run.start_iter)
-    try:
-        while it < t.max_iters:
-            x, y = next(batches)
-            warning = schedule.end_warmup_if_due(it)  # the warm-up never outlives the first milestone
-            if warning and info.is_main:
-                bar.write(warning)
-            lr = schedule.lr(it)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_mult", 1.0)  # fine-tuning: the backbone's may be smaller
-            loss, errors = step(x, y)
-            window.add(loss, errors, y.numel())
-            throughput.add(y.numel() * info.world_size)
-            it += 1
-            bar.update(1)
+def _set_lr(s: _Training, it: int, run: Run) -> float:
+    """The schedule's lr for iteration `it` into every parameter group; returns it."""
+    warning = s.schedule.end_warmup_if_due(it)  # the warm-up never outlives the first milestone
+    if warning and run.is_main:
+        run.bar.write(warning)
+    lr = s.schedule.lr(it)
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)  # fine-tuning: the backbone's may be smaller
+    return lr
 
-            log_now = it % t.log_every == 0 or it == t.max_iters
-            eval_now = it % t.eval_every == 0 or it == t.max_iters
-            stop_now = run.stop_requested()
-            checkpoint_now = it % t.checkpoint_every == 0 or stop_now
-            if log_now or eval_now or checkpoint_now:
-                first = it - window.count + 1
-                losses, n_err, n_img = window.drain()
-                run.check_finite(losses, first)
-                for meter in (recent, since_eval):
-                    meter.add(sum(losses), n_err, n_img, len(losses))
-            if log_now:
-                # Sec. 4.2 warm-up: "until the training error is below 80%", over the recent iterations.
-                schedule.observe_train_error(it, recent.error)
-                rate = throughput.rate()
-                bar.set_postfix(
-                    loss=f"{recent.loss:.3f}", err=f"{recent.error:.1f}%", lr=f"{lr:.3g}", img_s=f"{rate:.0f}"
-                )
-                scalars = {"train/loss": recent.loss, "train/error": recent.error, "lr": lr, "images_per_s": rate}
-                run.log(it, scalars)
-                recent.reset()
-            if eval_now:
-                test_error = _evaluate(model, data.test, device, cfg, info)
-                schedule.observe_test_error(test_error)
-                last_eval = {
-                    "iter": it,
-                    "lr": lr,
-                    "train_loss": since_eval.loss,
-                    "train_error": since_eval.error,
-                    "test_error": test_error,  # the key for any split; `eval_split` names it
-                    "eval_split": split,
-                    "time": elapsed_before + time.perf_counter() - t0,
-                }
-                # ImageFolder with data.skip_corrupt: how many unreadable images were skipped so far.
-                skipped = getattr(data.train, "skipped", 0)
-                if skipped:
-                    last_eval["skipped_images"] = skipped
-                if best is None or test_error < best["test_error"]:
-                    best = {"iter": it, "test_error": test_error}
-                since_eval.reset()
-                scalars = {f"{split}/error": test_error, "train/error_since_eval": last_eval["train_error"]}
-                run.log(it, scalars, last_eval)
-                if info.is_main:
-                    bar.write(
-                        f"iter {it}: {split} error {test_error:.2f}%, train error {last_eval['train_error']:.2f}%, "
-                        f"loss {last_eval['train_loss']:.4f}, lr {lr:.3g}"
-                        + (f", {skipped} unreadable images skipped" if skipped else "")
-                    )
-                throughput.rate()  # leave evaluation out of images/s
-            if checkpoint_now:
-                run.save_checkpoint(state(it, elapsed_before + time.perf_counter() - t0), it)
-            if stop_now:
-                break
-    finally:
-        bar.close()
 
-    elapsed = elapsed_before + time.perf_counter() - t0
-    summary = {
+def _log_training(s: _Training, run: Run, it: int, lr: float, rate: float) -> None:
+    """Training loss / error over the iterations since the last log: progress bar and TensorBoard."""
+    # Sec. 4.2 warm-up: "until the training error is below 80%", over the recent iterations.
+    s.schedule.observe_train_error(it, s.recent.error)
+    run.bar.set_postfix(loss=f"{s.recent.loss:.3f}", err=f"{s.recent.error:.1f}%", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+    run.log(it, {"train/loss": s.recent.loss, "train/error": s.recent.error, "lr": lr, "images_per_s": rate})
+    s.recent.reset()
+
+
+def _evaluate_and_log(s: _Training, run: Run, it: int, lr: float) -> None:
+    """The evaluated split's error: a metrics.jsonl row, TensorBoard, a line above the progress bar."""
+    split = eval_split(s.cfg)
+    test_error = _evaluate(s.model, s.data.test, run.device, s.cfg, run.info)
+    s.schedule.observe_test_error(test_error)
+    row = {
+        "iter": it,
+        "lr": lr,
+        "train_loss": s.since_eval.loss,
+        "train_error": s.since_eval.error,
+        "test_error": test_error,  # the key for any split; `eval_split` names it
+        "eval_split": split,
+        "time": run.elapsed(),
+    }
+    # ImageFolder with data.skip_corrupt: how many unreadable images were skipped so far.
+    skipped = getattr(s.data.train, "skipped", 0)
+    if skipped:
+        row["skipped_images"] = skipped
+    if s.best is None or test_error < s.best["test_error"]:
+        s.best = {"iter": it, "test_error": test_error}
+    s.last_eval = row
+    s.since_eval.reset()
+    run.log(it, {f"{split}/error": test_error, "train/error_since_eval": row["train_error"]}, row)
+    if run.is_main:
+        run.bar.write(
+            f"iter {it}: {split} error {test_error:.2f}%, train error {row['train_error']:.2f}%, "
+            f"loss {row['train_loss']:.4f}, lr {lr:.3g}" + (f", {skipped} unreadable images skipped" if skipped else "")
+        )
+
+
+def _summary(s: _Training, run: Run, it: int) -> dict[str, Any]:
+    last, best = s.last_eval or {}, s.best or {}
+    return {
         "iterations": it,
-        "test_error": last_eval["test_error"] if last_eval else None,
-        "best_test_error": best["test_error"] if best else None,
-        "best_iter": best["iter"] if best else None,
-        "train_error": last_eval["train_error"] if last_eval else None,
-        "train_loss": last_eval["train_loss"] if last_eval else None,
-        "time": elapsed,
+        "test_error": last.get("test_error"),
+        "best_test_error": best.get("test_error"),
+        "best_iter": best.get("iter"),
+        "train_error": last.get("train_error"),
+        "train_loss": last.get("train_loss"),
+        "time": run.elapsed(),
         "interrupted": run.stopped,
         "exit_code": run.exit_code,
         "out_dir": str(run.out),
-        "eval_split": split,
+        "eval_split": eval_split(s.cfg),
     }
-    if run.stopped:
-        run.announce_stop(it)
-        return summary
-    if run.last_checkpoint != it:
-        run.save_checkpoint(state(it, elapsed), it)  # the end state, so a longer max_iters can --resume from it
-    final = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta, "iteration": it}
-    run.finish({**final, **_eval_fields(last_eval)})
-    if info.is_main:
-        _print_summary(summary, cfg)
-    return summary
 
 
 # ---- helpers -------------------------------------------------------------------------------------
