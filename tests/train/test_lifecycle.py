@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from resnetlab.errors import UserError
 from resnetlab.train import NonFiniteLoss, run_training
 from resnetlab.train.lifecycle import RESUMABLE_KEYS, open_run
+
+NOBODY = 65534
 
 
 @pytest.fixture
@@ -29,11 +35,43 @@ def test_unwritable_out_is_one_line_before_any_data(tmp_path, no_data, tiny_cfg)
         run_training(tiny_cfg(), tmp_path / "file")
     with pytest.raises(UserError, match="a file is in the way"):
         run_training(tiny_cfg(), tmp_path / "file" / "run")
-    if os.geteuid() != 0:  # root writes anywhere
-        ro = tmp_path / "ro"
-        ro.mkdir(mode=0o555)
-        with pytest.raises(UserError, match="cannot write there"):
-            run_training(tiny_cfg(), ro / "run")
+
+
+def test_a_read_only_folder_is_one_line_before_any_data(no_data, tiny_cfg):
+    cfg = tiny_cfg()
+    # Root writes anywhere: as root, this test drops the effective uid to nobody's for the run, so
+    # the kernel checks the folder's mode as for any user. Folders outside pytest's (which only root
+    # may enter), so that the read-only mode is the one thing in the way.
+    base = Path(tempfile.mkdtemp())
+    try:
+        base.chmod(0o755)
+        for name, mode in (("ro", 0o555), ("rw", 0o777)):
+            (base / name).mkdir()
+            (base / name).chmod(mode)  # not mkdir's mode: the umask would take bits off
+        with unprivileged():
+            with pytest.raises(UserError, match="cannot write there"):
+                run_training(cfg, base / "ro" / "run")
+            with pytest.raises(UserError, match="cannot write there"):
+                run_training(cfg, base / "ro")  # the folder exists: its lock file cannot be made
+            with pytest.raises(AssertionError, match="data was loaded"):  # the same user can write here
+                run_training(cfg, base / "rw" / "run")
+        assert os.listdir(base / "ro") == []
+    finally:
+        shutil.rmtree(base)
+
+
+@contextlib.contextmanager
+def unprivileged():
+    """The block runs with nobody's effective uid when the tests run as root (the real uid stays
+    root, which lets it come back); as another user, as that user."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
 
 
 def test_a_locked_folder_is_refused_naming_the_holder(tmp_path, no_data, tiny_cfg):

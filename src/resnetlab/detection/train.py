@@ -218,8 +218,7 @@ def _build(cfg: DetectionConfig, run: Run) -> _Training:
         scheduler.load_state_dict(ckpt["scheduler"])
         losses = _LossMeans(ckpt["loss_sums"], int(ckpt["loss_iters"]))
         run.restore(model, optimizer)
-    if info.enabled:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    model = run.parallel(model)
     model.train()
 
     order = TrainOrder(

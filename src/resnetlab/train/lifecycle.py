@@ -146,6 +146,15 @@ class Run:
             stop=stop,
         )
 
+    def parallel(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` under DistributedDataParallel when the run has several processes (gradients averaged
+        over them; BN statistics stay per process, as in the paper), else `model` itself."""
+        if not self.info.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
     def record(self, model: torch.nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
         """What rebuilds the network: its weights, the run's config and the loop's meta."""
         return {"model": model.state_dict(), "config": to_dict(self.cfg), "meta": meta}

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from resnetlab.config import Config, model_options
 from resnetlab.errors import UserError
@@ -162,9 +161,7 @@ def _build(cfg: Config, run: Run) -> _Training:
         s.load_state_dict(run.checkpoint)
         run.restore(model, optimizer)
 
-    train_model: nn.Module = model
-    if info.enabled:  # gradients averaged over processes; BN statistics stay per process, as in the paper
-        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    train_model = run.parallel(model)
     if t.compile:
         train_model = compile_model(train_model, t.compile_mode)
     train_model.train()
