@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from resnetlab.analysis.grids import DATASETS, GRIDS, SHORT_FACTOR  # data only: no torch import at --help
-from resnetlab.cli.args import POSITIVE
+from resnetlab.cli.args import POSITIVE, add_device_and_quiet
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,8 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where the test set is (default: the checkpoint's data.dir, named on the first line)",
     )
     resp.add_argument("--max-images", type=POSITIVE, default=None, metavar="N", help="first N test images only")
-    resp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    resp.add_argument("--quiet", action="store_true", help="no progress bar (none off a terminal either)")
+    add_device_and_quiet(resp)
     resp.set_defaults(func=_responses)
 
     rep = subparsers.add_parser(

@@ -61,6 +61,12 @@ POSITIVE = int_at_least(1)
 NON_NEGATIVE = int_at_least(0)
 
 
+def add_device_and_quiet(p: argparse.ArgumentParser) -> None:
+    """--device and --quiet, as every command that runs a model over a set of images takes them."""
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (none is shown off a terminal either)")
+
+
 @contextlib.contextmanager
 def run_folder(out: str | Path) -> Iterator[None]:
     """A run that fails before it saved anything leaves no folder behind: if `out` did not exist

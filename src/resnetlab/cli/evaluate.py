@@ -7,7 +7,7 @@ import csv
 import json
 import sys
 
-from resnetlab.cli.args import NON_NEGATIVE, POSITIVE
+from resnetlab.cli.args import NON_NEGATIVE, POSITIVE, add_device_and_quiet
 
 EVALUATE_EPILOG = """examples:
   resnetlab evaluate --checkpoint runs/r50/final.pt --protocol 10crop --data-dir /data
@@ -62,10 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="multiscale: also average each scale's mirror image (not in the paper's sec. 3.4; default off)",
     )
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_and_quiet(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (fields: docs/evaluate.md)")
     p.add_argument("--plot", metavar="FIG", help="write the confusion matrix figure (.png, .pdf, .svg)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (none is shown off a terminal either)")
     p.set_defaults(func=run_evaluate)
 
     p = subparsers.add_parser(
@@ -82,11 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=POSITIVE, default=5, help="how many classes (default 5)")
     p.add_argument("--batch-size", type=POSITIVE, default=32, metavar="N", help="images per batch (default 32)")
     p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="image-reading worker processes (default 2)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_and_quiet(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON list: {image, top: [[class, p], ...], error}")
     fmt.add_argument("--csv", action="store_true", help="CSV: image, class_1, prob_1, ..., class_k, prob_k, error")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (none is shown off a terminal either)")
     p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser(
