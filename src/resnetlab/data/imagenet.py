@@ -199,18 +199,6 @@ class _Views(Dataset):
         self.samples, self.crop, self.view, self.scale, self.lighting = samples, crop, view, scale, lighting
         self.skip_corrupt, self.replace_corrupt = skip_corrupt, replace_corrupt
         self.encoded = encoded  # training view: ship RGB/gray JPEGs undecoded, for decoding on the device
-        self.float_work: tuple[Tensor, Tensor] | None = None  # (scale, shift): normalise here (CPU training)
-
-    def _finish(self, view: Tensor, alpha: Tensor) -> Tensor:
-        """uint8 view -> itself, or with `float_work` the normalised float view with its lighting (the
-        device half of the source, done per image in the worker: see ImageFolderTrainSource)."""
-        if self.float_work is None:
-            return view.contiguous()
-        scale, shift = self.float_work
-        x = view.float().mul_(scale).add_(shift)  # = Normalizer: x / 255 [/ std] - mean
-        if alpha.any():
-            x.add_(lighting_shift(alpha[None])[0][:, None, None] * (scale * 255.0))
-        return x
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -245,7 +233,7 @@ class _Views(Dataset):
         alpha = torch.zeros(3)
         if self.view == "center":
             img, full, label, skipped, error = self._read(index, test_resize(self.crop))
-            view = None if img is None else self._finish(center_view(img, self.crop), alpha)
+            view = None if img is None else center_view(img, self.crop).contiguous()
             return view, label, alpha, skipped, error, None
         g = torch.Generator().manual_seed(seed)
         size = max(int(torch.randint(self.scale[0], self.scale[1] + 1, (1,), generator=g)), self.crop)
@@ -262,7 +250,7 @@ class _Views(Dataset):
             path = self.samples[(index + len(skipped)) % len(self.samples)][0]
             return None, label, alpha, skipped, None, (img, path, (h, w), top, left, flip)
         img = resized_crop(img, (h, w), top, left, self.crop)
-        return self._finish(img.flip(-1) if flip else img, alpha), label, alpha, skipped, None, None
+        return (img.flip(-1) if flip else img).contiguous(), label, alpha, skipped, None, None
 
 
 def _collate(items):
@@ -367,11 +355,6 @@ class ImageFolderTrainSource(TrainSource):
             replace_corrupt=True,
             encoded=decode == "device" and augment,
         )
-        if device.type == "cpu" and decode == "workers":
-            # Training on the CPU: the float work (÷255, mean, lighting) is per image in the workers, in
-            # parallel, not on the whole batch in the training process, where it took as long as the
-            # workers' decoding (benchmarks/README.md). On a GPU it stays there, on uint8 batches.
-            views.float_work = (normalizer.scale.cpu(), normalizer.shift.cpu())
         self.sampler = _ItemSeeds(order)
         self.loader = _loader(views, workers, device, persistent_workers, batch_sampler=self.sampler)
         self.lighting_scale = self.normalize.scale * 255.0  # a [0, 1]-scale shift, in normalised units
@@ -386,9 +369,6 @@ class ImageFolderTrainSource(TrainSource):
                 skipped = [*skipped, *failed]
             self.skipped += len(skipped)
             self.skipped_files.update(skipped)
-            if imgs.is_floating_point():  # normalised and lit by the workers (CPU training)
-                yield imgs, labels
-                continue
             x = self.normalize(imgs)
             if alphas.any():
                 shift = lighting_shift(alphas).to(self.device, non_blocking=True)  # (N, 3)
@@ -425,8 +405,6 @@ class ImageFolderEvalSource(EvalSource):
         self.samples, self.normalize, self.device = samples, normalizer, device
         self.skipped = 0
         views = _Views(samples, crop=crop, view="center", skip_corrupt=skip_corrupt)
-        if device.type == "cpu":  # as for training: normalised per image in the workers
-            views.float_work = (normalizer.scale.cpu(), normalizer.shift.cpu())
         self.loader = _loader(views, workers, device, batch_size=batch_size, shuffle=False)
 
     def __len__(self) -> int:
@@ -437,8 +415,7 @@ class ImageFolderEvalSource(EvalSource):
             _raise_unreadable(errors)
             self.skipped += len(skipped)
             if len(imgs):
-                x = imgs if imgs.is_floating_point() else self.normalize(imgs.to(self.device, non_blocking=True))
-                yield x, labels.to(self.device)
+                yield self.normalize(imgs.to(self.device, non_blocking=True)), labels.to(self.device)
 
 
 # ---- the mean ------------------------------------------------------------------------------------

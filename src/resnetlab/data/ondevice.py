@@ -58,7 +58,11 @@ def fit_stats(mean: Tensor, std: Tensor | None, *, channels: int, size: int) -> 
 
 
 class Normalizer:
-    """x = (uint8 / 255 - mean) [/ std], the contract's normalisation, as one fused multiply-add."""
+    """x = (uint8 / 255 - mean) [/ std], the contract's normalisation, as one fused multiply-add.
+
+    The multiply-add is done in place on the float copy of the batch: one batch-sized float tensor
+    instead of two. On the CPU each fresh one costs its page faults (a 10-crop batch of 64 images is
+    385 MB): measured 1.9x faster there (benchmarks/README.md "ImageNet input"), the same numbers."""
 
     def __init__(self, mean: Tensor, std: Tensor | None, device: torch.device):
         scale = (1.0 / std) if std is not None else torch.ones_like(mean[:, :1, :1])
@@ -66,7 +70,8 @@ class Normalizer:
         self.shift = (-mean * scale).to(device)  # (C,H,W) or (C,1,1)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return torch.addcmul(self.shift, x.float(), self.scale)
+        out = x.to(torch.float32, copy=True)  # never the caller's tensor, even when x is float already
+        return torch.addcmul(self.shift, out, self.scale, out=out)
 
 
 def crop_flip(x: Tensor, dx: Tensor, dy: Tensor, flip: Tensor, pad: int) -> Tensor:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnetlab.config import default_data_dir
+from resnetlab.data.ondevice import Normalizer
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.utils.checkpoint import load
@@ -52,9 +53,8 @@ class LoadedModel:
         mean = self.meta["mean"].to(x.device, torch.float32)
         if mean.shape[-2:] != (1, 1) and mean.shape[-2:] != x.shape[-2:]:
             mean = F.interpolate(mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
-        out = x.float() / 255.0 - mean
         std = self.meta.get("std")
-        return out / std.to(x.device, torch.float32) if std is not None else out
+        return Normalizer(mean, None if std is None else std.to(x.device, torch.float32), x.device)(x)
 
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
