@@ -47,6 +47,7 @@ from resnetlab.data.ondevice import Normalizer
 from resnetlab.errors import UserError
 
 VIEWS = ("train", "center", "10crop")
+PIPELINE_NAMES = {"workers": "ours", "device": "ours-device", "dali": "ours-dali"}  # by data.decode / data.loader
 CROP, MEAN_RGB = 224, (0.485, 0.456, 0.406)  # any mean: what is timed is its subtraction
 
 
@@ -60,7 +61,7 @@ class DataSpec:
     iters: int | None = None  # timed batches per round; default max(10, 4 x workers)
     warmup: int | None = None  # untimed batches per round; default 2 x workers + 2 (the prefetch queue)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    decode: tuple[str, ...] = ("workers",)  # ours: "workers" and/or "device"
+    decode: tuple[str, ...] = ("workers",)  # ours: any of "workers", "device", "dali" (PIPELINE_NAMES)
     reference: bool = True
 
 
@@ -108,6 +109,8 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
     normalizer = Normalizer(torch.full((3, CROP, CROP), 0.45), None, spec.device)  # per-pixel mean, as ours
     if view == "train":
         samples = split_samples(spec.root, "train", spec.batch_size)
+        if decode == "dali":
+            return _dali(samples, spec, normalizer)
 
         def make() -> Iterator:
             source = ImageFolderTrainSource(
@@ -163,6 +166,27 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
         )
         for views, _labels, _unreadable in _endless(lambda: loader):
             yield normalizer(views.to(spec.device, non_blocking=True).flatten(0, 1))  # (N*10, 3, 224, 224)
+
+    return make
+
+
+def _dali(samples: list, spec: DataSpec, normalizer: Normalizer) -> Callable[[], Iterator]:
+    """data.loader=dali's training source (DALI's threads = the workers; its CPU-only mode on a CPU)."""
+    from resnetlab.data.dali import DaliTrainSource
+
+    def make() -> Iterator:
+        source = DaliTrainSource(
+            samples,
+            normalizer=normalizer,
+            device=spec.device,
+            batch_size=spec.batch_size,
+            seed=0,
+            crop=CROP,
+            scale=(256, 480),
+            lighting=0.1,
+            workers=spec.workers,
+        )
+        return (x for x, _ in source.batches(0))
 
     return make
 
@@ -280,14 +304,15 @@ def reference(view: str, spec: DataSpec) -> Callable[[], Iterator]:
 
 
 def pipelines(spec: DataSpec) -> dict[str, dict[str, Callable[[], Iterator]]]:
-    """{view: {pipeline name: stream factory}}; names "ours" (workers decode), "ours-device", "reference"."""
+    """{view: {pipeline name: stream factory}}; names "ours" (workers decode), "ours-device", "ours-dali",
+    "reference"."""
     out: dict[str, dict[str, Callable[[], Iterator]]] = {}
     for view in spec.views:
         out[view] = {}
         for decode in spec.decode:
-            if decode == "device" and view != "train":
-                continue  # the device path is the training input's
-            out[view]["ours" if decode == "workers" else "ours-device"] = ours(view, spec, decode)
+            if decode != "workers" and view != "train":
+                continue  # the device and DALI paths are the training input's
+            out[view][PIPELINE_NAMES[decode]] = ours(view, spec, decode)
         if spec.reference:
             out[view]["reference"] = reference(view, spec)
     return out
@@ -353,8 +378,9 @@ def run_data_benchmark(spec: DataSpec, progress: Callable[[str], None] | None = 
                     "ratio": res[name]["images_per_s"] / res["reference"]["images_per_s"],
                     "per_round": per_round,
                 }
-        if "ours" in by_name and "ours-device" in by_name:
-            res["ours-device/ours"] = {"ratio": res["ours-device"]["images_per_s"] / res["ours"]["images_per_s"]}
+        for other in ("ours-device", "ours-dali"):
+            if "ours" in by_name and other in by_name:
+                res[f"{other}/ours"] = {"ratio": res[other]["images_per_s"] / res["ours"]["images_per_s"]}
         result["views"][view] = res
     return result
 
@@ -369,7 +395,7 @@ def format_data_result(res: dict) -> str:
         f"{'view':<8} {'pipeline':<12} {'images/s':>10} {'per worker':>11} {'mean batch s':>13}",
     ]
     for view, r in res["views"].items():
-        for name in ("ours", "ours-device", "reference"):
+        for name in (*PIPELINE_NAMES.values(), "reference"):
             if name in r:
                 f = r[name]
                 lines.append(

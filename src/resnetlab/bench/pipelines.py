@@ -116,13 +116,14 @@ def imagefolder_train_source(device: torch.device, batch_size: int, *, dir: str,
         "data.name=imagefolder",
         f"data.dir={dir}",
         f"data.workers={workers}",
-        f"data.decode={decode}",
+        "data.loader=dali" if decode == "dali" else f"data.decode={decode}",
         "data.mean_samples=500",
         "data.skip_corrupt=true",
         f"train.batch_size={batch_size}",
     ]
     source = build_imagefolder(load_config(None, overrides), device).train
-    source.loader = _loader(source.loader.dataset, workers, device, persistent=False, batch_sampler=source.sampler)
+    if decode != "dali":
+        source.loader = _loader(source.loader.dataset, workers, device, persistent=False, batch_sampler=source.sampler)
     return source
 
 

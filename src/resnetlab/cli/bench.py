@@ -90,7 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--views", nargs="+", default=["train", "center"], choices=["train", "center", "10crop"])
     g.add_argument(
-        "--decode", nargs="+", default=["workers"], choices=["workers", "device"], help="ours: where JPEGs are decoded"
+        "--decode",
+        nargs="+",
+        default=["workers"],
+        choices=["workers", "device", "dali"],
+        help="ours: where JPEGs are decoded: DataLoader workers, the CUDA device (nvjpeg), or NVIDIA DALI "
+        "(data.loader=dali; its CPU-only mode on a CPU)",
     )
     g.add_argument("--no-reference", action="store_true", help="bench data: ours only")
     p.set_defaults(func=run)

@@ -2,8 +2,10 @@
 
 Written against DALI's documented Python API (`pipeline_def`, `fn.readers.file`,
 `fn.decoders.image(device="mixed")`, `fn.resize(resize_shorter=...)`, `fn.crop_mirror_normalize`,
-`nvidia.dali.plugin.pytorch.DALIGenericIterator`) and NOT run by this project's tests or benchmarks:
-the DALI wheel could not be installed on the machines we measure on (see benchmarks/README.md).
+`nvidia.dali.plugin.pytorch.DALIGenericIterator`). On a CUDA device the decoding is "mixed" (nvjpeg,
+the hardware JPEG engines where the GPU has them) and the rest runs on the GPU; on the CPU the same
+pipeline runs in DALI's CPU-only mode (`device_id=None`), which is how this project's tests run it
+(tests/data/test_dali.py, when DALI is installed; benchmarks/README.md has its figures).
 
 The recipe is the paper's, as DALI's own ImageNet examples write it: shorter side drawn uniformly in
 [scale_min, scale_max], a random crop x crop window, a horizontal flip with probability 1/2, all on
@@ -17,6 +19,7 @@ Departures from `data.loader: torch`, all named:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -44,7 +47,7 @@ def import_dali():
 
 
 class DaliTrainSource(TrainSource):
-    """Training batches from a DALI pipeline: file read, nvjpeg decode, scale, crop, flip on the GPU."""
+    """Training batches from a DALI pipeline: file read, decode (nvjpeg on a GPU), scale, crop, flip."""
 
     def __init__(
         self,
@@ -62,14 +65,13 @@ class DaliTrainSource(TrainSource):
         world_size: int = 1,
     ):
         fn, types, pipeline_def, DALIGenericIterator, LastBatchPolicy = import_dali()
-        if device.type != "cuda":
-            raise UserError(f"data.loader=dali runs on a CUDA device; train.device is {device}")
         if batch_size % world_size:
             raise UserError(f"train.batch_size={batch_size} is not divisible by the {world_size} processes")
         self.normalize, self.device, self.seed, self.lighting = normalizer, device, seed, lighting
         self.local = batch_size // world_size
         self.skipped, self.skipped_files = 0, set()  # the loop's counters; DALI stops on unreadable files
         self.lighting_scale = normalizer.scale * 255.0
+        cuda = device.type == "cuda"
 
         @pipeline_def
         def paper_recipe():
@@ -81,7 +83,7 @@ class DaliTrainSource(TrainSource):
                 num_shards=world_size,
                 name="Reader",
             )
-            images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB)
+            images = fn.decoders.image(jpegs, device="mixed" if cuda else "cpu", output_type=types.RGB)
             sizes = fn.random.uniform(values=[float(s) for s in range(scale[0], scale[1] + 1)])
             images = fn.resize(images, resize_shorter=sizes, interp_type=types.INTERP_LINEAR, antialias=True)
             images = fn.crop_mirror_normalize(
@@ -95,28 +97,57 @@ class DaliTrainSource(TrainSource):
                 mean=[0.0, 0.0, 0.0],
                 std=[1.0, 1.0, 1.0],
             )
-            return images, labels.gpu()
+            return images, labels.gpu() if cuda else labels
 
         pipe = paper_recipe(
             batch_size=self.local,
             num_threads=max(1, workers),
-            device_id=device.index or 0,
+            device_id=(device.index or 0) if cuda else None,  # None: DALI's CPU-only mode
             seed=mix_seed(seed, rank),
         )
-        pipe.build()
-        self.iterator = DALIGenericIterator(
-            [pipe], ["images", "labels"], reader_name="Reader", last_batch_policy=LastBatchPolicy.DROP, auto_reset=True
-        )
+        with _dali_errors():  # DALIGenericIterator runs the pipeline at once (its prefetch)
+            pipe.build()
+            self.iterator = DALIGenericIterator(
+                [pipe],
+                ["images", "labels"],
+                reader_name="Reader",
+                last_batch_policy=LastBatchPolicy.DROP,
+                auto_reset=True,
+            )
 
     def batches(self, start_iter: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        it = start_iter
+        it, ended = start_iter, False
         while True:
-            for out in self.iterator:
-                x, y = out[0]["images"], out[0]["labels"].reshape(-1).long()
-                x = self.normalize(x)
-                if self.lighting > 0:
-                    g = torch.Generator().manual_seed(mix_seed(self.seed, _ALPHA, it))
-                    alpha = torch.randn(len(x), 3, generator=g) * self.lighting
-                    x = x + lighting_shift(alpha).to(self.device)[:, :, None, None] * self.lighting_scale
-                yield x, y
-                it += 1
+            with _dali_errors():
+                out = next(self.iterator, None)
+            if out is None:  # an epoch's end: auto_reset starts the next one
+                if ended:
+                    raise UserError(f"data.loader=dali: fewer training images than one batch ({self.local})")
+                ended = True
+                continue
+            ended = False
+            x, y = out[0]["images"], out[0]["labels"].reshape(-1).long()
+            x = self.normalize(x)
+            if self.lighting > 0:
+                g = torch.Generator().manual_seed(mix_seed(self.seed, _ALPHA, it))
+                alpha = torch.randn(len(x), 3, generator=g) * self.lighting
+                x = x + lighting_shift(alpha).to(self.device)[:, :, None, None] * self.lighting_scale
+            yield x, y
+            it += 1
+
+
+@contextmanager
+def _dali_errors() -> Iterator[None]:
+    """A DALI pipeline error (e.g. a file it cannot decode: DALI neither names nor skips it) becomes one
+    UserError line with DALI's reason instead of its multi-page traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        reason = next(
+            (ln for ln in lines if "failure" in ln.lower() or "error:" in ln.lower()), lines[-1] if lines else ""
+        )
+        raise UserError(
+            f"data.loader=dali stopped: {reason} (DALI stops on a file it cannot decode and does not name it; "
+            "data.loader=torch with data.skip_corrupt=true names and skips such files)"
+        ) from None

@@ -1,0 +1,73 @@
+"""data.loader=dali, run for real where NVIDIA DALI is installed (`pip install 'resnetlab[dali]'`), in
+DALI's CPU-only mode here (the same pipeline decodes with nvjpeg on a GPU). Skipped without DALI: the
+default install does not carry its 200 MB wheel; `test_dali_absent_is_one_line` covers that case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from resnetlab.data.dali import DaliTrainSource
+from resnetlab.data.imagenet import build_imagefolder
+from resnetlab.data.ondevice import Normalizer
+from resnetlab.errors import UserError
+
+from .test_imagenet import config, write_tree
+from .test_jpeg_path import _coordinate_image, _geometry, _ks
+
+pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'resnetlab[dali]')")
+
+CPU = torch.device("cpu")
+
+
+def test_dali_training_views_agree_in_distribution_with_torchvision(tmp_path):
+    # The paper's recipe as DALI runs it (resize_shorter drawn in [256, 480], random 224 crop, coin-flip
+    # mirror) against torchvision's transforms.v2, by the geometry each view encodes.
+    path = tmp_path / "coords.png"
+    _coordinate_image(path)
+    n = 300
+    identity = Normalizer(torch.zeros(3, 1, 1), None, CPU)  # x / 255: the raw view, in [0, 1]
+    source = DaliTrainSource(
+        [(str(path), 0)] * n,
+        normalizer=identity,
+        device=CPU,
+        batch_size=50,
+        seed=0,
+        crop=224,
+        scale=(256, 480),
+        lighting=0.0,
+        workers=1,
+    )
+    stream = source.batches(0)
+    views = torch.cat([next(stream)[0] for _ in range(n // 50)]) * 255
+    assert views.shape == (n, 3, 224, 224)
+    ours = [_geometry(v) for v in views]
+    torch.manual_seed(0)
+    ref_t = v2.Compose([v2.RandomShortestSize(list(range(256, 481))), v2.RandomCrop(224), v2.RandomHorizontalFlip()])
+    with Image.open(path) as im:
+        ref = [_geometry(TF.pil_to_tensor(ref_t(im.convert("RGB")))) for _ in range(n)]
+    critical = 1.95 * np.sqrt(2 / n)  # KS at alpha = 0.001
+    for k, name in enumerate(("scale", "left", "top", "flip")):
+        assert _ks([o[k] for o in ours], [r[k] for r in ref]) < critical, name
+
+
+def test_dali_source_from_the_config(tmp_path):
+    root = write_tree(tmp_path / "tree", per_class=4, val_per_class=1)
+    bundle = build_imagefolder(config(root, "data.loader=dali", "data.lighting=0.1"), CPU)
+    x, y = next(bundle.train.batches(0))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert y.dtype == torch.int64 and set(y.tolist()) <= {0, 1, 2}
+
+
+def test_dali_unreadable_file_is_one_line(tmp_path):
+    root = write_tree(tmp_path / "tree", per_class=2, val_per_class=1)
+    (next((root / "train").iterdir()) / "zz_text.JPEG").write_text("not an image")
+    match = r"data.loader=dali stopped: .*data.loader=torch with data.skip_corrupt=true names and skips"
+    with pytest.raises(UserError, match=match):  # DALI reads ahead: it may stop while the source is built
+        stream = build_imagefolder(config(root, "data.loader=dali", "data.skip_corrupt=true"), CPU).train.batches(0)
+        for _ in range(10):
+            next(stream)
