@@ -59,7 +59,7 @@ class DataConfig:
     lighting: float = 0.1  # AlexNet PCA colour augmentation std (0 disables)
     workers: int = 8  # DataLoader worker processes (JPEG decoding)
     decode: Literal["workers", "device"] = "workers"  # where JPEGs are decoded and cropped (device: nvjpeg on CUDA)
-    loader: Literal["torch", "dali"] = "torch"  # dali: NVIDIA DALI on CUDA, extra [dali] (not run by our tests)
+    loader: Literal["torch", "dali"] = "torch"  # dali: NVIDIA DALI, extra [dali] (CPU-only mode without a GPU)
     skip_corrupt: bool = False  # True: skip unreadable images and count them; False: stop and name it
     mean_samples: int = 10000  # training images sampled to compute the mean
 

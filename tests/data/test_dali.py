@@ -4,6 +4,8 @@ default install does not carry its 200 MB wheel; `test_dali_absent_is_one_line` 
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -12,12 +14,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from resnetlab.data.dali import DaliTrainSource
-from resnetlab.data.imagenet import build_imagefolder
+from resnetlab.data.imagenet import TrainRecipe, build_imagefolder
 from resnetlab.data.ondevice import Normalizer
 from resnetlab.errors import UserError
 
 from .test_imagenet import config, write_tree
-from .test_jpeg_path import _coordinate_image, _geometry, _ks
+from .test_jpeg_path import _coordinate_image, _geometry, _ks, odd  # noqa: F401, F811 (odd: a fixture)
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'resnetlab[dali]')")
 
@@ -31,17 +33,8 @@ def test_dali_training_views_agree_in_distribution_with_torchvision(tmp_path):
     _coordinate_image(path)
     n = 300
     identity = Normalizer(torch.zeros(3, 1, 1), None, CPU)  # x / 255: the raw view, in [0, 1]
-    source = DaliTrainSource(
-        [(str(path), 0)] * n,
-        normalizer=identity,
-        device=CPU,
-        batch_size=50,
-        seed=0,
-        crop=224,
-        scale=(256, 480),
-        lighting=0.0,
-        workers=1,
-    )
+    recipe = TrainRecipe(batch_size=50, seed=0, crop=224, scale=(256, 480), lighting=0.0, workers=1, skip_corrupt=False)
+    source = DaliTrainSource([(str(path), 0)] * n, recipe, normalizer=identity, device=CPU)
     stream = source.batches(0)
     views = torch.cat([next(stream)[0] for _ in range(n // 50)]) * 255
     assert views.shape == (n, 3, 224, 224)
@@ -63,9 +56,23 @@ def test_dali_source_from_the_config(tmp_path):
     assert y.dtype == torch.int64 and set(y.tolist()) <= {0, 1, 2}
 
 
-def test_dali_unreadable_file_is_one_line(tmp_path):
+def test_dali_leaves_out_files_that_are_not_images(tmp_path):
+    # DALI's CPU decoder crashes the process on them (segfault, DALI 2.4): they must never reach it.
     root = write_tree(tmp_path / "tree", per_class=2, val_per_class=1)
-    (next((root / "train").iterdir()) / "zz_text.JPEG").write_text("not an image")
+    bad = next((root / "train").iterdir()) / "zz_text.JPEG"
+    bad.write_text("not an image")
+    with pytest.raises(UserError, match=f"cannot read image {bad}: .*data.skip_corrupt=true"):
+        build_imagefolder(config(root, "data.loader=dali"), CPU)  # named by the mean's pass, or by DALI's check
+    train = build_imagefolder(config(root, "data.loader=dali", "data.skip_corrupt=true"), CPU).train
+    stream = train.batches(0)
+    for _ in range(5):
+        x, _ = next(stream)
+    assert x.shape == (4, 3, 32, 32) and train.skipped == 1 and train.skipped_files == {str(bad)}
+
+
+def test_dali_damaged_image_is_one_line(tmp_path, odd):  # noqa: F811
+    root = write_tree(tmp_path / "tree", per_class=2, val_per_class=1)
+    shutil.copy(odd["truncated"], next((root / "train").iterdir()) / "zz_truncated.JPEG")
     match = r"data.loader=dali stopped: .*data.loader=torch with data.skip_corrupt=true names and skips"
     with pytest.raises(UserError, match=match):  # DALI reads ahead: it may stop while the source is built
         stream = build_imagefolder(config(root, "data.loader=dali", "data.skip_corrupt=true"), CPU).train.batches(0)

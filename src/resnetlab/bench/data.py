@@ -40,6 +40,7 @@ from resnetlab.data.imagenet import (
     IMAGENET_EIGVEC,
     ImageFolderEvalSource,
     ImageFolderTrainSource,
+    TrainRecipe,
     scan_split,
     split_classes,
 )
@@ -109,25 +110,20 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
     normalizer = Normalizer(torch.full((3, CROP, CROP), 0.45), None, spec.device)  # per-pixel mean, as ours
     if view == "train":
         samples = split_samples(spec.root, "train", spec.batch_size)
-        if decode == "dali":
-            return _dali(samples, spec, normalizer)
+        # the paper's recipe; unreadable files skipped (DALI: files that are not images; a damaged JPEG stops it)
+        recipe = TrainRecipe(
+            spec.batch_size, 0, CROP, (256, 480), lighting=0.1, workers=spec.workers, skip_corrupt=True
+        )
 
         def make() -> Iterator:
-            source = ImageFolderTrainSource(
-                samples,
-                normalizer=normalizer,
-                device=spec.device,
-                batch_size=spec.batch_size,
-                seed=0,
-                crop=CROP,
-                scale=(256, 480),
-                augment=True,
-                lighting=0.1,
-                workers=spec.workers,
-                skip_corrupt=True,
-                decode=decode,
-                persistent_workers=False,
-            )
+            if decode == "dali":  # data.loader=dali: DALI's threads = the workers; its CPU-only mode on a CPU
+                from resnetlab.data.dali import DaliTrainSource
+
+                source = DaliTrainSource(samples, recipe, normalizer=normalizer, device=spec.device)
+            else:
+                source = ImageFolderTrainSource(
+                    samples, recipe, normalizer=normalizer, device=spec.device, decode=decode, persistent_workers=False
+                )
             return (x for x, _ in source.batches(0))
 
         return make
@@ -166,27 +162,6 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
         )
         for views, _labels, _unreadable in _endless(lambda: loader):
             yield normalizer(views.to(spec.device, non_blocking=True).flatten(0, 1))  # (N*10, 3, 224, 224)
-
-    return make
-
-
-def _dali(samples: list, spec: DataSpec, normalizer: Normalizer) -> Callable[[], Iterator]:
-    """data.loader=dali's training source (DALI's threads = the workers; its CPU-only mode on a CPU)."""
-    from resnetlab.data.dali import DaliTrainSource
-
-    def make() -> Iterator:
-        source = DaliTrainSource(
-            samples,
-            normalizer=normalizer,
-            device=spec.device,
-            batch_size=spec.batch_size,
-            seed=0,
-            crop=CROP,
-            scale=(256, 480),
-            lighting=0.1,
-            workers=spec.workers,
-        )
-        return (x for x, _ in source.batches(0))
 
     return make
 

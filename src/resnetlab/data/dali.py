@@ -13,7 +13,9 @@ the GPU; PCA lighting and the mean are this package's usual device half (`Normal
 Departures from `data.loader: torch`, all named:
 - order and augmentation come from DALI's reader shuffle and its random generators (seeded with
   train.seed and the rank), not from (seed, iteration): a resumed run sees a different order;
-- a file DALI cannot decode stops the run with DALI's error (data.skip_corrupt is not applied).
+- a file that is not an image (by its first bytes) is left out and counted with data.skip_corrupt=true,
+  else refused with one line naming it; a damaged image (e.g. a truncated JPEG) stops the run with one
+  line, as DALI neither skips nor names it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 
 from resnetlab.data.bundle import TrainSource
-from resnetlab.data.imagenet import Sample, lighting_shift
+from resnetlab.data.imagenet import Sample, TrainRecipe, lighting_shift
 from resnetlab.data.ondevice import Normalizer
 from resnetlab.data.order import mix_seed
 from resnetlab.errors import UserError
@@ -49,27 +51,20 @@ def import_dali():
 class DaliTrainSource(TrainSource):
     """Training batches from a DALI pipeline: file read, decode (nvjpeg on a GPU), scale, crop, flip."""
 
-    def __init__(
-        self,
-        samples: list[Sample],
-        *,
-        normalizer: Normalizer,
-        device: torch.device,
-        batch_size: int,
-        seed: int,
-        crop: int,
-        scale: tuple[int, int],
-        lighting: float,
-        workers: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
+    def __init__(self, samples: list[Sample], recipe: TrainRecipe, *, normalizer: Normalizer, device: torch.device):
         fn, types, pipeline_def, DALIGenericIterator, LastBatchPolicy = import_dali()
-        if batch_size % world_size:
-            raise UserError(f"train.batch_size={batch_size} is not divisible by the {world_size} processes")
-        self.normalize, self.device, self.seed, self.lighting = normalizer, device, seed, lighting
-        self.local = batch_size // world_size
-        self.skipped, self.skipped_files = 0, set()  # the loop's counters; DALI stops on unreadable files
+        r = recipe
+        samples, not_images = image_files(samples)
+        if not_images and not r.skip_corrupt:
+            raise UserError(
+                f"cannot read image {not_images[0]}: not an image file (data.loader=dali; set data.skip_corrupt=true "
+                f"to leave out the {len(not_images)} such file(s))"
+            )
+        if r.batch_size % r.world_size:
+            raise UserError(f"train.batch_size={r.batch_size} is not divisible by the {r.world_size} processes")
+        self.normalize, self.device, self.seed, self.lighting = normalizer, device, r.seed, r.lighting
+        self.local = r.batch_size // r.world_size
+        self.skipped, self.skipped_files = len(not_images), set(not_images)  # the loop's counters (left out)
         self.lighting_scale = normalizer.scale * 255.0
         cuda = device.type == "cuda"
 
@@ -79,16 +74,16 @@ class DaliTrainSource(TrainSource):
                 files=[p for p, _ in samples],
                 labels=[y for _, y in samples],
                 random_shuffle=True,
-                shard_id=rank,
-                num_shards=world_size,
+                shard_id=r.rank,
+                num_shards=r.world_size,
                 name="Reader",
             )
             images = fn.decoders.image(jpegs, device="mixed" if cuda else "cpu", output_type=types.RGB)
-            sizes = fn.random.uniform(values=[float(s) for s in range(scale[0], scale[1] + 1)])
+            sizes = fn.random.uniform(values=[float(s) for s in range(r.scale[0], r.scale[1] + 1)])
             images = fn.resize(images, resize_shorter=sizes, interp_type=types.INTERP_LINEAR, antialias=True)
             images = fn.crop_mirror_normalize(
                 images,
-                crop=(crop, crop),
+                crop=(r.crop, r.crop),
                 crop_pos_x=fn.random.uniform(range=(0.0, 1.0)),
                 crop_pos_y=fn.random.uniform(range=(0.0, 1.0)),
                 mirror=fn.random.coin_flip(probability=0.5),
@@ -101,9 +96,9 @@ class DaliTrainSource(TrainSource):
 
         pipe = paper_recipe(
             batch_size=self.local,
-            num_threads=max(1, workers),
+            num_threads=max(1, r.workers),
             device_id=(device.index or 0) if cuda else None,  # None: DALI's CPU-only mode
-            seed=mix_seed(seed, rank),
+            seed=mix_seed(r.seed, r.rank),
         )
         with _dali_errors():  # DALIGenericIterator runs the pipeline at once (its prefetch)
             pipe.build()
@@ -134,6 +129,26 @@ class DaliTrainSource(TrainSource):
                 x = x + lighting_shift(alpha).to(self.device)[:, :, None, None] * self.lighting_scale
             yield x, y
             it += 1
+
+
+# The formats DALI's decoder reads, by their first bytes (WebP: "RIFF" + size + "WEBP").
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP  ")
+
+
+def image_files(samples: list[Sample]) -> tuple[list[Sample], list[str]]:
+    """(the samples whose files start like an image DALI decodes, the paths of the others). DALI
+    must never see the others: on a file that is not an image its CPU decoder crashes the process
+    (a segmentation fault, measured with DALI 2.4), where a damaged image only stops the pipeline."""
+    kept, other = [], []
+    for path, label in samples:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(12)
+        except OSError:
+            head = b""
+        ok = head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        (kept if ok else other).append((path, label) if ok else path)
+    return kept, other
 
 
 @contextmanager

@@ -22,6 +22,7 @@ import io
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +315,24 @@ class _ItemSeeds:
             it += 1
 
 
+@dataclass(frozen=True)
+class TrainRecipe:
+    """What every ImageNet training source (DataLoader or DALI) is asked for: the global batch of one
+    iteration, the seed of its order and draws, the crop, the range of the shorter side, the PCA
+    lighting std, the decoding processes (or threads), unreadable files skipped or not, this process's
+    share of the batch."""
+
+    batch_size: int
+    seed: int
+    crop: int
+    scale: tuple[int, int]
+    lighting: float
+    workers: int
+    skip_corrupt: bool
+    rank: int = 0
+    world_size: int = 1
+
+
 class ImageFolderTrainSource(TrainSource):
     """Augmented training batches through a DataLoader. `skipped` counts corrupt files skipped so far
     (with data.skip_corrupt) and `skipped_files` names them, for the loop to log."""
@@ -321,42 +340,35 @@ class ImageFolderTrainSource(TrainSource):
     def __init__(
         self,
         samples: list[Sample],
+        recipe: TrainRecipe,
         *,
         normalizer: Normalizer,
         device: torch.device,
-        batch_size: int,
-        seed: int,
-        crop: int,
-        scale: tuple[int, int],
-        augment: bool,
-        lighting: float,
-        workers: int,
-        skip_corrupt: bool,
-        rank: int = 0,
-        world_size: int = 1,
+        augment: bool = True,
         decode: str = "workers",
         persistent_workers: bool = True,
     ):
         if decode not in ("workers", "device"):
             raise UserError(f"data.decode: {decode!r} is not one of workers, device")
-        order = IterationSampler(len(samples), batch_size, seed=seed, rank=rank, world_size=world_size)
+        r = recipe
+        order = IterationSampler(len(samples), r.batch_size, seed=r.seed, rank=r.rank, world_size=r.world_size)
         self.normalize, self.device = normalizer, device
         self.skipped = 0
         self.skipped_files: set[str] = set()
-        self.crop, self.skip_corrupt = crop, skip_corrupt
+        self.crop, self.skip_corrupt = r.crop, r.skip_corrupt
         # augment=False: the test view, still through the (index, seed) sampler (same order, same resume).
         views = _Views(
             samples,
-            crop=crop,
+            crop=r.crop,
             view="random" if augment else "center",
-            scale=scale,
-            lighting=lighting,
-            skip_corrupt=skip_corrupt,
+            scale=r.scale,
+            lighting=r.lighting,
+            skip_corrupt=r.skip_corrupt,
             replace_corrupt=True,
             encoded=decode == "device" and augment,
         )
         self.sampler = _ItemSeeds(order)
-        self.loader = _loader(views, workers, device, persistent_workers, batch_sampler=self.sampler)
+        self.loader = _loader(views, r.workers, device, persistent_workers, batch_sampler=self.sampler)
         self.lighting_scale = self.normalize.scale * 255.0  # a [0, 1]-scale shift, in normalised units
 
     def batches(self, start_iter: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
@@ -516,26 +528,24 @@ def build_imagefolder(
         mean, std = _cached_stats(root, train, rank=rank, world_size=world_size, skip_corrupt=d.skip_corrupt, **opts)
         std = std if d.normalize_std else None
     normalizer = Normalizer(mean, std, device)
-    # What both training sources take; the DataLoader one also has the switches DALI's pipeline lacks.
-    common = dict(
-        normalizer=normalizer,
-        device=device,
+    recipe = TrainRecipe(
         batch_size=t.batch_size,
         seed=t.seed,
         crop=d.crop,
         scale=(d.scale_min, d.scale_max),
         lighting=d.lighting,
         workers=d.workers,
+        skip_corrupt=d.skip_corrupt,
         rank=rank,
         world_size=world_size,
     )
     if d.loader == "dali":
         from resnetlab.data.dali import DaliTrainSource
 
-        source = DaliTrainSource(train, **common)
+        source = DaliTrainSource(train, recipe, normalizer=normalizer, device=device)
     else:
         source = ImageFolderTrainSource(
-            train, **common, augment=d.augment, skip_corrupt=d.skip_corrupt, decode=d.decode
+            train, recipe, normalizer=normalizer, device=device, augment=d.augment, decode=d.decode
         )
     evaluation = ImageFolderEvalSource(
         test,
