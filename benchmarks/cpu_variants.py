@@ -19,7 +19,7 @@ import torch
 
 from resnetlab.bench.hardware import cpu_model
 from resnetlab.bench.harness import BenchSpec, breakdown, measure
-from resnetlab.bench.pipelines import Pipeline, ours_train
+from resnetlab.bench.pipelines import ModelSetup, Pipeline, ours_train
 from resnetlab.bench.reference import reference_train
 from resnetlab.bench.timing import summarize
 
@@ -47,10 +47,7 @@ def builder(variant: str, args: argparse.Namespace):
         layout, threads = rest
         return lambda: with_threads(
             ours_train(
-                args.model,
-                batch_size=args.batch_size,
-                device=cpu,
-                channels_last=layout == "cl",
+                ModelSetup(args.model, args.batch_size, cpu, channels_last=layout == "cl"),
                 train_images=args.train_images,
             ),
             int(threads),

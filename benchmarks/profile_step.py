@@ -14,7 +14,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from resnetlab.bench.pipelines import ours_train
+from resnetlab.bench.pipelines import ModelSetup, ours_train
 from resnetlab.bench.reference import reference_train
 
 
@@ -42,15 +42,10 @@ def main() -> int:
     if args.reference:
         pipe = reference_train(args.model, batch_size=args.batch_size, device=device, workers=args.ref_workers)
     else:
-        pipe = ours_train(
-            args.model,
-            batch_size=args.batch_size,
-            device=device,
-            precision=args.precision,
-            channels_last=args.channels_last,
-            compile=args.compile,
-            compile_mode=args.compile_mode,
+        setup = ModelSetup(
+            args.model, args.batch_size, device, args.precision, args.channels_last, args.compile, args.compile_mode
         )
+        pipe = ours_train(setup)
     for _ in range(args.warmup):
         pipe.step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

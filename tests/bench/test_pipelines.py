@@ -9,7 +9,7 @@ from contextlib import redirect_stdout
 import torch
 import torch.nn.functional as F
 
-from resnetlab.bench.pipelines import imagenet_train_source, ours_infer, ours_train
+from resnetlab.bench.pipelines import ModelSetup, imagenet_train_source, ours_infer, ours_train
 from resnetlab.bench.reference import CIFAR_MEAN, CIFAR_STD, cifar_loader, reference_train, synthetic_cifar10
 from resnetlab.cli import main
 
@@ -24,14 +24,14 @@ def info_mult_adds(model: str) -> int:
 
 
 def test_mult_adds_are_those_of_resnetlab_info():
-    ours = ours_train("cifar_resnet20", batch_size=4, device=CPU, train_images=64)
+    ours = ours_train(ModelSetup("cifar_resnet20", 4, CPU), train_images=64)
     assert ours.mult_adds == info_mult_adds("cifar_resnet20")
-    ours = ours_infer("resnet18", batch_size=1, device=CPU)
+    ours = ours_infer(ModelSetup("resnet18", 1, CPU))
     assert ours.mult_adds == info_mult_adds("resnet18")
 
 
 def test_ours_train_step_and_parts_run():
-    ours = ours_train("cifar_resnet20", batch_size=4, device=CPU, train_images=64)
+    ours = ours_train(ModelSetup("cifar_resnet20", 4, CPU), train_images=64)
     ours.step()
     x, y = ours.components["data"]()
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (4,)

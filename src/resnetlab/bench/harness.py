@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from resnetlab.bench.hardware import device_name, peak_flops, peak_memory, reset_peak_memory
-from resnetlab.bench.pipelines import CIFAR_TRAIN_IMAGES, Pipeline, ours_infer, ours_train
+from resnetlab.bench.pipelines import CIFAR_TRAIN_IMAGES, ModelSetup, Pipeline, ours_infer, ours_train
 from resnetlab.bench.reference import DEFAULT_WORKERS, reference_infer, reference_train
 from resnetlab.bench.timing import StepStats, make_clock, summarize, time_steps
 
@@ -54,17 +54,12 @@ def flops_per_step(mult_adds_per_image: int, batch_size: int, mode: str) -> int:
 
 
 def build_ours(spec: BenchSpec) -> Pipeline:
-    common = dict(
-        batch_size=spec.batch_size,
-        device=spec.device,
-        precision=spec.precision,
-        channels_last=spec.channels_last,
-        compile=spec.compile,
-        compile_mode=spec.compile_mode,
+    setup = ModelSetup(
+        spec.model, spec.batch_size, spec.device, spec.precision, spec.channels_last, spec.compile, spec.compile_mode
     )
     if spec.mode == "train":
-        return ours_train(spec.model, train_images=spec.train_images, imagefolder=spec.imagefolder, **common)
-    return ours_infer(spec.model, **common)
+        return ours_train(setup, train_images=spec.train_images, imagefolder=spec.imagefolder)
+    return ours_infer(setup)
 
 
 def build_reference(spec: BenchSpec) -> Pipeline:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnetlab.data.imagenet import ImageFolderTrainSource
+from resnetlab.data.imagenet import ImageFolderTrainSource, TrainRecipe
 from resnetlab.data.ondevice import DeviceEvalSource, DeviceTrainSource, Normalizer, image_stats
 from resnetlab.models import create_model
 from resnetlab.models.complexity import measure_model
@@ -90,18 +90,9 @@ def imagenet_train_source(device: torch.device, batch_size: int, *, seed: int = 
     labels = torch.randint(0, 1000, (batch_size,), generator=torch.Generator().manual_seed(seed))
     alphas = torch.randn(batch_size, 3, generator=torch.Generator().manual_seed(seed)) * 0.1  # data.lighting
     mean, _ = image_stats(imgs)
+    recipe = TrainRecipe(batch_size, seed, IMAGENET_CROP, (256, 480), lighting=0.1, workers=0, skip_corrupt=False)
     source = ImageFolderTrainSource(
-        [("synthetic", 0)] * batch_size,
-        normalizer=Normalizer(mean, None, device),
-        device=device,
-        batch_size=batch_size,
-        seed=seed,
-        crop=IMAGENET_CROP,
-        scale=(256, 480),
-        augment=True,
-        lighting=0.1,
-        workers=0,
-        skip_corrupt=False,
+        [("synthetic", 0)] * batch_size, recipe, normalizer=Normalizer(mean, None, device), device=device
     )
     source.loader = _RepeatBatch((imgs, labels, alphas, [], [], []))
     return source
@@ -127,34 +118,52 @@ def imagefolder_train_source(device: torch.device, batch_size: int, *, dir: str,
     return source
 
 
-def _prepare_model(
-    model_name: str, device: torch.device, *, channels_last: bool, compile: bool, train: bool, compile_mode: str
-) -> tuple[nn.Module, nn.Module]:
-    """(model, what to call): the model on the device in the asked memory format, maybe compiled."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the training loop: fixed shapes, let cuDNN time its kernels
-    model = create_model(model_name).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train(train)
-    return model, (compile_model(model, compile_mode) if compile else model)
+@dataclass(frozen=True)
+class ModelSetup:
+    """The network under test and how it runs: what the training and the inference pipelines share."""
 
+    model: str
+    batch_size: int
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
 
-def _compiled(compile: bool, mode: str) -> str:
-    return f", compiled ({mode})" if compile else ""
+    def prepare(self, *, train: bool) -> tuple[nn.Module, nn.Module]:
+        """(model, what to call): the model on the device in the asked memory format, maybe compiled."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as the training loop: fixed shapes, let cuDNN time its kernels
+        model = create_model(self.model).to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train(train)
+        return model, (compile_model(model, self.compile_mode) if self.compile else model)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self) -> torch.autocast:
+        dtype = autocast_dtype(self.precision, self.device)
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def pipeline(self, data: str, **timed) -> Pipeline:
+        """Our pipeline record for this setup; `data` says where its batches come from, `timed` holds
+        step, components and start_round."""
+        compiled = f", compiled ({self.compile_mode})" if self.compile else ""
+        layout = "channels_last" if self.channels_last else "NCHW"
+        return Pipeline(
+            name="ours",
+            description=f"{self.model}, {self.precision}, {layout}{compiled}; {data}",
+            batch_size=self.batch_size,
+            mult_adds=measure_model(self.model).mult_adds,
+            **timed,
+        )
 
 
 def ours_train(
-    model_name: str,
-    *,
-    batch_size: int,
-    device: torch.device,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    compile: bool = False,
-    compile_mode: str = "default",
-    train_images: int = CIFAR_TRAIN_IMAGES,
-    imagefolder: dict | None = None,
+    setup: ModelSetup, *, train_images: int = CIFAR_TRAIN_IMAGES, imagefolder: dict | None = None
 ) -> Pipeline:
     """One training iteration as `run_training` does it: next batch from the source, `make_train_step`.
 
@@ -164,11 +173,10 @@ def ours_train(
     Components: `data` (the next batch alone), `fwd_bwd` (forward, loss, backward on a fixed batch),
     `optimizer` (the SGD update alone, on a throwaway optimizer with lr 0 so the weights stay sane).
     """
-    model, call = _prepare_model(
-        model_name, device, channels_last=channels_last, compile=compile, train=True, compile_mode=compile_mode
-    )
+    model_name, batch_size, device = setup.model, setup.batch_size, setup.device
+    model, call = setup.prepare(train=True)
     optimizer = make_sgd(model, lr=0.1, momentum=0.9, weight_decay=1e-4)  # sec. 3.4 / 4.2
-    step = make_train_step(call, optimizer, device=device, precision=precision, channels_last=channels_last)
+    step = make_train_step(call, optimizer, device=device, precision=setup.precision, channels_last=setup.channels_last)
     if family(model_name) == "cifar":
         source = cifar_train_source(device, batch_size, images=train_images)
         data = "on-device uint8 CIFAR, vectorised pad-4 crop + flip (resnetlab.data)"
@@ -197,15 +205,13 @@ def ours_train(
     def data_only() -> object:
         return next(data_stream)
 
-    dtype = autocast_dtype(precision, device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     fixed_x, fixed_y = next(data_stream)
-    fixed_x = fixed_x.to(memory_format=memory_format)
+    fixed_x = fixed_x.to(memory_format=setup.memory_format)
 
     def fwd_bwd() -> object:
         if device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # as make_train_step: a new CUDA-graph-tree iteration
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with setup.autocast():
             loss = F.cross_entropy(call(fixed_x).float(), fixed_y)
         model.zero_grad(set_to_none=True)
         loss.backward()
@@ -218,13 +224,8 @@ def ours_train(
             fwd_bwd()  # the update needs gradients to exist
         return timing_optimizer.step()
 
-    options = "channels_last" if channels_last else "NCHW"
-    return Pipeline(
-        name="ours",
-        description=f"{model_name}, {precision}, {options}{_compiled(compile, compile_mode)}; {data}; "
-        "resnetlab.train.make_train_step",
-        batch_size=batch_size,
-        mult_adds=measure_model(model_name).mult_adds,
+    return setup.pipeline(
+        f"{data}; resnetlab.train.make_train_step",
         step=train_step,
         # From files, the input alone is `bench data`'s figure (fresh workers, its queue drained first),
         # which run_benchmark adds: timing next() on this stream would read batches queued during steps.
@@ -233,20 +234,10 @@ def ours_train(
     )
 
 
-def ours_infer(
-    model_name: str,
-    *,
-    batch_size: int,
-    device: torch.device,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    compile: bool = False,
-    compile_mode: str = "default",
-) -> Pipeline:
+def ours_infer(setup: ModelSetup) -> Pipeline:
     """Inference as evaluation does it: normalised uint8 batches from the device, eval mode, no grad."""
-    model, call = _prepare_model(
-        model_name, device, channels_last=channels_last, compile=compile, train=False, compile_mode=compile_mode
-    )
+    model_name, batch_size, device = setup.model, setup.batch_size, setup.device
+    _, call = setup.prepare(train=False)
     if family(model_name) == "cifar":
         images = max(CIFAR_TEST_IMAGES // batch_size, 1) * batch_size
         x = synthetic_uint8(images, 32, device=device)
@@ -259,23 +250,13 @@ def ours_infer(
         source.loader.batch = (*source.loader.batch[:2], torch.zeros(batch_size, 3), [], [], [])  # no lighting
         stream = source.batches(0)
         data = "synthetic uint8 224x224 batch, device-side /255 + mean (resnetlab.data)"
-    dtype = autocast_dtype(precision, device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     @torch.inference_mode()
     def infer_step() -> object:
         if device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
         x, _ = next(stream)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return call(x.to(memory_format=memory_format))
+        with setup.autocast():
+            return call(x.to(memory_format=setup.memory_format))
 
-    options = "channels_last" if channels_last else "NCHW"
-    return Pipeline(
-        name="ours",
-        description=f"{model_name}, {precision}, {options}{_compiled(compile, compile_mode)}; {data}",
-        batch_size=batch_size,
-        mult_adds=measure_model(model_name).mult_adds,
-        step=infer_step,
-        components={"data": lambda: next(stream)},
-    )
+    return setup.pipeline(data, step=infer_step, components={"data": lambda: next(stream)})
