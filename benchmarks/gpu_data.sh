@@ -26,9 +26,11 @@ fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; uptime; } | tee "$OUT/machine.txt"
 
 # (a) input alone: warm-up per round = 2 x workers + 2 batches (drains the prefetch queue), then
-# 4 x workers timed batches (the workers' batches arrive in bursts of WORKERS)
+# 4 x workers timed batches (the workers' batches arrive in bursts of WORKERS); DALI too where installed
+DECODE="workers device"
+"$BIN/python" -c "import nvidia.dali" 2>/dev/null && DECODE="$DECODE dali"
 timeout 240 "$BIN/resnetlab" bench data --data-dir "$DIR" --device cuda --workers "$WORKERS" --batch-size 256 \
-    --views train --decode workers device --rounds 3 --json >"$OUT/bench_data_train.json" \
+    --views train --decode $DECODE --rounds 3 --json >"$OUT/bench_data_train.json" \
     2>"$OUT/bench_data_train.log"
 echo "bench data (train view) exit $?"
 "$BIN/python" -c "import json,sys; from resnetlab.bench.data import format_data_result as f; print(f(json.load(open(sys.argv[1]))))" \

@@ -158,3 +158,19 @@ def test_no_flips_when_disabled_and_offsets_cover_the_range():
     assert set(dx.tolist()) == set(range(9)) and set(dy.tolist()) == set(range(9))
     _, _, flip = DeviceTrainSource(images, torch.zeros(256, dtype=torch.int64), **kw).augmentation(0)
     assert 0.3 < flip.float().mean() < 0.7
+
+
+@pytest.mark.parametrize("per", ["pixel", "channel"])
+def test_normalizer_equals_the_formula_and_leaves_its_input_alone(per):
+    # (x / 255 - mean) / std written out in float64; the in-place multiply-add must never write into the
+    # caller's tensor, even one that is float already (evaluation passes float views too).
+    g = torch.Generator().manual_seed(0)
+    mean = torch.rand(3, 8, 8, generator=g) if per == "pixel" else torch.rand(3, 1, 1, generator=g)
+    std = torch.rand(3, 1, 1, generator=g) + 0.5
+    x = torch.randint(0, 256, (5, 3, 8, 8), generator=g, dtype=torch.uint8)
+    expected = (x.double() / 255 - mean.double()) / std.double()
+    for inp in (x, x.float()):
+        before = inp.clone()
+        out = Normalizer(mean, std, torch.device("cpu"))(inp)
+        assert out.dtype == torch.float32 and torch.allclose(out.double(), expected, atol=1e-6)
+        assert torch.equal(inp, before) and out.data_ptr() != inp.data_ptr()

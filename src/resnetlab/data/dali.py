@@ -42,7 +42,7 @@ def import_dali():
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
     except ImportError:
         raise UserError(
-            "data.loader=dali: NVIDIA DALI is not installed (pip install 'resnetlab[dali]', CUDA only); "
+            "data.loader=dali: NVIDIA DALI is not installed (pip install 'resnetlab[dali]'); "
             "data.loader=torch needs nothing more"
         ) from None
     return fn, types, pipeline_def, DALIGenericIterator, LastBatchPolicy
