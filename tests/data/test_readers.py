@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import pickle
 import struct
@@ -13,6 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from resnetlab.config import load_config
 from resnetlab.data import build_data, readers
@@ -173,16 +175,53 @@ def test_fashion_mnist_missing_names_the_debian_package(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_download_fails_offline(tmp_path, monkeypatch):
-    """torchvision's own download, failing: one UserError, no traceback."""
+    """The download failing: one UserError naming the https URL, no traceback, nothing left behind."""
     monkeypatch.setattr(readers, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
 
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("offline")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    monkeypatch.setattr(urllib.request.OpenerDirector, "open", no_network)
-    with pytest.raises(UserError, match="could not download Fashion-MNIST"):
+    with pytest.raises(UserError, match="could not download https://raw.githubusercontent.com/zalandoresearch/"):
         build_data(_cfg(tmp_path, "data.name=fashion-mnist", "data.download=true"), CPU)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def _mnist_mirror(tmp_path, monkeypatch, name: str, *, damage: str | None = None) -> dict[str, np.ndarray]:
+    """A file:// mirror of the four .gz files (our small idx files), with their MD5s as the publisher's;
+    `damage` names one whose bytes then differ from its listed MD5."""
+    mirror = tmp_path / "mirror"
+    arrays = _write_mnist(mirror, compress=True)
+    cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+    md5s = [(f"{f}.gz", hashlib.md5((mirror / f"{f}.gz").read_bytes()).hexdigest()) for f in readers.MNIST_FILES]
+    if damage:
+        with gzip.open(mirror / f"{damage}.gz", "ab") as f:
+            f.write(b"tampered")
+    monkeypatch.setattr(cls, "resources", md5s)
+    monkeypatch.setitem(readers.MNIST_URLS, name, mirror.as_uri() + "/")
+    monkeypatch.setattr(readers, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    return arrays
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_mnist_download_checks_the_publishers_md5(tmp_path, monkeypatch, name):
+    arrays = _mnist_mirror(tmp_path, monkeypatch, name)
+    raw = readers.read_mnist(name, tmp_path / "data", download_ok=True)
+    assert np.array_equal(raw.train.images[:, 0].numpy(), arrays["train-images-idx3-ubyte"])
+    assert np.array_equal(raw.test.labels.numpy(), arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_mnist_download_with_a_wrong_md5_leaves_nothing(tmp_path, monkeypatch):
+    _mnist_mirror(tmp_path, monkeypatch, "fashion-mnist", damage="t10k-images-idx3-ubyte")
+    data = tmp_path / "data"
+    with pytest.raises(UserError, match=r"t10k-images-idx3-ubyte.gz but its MD5 is [0-9a-f]{32}, not the publisher"):
+        readers.read_mnist("fashion-mnist", data, download_ok=True)
+    raw = data / "FashionMNIST" / "raw"
+    assert not (raw / "t10k-images-idx3-ubyte").exists() and not (raw / "t10k-images-idx3-ubyte.gz").exists()
+
+
+def test_mnist_urls_are_https():
+    assert all(url.startswith("https://") for url in readers.MNIST_URLS.values())
 
 
 @pytest.mark.skipif(not readers.FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
@@ -220,27 +259,33 @@ def test_truncated_idx_file_is_a_user_error(tmp_path):
 
 
 def test_concurrent_unpacking_of_mnist_gives_whole_files(tmp_path):
-    """Four processes unpacking the same .gz files at once (four grid runs starting together): none fails,
-    every file is whole (an H200 run once raced on a shared temporary name)."""
-    import gzip
-    import struct
+    """Four processes unpacking the same .gz files at once (four grid runs starting together), each then
+    reading the training images as a run does: none fails, and every one reads exactly the true bytes.
+    (An H200 grid once raced on a shared temporary name: a process truncating the file another was
+    still writing left a full-size file with a hole of zero images, which a size check cannot see.)"""
     import subprocess
     import sys
 
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    n = 20000
+    n = 60000  # Fashion-MNIST's size: unpacking lasts long enough for the starts to overlap it
+    rng = np.random.default_rng(0)
+    images = struct.pack(">IIII", 0x803, n, 28, 28) + rng.integers(1, 256, n * 28 * 28, dtype=np.uint8).tobytes()
     for prefix in ("train", "t10k"):
         with gzip.open(raw / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + bytes(n * 28 * 28))
+            f.write(images)
         with gzip.open(raw / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
             f.write(struct.pack(">II", 0x801, n) + bytes(n))
     code = (
-        "import sys; from pathlib import Path; from resnetlab.data.readers import ensure_mnist; "
-        "ensure_mnist('fashion-mnist', Path(sys.argv[1]), False)"
+        "import hashlib, random, sys, time; from pathlib import Path; from resnetlab.data.readers import ensure_mnist; "
+        "time.sleep(random.random() * 0.3); ensure_mnist('fashion-mnist', Path(sys.argv[1]), False); "
+        "print(hashlib.md5((Path(sys.argv[1]) / 'FashionMNIST/raw/train-images-idx3-ubyte').read_bytes()).hexdigest())"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE) for _ in range(4)]
-    errors = [p.communicate()[1].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), errors
-    assert (raw / "train-images-idx3-ubyte").stat().st_size == 16 + n * 28 * 28
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err.decode() for _, err in outs]
+    assert [out.decode().strip() for out, _ in outs] == [hashlib.md5(images).hexdigest()] * 4
     assert not list(raw.glob(".*.part"))

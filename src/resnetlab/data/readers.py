@@ -114,6 +114,13 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+# Where data.download=true fetches the .gz files, over https only (torchvision's Fashion-MNIST mirror is
+# http): the publisher's own repository for Fashion-MNIST, torchvision's https mirror for MNIST. The
+# MD5 of each file is the publisher's, as torchvision lists them (`resources`).
+MNIST_URLS = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion-mnist": "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+}
 
 
 def ensure_cifar(name: str, root: Path, download_ok: bool) -> None:
@@ -205,7 +212,7 @@ def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
     """Make `root/<MNIST|FashionMNIST>/raw/` hold the four idx files torchvision reads.
 
     Sources, in order: the files themselves; their .gz in the same folder; for Fashion-MNIST the
-    Debian package's copy; torchvision's download (when allowed)."""
+    Debian package's copy; a download over https checked against the publisher's MD5 (when allowed)."""
     cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
     raw = root / cls.__name__ / "raw"
     sources = [raw] + ([FASHION_MNIST_SYSTEM_DIR] if name == "fashion-mnist" else [])
@@ -223,17 +230,23 @@ def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
     title = "MNIST" if name == "mnist" else "Fashion-MNIST"
     where = (
         f"{title} not found: put {', '.join(MNIST_FILES)} (or the same names + .gz, e.g. "
-        f"`curl -L -O {cls.mirrors[0]}{MNIST_FILES[0]}.gz`, and the same for the other three) in {raw}"
+        f"`curl -L -O {MNIST_URLS[name]}{MNIST_FILES[0]}.gz`, and the same for the other three) in {raw}"
     )
     if name == "fashion-mnist":
         where += f"; or `apt install dataset-fashion-mnist` (Debian/Ubuntu; files in {FASHION_MNIST_SYSTEM_DIR})"
     if not download_ok:
         raise UserError(f"{where}; or run with data.download=true")
-    try:
-        cls(str(root), train=True, download=True)
-    except (RuntimeError, OSError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()  # torchvision: the last error
-        raise UserError(f"could not download {title} ({reason}); offline? {where}") from None
+    md5s = dict(cls.resources)  # {"train-images-idx3-ubyte.gz": publisher's MD5, ...}
+    for f in MNIST_FILES:
+        if not (raw / f).is_file():
+            try:
+                download(MNIST_URLS[name] + f"{f}.gz", raw / f"{f}.gz", md5=md5s[f"{f}.gz"])
+            except UserError as e:
+                raise UserError(f"{e}; offline? {where}") from None
+            try:
+                _gunzip(raw / f"{f}.gz", raw / f)
+            except (OSError, EOFError) as e:
+                raise UserError(f"cannot unpack {name} into {raw}: {e}") from None
 
 
 def read_mnist(name: str, root: Path, download_ok: bool) -> RawDataset:
