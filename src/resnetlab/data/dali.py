@@ -126,7 +126,7 @@ class DaliTrainSource(TrainSource):
             if self.lighting > 0:
                 g = torch.Generator().manual_seed(mix_seed(self.seed, _ALPHA, it))
                 alpha = torch.randn(len(x), 3, generator=g) * self.lighting
-                x = x + lighting_shift(alpha).to(self.device)[:, :, None, None] * self.lighting_scale
+                x.add_(lighting_shift(alpha).to(self.device)[:, :, None, None] * self.lighting_scale)  # x is ours
             yield x, y
             it += 1
 

@@ -216,16 +216,22 @@ def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
     cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
     raw = root / cls.__name__ / "raw"
     sources = [raw] + ([FASHION_MNIST_SYSTEM_DIR] if name == "fashion-mnist" else [])
-    try:
-        for f in MNIST_FILES:
-            if (raw / f).is_file():
-                continue
-            src = next((d / f"{f}.gz" for d in sources if (d / f"{f}.gz").is_file()), None)
-            if src is not None:
-                _gunzip(src, raw / f)
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot unpack {name} into {raw}: {e}") from None
-    if all((raw / f).is_file() for f in MNIST_FILES):
+
+    def unpack() -> list[str]:
+        """Unpack what has a .gz in a source; the files still missing."""
+        try:
+            for f in MNIST_FILES:
+                if (raw / f).is_file():
+                    continue
+                src = next((d / f"{f}.gz" for d in sources if (d / f"{f}.gz").is_file()), None)
+                if src is not None:
+                    _gunzip(src, raw / f)
+        except (OSError, EOFError) as e:
+            raise UserError(f"cannot unpack {name} into {raw}: {e}") from None
+        return [f for f in MNIST_FILES if not (raw / f).is_file()]
+
+    missing = unpack()
+    if not missing:
         return
     title = "MNIST" if name == "mnist" else "Fashion-MNIST"
     where = (
@@ -237,16 +243,12 @@ def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
     if not download_ok:
         raise UserError(f"{where}; or run with data.download=true")
     md5s = dict(cls.resources)  # {"train-images-idx3-ubyte.gz": publisher's MD5, ...}
-    for f in MNIST_FILES:
-        if not (raw / f).is_file():
-            try:
-                download(MNIST_URLS[name] + f"{f}.gz", raw / f"{f}.gz", md5=md5s[f"{f}.gz"])
-            except UserError as e:
-                raise UserError(f"{e}; offline? {where}") from None
-            try:
-                _gunzip(raw / f"{f}.gz", raw / f)
-            except (OSError, EOFError) as e:
-                raise UserError(f"cannot unpack {name} into {raw}: {e}") from None
+    for f in missing:
+        try:
+            download(MNIST_URLS[name] + f"{f}.gz", raw / f"{f}.gz", md5=md5s[f"{f}.gz"])
+        except UserError as e:
+            raise UserError(f"{e}; offline? {where}") from None
+    unpack()  # the downloaded .gz files are in raw/, the first source
 
 
 def read_mnist(name: str, root: Path, download_ok: bool) -> RawDataset:
