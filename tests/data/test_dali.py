@@ -24,19 +24,29 @@ from .test_jpeg_path import _coordinate_image, _geometry, _ks, odd  # noqa: F401
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'resnetlab[dali]')")
 
 CPU = torch.device("cpu")
+# CPU: DALI's CPU-only mode (here); CUDA: "mixed" decoding (nvjpeg) and the GPU operators (the same pipeline)
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+    ),
+]
 
 
-def test_dali_training_views_agree_in_distribution_with_torchvision(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_dali_training_views_agree_in_distribution_with_torchvision(tmp_path, device):
     # The paper's recipe as DALI runs it (resize_shorter drawn in [256, 480], random 224 crop, coin-flip
     # mirror) against torchvision's transforms.v2, by the geometry each view encodes.
+    device = torch.device(device)
     path = tmp_path / "coords.png"
     _coordinate_image(path)
     n = 300
-    identity = Normalizer(torch.zeros(3, 1, 1), None, CPU)  # x / 255: the raw view, in [0, 1]
+    identity = Normalizer(torch.zeros(3, 1, 1), None, device)  # x / 255: the raw view, in [0, 1]
     recipe = TrainRecipe(batch_size=50, seed=0, crop=224, scale=(256, 480), lighting=0.0, workers=1, skip_corrupt=False)
-    source = DaliTrainSource([(str(path), 0)] * n, recipe, normalizer=identity, device=CPU)
+    source = DaliTrainSource([(str(path), 0)] * n, recipe, normalizer=identity, device=device)
     stream = source.batches(0)
-    views = torch.cat([next(stream)[0] for _ in range(n // 50)]) * 255
+    views = torch.cat([next(stream)[0].cpu() for _ in range(n // 50)]) * 255
     assert views.shape == (n, 3, 224, 224)
     ours = [_geometry(v) for v in views]
     torch.manual_seed(0)
@@ -48,10 +58,12 @@ def test_dali_training_views_agree_in_distribution_with_torchvision(tmp_path):
         assert _ks([o[k] for o in ours], [r[k] for r in ref]) < critical, name
 
 
-def test_dali_source_from_the_config(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_dali_source_from_the_config(tmp_path, device):
     root = write_tree(tmp_path / "tree", per_class=4, val_per_class=1)
-    bundle = build_imagefolder(config(root, "data.loader=dali", "data.lighting=0.1"), CPU)
+    bundle = build_imagefolder(config(root, "data.loader=dali", "data.lighting=0.1"), torch.device(device))
     x, y = next(bundle.train.batches(0))
+    assert x.device.type == y.device.type == device
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and torch.isfinite(x).all()
     assert y.dtype == torch.int64 and set(y.tolist()) <= {0, 1, 2}
 
@@ -78,3 +90,25 @@ def test_dali_damaged_image_is_one_line(tmp_path, odd):  # noqa: F811
         stream = build_imagefolder(config(root, "data.loader=dali", "data.skip_corrupt=true"), CPU).train.batches(0)
         for _ in range(10):
             next(stream)
+
+
+def test_bench_train_from_files_through_dali(tmp_path, capsys):
+    # `bench train --data imagefolder --decode dali` times DALI's input alone under its own name
+    # (it looked for the nvjpeg path's figure and stopped with a KeyError)
+    import json
+
+    from resnetlab.cli import main
+
+    root = write_tree(tmp_path / "tree", per_class=4, val_per_class=1)
+    args = ["bench", "train", "--model", "resnet18", "--batch-size", "4", "--device", "cpu", "--iters", "1"]
+    args += ["--warmup", "1", "--data", "imagefolder", "--data-dir", str(root), "--workers", "1", "--decode", "dali"]
+    assert main([*args, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["ours"]["images_per_s"] > 0 and res["input_alone"]["images_per_s"] > 0
+
+
+def test_dali_fewer_images_than_a_batch_is_one_line(tmp_path):
+    # the reader wraps around endlessly: a batch larger than the split would repeat images in it
+    root = write_tree(tmp_path / "tree", per_class=1, val_per_class=1)
+    with pytest.raises(UserError, match=r"data.loader=dali: 3 training images, fewer than one batch \(8\)"):
+        build_imagefolder(config(root, "data.loader=dali", "train.batch_size=8"), CPU)

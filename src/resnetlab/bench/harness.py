@@ -194,7 +194,7 @@ def run_benchmark(
     if spec.imagefolder:  # the input alone, as `resnetlab bench data` measures it
         from pathlib import Path
 
-        from resnetlab.bench.data import DataSpec, run_data_benchmark
+        from resnetlab.bench.data import PIPELINE_NAMES, DataSpec, run_data_benchmark
 
         data_spec = DataSpec(
             root=Path(spec.imagefolder["dir"]),
@@ -206,7 +206,7 @@ def run_benchmark(
             decode=(spec.imagefolder["decode"],),
             reference=False,
         )
-        name = "ours" if spec.imagefolder["decode"] == "workers" else "ours-device"
+        name = PIPELINE_NAMES[spec.imagefolder["decode"]]
         result["input_alone"] = run_data_benchmark(data_spec, progress=progress)["views"]["train"][name]
     if "synthetic" in pipes:
         # By total time (mean step), not the median: from files, batches can arrive in bursts (one per

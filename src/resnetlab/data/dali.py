@@ -36,23 +36,23 @@ _ALPHA = 14  # seed stream of the lighting draws (data.order and imagenet.py use
 
 
 def import_dali():
-    """(fn, types, pipeline_def, DALIGenericIterator, LastBatchPolicy), or one UserError line."""
+    """(fn, types, pipeline_def, DALIGenericIterator), or one UserError line."""
     try:
         from nvidia.dali import fn, pipeline_def, types
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
     except ImportError:
         raise UserError(
             "data.loader=dali: NVIDIA DALI is not installed (pip install 'resnetlab[dali]'); "
             "data.loader=torch needs nothing more"
         ) from None
-    return fn, types, pipeline_def, DALIGenericIterator, LastBatchPolicy
+    return fn, types, pipeline_def, DALIGenericIterator
 
 
 class DaliTrainSource(TrainSource):
     """Training batches from a DALI pipeline: file read, decode (nvjpeg on a GPU), scale, crop, flip."""
 
     def __init__(self, samples: list[Sample], recipe: TrainRecipe, *, normalizer: Normalizer, device: torch.device):
-        fn, types, pipeline_def, DALIGenericIterator, LastBatchPolicy = import_dali()
+        fn, types, pipeline_def, DALIGenericIterator = import_dali()
         r = recipe
         samples, not_images = image_files(samples)
         if not_images and not r.skip_corrupt:
@@ -62,6 +62,8 @@ class DaliTrainSource(TrainSource):
             )
         if r.batch_size % r.world_size:
             raise UserError(f"train.batch_size={r.batch_size} is not divisible by the {r.world_size} processes")
+        if len(samples) < r.batch_size:
+            raise UserError(f"data.loader=dali: {len(samples)} training images, fewer than one batch ({r.batch_size})")
         self.normalize, self.device, self.seed, self.lighting = normalizer, device, r.seed, r.lighting
         self.local = r.batch_size // r.world_size
         self.skipped, self.skipped_files = len(not_images), set(not_images)  # the loop's counters (left out)
@@ -102,25 +104,15 @@ class DaliTrainSource(TrainSource):
         )
         with _dali_errors():  # DALIGenericIterator runs the pipeline at once (its prefetch)
             pipe.build()
-            self.iterator = DALIGenericIterator(
-                [pipe],
-                ["images", "labels"],
-                reader_name="Reader",
-                last_batch_policy=LastBatchPolicy.DROP,
-                auto_reset=True,
-            )
+            # endless: the reader wraps around inside the pipeline, the iterator never stops (bound to the
+            # reader it stops at each epoch's end and is reset: no faster on an H200, benchmarks/dali_epochs.py)
+            self.iterator = DALIGenericIterator([pipe], ["images", "labels"])
 
     def batches(self, start_iter: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        it, ended = start_iter, False
+        it = start_iter
         while True:
             with _dali_errors():
-                out = next(self.iterator, None)
-            if out is None:  # an epoch's end: auto_reset starts the next one
-                if ended:
-                    raise UserError(f"data.loader=dali: fewer training images than one batch ({self.local})")
-                ended = True
-                continue
-            ended = False
+                out = next(self.iterator)
             x, y = out[0]["images"], out[0]["labels"].reshape(-1).long()
             x = self.normalize(x)
             if self.lighting > 0:
