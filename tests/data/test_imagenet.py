@@ -88,6 +88,18 @@ def test_eval_batches_are_the_normalised_center_view(tree):
     torch.testing.assert_close(x[0] + bundle.meta["mean"], ref, atol=0.03, rtol=0)
 
 
+def test_eval_batches_share_one_float_tensor_on_the_cpu(tree):
+    # the contract of EvalSource.batches: valid until the next is drawn (the CPU reuses the memory)
+    a = build_imagefolder(config(tree, "train.eval_batch_size=2"), torch.device("cpu")).test
+    stream = a.batches()
+    x0, _ = next(stream)
+    kept, ptr = x0.clone(), x0.data_ptr()
+    x1, _ = next(stream)
+    assert x1.data_ptr() == ptr and not torch.equal(x1, kept)
+    every = [x.clone() for x, _ in a.batches()]
+    torch.testing.assert_close(every[0], kept, atol=0, rtol=0)
+
+
 def test_resume_and_workers_give_the_same_stream(tree):
     cfg = config(tree, "data.lighting=0.1")
     a = build_imagefolder(cfg, torch.device("cpu")).train

@@ -8,7 +8,7 @@ import torch
 
 from resnetlab.config import load_config
 from resnetlab.data import build_data
-from resnetlab.data.ondevice import DeviceTrainSource, Normalizer
+from resnetlab.data.ondevice import DeviceTrainSource, FloatScratch, Normalizer
 from resnetlab.errors import UserError
 
 CPU = torch.device("cpu")
@@ -174,3 +174,22 @@ def test_normalizer_equals_the_formula_and_leaves_its_input_alone(per):
         out = Normalizer(mean, std, torch.device("cpu"))(inp)
         assert out.dtype == torch.float32 and torch.allclose(out.double(), expected, atol=1e-6)
         assert torch.equal(inp, before) and out.data_ptr() != inp.data_ptr()
+
+
+def test_normalizer_into_a_scratch_equals_a_fresh_result():
+    # FloatScratch: one float tensor rewritten call after call on the CPU (a fresh one per batch costs its
+    # page faults); the result must be the formula's, whatever the scratch held before.
+    g = torch.Generator().manual_seed(1)
+    mean, std = torch.rand(3, 8, 8, generator=g), torch.rand(3, 1, 1, generator=g) + 0.5
+    norm, scratch = Normalizer(mean, std, torch.device("cpu")), FloatScratch()
+    first = None
+    for _ in range(3):
+        x = torch.randint(0, 256, (5, 3, 8, 8), generator=g, dtype=torch.uint8)
+        out = norm(x, into=scratch(x))
+        expected = (x.double() / 255 - mean.double()) / std.double()
+        assert torch.allclose(out.double(), expected, atol=1e-6)
+        first = first if first is not None else out.data_ptr()
+        assert out.data_ptr() == first  # the same memory every time
+    other = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    assert scratch(other).shape == other.shape  # a new shape (the last, smaller batch): a new tensor
+    assert scratch(torch.empty(2, 3, device="meta")) is None  # off the CPU: a fresh tensor each time

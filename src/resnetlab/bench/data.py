@@ -44,7 +44,7 @@ from resnetlab.data.imagenet import (
     scan_split,
     split_classes,
 )
-from resnetlab.data.ondevice import Normalizer
+from resnetlab.data.ondevice import FloatScratch, Normalizer
 from resnetlab.errors import UserError
 
 VIEWS = ("train", "center", "10crop")
@@ -160,8 +160,10 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
             sampler=_Cycle(len(samples), False),
             drop_last=True,
         )
+        scratch = FloatScratch()  # as the evaluation's ensemble_probs
         for views, _labels, _unreadable in _endless(lambda: loader):
-            yield normalizer(views.to(spec.device, non_blocking=True).flatten(0, 1))  # (N*10, 3, 224, 224)
+            flat = views.to(spec.device, non_blocking=True).flatten(0, 1)  # (N*10, 3, 224, 224)
+            yield normalizer(flat, into=scratch(flat))
 
     return make
 

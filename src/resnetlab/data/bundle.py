@@ -32,6 +32,8 @@ class EvalSource:
     """The whole test (or held-out validation) split, un-augmented and normalised."""
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(images, labels) batches. A batch is valid until the next one is drawn (a source may write
+        the next into the same memory, as the ImageFolder source does on the CPU): `.clone()` to keep one."""
         raise NotImplementedError
 
     def __len__(self) -> int:

@@ -36,7 +36,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from resnetlab.data.bundle import DataBundle, EvalSource, TrainSource
-from resnetlab.data.ondevice import Normalizer, fit_stats
+from resnetlab.data.ondevice import FloatScratch, Normalizer, fit_stats
 from resnetlab.data.order import IterationSampler, mix_seed
 from resnetlab.errors import UserError
 
@@ -423,11 +423,15 @@ class ImageFolderEvalSource(EvalSource):
         return len(self.samples)
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """On the CPU each batch is rewritten into the next one's float tensor (`FloatScratch`): use a
+        batch before asking for the next (`.clone()` one to keep it)."""
+        scratch = FloatScratch()
         for imgs, labels, _alphas, skipped, errors, _ in self.loader:
             _raise_unreadable(errors)
             self.skipped += len(skipped)
             if len(imgs):
-                yield self.normalize(imgs.to(self.device, non_blocking=True)), labels.to(self.device)
+                x = imgs.to(self.device, non_blocking=True)
+                yield self.normalize(x, into=scratch(x)), labels.to(self.device)
 
 
 # ---- the mean ------------------------------------------------------------------------------------

@@ -44,8 +44,9 @@ class LoadedModel:
     def classes(self) -> list[str]:
         return list(self.meta.get("classes") or [])
 
-    def normalize(self, x: Tensor) -> Tensor:
-        """uint8 (N, C, h, w) -> float (x / 255 - mean) [/ std], the normalisation of the contract.
+    def normalize(self, x: Tensor, *, into: Tensor | None = None) -> Tensor:
+        """uint8 (N, C, h, w) -> float (x / 255 - mean) [/ std], the normalisation of the contract
+        (written into `into`, a `FloatScratch`'s tensor, when given).
 
         A per-pixel mean is stored at the training crop size; at any other size (the multi-scale
         protocol sees whole images of 224..640 pixels) the mean map is resized bilinearly to (h, w),
@@ -54,7 +55,7 @@ class LoadedModel:
         if mean.shape[-2:] != (1, 1) and mean.shape[-2:] != x.shape[-2:]:
             mean = F.interpolate(mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
         std = self.meta.get("std")
-        return Normalizer(mean, None if std is None else std.to(x.device, torch.float32), x.device)(x)
+        return Normalizer(mean, None if std is None else std.to(x.device, torch.float32), x.device)(x, into=into)
 
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:

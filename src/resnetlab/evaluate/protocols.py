@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from resnetlab.data.imagenet import center_view, resize_shorter, test_resize
+from resnetlab.data.ondevice import FloatScratch
 from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import LoadedModel
 
@@ -66,13 +67,16 @@ def fully_convolutional_logits(model: torch.nn.Module, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def ensemble_probs(models: Sequence[LoadedModel], views: Tensor, *, fully_conv: bool = False) -> Tensor:
-    """(N, V, C, h, w) uint8 views of N images -> (N, K): softmax averaged over views and models."""
+def ensemble_probs(
+    models: Sequence[LoadedModel], views: Tensor, *, fully_conv: bool = False, scratch: FloatScratch | None = None
+) -> Tensor:
+    """(N, V, C, h, w) uint8 views of N images -> (N, K): softmax averaged over views and models.
+    scratch: the float batch to normalise into, model after model and call after call (on the CPU)."""
     n, v = views.shape[:2]
     flat = views.flatten(0, 1)  # (N * V, C, h, w)
     total = None
     for m in models:
-        x = m.normalize(flat)
+        x = m.normalize(flat, into=scratch(flat) if scratch else None)
         logits = fully_convolutional_logits(m.model, x) if fully_conv else m.model(x)
         probs = logits.float().softmax(-1).view(n, v, -1).mean(1)
         total = probs if total is None else total + probs

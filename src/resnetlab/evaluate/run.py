@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from resnetlab.config import Config, from_dict
 from resnetlab.data.imagenet import read_image, scan_split, split_classes
+from resnetlab.data.ondevice import FloatScratch
 from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models, resolve_data_dir
 from resnetlab.evaluate.predict import class_names
@@ -110,6 +111,7 @@ def _evaluate_images(
     )
     top1 = top5 = n = skipped = 0
     confusion = torch.zeros(models[0].num_classes, models[0].num_classes, dtype=torch.int64)
+    scratch = FloatScratch()  # the float views, rewritten batch after batch (CPU)
     batches = progress(loader, total=len(loader), desc=f"evaluate {protocol}", unit="batch", quiet=quiet)
     for views, labels, unreadable in batches:
         if unreadable and not skip_corrupt:
@@ -120,7 +122,7 @@ def _evaluate_images(
         if protocol == "multiscale":
             probs = torch.stack([multiscale_probs(models, v.to(device), scales=scales, flip=flip) for v in views])
         else:
-            probs = ensemble_probs(models, views.to(device, non_blocking=True))
+            probs = ensemble_probs(models, views.to(device, non_blocking=True), scratch=scratch)
         a, b = topk_correct(probs.cpu(), labels)
         top1, top5, n = top1 + a, top5 + b, n + len(labels)
         confusion += confusion_counts(probs.cpu(), labels)
