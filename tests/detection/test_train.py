@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import signal
+import sys
 
 import pytest
 import torch
@@ -38,6 +39,20 @@ def test_frozen_bn_without_pretrained_weights_is_refused(tmp_path):
     cfg = load_detection_config("voc07-resnet101-c4", [f"data.dir={tmp_path}"])
     with pytest.raises(UserError, match="model.pretrained"):
         run_detection_training(cfg, tmp_path / "run")
+
+
+def test_without_pycocotools_the_run_is_refused_before_it_starts(tmp_path, monkeypatch, capsys):
+    # pycocotools is the `detection` extra; it used to stop the run at its first evaluation
+    from resnetlab.cli import main
+
+    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import` of it raises ImportError
+    with pytest.raises(UserError, match=r"pycocotools .*pip install 'resnetlab\[detection\]'"):
+        run_detection_training(tiny_config(tmp_path, max_iters=2), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written
+    assert main(["detect", "evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'resnetlab[detection]'" in err[0]
 
 
 def test_sigterm_then_resume_is_exact(tmp_path, monkeypatch):

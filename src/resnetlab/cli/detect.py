@@ -76,9 +76,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from resnetlab.detection.config import detection_config_from_dict
     from resnetlab.detection.data import build_detection_set
     from resnetlab.detection.evaluate import evaluate_detector, format_report
+    from resnetlab.detection.metrics import coco_tools
     from resnetlab.detection.train import load_detector
     from resnetlab.utils.device import resolve_device
 
+    coco_tools()  # needed for the metrics at the end: say so before the whole test set is run
     device = resolve_device(args.device)
     model, ckpt = load_detector(args.checkpoint, device)
     cfg = detection_config_from_dict(ckpt["config"])

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from resnetlab.errors import UserError
+
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, recall_points: int | None) -> float:
     """Area under the precision/recall curve with precision made monotone (the envelope).
@@ -102,15 +104,24 @@ def voc_ap_per_class(
     return ap
 
 
+def coco_tools() -> tuple[type, type]:
+    """(COCO, COCOeval) from pycocotools (the `detection` extra), or one UserError line: checked before
+    a detection run starts, so that a missing package does not stop it at its first evaluation."""
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise UserError("detection needs pycocotools for its metrics: pip install 'resnetlab[detection]'") from None
+    return COCO, COCOeval
+
+
 def coco_metrics(dets: list[dict[str, Any]], gts: list[dict[str, Any]], num_classes: int) -> dict[str, float]:
     """pycocotools' COCOeval (bbox): {"map": AP@[.5:.95], "map50": AP@.5, "map75": AP@.75} as fractions.
 
     Ground truth is built from the targets; ignored boxes (VOC difficult, COCO crowd) become crowd
     regions. Image ids are the list positions.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+    COCO, COCOeval = coco_tools()
     images, annotations, results = [], [], []
     for i, g in enumerate(gts):
         images.append({"id": i})

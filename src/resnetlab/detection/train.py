@@ -19,6 +19,7 @@ from torch import nn
 from resnetlab.detection.config import DetectionConfig
 from resnetlab.detection.data import TrainOrder, build_detection_set, train_loader
 from resnetlab.detection.evaluate import evaluate_detector
+from resnetlab.detection.metrics import coco_tools
 from resnetlab.detection.models import build_detector, read_pretrained
 from resnetlab.errors import UserError
 from resnetlab.models.registry import model_option_names
@@ -114,6 +115,7 @@ def run_detection_training(cfg: DetectionConfig, out_dir: str | Path, *, resume:
     """Train the detector of `cfg` into `out_dir`; its life (lock, resume, signals, NaN, metrics,
     TensorBoard) is `resnetlab.train.lifecycle`'s, the same as classification's."""
     check_backbone(cfg)
+    coco_tools()  # its evaluations need pycocotools: say so now, not at the first evaluation
     with open_run(cfg, out_dir, resume=resume) as run:
         return _train(cfg, run)
 
