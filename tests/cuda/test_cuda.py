@@ -206,6 +206,9 @@ def test_ddp_with_nccl_at_world_size_one(tmp_path):
 
 def test_detection_training_step_on_cuda(tmp_path):
     """A few Faster R-CNN iterations (ResNet C4) on the GPU: finite losses, an evaluation, a final file."""
+    pytest.importorskip(
+        "pycocotools", reason="the detection extra is not installed: pip install 'resnetlab[detection]'"
+    )
     from resnetlab.detection.train import run_detection_training
 
     # The detection tests' own tiny config (the shapes preset, 16 images), so this test follows it.
