@@ -6,7 +6,7 @@ then STEPS timed steps (several epochs of a small tree, where the ends of epochs
 
     python benchmarks/dali_epochs.py DIR [--device cuda] [--workers 14] [--batch-size 256] [--rounds 2]
 
-DIR from make_imagefolder.py (--no-odd: a truncated JPEG stops DALI). Prints, per variant, images/s
+DIR from make_imagefolder.py. Prints, per variant, images/s
 by total time, the median and the longest step, and the ratio to the synthetic batches.
 
 Measured on an NVIDIA H200 (16 CPU cores, 6,000 images = 23 batches of 256 per epoch, 3 rounds of 60

@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from resnetlab.data.dali import DaliTrainSource
+from resnetlab.data.dali import DaliTrainSource, image_files
 from resnetlab.data.imagenet import TrainRecipe, build_imagefolder
 from resnetlab.data.ondevice import Normalizer
 from resnetlab.errors import UserError
@@ -24,6 +24,7 @@ from .test_jpeg_path import _coordinate_image, _geometry, _ks, odd  # noqa: F401
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'resnetlab[dali]')")
 
 CPU = torch.device("cpu")
+RECIPE = TrainRecipe(batch_size=4, seed=0, crop=32, scale=(37, 42), lighting=0.0, workers=1, skip_corrupt=False)
 # CPU: DALI's CPU-only mode (here); CUDA: "mixed" decoding (nvjpeg) and the GPU operators (the same pipeline)
 DEVICES = [
     "cpu",
@@ -82,9 +83,30 @@ def test_dali_leaves_out_files_that_are_not_images(tmp_path):
     assert x.shape == (4, 3, 32, 32) and train.skipped == 1 and train.skipped_files == {str(bad)}
 
 
-def test_dali_damaged_image_is_one_line(tmp_path, odd):  # noqa: F811
+def test_dali_leaves_out_a_jpeg_cut_short(tmp_path, odd):  # noqa: F811
+    # A truncated JPEG (no end-of-image marker) would stop DALI's pipeline without naming the file: it is
+    # left out and counted like the DataLoader path's unreadable files, or refused in one line naming it.
     root = write_tree(tmp_path / "tree", per_class=2, val_per_class=1)
-    shutil.copy(odd["truncated"], next((root / "train").iterdir()) / "zz_truncated.JPEG")
+    cut = next((root / "train").iterdir()) / "zz_truncated.JPEG"
+    shutil.copy(odd["truncated"], cut)
+    kept, other = image_files([(str(p), 0) for p in sorted((root / "train").rglob("*.JPEG"))])
+    assert other == [str(cut)] and len(kept) == 6
+    with pytest.raises(UserError, match=f"cannot read image {cut}: .*JPEG cut short.*data.skip_corrupt=true"):
+        DaliTrainSource([(str(cut), 0)] * 4, RECIPE, normalizer=Normalizer(torch.zeros(3, 1, 1), None, CPU), device=CPU)
+    train = build_imagefolder(config(root, "data.loader=dali", "data.skip_corrupt=true"), CPU).train
+    stream = train.batches(0)
+    for _ in range(5):
+        x, _ = next(stream)
+    assert train.skipped == 1 and train.skipped_files == {str(cut)}
+
+
+def test_dali_damaged_image_is_one_line(tmp_path):
+    # A whole JPEG with a bogus Huffman table: DALI's decoder fails on it, neither naming nor skipping it.
+    root = write_tree(tmp_path / "tree", per_class=2, val_per_class=1)
+    good = next((root / "train").rglob("*.JPEG")).read_bytes()
+    at = good.index(b"\xff\xc4")  # DHT, the Huffman table segment
+    bad = good[: at + 5] + b"\xff" * 20 + good[at + 25 :]
+    (next((root / "train").iterdir()) / "zz_bad_huffman.JPEG").write_bytes(bad)
     match = r"data.loader=dali stopped: .*data.loader=torch with data.skip_corrupt=true names and skips"
     with pytest.raises(UserError, match=match):  # DALI reads ahead: it may stop while the source is built
         stream = build_imagefolder(config(root, "data.loader=dali", "data.skip_corrupt=true"), CPU).train.batches(0)

@@ -13,9 +13,10 @@ the GPU; PCA lighting and the mean are this package's usual device half (`Normal
 Departures from `data.loader: torch`, all named:
 - order and augmentation come from DALI's reader shuffle and its random generators (seeded with
   train.seed and the rank), not from (seed, iteration): a resumed run sees a different order;
-- a file that is not an image (by its first bytes) is left out and counted with data.skip_corrupt=true,
-  else refused with one line naming it; a damaged image (e.g. a truncated JPEG) stops the run with one
-  line, as DALI neither skips nor names it.
+- a file that is not an image (by its first bytes) or a JPEG cut short (no end-of-image marker) is
+  left out and counted with data.skip_corrupt=true, else refused with one line naming it; an image
+  damaged otherwise (e.g. a bad Huffman table) stops the run with one line, as DALI neither skips
+  nor names it.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class DaliTrainSource(TrainSource):
         samples, not_images = image_files(samples)
         if not_images and not r.skip_corrupt:
             raise UserError(
-                f"cannot read image {not_images[0]}: not an image file (data.loader=dali; set data.skip_corrupt=true "
-                f"to leave out the {len(not_images)} such file(s))"
+                f"cannot read image {not_images[0]}: not an image file, or a JPEG cut short (data.loader=dali; set "
+                f"data.skip_corrupt=true to leave out the {len(not_images)} such file(s))"
             )
         if r.batch_size % r.world_size:
             raise UserError(f"train.batch_size={r.batch_size} is not divisible by the {r.world_size} processes")
@@ -124,21 +125,30 @@ class DaliTrainSource(TrainSource):
 
 
 # The formats DALI's decoder reads, by their first bytes (WebP: "RIFF" + size + "WEBP").
+_TAIL = 4096  # bytes at a JPEG's end searched for its end-of-image marker
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP  ")
 
 
 def image_files(samples: list[Sample]) -> tuple[list[Sample], list[str]]:
-    """(the samples whose files start like an image DALI decodes, the paths of the others). DALI
-    must never see the others: on a file that is not an image its CPU decoder crashes the process
-    (a segmentation fault, measured with DALI 2.4), where a damaged image only stops the pipeline."""
+    """(the samples DALI may see, the paths of the others): files that start like an image DALI
+    decodes, and for JPEGs, that end with the end-of-image marker. DALI must never see the others: on
+    a file that is not an image its CPU decoder crashes the process (a segmentation fault, measured
+    with DALI 2.4), and a JPEG cut short (the usual damage: an interrupted copy or download) stops
+    the pipeline without naming the file. In a JPEG's coded data a 0xFF byte is always followed by
+    0x00 or a restart marker, so FF D9 near the end is the end-of-image marker, not data; the last
+    _TAIL bytes are searched, as some writers pad after it."""
     kept, other = [], []
     for path, label in samples:
         try:
             with open(path, "rb") as f:
                 head = f.read(12)
+                if head.startswith(b"\xff\xd8\xff"):
+                    f.seek(max(0, f.seek(0, 2) - _TAIL))
+                    ok = b"\xff\xd9" in f.read(_TAIL)
+                else:
+                    ok = head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
         except OSError:
-            head = b""
-        ok = head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+            ok = False
         (kept if ok else other).append((path, label) if ok else path)
     return kept, other
 
