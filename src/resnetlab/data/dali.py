@@ -125,8 +125,9 @@ class DaliTrainSource(TrainSource):
 
 
 # The formats DALI's decoder reads, by their first bytes (WebP: "RIFF" + size + "WEBP").
+_JPEG = b"\xff\xd8\xff"
+_SIGNATURES = (_JPEG, b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP  ")
 _TAIL = 4096  # bytes at a JPEG's end searched for its end-of-image marker
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP  ")
 
 
 def image_files(samples: list[Sample]) -> tuple[list[Sample], list[str]]:
@@ -142,7 +143,7 @@ def image_files(samples: list[Sample]) -> tuple[list[Sample], list[str]]:
         try:
             with open(path, "rb") as f:
                 head = f.read(12)
-                if head.startswith(b"\xff\xd8\xff"):
+                if head.startswith(_JPEG):
                     f.seek(max(0, f.seek(0, 2) - _TAIL))
                     ok = b"\xff\xd9" in f.read(_TAIL)
                 else:

@@ -76,7 +76,7 @@ def ensemble_probs(
     flat = views.flatten(0, 1)  # (N * V, C, h, w)
     total = None
     for m in models:
-        x = m.normalize(flat, into=scratch(flat) if scratch else None)
+        x = m.normalize(flat, into=None if scratch is None else scratch(flat))
         logits = fully_convolutional_logits(m.model, x) if fully_conv else m.model(x)
         probs = logits.float().softmax(-1).view(n, v, -1).mean(1)
         total = probs if total is None else total + probs
