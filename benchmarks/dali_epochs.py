@@ -27,7 +27,7 @@ import torch
 import resnetlab.data.dali as dali
 from resnetlab.bench.data import split_samples
 from resnetlab.bench.pipelines import ModelSetup, imagenet_train_source
-from resnetlab.data.imagenet import TrainRecipe
+from resnetlab.data.images import TrainRecipe
 from resnetlab.data.ondevice import Normalizer
 from resnetlab.train.step import make_sgd, make_train_step
 

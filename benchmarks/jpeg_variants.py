@@ -30,7 +30,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from resnetlab.data.imagenet import resized_crop, resized_size
+from resnetlab.data.images import resized_crop, resized_size
 
 SHORTER, CROP = 368, 224
 

@@ -9,7 +9,7 @@ import torch
 
 from resnetlab.bench.data import Lighting
 from resnetlab.cli import main
-from resnetlab.data.imagenet import lighting_shift
+from resnetlab.data.images import lighting_shift
 
 from ..data.test_imagenet import write_tree
 

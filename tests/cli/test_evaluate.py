@@ -115,7 +115,7 @@ def test_predict_folder_with_a_corrupt_file_csv_and_json(setup, tmp_path, capsys
     assert all(r["error"] is None and len(r["top"]) == 5 for r in rows[1:])
 
     # The probabilities, computed here the plain way: model(normalised centre view), softmax.
-    from resnetlab.data.imagenet import center_view, read_image
+    from resnetlab.data.images import center_view, read_image
     from resnetlab.evaluate import load_model
 
     m = load_model(ck, torch.device("cpu"))
@@ -175,7 +175,7 @@ def test_evaluate_per_class_and_confusion_by_hand(setup, tmp_path, capsys):
 def test_per_class_accuracy_matches_a_plain_loop(setup, capsys):
     """The batched confusion matrix against one forward per image, counted by hand."""
     root, ck = setup
-    from resnetlab.data.imagenet import center_view, read_image
+    from resnetlab.data.images import center_view, read_image
     from resnetlab.evaluate import load_model
 
     m = load_model(ck, torch.device("cpu"))

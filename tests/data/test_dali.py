@@ -14,7 +14,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from resnetlab.data.dali import DaliTrainSource, image_files
-from resnetlab.data.imagenet import TrainRecipe, build_imagefolder
+from resnetlab.data.imagenet import build_imagefolder
+from resnetlab.data.images import TrainRecipe
 from resnetlab.data.ondevice import Normalizer
 from resnetlab.errors import UserError
 

@@ -10,7 +10,8 @@ from PIL import Image
 from torchvision.transforms import functional as TV
 
 from resnetlab.config import load_config
-from resnetlab.data.imagenet import IMAGENET_EIGVAL, IMAGENET_EIGVEC, build_imagefolder, lighting_shift
+from resnetlab.data.imagenet import build_imagefolder
+from resnetlab.data.images import IMAGENET_EIGVAL, IMAGENET_EIGVEC, lighting_shift
 from resnetlab.errors import UserError
 
 CLASSES = ("ant", "bee", "cat")

@@ -15,14 +15,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from resnetlab.data.device_decode import decode_jpegs, device_views
-from resnetlab.data.imagenet import (
-    _collate,
-    _Views,
-    build_imagefolder,
-    decode_image,
-    read_image,
-    resized_crop,
-)
+from resnetlab.data.imagenet import _collate, _Views, build_imagefolder
+from resnetlab.data.images import decode_image, read_image, resized_crop
 from resnetlab.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torchvision.transforms import functional as TV
 from torchvision.transforms.v2 import functional as TV2
 
-from resnetlab.data.imagenet import read_image, scan_split
+from resnetlab.data.images import read_image, scan_split
 from resnetlab.errors import UserError
 from resnetlab.evaluate import (
     ensemble_probs,

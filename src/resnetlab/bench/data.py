@@ -35,15 +35,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from resnetlab.bench.timing import PerfClock, summarize, time_steps
-from resnetlab.data.imagenet import (
-    IMAGENET_EIGVAL,
-    IMAGENET_EIGVEC,
-    ImageFolderEvalSource,
-    ImageFolderTrainSource,
-    TrainRecipe,
-    scan_split,
-    split_classes,
-)
+from resnetlab.data.imagenet import ImageFolderEvalSource, ImageFolderTrainSource
+from resnetlab.data.images import IMAGENET_EIGVAL, IMAGENET_EIGVEC, TrainRecipe, scan_split, split_classes
 from resnetlab.data.ondevice import FloatScratch, Normalizer
 from resnetlab.errors import UserError
 

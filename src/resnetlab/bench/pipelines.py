@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnetlab.data.imagenet import ImageFolderTrainSource, TrainRecipe
+from resnetlab.data.imagenet import ImageFolderTrainSource
+from resnetlab.data.images import TrainRecipe
 from resnetlab.data.ondevice import DeviceEvalSource, DeviceTrainSource, Normalizer, image_stats
 from resnetlab.models import create_model
 from resnetlab.models.complexity import measure_model

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from resnetlab.data.bundle import TrainSource
-from resnetlab.data.imagenet import Sample, TrainRecipe, lighting_shift
+from resnetlab.data.images import Sample, TrainRecipe, lighting_shift
 from resnetlab.data.ondevice import Normalizer
 from resnetlab.data.order import mix_seed
 from resnetlab.errors import UserError

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from resnetlab.data.imagenet import decode_image, resized_crop
+from resnetlab.data.images import decode_image, resized_crop
 from resnetlab.errors import UserError
 
 # A batch's undecoded JPEGs as the collate ships them: all their bytes in one uint8 tensor, and per

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from resnetlab.data.imagenet import IMG_EXTENSIONS, center_view, read_image
+from resnetlab.data.images import IMG_EXTENSIONS, center_view, read_image
 from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models
 from resnetlab.evaluate.protocols import ensemble_probs

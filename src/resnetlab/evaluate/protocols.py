@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from resnetlab.data.imagenet import center_view, resize_shorter, test_resize
+from resnetlab.data.images import center_view, resize_shorter, test_resize
 from resnetlab.data.ondevice import FloatScratch
 from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import LoadedModel

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from resnetlab.config import Config, from_dict
-from resnetlab.data.imagenet import read_image, scan_split, split_classes
+from resnetlab.data.images import read_image, scan_split, split_classes
 from resnetlab.data.ondevice import FloatScratch
 from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models, resolve_data_dir
