@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.models.resnet import BasicBlock, Bottleneck, ZeroPadShortcut
+from resnetlab.models.resnet import BasicBlock, Bottleneck, ResNet, ZeroPadShortcut
 
 
 class GroupedLinear(nn.Module):
@@ -104,10 +104,8 @@ def stack_models(models: Sequence[nn.Module], *, memory_format: torch.memory_for
     Raises ValueError for models that cannot be stacked: different layer shapes, devices or dtypes,
     or a layer this module has no grouped twin for."""
     models = list(models)
-    if not models:
-        raise ValueError("stack_models needs at least one model")
     k = len(models)
-    _check_same_layout(models)
+    check_stackable(models)
     # The template: a residual model if there is one, so that a residual/plain mix has the shortcuts.
     template = next((m for m in models if getattr(m, "residual", False)), models[0])
     wide = copy.deepcopy(template)
@@ -127,9 +125,23 @@ def zero_grads(wide: nn.Module) -> None:
 # ---- building the wide network ----------------------------------------------------------------------
 
 
-def _check_same_layout(models: list[nn.Module]) -> None:
-    """The same tensors (names, shapes, dtypes, devices) and the same layer types at the same places;
-    the one difference allowed is an option A shortcut (no weights) that a plain twin lacks."""
+# Layers without weights that act on each channel alone: one such layer serves all K channel groups.
+PER_CHANNEL = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Sequential)
+# Layers with a grouped twin here, and the networks and blocks made of them.
+STACKABLE = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, ZeroPadShortcut, BasicBlock, Bottleneck, ResNet)
+
+
+def check_stackable(models: Sequence[nn.Module]) -> None:
+    """ValueError unless `models` can be stacked: ResNets (residual or plain) with the same tensors
+    (names, shapes, dtypes, devices) and the same layers at the same places. The one difference
+    allowed is an option A shortcut (no weights) that a plain twin lacks. Works on models built on the
+    meta device, so a caller can check before anything is built or written."""
+    models = list(models)
+    if not models:
+        raise ValueError("no model to stack")
+    for name, module in models[0].named_modules():
+        if not isinstance(module, STACKABLE + PER_CHANNEL):
+            raise ValueError(f"no grouped version of {type(module).__name__} ({name or 'the network'})")
 
     def tensors(m: nn.Module) -> dict:
         return {n: (tuple(t.shape), t.dtype, t.device) for n, t in m.state_dict(keep_vars=True).items()}
@@ -200,15 +212,8 @@ def _widen(wide: nn.Module, name: str, template: nn.Module, parts: list[nn.Modul
             out_channels = template.last_bn().num_features
             block.downsample = MaskedShortcut(block.downsample, residual, out_channels)
         return  # the block itself stays; its layers were widened before it
-    elif (
-        next(template.parameters(recurse=False), None) is not None
-        or next(template.buffers(recurse=False), None) is not None
-    ):
-        raise ValueError(f"no grouped version of {type(template).__name__} ({name}) to stack models with")
     else:
-        return  # ReLU, pooling, Identity, containers: per channel or structural
-    if not name:
-        raise ValueError("stack_models stacks networks, not a single layer")
+        return  # ReLU, pooling, Identity, containers (check_stackable let only these through)
     parent, _, leaf = name.rpartition(".")
     setattr(wide.get_submodule(parent), leaf, new)
 

@@ -50,9 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.config import Config, flat_diff, to_dict
+from resnetlab.config import Config, flat_diff, model_options, to_dict
 from resnetlab.errors import UserError
-from resnetlab.models.stacked import stack_models
+from resnetlab.models import create_model
+from resnetlab.models.stacked import check_stackable, stack_models, zero_grads
 from resnetlab.train import loop
 from resnetlab.train.lifecycle import NonFiniteLoss, Run, open_run, seed_everything
 from resnetlab.train.schedule import LRSchedule
@@ -108,6 +109,13 @@ def check_batchable(cfgs: Sequence[Config], out_dirs: Sequence[Path]) -> None:
     t = cfgs[0].train
     if t.init_from or t.freeze:
         raise UserError("batched runs train from scratch: train.init_from and train.freeze need separate runs")
+    try:
+        with torch.device("meta"):  # shapes only: the networks are checked before any folder is touched
+            nets = [create_model(c.model.name, **model_options(c.model, num_classes=10, in_channels=3)) for c in cfgs]
+        check_stackable(nets)
+    except (ValueError, TypeError) as e:
+        names = ", ".join(c.model.name for c in cfgs)
+        raise UserError(f"these runs cannot be trained batched ({names}): {e}") from None
 
 
 def make_batched_step(
@@ -131,8 +139,7 @@ def make_batched_step(
     if scalers is None:
         scalers = [make_grad_scaler(precision, device) for _ in optimizers]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    grads = [p.grad for p in net.parameters()]
-    if any(g is None for g in grads):
+    if any(p.grad is None for p in net.parameters()):
         raise ValueError("make_batched_step needs the network from stack_models (its gradients are shared)")
 
     def step(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +151,7 @@ def make_batched_step(
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = net(x)  # (N, K, classes)
             losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").mean(0)  # (K,)
-        torch._foreach_zero_(grads)  # the runs' gradients are views of these: zeroed in place, never dropped
+        zero_grads(net)  # the runs' gradients are views of the wide ones: zeroed in place, never dropped
         if scalers[0] is None:
             losses.sum().backward()
             for optimizer in optimizers:

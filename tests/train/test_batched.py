@@ -1,0 +1,283 @@
+"""`train_batched`: K runs as one computation equal the same K runs trained one by one.
+
+The reference is `run_training` (and `make_train_step`) on each config alone: ordinary layers, one
+network at a time. The batched runs differ only in the order of summation inside grouped convolutions,
+so weights, BN statistics, optimizer state and losses agree to ~1e-6 relative after a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import pytest
+import torch
+
+from resnetlab.errors import UserError
+from resnetlab.models import create_model
+from resnetlab.models.stacked import stack_models
+from resnetlab.train import make_sgd, make_train_step, run_training
+from resnetlab.train.batched import make_batched_step, train_batched
+from resnetlab.utils import checkpoint
+
+# Three runs that share one computation: two seeds of a ResNet-8 (one warming up at lr 0.01, which
+# ends on its own training error) and a plain-8 with another weight decay.
+PER_RUN = (
+    ["train.seed=0"],
+    ["train.seed=1", "optim.warmup_lr=0.01", "optim.warmup_until_error=70"],
+    ["model.name=cifar_plain", "train.seed=0", "optim.weight_decay=5e-4"],
+)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a: dict, b: dict, tol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for key in b:
+        if b[key].is_floating_point():
+            assert rel(a[key], b[key]) < tol, key
+        else:
+            assert torch.equal(a[key], b[key]), key  # num_batches_tracked
+
+
+@pytest.fixture
+def cfgs(tiny_cfg):
+    def make(*common: str):
+        return [tiny_cfg(*common, *extra) for extra in PER_RUN]
+
+    return make
+
+
+def test_batched_runs_equal_separate_runs(tmp_path, fake_data, cfgs):
+    runs = cfgs("train.max_iters=6", "train.eval_every=1", "train.log_every=2", "train.checkpoint_every=3")
+    batched = [tmp_path / f"batched{k}" for k in range(3)]
+    summaries = train_batched(runs, batched)
+    for k, cfg in enumerate(runs):
+        alone = tmp_path / f"alone{k}"
+        run_training(cfg, alone)
+        ours, theirs = checkpoint.load(batched[k] / "final.pt"), checkpoint.load(alone / "final.pt")
+        assert_same_weights(ours["model"], theirs["model"])
+        assert ours["config"] == theirs["config"] and ours["meta"].keys() == theirs["meta"].keys()
+        # Optimizer state (momentum buffers) and the schedule's state, from the last checkpoint.
+        ck_ours, ck_theirs = checkpoint.load(batched[k] / "checkpoint.pt"), checkpoint.load(alone / "checkpoint.pt")
+        state_ours, state_theirs = ck_ours["optimizer"]["state"], ck_theirs["optimizer"]["state"]
+        assert state_ours.keys() == state_theirs.keys()
+        for i in state_theirs:
+            assert rel(state_ours[i]["momentum_buffer"], state_theirs[i]["momentum_buffer"]) < 1e-5
+        assert ck_ours["schedule"] == ck_theirs["schedule"]
+        # The loss, lr and test error of every iteration.
+        rows_ours, rows_theirs = metrics(batched[k]), metrics(alone)
+        assert [r["iter"] for r in rows_ours] == [r["iter"] for r in rows_theirs] == [1, 2, 3, 4, 5, 6]
+        for a, b in zip(rows_ours, rows_theirs):
+            assert a["lr"] == b["lr"] and abs(a["test_error"] - b["test_error"]) <= 100 / 64  # one image at most
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert summaries[k]["iterations"] == 6 and summaries[k]["out_dir"] == str(batched[k])
+    # The runs really differ (seed, residual/plain), so comparing them to their own twins can fail.
+    finals = [checkpoint.load(b / "final.pt")["model"] for b in batched]
+    assert rel(finals[0]["conv1.weight"], finals[1]["conv1.weight"]) > 0.5
+    assert rel(finals[0]["layer2.0.conv1.weight"], finals[2]["layer2.0.conv1.weight"]) > 1e-3
+    # The warm-up is run 1's alone: lr 0.01 at first there, 0.1 in the others.
+    assert metrics(batched[1])[0]["lr"] == pytest.approx(0.01) and metrics(batched[0])[0]["lr"] == pytest.approx(0.1)
+
+
+def test_final_weights_are_an_ordinary_checkpoint(tmp_path, fake_data, cfgs):
+    runs = cfgs("train.max_iters=2", "train.eval_every=2")
+    train_batched(runs, [tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+    run_training(runs[2], tmp_path / "alone")
+    final = checkpoint.load(tmp_path / "c" / "final.pt")
+    model = create_model(final["meta"]["model"], **final["meta"]["model_options"])
+    model.load_state_dict(final["model"], strict=True)
+    assert final["meta"]["model"] == "cifar_plain"
+    # The file holds this run's weights only (a view would drag the other runs' into it).
+    size, alone = (tmp_path / "c" / "final.pt").stat().st_size, (tmp_path / "alone" / "final.pt").stat().st_size
+    assert abs(size - alone) < 0.05 * alone
+
+
+def test_resume_is_exact_and_a_batched_checkpoint_resumes_alone(tmp_path, fake_data, cfgs):
+    common = ("train.eval_every=2", "train.checkpoint_every=2")
+    straight = [tmp_path / f"straight{k}" for k in range(3)]
+    train_batched(cfgs("train.max_iters=6", *common), straight)
+    parts = [tmp_path / f"parts{k}" for k in range(3)]
+    train_batched(cfgs("train.max_iters=4", *common), parts)
+    train_batched(cfgs("train.max_iters=6", *common), parts, resume=True)
+    for a, b in zip(straight, parts):
+        x, y = checkpoint.load(a / "final.pt")["model"], checkpoint.load(b / "final.pt")["model"]
+        assert all(torch.equal(x[key], y[key]) for key in x)
+        assert [r["test_error"] for r in metrics(a)] == [r["test_error"] for r in metrics(b)]
+
+    # One run of a batched folder continued alone by the ordinary loop.
+    alone = tmp_path / "alone"
+    train_batched(cfgs("train.max_iters=4", *common), [alone, tmp_path / "other1", tmp_path / "other2"])
+    run_training(cfgs("train.max_iters=6", *common)[0], alone, resume=True)
+    assert_same_weights(
+        checkpoint.load(alone / "final.pt")["model"], checkpoint.load(straight[0] / "final.pt")["model"]
+    )
+
+
+def test_a_signal_stops_every_run_and_resume_finishes_them(tmp_path, fake_data, cfgs, monkeypatch):
+    hold = tmp_path / "go"
+    monkeypatch.setenv("FAKE_HOLD_AT", "3")  # every run's source waits at iteration 3 until `hold` exists
+    monkeypatch.setenv("FAKE_HOLD_FILE", str(hold))
+
+    def interrupt() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        hold.touch()
+
+    common = ("train.max_iters=6", "train.eval_every=2", "train.checkpoint_every=6")
+    outs = [tmp_path / f"run{k}" for k in range(3)]
+    timer = threading.Timer(0.5, interrupt)
+    timer.start()
+    try:
+        summaries = train_batched(cfgs(*common), outs)
+    finally:
+        timer.cancel()
+    assert [s["interrupted"] for s in summaries] == ["SIGTERM"] * 3
+    assert all(s["exit_code"] == 143 for s in summaries)
+    iterations = {checkpoint.load(out / "checkpoint.pt")["iteration"] for out in outs}
+    assert len(iterations) == 1 and iterations.pop() < 6  # all stopped at the same step, none finished
+    assert not any((out / "final.pt").exists() for out in outs)
+
+    monkeypatch.delenv("FAKE_HOLD_AT")
+    train_batched(cfgs(*common), outs, resume=True)
+    straight = [tmp_path / f"straight{k}" for k in range(3)]
+    train_batched(cfgs(*common), straight)
+    for a, b in zip(outs, straight):
+        x, y = checkpoint.load(a / "final.pt")["model"], checkpoint.load(b / "final.pt")["model"]
+        assert all(torch.equal(x[key], y[key]) for key in x)
+
+
+@pytest.mark.parametrize(
+    ("second", "match"),
+    [
+        (["train.batch_size=8"], "share train.batch_size"),
+        (["data.pad=2"], "share data.pad"),
+        (["model.depth=14"], "cannot be trained batched"),
+        (["model.name=vgg16", "model.depth=null"], "cannot be trained batched"),
+        (["model.name=cifar_resnet", "model.shortcut=B"], "cannot be trained batched"),
+    ],
+)
+def test_runs_that_cannot_share_a_computation_are_refused_before_any_folder(
+    tmp_path, fake_data, tiny_cfg, second, match
+):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    with pytest.raises(UserError, match=match):
+        train_batched([tiny_cfg(), tiny_cfg(*second)], outs)
+    assert not any(out.exists() for out in outs)
+
+
+def test_other_refusals(tmp_path, fake_data, tiny_cfg):
+    with pytest.raises(UserError, match="both write to"):
+        train_batched([tiny_cfg(), tiny_cfg("train.seed=1")], [tmp_path / "a", tmp_path / "a"])
+    with pytest.raises(UserError, match="train from scratch"):
+        train_batched([tiny_cfg("train.freeze=[stem]")], [tmp_path / "b"])
+    # Checkpoints at different iterations cannot continue as one computation.
+    train_batched([tiny_cfg("train.max_iters=2")], [tmp_path / "c"])
+    train_batched([tiny_cfg("train.max_iters=4")], [tmp_path / "d"])
+    with pytest.raises(UserError, match="resume them one by one"):
+        train_batched([tiny_cfg("train.max_iters=6")] * 2, [tmp_path / "c", tmp_path / "d"], resume=True)
+
+
+def test_batched_step_equals_make_train_step_with_a_different_lr_per_run():
+    """The step alone, against `make_train_step` on each network, with each run's own lr and momentum."""
+    torch.manual_seed(0)
+    models = [create_model("cifar_resnet", depth=8), create_model("cifar_plain", depth=8)]
+    refs = [create_model("cifar_resnet", depth=8), create_model("cifar_plain", depth=8)]
+    for ref, model in zip(refs, models):
+        ref.load_state_dict(model.state_dict())
+    cpu = torch.device("cpu")
+    wide = stack_models(models)
+    opts = [make_sgd(m, lr=lr, momentum=0.9, weight_decay=1e-4) for m, lr in zip(models, (0.1, 0.02))]
+    step = make_batched_step(wide, opts, device=cpu, channels_last=False)
+    ref_steps = [
+        make_train_step(r, make_sgd(r, lr=lr, momentum=0.9, weight_decay=1e-4), device=cpu, channels_last=False)
+        for r, lr in zip(refs, (0.1, 0.02))
+    ]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        xs = [torch.randn(8, 3, 16, 16, generator=g) for _ in models]
+        ys = [torch.randint(0, 10, (8,), generator=g) for _ in models]
+        losses, errors = step(xs, ys)
+        for k, ref_step in enumerate(ref_steps):
+            loss, wrong = ref_step(xs[k], ys[k])
+            assert float(losses[k]) == pytest.approx(float(loss), rel=1e-5) and int(errors[k]) == int(wrong)
+    for model, ref in zip(models, refs):
+        assert_same_weights(model.state_dict(), ref.state_dict())
+
+
+# ---- CUDA (skipped without a GPU; `pytest -m cuda` on one) -------------------------------------------
+
+
+@pytest.fixture
+def exact_fp32():
+    """fp32 means fp32: no TF32 in convolutions or matrix products while the test runs."""
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batched_step_equals_separate_steps(exact_fp32, channels_last):
+    device = torch.device("cuda")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    names = ["cifar_resnet20", "cifar_plain20", "cifar_resnet20"]
+    models = [create_model(n).to(device, memory_format=fmt) for n in names]
+    refs = [create_model(n).to(device, memory_format=fmt) for n in names]
+    for ref, model in zip(refs, models):
+        ref.load_state_dict(model.state_dict())
+    wide = stack_models(models, memory_format=fmt)
+    opts = [make_sgd(m, lr=0.1, momentum=0.9, weight_decay=1e-4) for m in models]
+    step = make_batched_step(wide, opts, device=device, channels_last=channels_last)
+    ref_steps = [
+        make_train_step(
+            r, make_sgd(r, lr=0.1, momentum=0.9, weight_decay=1e-4), device=device, channels_last=channels_last
+        )
+        for r in refs
+    ]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        xs = [torch.randn(32, 3, 32, 32, generator=g).to(device) for _ in models]
+        ys = [torch.randint(0, 10, (32,), generator=g).to(device) for _ in models]
+        losses, _ = step(xs, ys)
+        for k, ref_step in enumerate(ref_steps):
+            loss, _ = ref_step(xs[k], ys[k])
+            assert float(losses[k]) == pytest.approx(float(loss), rel=1e-4)
+    for model, ref in zip(models, refs):
+        assert_same_weights(model.state_dict(), ref.state_dict(), tol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batched_runs_compiled_bf16_write_their_folders(tmp_path, fake_data, cfgs):
+    """The fast path end to end: bf16, channels_last, torch.compile with CUDA graphs."""
+    runs = cfgs(
+        "train.device=cuda",
+        "train.max_iters=30",
+        "train.eval_every=15",
+        "train.precision=bf16",
+        "train.compile=true",
+        "train.compile_mode=reduce-overhead",
+    )
+    outs = [tmp_path / f"run{k}" for k in range(3)]
+    summaries = train_batched(runs, outs)
+    for out, summary in zip(outs, summaries):
+        rows = metrics(out)
+        assert [r["iter"] for r in rows] == [15, 30]
+        assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in rows)
+        assert rows[-1]["train_loss"] < rows[0]["train_loss"] * 1.2
+        final = checkpoint.load(out / "final.pt")
+        model = create_model(final["meta"]["model"], **final["meta"]["model_options"])
+        model.load_state_dict(final["model"], strict=True)
+        assert summary["iterations"] == 30
