@@ -20,6 +20,7 @@ from resnetlab.models import create_model
 from resnetlab.models.stacked import stack_models
 from resnetlab.train import make_sgd, make_train_step, run_training
 from resnetlab.train.batched import make_batched_step, train_batched
+from resnetlab.train.step import compile_model
 from resnetlab.utils import checkpoint
 
 # Three runs that share one computation: two seeds of a ResNet-8 (one warming up at lr 0.01, which
@@ -211,6 +212,30 @@ def test_batched_step_equals_make_train_step_with_a_different_lr_per_run():
             assert float(losses[k]) == pytest.approx(float(loss), rel=1e-5) and int(errors[k]) == int(wrong)
     for model, ref in zip(models, refs):
         assert_same_weights(model.state_dict(), ref.state_dict())
+
+
+@pytest.mark.slow  # torch.compile on the CPU: about 2 minutes of compilation on the shared machine
+def test_compiled_batched_step_equals_eager():
+    """The compiled wide network writes its BN statistics back into the storage the runs' views share."""
+    torch.manual_seed(0)
+    models = [create_model("cifar_resnet", depth=8), create_model("cifar_plain", depth=8)]
+    twins = [create_model("cifar_resnet", depth=8), create_model("cifar_plain", depth=8)]
+    for twin, model in zip(twins, models):
+        twin.load_state_dict(model.state_dict())
+    cpu = torch.device("cpu")
+    steps = []
+    for nets, compiled in ((models, True), (twins, False)):
+        wide = stack_models(nets, memory_format=torch.channels_last)
+        opts = [make_sgd(m, lr=0.1, momentum=0.9, weight_decay=1e-4) for m in nets]
+        steps.append(make_batched_step(compile_model(wide) if compiled else wide, opts, device=cpu))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        xs = [torch.randn(8, 3, 16, 16, generator=g) for _ in models]
+        ys = [torch.randint(0, 10, (8,), generator=g) for _ in models]
+        (a, _), (b, _) = steps[0](xs, ys), steps[1](xs, ys)
+        assert rel(a, b) < 1e-5
+    for model, twin in zip(models, twins):
+        assert_same_weights(model.state_dict(), twin.state_dict())  # BN running statistics included
 
 
 # ---- CUDA (skipped without a GPU; `pytest -m cuda` on one) -------------------------------------------

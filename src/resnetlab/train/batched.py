@@ -32,7 +32,9 @@ What each run keeps as a separate run has it:
   continues the run alone.
 Shared: the process, the device and how it runs (train.*: precision, compile, channels_last), the
 iteration counter and the log / evaluation / checkpoint cadence. A signal stops every run at the same
-step, each with a checkpoint; a NaN in one run stops them all (the message names the run).
+step, each with a checkpoint (each run installs its handler over the previous run's, so it takes K+1
+Ctrl-Cs, not 2, to fall through to Python's default); a NaN in one run stops them all (the message
+names the run).
 
 Equal to separate runs up to the order of summation inside grouped convolutions and the batched fc
 product (about 1e-6 relative per forward on the CPU): `tests/train/test_batched.py` compares a few
@@ -86,8 +88,8 @@ def train_batched(
 
 
 def check_batchable(cfgs: Sequence[Config], out_dirs: Sequence[Path]) -> None:
-    """UserError unless the configs can share one computation (see PER_RUN_KEYS) and every run has a
-    folder of its own. The networks' shapes are checked when they are built."""
+    """UserError unless the configs can share one computation (see PER_RUN_KEYS), their networks stack
+    (checked on the meta device: no weights are made) and every run has a folder of its own."""
     if not cfgs:
         raise UserError("batched runs: no run given")
     if len(cfgs) != len(out_dirs):
