@@ -8,6 +8,7 @@ import json
 import sys
 
 from resnetlab.cli.args import NON_NEGATIVE, POSITIVE, add_device_and_quiet, output_file
+from resnetlab.errors import UserError
 from resnetlab.utils.text import printable
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")  # matplotlib's
@@ -152,7 +153,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.plot:
         from resnetlab.analysis.confusion import plot_confusion
 
-        path = plot_confusion(r, args.plot)
+        try:
+            path = plot_confusion(r, args.plot)
+        except OSError as e:  # checked before the evaluation; a full disk can still refuse it
+            raise UserError(f"--plot {args.plot}: cannot write it ({e.strerror or e}); the results are above") from None
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
