@@ -224,6 +224,16 @@ def test_a_file_over_the_size_cap_is_refused(tmp_path):
     assert MAX_IMAGE_BYTES == 256 * 1024 * 1024
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_the_cap_holds_for_a_file_that_reports_size_0(tmp_path):
+    # /proc's files are regular files of size 0 by fstat that still hold bytes: the cap is on what is read
+    link = tmp_path / "status.jpg"
+    link.symlink_to("/proc/self/status")
+    assert read_bytes(str(link)).startswith(b"Name:")
+    with pytest.raises(UserError, match=f"{link}: larger than 100 bytes"):
+        read_bytes(str(link), limit=100)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_dali_filter_leaves_out_fifos_and_devices(tmp_path, no_hang):
     from resnetlab.data.dali import image_files

@@ -54,7 +54,12 @@ def read_bytes(path: str, *, limit: int = MAX_IMAGE_BYTES) -> bytes:
     """The bytes of an image file (`open_image`), at most `limit` of them."""
     with open_image(path, limit=limit) as f:
         try:
-            data = f.read(limit + 1)  # the size may have changed since the fstat
+            # read(n) allocates n bytes up front: ask for the size fstat gave, +1 to see a file that grew
+            # (or one that reports size 0, as /proc's do); the rest, if any, in chunks up to the limit
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(size + 1)
+            while size < len(data) <= limit and (chunk := f.read(1 << 20)):
+                data += chunk
         except OSError as e:
             raise UserError(f"cannot read image {path} ({type(e).__name__}): {e.strerror or e}") from None
     if len(data) > limit:
