@@ -104,6 +104,52 @@ CASES = [
         ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/mixed", "--workers", "0"],
         "readme.jpg",
     ),  # fmt: skip
+    # issue 22: files in image folders that are not images, or not files; outputs checked before the work
+    (
+        "FIFO named like an image",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/fifo", "--workers", "0"],
+        "pipe.jpg: a FIFO, not a regular file",
+    ),  # fmt: skip
+    (
+        "link to /dev/zero",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/devzero", "--workers", "0"],
+        "zero.jpg: a character device, not a regular file",
+    ),  # fmt: skip
+    (
+        "float TIFF outside [0, 1]",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/floattiff", "--workers", "0"],
+        "b0.tif: mode F",
+    ),  # fmt: skip
+    (
+        "one file in two classes",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/twoclasses", "--workers", "0"],
+        "same file in two classes",
+    ),  # fmt: skip
+    (
+        "evaluate --plot below a file",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/mixed", "--plot", "{w}/good.jpg/cm.png"],
+        "good.jpg/cm.png",
+    ),  # fmt: skip
+    (
+        "evaluate --plot a folder",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/mixed", "--plot", "{w}/fm"],
+        "is a folder",
+    ),  # fmt: skip
+    (
+        "evaluate --plot not a figure",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/mixed", "--plot", "{w}/cm.txt"],
+        "cm.txt",
+    ),  # fmt: skip
+    (
+        "evaluate --plot where nothing can be written",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/mixed", "--plot", "/proc/cm.png"],
+        "cannot write in /proc",
+    ),  # fmt: skip
+    (
+        "evaluate --data-dir without the data set",
+        ["evaluate", "--checkpoint", "{w}/fm.pt", "--data-dir", "{w}/emptyfolder", "--device", "cpu"],
+        "--data-dir {w}/emptyfolder: no fashion-mnist",
+    ),  # fmt: skip
     (
         "import-weights of a full pickle",
         ["import-weights", "{w}/whole.pth", "--model", "resnet18", "--out", "{w}/imported.pt"],
@@ -231,6 +277,18 @@ def _world(w: Path) -> None:
     (w / "mixed" / "val" / "b" / "readme.jpg").write_text("not an image")
 
     _jpeg(w / "good.jpg")
+    # issue 22: a FIFO named like an image (reading it would block for ever), a link to /dev/zero (it
+    # would read until memory runs out), a float TIFF whose pixels are not in [0, 1], a file in two classes
+    for kind in ("fifo", "devzero", "floattiff", "twoclasses"):
+        _jpeg(w / kind / "val" / "a" / "a0.jpg")
+        (w / kind / "val" / "b").mkdir(parents=True)
+    os.mkfifo(w / "fifo" / "val" / "b" / "pipe.jpg")
+    (w / "devzero" / "val" / "b" / "zero.jpg").symlink_to("/dev/zero")
+    from PIL import Image
+
+    ramp = np.linspace(0, 1000, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(ramp).save(w / "floattiff" / "val" / "b" / "b0.tif")
+    (w / "twoclasses" / "val" / "b" / "a0.jpg").symlink_to(w / "twoclasses" / "val" / "a" / "a0.jpg")
     for kind, blob in (("corrupt", (w / "good.jpg").read_bytes()[:40]), ("zero", b"")):
         _jpeg(w / kind / "val" / "a" / "a0.jpg")
         (w / kind / "val" / "b").mkdir(parents=True)
@@ -286,6 +344,7 @@ def test_bad_input_is_one_line(world, argv, fragment, status):
     w, env = world
     before = _snapshot(w)
     argv = [a.replace("{w}", str(w)) for a in argv]
+    fragment = fragment.replace("{w}", str(w))
     r = subprocess.run(
         [sys.executable, "-m", "resnetlab", *argv], cwd=w, env=env, capture_output=True, text=True, timeout=300
     )
@@ -311,3 +370,22 @@ def test_data_from_the_checkpoint_is_named_and_data_dir_overrides_it(world):
     assert f"data: {w / 'fm'} (data.dir from the checkpoint's config; --data-dir DIR" in out and "10 images" in out
     out = evaluate("--data-dir", str(w / "fm2"))
     assert "data.dir from the checkpoint" not in out and "6 images" in out
+
+
+def test_a_failed_torchvision_download_leaves_no_cache_folder(world, tmp_path):
+    """`train.init_from=torchvision:...` offline (a proxy that refuses at once stands for no network):
+    one line, and neither the run folder nor torch's cache folders (TORCH_HOME/hub/checkpoints) stay."""
+    w, env = world
+    home = tmp_path / "torch-home"
+    proxy = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused
+    env = {**env, "TORCH_HOME": str(home), "https_proxy": proxy, "HTTPS_PROXY": proxy, "no_proxy": "", "NO_PROXY": ""}
+    before = _snapshot(w)
+    argv = [
+        a.replace("{w}", str(w)) for a in [*TRAIN, "train.init_from=torchvision:ResNet18_Weights.IMAGENET1K_V1", *FM]
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "resnetlab", *argv], cwd=w, env=env, capture_output=True, text=True, timeout=300
+    )
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "cannot fetch" in lines[0], r.stderr[-3000:]
+    assert not home.exists() and _snapshot(w) == before

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +190,125 @@ def test_per_class_accuracy_matches_a_plain_loop(setup, capsys):
             want[i][int(m.model(x).argmax())] += 1
     assert main(["evaluate", "--checkpoint", str(ck), "--workers", "0", "--batch-size", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["confusion_matrix"] == want
+
+
+# ---- odd files, names and outputs (issue 22) -----------------------------------------------------
+
+
+def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real command in a subprocess (PYTHONPATH inherited): a FIFO that blocked would time out."""
+    return subprocess.run(
+        [sys.executable, "-m", "resnetlab", *argv], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def _copy_split(root: Path, dest: Path, names=CLASSES) -> Path:
+    for name, folder in zip(names, CLASSES):
+        (dest / "val" / name).mkdir(parents=True)
+        shutil.copy(root / "val" / folder / "img.JPEG", dest / "val" / name / "img.JPEG")
+    return dest
+
+
+def test_a_link_cycle_and_a_second_link_count_each_image_once(setup, tmp_path, capsys):
+    root, ck = setup
+    tree = _copy_split(root, tmp_path / "tree")
+    (tree / "val" / "c0" / "sub").mkdir()
+    (tree / "val" / "c0" / "sub" / "loop").symlink_to("..")  # c0/sub/loop -> c0: torchvision's scan follows it
+    again = tree / "val" / "c1" / "z_again.JPEG"
+    again.symlink_to("img.JPEG")  # after img.JPEG in the scan's order: the second path, not counted
+    argv = ["evaluate", "--checkpoint", str(ck), "--data-dir", str(tree), "--workers", "0", "--device", "cpu"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == 6 and [c["images"] for c in out["per_class"]] == [1] * 6
+    assert out["counted_once"] == 1 and out["counted_once_files"] == [str(again)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "6 images" in text and f"were not counted again: {again}" in text
+
+
+def test_skipped_files_are_named(setup, tmp_path, capsys):
+    root, ck = setup
+    tree = _copy_split(root, tmp_path / "tree")
+    for i in range(5):
+        (tree / "val" / "c2" / f"broken{i}.jpg").write_bytes(b"not an image")
+    argv = ["evaluate", "--checkpoint", str(ck), "--data-dir", str(tree), "--workers", "0", "--skip-corrupt"]
+    broken = [str(tree / "val" / "c2" / f"broken{i}.jpg") for i in range(5)]
+    assert main(argv) == 0
+    assert f"skipped 5 unreadable images: {', '.join(broken[:3])} and 2 more" in capsys.readouterr().out
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped_files"] == broken
+
+
+def test_class_names_are_printed_escaped(setup, tmp_path):
+    """Folder names holding a newline and a terminal escape: shown as Python literals, on one line each."""
+    root, ck = setup
+    names = ["a\nb", "\x1b[31mred", "c2", "c3", "c4", "c5"]
+    tree = _copy_split(root, tmp_path / "tree", names)
+    from resnetlab.utils.checkpoint import load
+
+    obj = load(ck)
+    obj["meta"]["classes"] = names
+    obj["config"] = {"data": {"dir": str(tree)}}
+    save_atomic({k: v for k, v in obj.items() if k != "format"}, tmp_path / "odd.pt")
+    r = _cli("evaluate", "--checkpoint", str(tmp_path / "odd.pt"), "--workers", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "\x1b" not in r.stdout and "a\\nb " in r.stdout and "\\x1b[31mred" in r.stdout
+    image = tree / "val" / "\x1b[31mred" / "img.JPEG"
+    r = _cli(
+        "predict", str(image), "--checkpoint", str(tmp_path / "odd.pt"), "--top", "6", "--workers", "0", cwd=tmp_path
+    )
+    assert r.returncode == 0 and "\x1b" not in r.stdout and "a\\nb" in r.stdout and "\\x1b[31mred" in r.stdout
+    assert len(r.stdout.splitlines()) == 7  # the image, then its six classes: no line broken by a name
+
+    from resnetlab.analysis import confusion
+
+    figures = []
+    result = {"confusion_matrix": [[1, 0], [0, 1]], "classes": names[:2], "checkpoints": ["x.pt"],
+              "protocol": "center", "split": "val", "images": 2, "top1_error": 0.0}  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(confusion, "save_figure", lambda fig, out: figures.append(fig))
+        confusion.plot_confusion(result, tmp_path / "cm.png")
+    labels = [t.get_text() for t in figures[0].axes[0].get_xticklabels()]
+    assert labels == ["a\\nb", "\\x1b[31mred"]
+
+
+def test_results_are_printed_before_a_plot_that_fails(setup, tmp_path, capsys, monkeypatch):
+    _, ck = setup
+    from resnetlab.analysis import confusion
+
+    def full_disk(result, out):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(confusion, "plot_confusion", full_disk)
+    argv = ["evaluate", "--checkpoint", str(ck), "--workers", "0", "--plot", str(tmp_path / "cm.png")]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "top-1 error" in out and "per-class top-1 accuracy" in out
+    assert err.splitlines() == [f"error: --plot {tmp_path / 'cm.png'}: cannot write it (No space left on device); "
+                                "the results are above"]  # fmt: skip
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_predict_names_a_fifo_and_does_not_follow_a_link_cycle(setup, tmp_path):
+    root, ck = setup
+    folder = tmp_path / "shots"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(root / "val" / "c0" / "img.JPEG", folder / "sub" / "a.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "sub" / "loop").symlink_to("..")
+    for target in (str(folder), str(folder / "**" / "*.jpg")):
+        r = _cli("predict", target, "--checkpoint", str(ck), "--json", "--workers", "0", cwd=tmp_path)
+        rows = {Path(row["image"]).name: row for row in json.loads(r.stdout)}
+        assert r.returncode == 1 and sorted(rows) == ["a.jpg", "pipe.jpg"], r.stdout[-2000:]
+        assert rows["pipe.jpg"]["error"] == "cannot read: a FIFO, not a regular file" and len(rows["a.jpg"]["top"]) == 5
+
+
+def test_predict_refuses_a_float_image_outside_0_1_in_its_row(setup, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    _, ck = setup
+    Image.fromarray(np.linspace(0, 300, 48 * 40, dtype=np.float32).reshape(40, 48)).save(tmp_path / "f.tif")
+    assert main(["predict", str(tmp_path / "f.tif"), "--checkpoint", str(ck), "--workers", "0", "--json"]) == 1
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["error"].startswith("cannot read: mode F (32-bit float pixels from 0 to 300)") and row["top"] == []

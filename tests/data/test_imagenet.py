@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,75 @@ def test_scale_augmentation_covers_256_to_480(tree, monkeypatch):
     assert min(sides) >= 256 and max(sides) <= 480  # none outside
     assert min(sides) <= 259 and max(sides) >= 477  # and the whole range is reached
     assert 330 < sum(sides) / len(sides) < 406  # uniform: mean 368
+
+
+# ---- the folder scan: links followed once, an image counted once (issue 22) ----------------------
+
+
+def _tiny(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
+
+
+def test_scan_lists_what_torchvision_lists_in_its_order(tmp_path):
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from resnetlab.data.images import scan_split
+
+    for rel in ("a/x.jpg", "a/B.PNG", "a/sub/deeper/c.jpeg", "a/sub/a.jpg", "a/sub2/z.jpg", "b/1.jpg", "b/10.jpg"):
+        _tiny(tmp_path / rel)
+    (tmp_path / "a" / "notes.txt").write_text("not listed")
+    _tiny(tmp_path / "elsewhere" / "linked.jpg")
+    (tmp_path / "b" / "linked").symlink_to(tmp_path / "elsewhere")  # a linked folder without cycle: entered
+    classes = {"a": 0, "b": 1}
+    assert scan_split(tmp_path, classes) == make_dataset(str(tmp_path), classes, extensions=IMG_EXTENSIONS)
+
+
+def test_a_link_cycle_in_a_class_folder_is_entered_once(tmp_path):
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from resnetlab.data.images import find_images, scan_split
+
+    for rel in ("a/x.jpg", "a/sub/y.jpg", "b/z.jpg"):
+        _tiny(tmp_path / rel)
+    (tmp_path / "a" / "sub" / "loop").symlink_to("..")  # a/sub/loop -> a
+    classes = {"a": 0, "b": 1}
+    followed = make_dataset(str(tmp_path), classes, extensions=IMG_EXTENSIONS)
+    assert len(followed) > 10  # torchvision follows the cycle until the path is too deep: a wrong error rate
+    expected = [(str(tmp_path / r), c) for r, c in (("a/sub/y.jpg", 0), ("a/x.jpg", 0), ("b/z.jpg", 1))]
+    assert sorted(scan_split(tmp_path, classes)) == sorted(expected)
+    assert sorted(find_images(tmp_path / "a")) == [str(tmp_path / "a/sub/y.jpg"), str(tmp_path / "a/x.jpg")]
+
+
+def test_an_image_reached_twice_in_a_class_counts_once(tmp_path):
+    from resnetlab.data.images import scan_split
+
+    _tiny(tmp_path / "a" / "x.jpg")
+    _tiny(tmp_path / "b" / "y.jpg")
+    (tmp_path / "a" / "z_link.jpg").symlink_to("x.jpg")
+    os.link(tmp_path / "b" / "y.jpg", tmp_path / "b" / "y_hard.jpg")
+    twice: list[str] = []
+    samples = scan_split(tmp_path, {"a": 0, "b": 1}, twice=twice)
+    assert samples == [(str(tmp_path / "a" / "x.jpg"), 0), (str(tmp_path / "b" / "y.jpg"), 1)]
+    assert twice == [str(tmp_path / "a" / "z_link.jpg"), str(tmp_path / "b" / "y_hard.jpg")]
+
+
+def test_an_image_in_two_classes_is_refused(tmp_path):
+    from resnetlab.data.images import scan_split
+
+    _tiny(tmp_path / "a" / "x.jpg")
+    _tiny(tmp_path / "b" / "y.jpg")
+    (tmp_path / "b" / "x.jpg").symlink_to(tmp_path / "a" / "x.jpg")
+    with pytest.raises(UserError, match=f"{tmp_path / 'b' / 'x.jpg'} and {tmp_path / 'a' / 'x.jpg'} are the same file"):
+        scan_split(tmp_path, {"a": 0, "b": 1})
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_in_a_split_is_named_or_skipped(tmp_path):
+    write_tree(tmp_path, per_class=2, val_per_class=1)
+    fifo = tmp_path / "val" / "bee" / "pipe.JPEG"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=f"{fifo}: a FIFO, not a regular file"):
+        list(build_imagefolder(config(tmp_path), torch.device("cpu")).test.batches())
+    test = build_imagefolder(config(tmp_path, "data.skip_corrupt=true"), torch.device("cpu")).test
+    assert sum(len(y) for _, y in test.batches()) == 3 and test.skipped_files == [str(fifo)]

@@ -4,6 +4,7 @@ training views against torchvision's transforms.v2 recipe in distribution, and t
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from resnetlab.data.device_decode import decode_jpegs, device_views
 from resnetlab.data.imagenet import _collate, _Views, build_imagefolder
-from resnetlab.data.images import decode_image, read_image, resized_crop
+from resnetlab.data.images import MAX_IMAGE_BYTES, decode_image, read_bytes, read_image, resized_crop
 from resnetlab.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -172,3 +173,114 @@ def test_dali_absent_is_one_line(tmp_path, monkeypatch):
     root = write_tree(tmp_path / "tree", per_class=2, val_per_class=1)
     with pytest.raises(UserError, match=r"NVIDIA DALI is not installed \(pip install 'resnetlab\[dali\]'"):
         build_imagefolder(config(root, "data.loader=dali"), torch.device("cpu"))
+
+
+# ---- files that are not regular files, and pixels PIL would clip (issue 22) ----------------------
+
+
+@pytest.fixture
+def no_hang():
+    """A read that blocks (a FIFO) fails the test after 20 s instead of hanging the suite."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("the read blocked")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_named_jpg_is_refused_without_blocking(tmp_path, no_hang):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=f"{fifo}: a FIFO, not a regular file"):
+        read_image(str(fifo))
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_link_to_dev_zero_is_refused_before_reading(tmp_path, no_hang):
+    link = tmp_path / "zero.png"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(UserError, match=f"{link}: a character device, not a regular file"):
+        read_bytes(str(link))
+
+
+def test_a_link_to_a_regular_image_is_read(tmp_path):
+    Image.fromarray(natural_image(np.random.default_rng(3), 40, 30)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    assert torch.equal(read_image(str(tmp_path / "b.png")), pil_rgb(tmp_path / "a.png"))
+
+
+def test_a_file_over_the_size_cap_is_refused(tmp_path):
+    path = tmp_path / "big.jpg"
+    path.write_bytes(b"\xff" * 5000)
+    assert len(read_bytes(str(path), limit=5000)) == 5000
+    with pytest.raises(UserError, match=f"{path}: larger than 4999 bytes"):
+        read_bytes(str(path), limit=4999)
+    assert MAX_IMAGE_BYTES == 256 * 1024 * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_the_cap_holds_for_a_file_that_reports_size_0(tmp_path):
+    # /proc's files are regular files of size 0 by fstat that still hold bytes: the cap is on what is read
+    link = tmp_path / "status.jpg"
+    link.symlink_to("/proc/self/status")
+    assert read_bytes(str(link)).startswith(b"Name:")
+    with pytest.raises(UserError, match=f"{link}: larger than 100 bytes"):
+        read_bytes(str(link), limit=100)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_dali_filter_leaves_out_fifos_and_devices(tmp_path, no_hang):
+    from resnetlab.data.dali import image_files
+
+    good = tmp_path / "good.png"
+    Image.fromarray(natural_image(np.random.default_rng(4), 40, 30)).save(good)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    kept, left_out = image_files([(str(good), 0), (str(tmp_path / "pipe.jpg"), 0), (str(tmp_path / "zero.jpg"), 1)])
+    assert kept == [(str(good), 0)] and left_out == [str(tmp_path / "pipe.jpg"), str(tmp_path / "zero.jpg")]
+
+
+def test_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
+    # a ramp over the whole 16-bit range: PIL's convert("RGB") makes every pixel above 255 white
+    ramp = np.linspace(0, 65535, 40 * 30).reshape(30, 40).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "I;16" and (np.array(im.convert("RGB"))[ramp > 255] == 255).all()
+    ours = read_image(str(path))
+    assert ours.shape == (3, 30, 40) and torch.equal(ours[0], ours[2])
+    assert np.abs(ours[0].numpy().astype(int) - (ramp >> 8)).max() <= 1  # the top byte, within rounding
+    assert ours.max() == 255 and ours.min() == 0
+
+
+def test_float_tiff_in_0_1_is_scaled(tmp_path):
+    x = np.random.default_rng(5).random((30, 40)).astype(np.float32)
+    path = tmp_path / "f.tif"
+    Image.fromarray(x).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "F" and np.array(im.convert("RGB")).max() <= 1  # PIL: everything black
+    ours = read_image(str(path))[1].numpy().astype(float)
+    assert np.abs(ours - x * 255).max() <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("lo, hi", [(-1.0, 1.0), (0.0, 1000.0)])
+def test_float_tiff_outside_0_1_is_refused_naming_file_and_mode(tmp_path, lo, hi):
+    x = np.linspace(lo, hi, 12, dtype=np.float32).reshape(3, 4)
+    path = tmp_path / "f.tif"
+    Image.fromarray(x).save(path)
+    with pytest.raises(
+        UserError, match=rf"cannot read image {path}: mode F \(32-bit float pixels from {lo:g} to {hi:g}"
+    ):
+        read_image(str(path))
+
+
+def test_8_bit_images_are_read_as_before(odd):
+    # the mode handling must leave ordinary PNG / CMYK / grey files to PIL's own conversion
+    for kind in ("png", "cmyk", "gray"):
+        assert (read_image(str(odd[kind])).int() - pil_rgb(odd[kind]).int()).abs().max() <= 1

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.analysis.curves import plt, save_figure
+from resnetlab.utils.text import printable
 
 MAX_LABELLED = 40  # more classes than this: no names on the axes (they would overlap)
 
@@ -24,7 +25,7 @@ def plot_confusion(result: dict[str, Any], out: str | Path) -> Path:
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if k <= MAX_LABELLED:
-        names = [str(c)[:24] for c in result["classes"]]
+        names = [printable(str(c))[:24] for c in result["classes"]]  # no raw newlines or escapes
         ax.set_xticks(range(k), names, rotation=90, fontsize=8)
         ax.set_yticks(range(k), names, fontsize=8)
     if k <= 15:

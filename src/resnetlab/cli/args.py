@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -54,6 +56,36 @@ def float_in(low: float, high: float) -> Callable[[str], float]:
         return value
 
     parse.__name__ = allowed
+    return parse
+
+
+def output_file(suffixes: tuple[str, ...] = ()) -> Callable[[str], str]:
+    """A file the command will write, checked before any work (an evaluation of hours must not end
+    in "cannot write"): not a folder, ending in one of `suffixes` (any, if none), and in a folder that
+    can be written -- the nearest existing one is tried with a nameless temporary file, as permission
+    bits do not tell for root, read-only mounts or /proc. Folders still missing are created on writing."""
+    allowed = ", ".join(suffixes)
+
+    def parse(text: str) -> str:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name ({allowed or 'any suffix'})")
+        if suffixes and path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text}: the file name must end in one of {allowed}")
+        folder = path.absolute().parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a folder")
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"{text}: cannot write in {folder} ({e.strerror or e})") from None
+        if path.exists() and not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{text}: the file exists and cannot be written")
+        return text
+
+    parse.__name__ = "a file to write"
     return parse
 
 

@@ -7,7 +7,11 @@ import csv
 import json
 import sys
 
-from resnetlab.cli.args import NON_NEGATIVE, POSITIVE, add_device_and_quiet
+from resnetlab.cli.args import NON_NEGATIVE, POSITIVE, add_device_and_quiet, output_file
+from resnetlab.errors import UserError
+from resnetlab.utils.text import printable
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")  # matplotlib's
 
 EVALUATE_EPILOG = """examples:
   resnetlab evaluate --checkpoint runs/r50/final.pt --protocol 10crop --data-dir /data
@@ -64,7 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
     add_device_and_quiet(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (fields: docs/evaluate.md)")
-    p.add_argument("--plot", metavar="FIG", help="write the confusion matrix figure (.png, .pdf, .svg)")
+    p.add_argument(
+        "--plot",
+        type=output_file(FIGURE_SUFFIXES),
+        metavar="FIG",
+        help="write the confusion matrix figure (.png, .pdf, .svg; checked before the evaluation, written after "
+        "the results are printed)",
+    )
     p.set_defaults(func=run_evaluate)
 
     p = subparsers.add_parser(
@@ -125,35 +135,51 @@ def run_evaluate(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         say=_say(args.json),
     )
+    # The results first: a figure that fails to write must not take them with it.
+    if args.json:
+        print(json.dumps(r), flush=True)
+    else:
+        what = "ensemble of " + str(len(r["checkpoints"])) if len(r["checkpoints"]) > 1 else r["checkpoints"][0]
+        print(f"{what}: {r['protocol']} on {printable(r['data'])} ({r['split']}), {r['images']} images")
+        print(f"top-1 error {r['top1_error']:.2f}%  top-5 error {r['top5_error']:.2f}%")
+        if r["skipped"]:
+            print(f"skipped {r['skipped']} unreadable images: {_some(r['skipped_files'], r['skipped'])}")
+        if r.get("counted_once"):
+            print(
+                f"counted once: {r['counted_once']} files reached a second time (a link, a hard link) "
+                f"were not counted again: {_some(r['counted_once_files'], r['counted_once'])}"
+            )
+        print(format_per_class(r["per_class"]), flush=True)
     if args.plot:
         from resnetlab.analysis.confusion import plot_confusion
 
-        path = plot_confusion(r, args.plot)
+        try:
+            path = plot_confusion(r, args.plot)
+        except OSError as e:  # checked before the evaluation; a full disk can still refuse it
+            raise UserError(f"--plot {args.plot}: cannot write it ({e.strerror or e}); the results are above") from None
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(r))
-        return 0
-    what = "ensemble of " + str(len(r["checkpoints"])) if len(r["checkpoints"]) > 1 else r["checkpoints"][0]
-    print(f"{what}: {r['protocol']} on {r['data']} ({r['split']}), {r['images']} images")
-    print(f"top-1 error {r['top1_error']:.2f}%  top-5 error {r['top5_error']:.2f}%")
-    if r["skipped"]:
-        print(f"skipped {r['skipped']} unreadable images")
-    print(format_per_class(r["per_class"]))
     return 0
+
+
+def _some(paths: list[str], count: int, shown: int = 3) -> str:
+    """The first few of `count` file names, escaped for the terminal."""
+    names = ", ".join(printable(p) for p in paths[:shown])
+    return names + (f" and {count - min(shown, len(paths))} more" if count > min(shown, len(paths)) else "")
 
 
 def format_per_class(rows: list[dict], limit: int = 20) -> str:
     """Top-1 accuracy per class, worst first; the 10 worst and 10 best when there are many classes."""
     tested = sorted((r for r in rows if r["images"]), key=lambda r: r["accuracy"])
     shown = tested if len(tested) <= limit else tested[: limit // 2] + tested[-limit // 2 :]
-    width = min(max(len(r["class"]) for r in shown), 32)
+    names = [printable(r["class"])[:32] for r in shown]  # a folder name may hold a newline or a terminal escape
+    width = max(len(n) for n in names)
     lines = [
         f"per-class top-1 accuracy ({len(tested)} classes{', worst and best 10' if len(shown) < len(tested) else ''}):"
     ]
-    for i, r in enumerate(shown):
+    for i, (r, name) in enumerate(zip(shown, names)):
         if i == limit // 2 and len(shown) < len(tested):
             lines.append("  ...")
-        lines.append(f"  {r['class'][:32]:<{width}}  {r['accuracy']:6.2f}%  ({r['images']} images)")
+        lines.append(f"  {name:<{width}}  {r['accuracy']:6.2f}%  ({r['images']} images)")
     return "\n".join(lines)
 
 
@@ -180,13 +206,14 @@ def run_predict(args: argparse.Namespace) -> int:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["image", *(f"{c}_{k}" for k in range(1, args.top + 1) for c in ("class", "prob")), "error"])
         for r in rows:
-            cells = [x for name, p in r["top"] for x in (name, f"{p:.6f}")]
-            writer.writerow([r["image"], *cells, *[""] * (2 * args.top - len(cells)), r["error"] or ""])
-    else:
+            cells = [x for name, p in r["top"] for x in (printable(name), f"{p:.6f}")]
+            error = printable(r["error"] or "")
+            writer.writerow([printable(r["image"]), *cells, *[""] * (2 * args.top - len(cells)), error])
+    else:  # names from folders and files may hold newlines or terminal escapes: shown escaped
         for r in rows:
-            print(r["image"] + (f": {r['error']}" if r["error"] else ""))
+            print(printable(r["image"]) + (f": {printable(r['error'])}" if r["error"] else ""))
             for rank, (name, p) in enumerate(r["top"], 1):
-                print(f"  {rank}. {p:.4f}  {name}")
+                print(f"  {rank}. {p:.4f}  {printable(name)}")
     failed = sum(r["error"] is not None for r in rows)
     if failed:
         print(f"{failed} of {len(rows)} images could not be read (see their rows)", file=sys.stderr)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from resnetlab.data.bundle import TrainSource
-from resnetlab.data.images import Sample, TrainRecipe, lighting_shift
+from resnetlab.data.images import Sample, TrainRecipe, lighting_shift, open_image
 from resnetlab.data.ondevice import Normalizer
 from resnetlab.data.order import mix_seed
 from resnetlab.errors import UserError
@@ -131,24 +131,25 @@ _TAIL = 4096  # bytes at a JPEG's end searched for its end-of-image marker
 
 
 def image_files(samples: list[Sample]) -> tuple[list[Sample], list[str]]:
-    """(the samples DALI may see, the paths of the others): files that start like an image DALI
-    decodes, and for JPEGs, that end with the end-of-image marker. DALI must never see the others: on
-    a file that is not an image its CPU decoder crashes the process (a segmentation fault, measured
-    with DALI 2.4), and a JPEG cut short (the usual damage: an interrupted copy or download) stops
-    the pipeline without naming the file. In a JPEG's coded data a 0xFF byte is always followed by
-    0x00 or a restart marker, so FF D9 near the end is the end-of-image marker, not data; the last
-    _TAIL bytes are searched, as some writers pad after it."""
+    """(the samples DALI may see, the paths of the others): regular files of at most 256 MiB
+    (`open_image`: never a FIFO or a device, which DALI's reader would block on or read without end)
+    that start like an image DALI decodes, and for JPEGs, that end with the end-of-image marker. DALI
+    must never see the others: on a file that is not an image its CPU decoder crashes the process (a
+    segmentation fault, measured with DALI 2.4), and a JPEG cut short (the usual damage: an
+    interrupted copy or download) stops the pipeline without naming the file. In a JPEG's coded data
+    a 0xFF byte is always followed by 0x00 or a restart marker, so FF D9 near the end is the
+    end-of-image marker, not data; the last _TAIL bytes are searched, as some writers pad after it."""
     kept, other = [], []
     for path, label in samples:
         try:
-            with open(path, "rb") as f:
+            with open_image(path) as f:  # a regular file, size-capped; a FIFO never blocks
                 head = f.read(12)
                 if head.startswith(_JPEG):
                     f.seek(max(0, f.seek(0, 2) - _TAIL))
                     ok = b"\xff\xd9" in f.read(_TAIL)
                 else:
                     ok = head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
-        except OSError:
+        except (OSError, UserError):
             ok = False
         (kept if ok else other).append((path, label) if ok else path)
     return kept, other

@@ -57,10 +57,11 @@ class _Views(Dataset):
     """Reads samples[index] and makes one uint8 view of it. Items are (index, seed) for training.
 
     view "random": the training augmentation; "center": the test view. Returns (image or None, label,
-    alpha (3,), skipped paths, error path or None). An unreadable file is never raised inside a worker
-    (the DataLoader would wrap it in a traceback): it travels back as `error` and the main process
-    raises the one-line UserError. With skip_corrupt, training replaces it by the next readable file
-    of the list (the batch keeps its size); evaluation drops it.
+    alpha (3,), skipped paths, error or None). An unreadable file is never raised inside a worker
+    (the DataLoader would wrap it in a traceback): its one-line reason ("cannot read image PATH: why")
+    travels back as `error` and the main process raises it as the UserError. With skip_corrupt,
+    training replaces it by the next readable file of the list (the batch keeps its size);
+    evaluation drops it.
     """
 
     def __init__(
@@ -86,7 +87,8 @@ class _Views(Dataset):
         self, index: int, shorter: int
     ) -> tuple[Tensor | bytes | None, tuple[int, int], int, list[str], str | None]:
         """(image decoded at least large enough for shorter side `shorter` -- or, with `encoded`, the
-        file's bytes if it is an RGB or grayscale JPEG --, the file's full size, label, skipped, error)."""
+        file's bytes if it is an RGB or grayscale JPEG --, the file's full size, label, skipped, error).
+        `read_bytes` reads regular files only, size-capped, and never blocks (a FIFO, /dev/zero)."""
         skipped: list[str] = []
         tries = len(self.samples) if (self.skip_corrupt and self.replace_corrupt) else 1
         for k in range(tries):
@@ -99,14 +101,15 @@ class _Views(Dataset):
                     return data, full, label, skipped, None
                 img, full = decode_image(data, path, at_least=resized_size(full, shorter))
                 return img, full, label, skipped, None
-            except (UserError, OSError, ValueError, Image.DecompressionBombError):
+            except (UserError, OSError, ValueError, Image.DecompressionBombError) as e:
                 if not self.skip_corrupt:
-                    return None, (0, 0), label, skipped, path
+                    why = str(e) if isinstance(e, UserError) else f"cannot read image {path}: corrupt or not an image"
+                    return None, (0, 0), label, skipped, why
                 skipped.append(path)
         return None, (0, 0), self.samples[index][1], skipped, None
 
     def __getitem__(self, item: int | tuple[int, int]):
-        """(view uint8 (3, crop, crop) or None, label, alpha (3,), skipped paths, error path or None,
+        """(view uint8 (3, crop, crop) or None, label, alpha (3,), skipped paths, error or None,
         undecoded: None or (JPEG bytes, path, (H', W'), top, left, flip) for the device)."""
         index, seed = item if isinstance(item, tuple) else (item, 0)
         alpha = torch.zeros(3)
@@ -165,10 +168,9 @@ def _loader(dataset: Dataset, workers: int, device: torch.device, persistent: bo
 
 
 def _raise_unreadable(errors: list[str]) -> None:
+    """errors: one-line reasons, "cannot read image PATH: why"."""
     if errors:
-        raise UserError(
-            f"cannot read image {errors[0]}: corrupt or not an image (set data.skip_corrupt=true to skip such files)"
-        )
+        raise UserError(f"{errors[0]} (set data.skip_corrupt=true to skip such files)")
 
 
 # ---- sources -------------------------------------------------------------------------------------
@@ -253,7 +255,7 @@ class ImageFolderTrainSource(TrainSource):
 
         views, kept, failed = device_views(encoded, self.crop, self.device)
         if failed and not self.skip_corrupt:
-            _raise_unreadable(failed)
+            _raise_unreadable([f"cannot read image {failed[0]}: corrupt or not an image"])
         n = len(imgs)
         rows = torch.tensor([*range(n), *(n + i for i in kept)], dtype=torch.int64)
         imgs = torch.cat([imgs, views]) if len(imgs) else views
@@ -276,6 +278,7 @@ class ImageFolderEvalSource(EvalSource):
     ):
         self.samples, self.normalize, self.device = samples, normalizer, device
         self.skipped = 0
+        self.skipped_files: list[str] = []  # their paths, in the order met
         views = _Views(samples, crop=crop, view="center", skip_corrupt=skip_corrupt)
         self.loader = _loader(views, workers, device, batch_size=batch_size, shuffle=False)
 
@@ -289,6 +292,7 @@ class ImageFolderEvalSource(EvalSource):
         for imgs, labels, _alphas, skipped, errors, _ in self.loader:
             _raise_unreadable(errors)
             self.skipped += len(skipped)
+            self.skipped_files += skipped
             if len(imgs):
                 x = imgs.to(self.device, non_blocking=True)
                 yield self.normalize(x, into=scratch(x)), labels.to(self.device)

@@ -9,6 +9,8 @@ geometry of a view (`resized_size`, `resized_crop`, `center_view`, `test_resize`
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
@@ -44,12 +46,56 @@ def read_image(path: str) -> Tensor:
     return decode_image(read_bytes(path), path)[0]
 
 
-def read_bytes(path: str) -> bytes:
+MAX_IMAGE_BYTES = 256 * 2**20  # the largest sane image file (a 16k x 16k 8-bit RGB PNG stored raw is 768 MiB,
+# but no photograph's JPEG or PNG comes near 256 MiB): a larger file is refused before it is read
+
+
+def read_bytes(path: str, *, limit: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of an image file (`open_image`), at most `limit` of them."""
+    with open_image(path, limit=limit) as f:
+        try:
+            # read(n) allocates n bytes up front: ask for the size fstat gave, +1 to see a file that grew
+            # (or one that reports size 0, as /proc's do); the rest, if any, in chunks up to the limit
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(size + 1)
+            while size < len(data) <= limit and (chunk := f.read(1 << 20)):
+                data += chunk
+        except OSError as e:
+            raise UserError(f"cannot read image {path} ({type(e).__name__}): {e.strerror or e}") from None
+    if len(data) > limit:
+        raise UserError(_too_big(path, limit))
+    return data
+
+
+def open_image(path: str, *, limit: int = MAX_IMAGE_BYTES) -> io.BufferedReader:
+    """An image file opened for reading: a regular file (a link to one is fine) of at most `limit` bytes.
+
+    Opened non-blocking and checked with fstat before the first read: a FIFO named `*.jpg` would
+    block the read forever and a link to /dev/zero would read until memory runs out; both are
+    refused in one line naming the file, as is a file over the limit."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise UserError(f"cannot read image {path} ({type(e).__name__}): {e.strerror or e}") from None
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+        f.close()
+        if st.st_size > limit and stat.S_ISREG(st.st_mode):
+            raise UserError(_too_big(path, limit))
+        raise UserError(f"cannot read image {path}: {_file_kind(st.st_mode)}, not a regular file")
+    return f
+
+
+def _too_big(path: str, limit: int) -> str:
+    most = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
+    return f"cannot read image {path}: larger than {most}, the most an image file may hold"
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def decode_image(data: bytes, name: str, *, at_least: tuple[int, int] | None = None) -> tuple[Tensor, tuple[int, int]]:
@@ -71,13 +117,38 @@ def decode_image(data: bytes, name: str, *, at_least: tuple[int, int] | None = N
             if not (jpeg and im.mode in ("RGB", "L") and reduce == 1):
                 if reduce > 1:
                     im.draft("RGB", (at_least[1], at_least[0]))
-                return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1), full
+                return torch.from_numpy(_rgb_array(im, name)).permute(2, 0, 1), full
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's; still the fast one
             warnings.simplefilter("ignore", DeprecationWarning)
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB), full
     except (OSError, RuntimeError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         # PIL: UnidentifiedImageError / OSError (truncated); decode_jpeg: RuntimeError (corrupt data)
         raise UserError(f"cannot read image {name} ({type(e).__name__}): corrupt or not an image") from None
+
+
+def _rgb_array(im: Image.Image, name: str) -> np.ndarray:
+    """A PIL image -> uint8 (H, W, 3), scaled by the range its mode really has. PIL's convert("RGB")
+    clips 16-bit grey (mode I;16, or I from a 16-bit PNG) at 255 and truncates float pixels (mode F)
+    to 0 or 1: a white image, a black one, and a confident prediction on either. 16-bit values are
+    divided by 257 (65535 -> 255), floats in [0, 1] multiplied by 255; any other integer or float
+    image is refused in one line naming the file, its mode and its range."""
+    mode = im.mode
+    if not (mode.startswith("I") or mode == "F"):
+        return np.array(im.convert("RGB"))  # 8-bit modes (and 16-bit RGB PNGs, which PIL reads as RGB >> 8)
+    a = np.asarray(im)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    sixteen = mode.startswith("I;16") or (mode == "I" and im.format in ("PNG", "PPM") and lo >= 0 and hi <= 65535)
+    if sixteen:
+        grey = np.rint(a.astype(np.float64) / 257.0)
+    elif mode == "F" and np.isfinite(a).all() and lo >= 0.0 and hi <= 1.0:
+        grey = np.rint(a.astype(np.float64) * 255.0)
+    else:
+        kind = "32-bit float" if mode == "F" else "integer"
+        raise UserError(
+            f"cannot read image {name}: mode {mode} ({kind} pixels from {lo:g} to {hi:g}) has no known 8-bit "
+            "range (read: 8-bit, 16-bit integer, float in [0, 1]); save it as 8-bit"
+        )
+    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
 
 
 def _dct_reduction(full: tuple[int, int], at_least: tuple[int, int] | None) -> int:
@@ -123,10 +194,32 @@ def center_view(img: Tensor, crop: int, resize: int | None = None) -> Tensor:
     return TF.center_crop(resize_shorter(img, resize or test_resize(crop)), [crop, crop])
 
 
-def scan_split(root: str | Path, class_to_idx: dict[str, int]) -> list[Sample]:
-    """(path, label) of every image under root/CLASS/ for the given classes. A missing folder is fine
-    (a split may hold a subset of the classes); a folder without a single image is a UserError."""
-    samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+def scan_split(root: str | Path, class_to_idx: dict[str, int], *, twice: list[str] | None = None) -> list[Sample]:
+    """(path, label) of every image under root/CLASS/ for the given classes, in ImageFolder's order
+    (`find_images` per class, classes sorted). A missing folder is fine (a split may hold a subset of
+    the classes); a folder without a single image is a UserError.
+
+    A file reached twice within a class (a second link to it, a hard link) counts once, at its first
+    path; the other paths are appended to `twice` when given. A file reached from two classes would
+    be one image with two labels: a UserError naming both paths."""
+    samples: list[Sample] = []
+    first: dict[tuple[int, int], tuple[str, int]] = {}  # file identity -> (first path, label)
+    for name in sorted(class_to_idx):
+        label = class_to_idx[name]
+        for path, key in _find_images(os.path.join(str(root), name)):
+            if key is not None and key in first:
+                other, other_label = first[key]
+                if other_label != label:
+                    raise UserError(
+                        f"{path} and {other} are the same file in two classes; "
+                        "an image has one label: remove one of them"
+                    )
+                if twice is not None:
+                    twice.append(path)
+                continue
+            if key is not None:
+                first[key] = (path, label)
+            samples.append((path, label))
     seen = {label for _, label in samples}
     empty = [c for c, i in class_to_idx.items() if i not in seen and (Path(root) / c).is_dir()]
     if empty:
@@ -134,6 +227,74 @@ def scan_split(root: str | Path, class_to_idx: dict[str, int]) -> list[Sample]:
             f"{Path(root) / empty[0]} holds no images ({', '.join(IMG_EXTENSIONS)}); add them or remove the folder"
         )
     return samples
+
+
+def find_images(folder: str | Path) -> list[str]:
+    """Every file below `folder` named like an image (IMG_EXTENSIONS), in ImageFolder's order (folders
+    sorted by path, files by name), a file reached twice listed once. See `_find_images`."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for path, key in _find_images(str(folder)):
+        if key is not None and key in seen:
+            continue
+        if key is not None:
+            seen.add(key)
+        out.append(path)
+    return out
+
+
+def _find_images(top: str) -> list[tuple[str, tuple[int, int] | None]]:
+    """(path, file identity (st_dev, st_ino) or None if it has none) of every entry below `top` named
+    like an image that is not a folder, in ImageFolder's order: torchvision's make_dataset is
+    `sorted(os.walk(top, followlinks=True))`, files sorted in each folder.
+
+    Unlike that walk, a linked folder is entered once at most: a folder already entered (by its
+    identity) is not entered again, so a link cycle (`a/loop -> ..`) ends there instead of listing
+    every image forty times over. Entries that are not regular files (a FIFO, a device, a dangling
+    link) stay in the list, so that reading them refuses them by name (`read_bytes`) rather than
+    dropping them unseen."""
+    folders: list[tuple[str, list[tuple[str, tuple[int, int] | None]]]] = []
+    entered: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.stat(d)
+            if (st.st_dev, st.st_ino) in entered or not stat.S_ISDIR(st.st_mode):
+                continue
+            entered.add((st.st_dev, st.st_ino))
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue  # a folder that cannot be listed holds no images (as os.walk has it)
+        files, subfolders = [], []
+        for e in entries:
+            if _is_dir(e):
+                subfolders.append(e.path)
+            elif e.name.lower().endswith(IMG_EXTENSIONS):
+                files.append((e.path, _identity(e, st.st_dev)))
+        folders.append((d, files))
+        stack.extend(reversed(subfolders))  # depth first, in name order
+    folders.sort(key=lambda f: f[0])
+    return [f for _, files in folders for f in files]
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows a link
+    except OSError:
+        return False
+
+
+def _identity(entry: os.DirEntry, device: int) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file an entry is or links to; None for a dangling link."""
+    try:
+        if entry.is_symlink():
+            st = entry.stat()
+            return st.st_dev, st.st_ino
+        return device, entry.inode()
+    except OSError:
+        return None
 
 
 def split_classes(root: str | Path) -> list[str]:

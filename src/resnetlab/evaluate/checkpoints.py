@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -255,9 +256,16 @@ def _torchvision_weights(name: str) -> SourceWeights:
     model = type(weights).__name__.removesuffix("_Weights").lower()  # ResNet50_Weights -> resnet50
     if model not in {f"resnet{d}" for d in (18, 34, 50, 101, 152)}:
         raise UserError(f"train.init_from: {name} are {model} weights; resnetlab builds resnet18..resnet152")
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    created = [d for d in (cache, *cache.parents) if not d.exists()]  # what a failed download must not leave
     try:
         state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)  # its cache, its checksum
-    except (OSError, RuntimeError) as e:  # URLError is an OSError; a hash mismatch a RuntimeError
+    except BaseException as e:  # Ctrl-C included: torch.hub removes its partial file, we the folders it made
+        for d in created:  # innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty
+        if not isinstance(e, (OSError, RuntimeError)):  # URLError is an OSError; a hash mismatch a RuntimeError
+            raise
         raise UserError(
             f"train.init_from: cannot fetch {weights.url} ({str(e).splitlines()[0][:120]}); offline, put that "
             f"file into {Path(torch.hub.get_dir()) / 'checkpoints'}"

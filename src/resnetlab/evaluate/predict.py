@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from resnetlab.data.images import IMG_EXTENSIONS, center_view, read_image
+from resnetlab.data.images import IMG_EXTENSIONS, center_view, find_images, read_image
 from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models
 from resnetlab.evaluate.protocols import ensemble_probs
@@ -42,25 +43,48 @@ def class_names(model: LoadedModel) -> list[str]:
 
 
 def expand_images(inputs: Sequence[str]) -> list[str]:
-    """Files as given; folders -> every image file below them (sorted); patterns with * ? [ ] -> their
-    matches (sorted, `**` recursive). A path that does not exist stays, to be reported in its row;
-    a pattern or folder that matches nothing is a UserError."""
+    """Files as given; folders -> every file named like an image below them (`find_images`: a linked
+    folder entered once, a file reached twice listed once); patterns with * ? [ ] -> their matches
+    (sorted; `**` recursive, without entering linked folders, so a link cycle cannot multiply them).
+    What is not a regular file (a FIFO, a device) is listed, and its row says what it is. A path that
+    does not exist stays, to be reported in its row; a pattern or folder that matches nothing is a UserError."""
     out: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+            found = find_images(path)
             if not found:
                 raise UserError(f"{item}: no image files ({', '.join(IMG_EXTENSIONS)}) in this folder")
             out += found
         elif glob.has_magic(item) and not path.exists():
-            found = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            found = _glob(item)
             if not found:
                 raise UserError(f"{item}: no file matches this pattern")
             out += found
         else:
             out.append(item)
     return out
+
+
+def _glob(pattern: str) -> list[str]:
+    """The matches of `pattern` that are not folders, sorted, each file once. pathlib's glob, not
+    glob.glob: the latter follows a linked folder in `**`, and a link cycle lists every file forty
+    times over (until the path is too deep)."""
+    parts = Path(pattern).expanduser().parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:first]) if first else Path(".")
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for p in sorted(base.glob(str(Path(*parts[first:])))):
+        try:
+            st = p.stat()
+        except OSError:  # a dangling link: reported in its row
+            found.append(str(p))
+            continue
+        if not stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            found.append(str(p))
+    return found
 
 
 class _Views(Dataset):
@@ -74,12 +98,13 @@ class _Views(Dataset):
 
     def __getitem__(self, i: int):
         path = self.paths[i]
-        if not Path(path).is_file():
-            return None, i, "does not exist" if not Path(path).exists() else "not a file"
+        if not Path(path).exists():
+            return None, i, "does not exist"
         try:
-            img = read_image(path)
-        except UserError:
-            return None, i, "cannot read: corrupt or not an image"
+            img = read_image(path)  # a regular file only (a FIFO is refused, never waited on), by its real range
+        except UserError as e:
+            why = re.sub(r"^ \(\w+\)", "", str(e).removeprefix(f"cannot read image {path}")).removeprefix(": ")
+            return None, i, f"cannot read: {why}"
         if self.grey:
             img = img.float().mean(0, keepdim=True).round().to(torch.uint8)  # grey models (MNIST)
         return center_view(img, self.crop, self.resize), i, None

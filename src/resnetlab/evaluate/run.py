@@ -33,9 +33,12 @@ from resnetlab.evaluate.protocols import (
 from resnetlab.utils.device import resolve_device
 from resnetlab.utils.progress import progress
 
+NAMED = 10  # skipped or doubly-reached files named in the result (the count covers them all)
+
 
 class _ProtocolViews(Dataset):
-    """Item i: (views uint8, label, unreadable path or None). "multiscale" returns the whole image."""
+    """Item i: (views uint8, label, why it is unreadable or None). "multiscale" returns the whole image.
+    `read_image` reads regular files only (never blocking on a FIFO), size-capped, by their real range."""
 
     def __init__(self, samples: list[tuple[str, int]], protocol: str, crop: int):
         self.samples, self.protocol, self.crop = samples, protocol, crop
@@ -47,8 +50,8 @@ class _ProtocolViews(Dataset):
         path, label = self.samples[i]
         try:
             img = read_image(path)
-        except UserError:
-            return None, label, path
+        except UserError as e:
+            return None, label, (path, str(e))
         if self.protocol == "multiscale":
             return img, label, None
         return fixed_views(img, self.protocol, self.crop), label, None
@@ -98,7 +101,8 @@ def _evaluate_images(
 ) -> dict[str, Any]:
     root = _image_root(models[0], data_dir) / split
     mapping = class_mapping(split_classes(root), models[0])
-    samples = scan_split(root, mapping)
+    twice: list[str] = []  # a file reached by a second path (a link) counts once
+    samples = scan_split(root, mapping, twice=twice)
     if not samples:
         raise UserError(f"{root} has no images")
     per_batch = 1 if protocol == "multiscale" else batch_size  # whole images differ in size
@@ -110,13 +114,15 @@ def _evaluate_images(
         pin_memory=device.type == "cuda",
     )
     top1 = top5 = n = skipped = 0
+    skipped_files: list[str] = []
     confusion = torch.zeros(models[0].num_classes, models[0].num_classes, dtype=torch.int64)
     scratch = FloatScratch()  # the float views, rewritten batch after batch (CPU)
     batches = progress(loader, total=len(loader), desc=f"evaluate {protocol}", unit="batch", quiet=quiet)
     for views, labels, unreadable in batches:
         if unreadable and not skip_corrupt:
-            raise UserError(f"cannot read image {unreadable[0]}: corrupt or not an image (--skip-corrupt skips it)")
+            raise UserError(f"{unreadable[0][1]} (--skip-corrupt skips it)")
         skipped += len(unreadable)
+        skipped_files += [path for path, _ in unreadable][: NAMED - len(skipped_files)]
         if len(views) == 0:
             continue
         if protocol == "multiscale":
@@ -126,19 +132,34 @@ def _evaluate_images(
         a, b = topk_correct(probs.cpu(), labels)
         top1, top5, n = top1 + a, top5 + b, n + len(labels)
         confusion += confusion_counts(probs.cpu(), labels)
-    return {"images": n, "top1": top1, "top5": top5, "skipped": skipped, "root": str(root), "confusion": confusion}
+    return {
+        "images": n,
+        "top1": top1,
+        "top5": top5,
+        "skipped": skipped,
+        "skipped_files": skipped_files,
+        "counted_once": len(twice),
+        "counted_once_files": twice[:NAMED],
+        "root": str(root),
+        "confusion": confusion,
+    }
 
 
 def _evaluate_small(
-    models: list[LoadedModel], *, data_dir: str, device: torch.device, quiet: bool = False
+    models: list[LoadedModel], *, data_dir: str, device: torch.device, quiet: bool = False, given: bool = False
 ) -> dict[str, Any]:
-    """CIFAR / MNIST family: the single original test image (sec. 4.2), via the data contract."""
+    """CIFAR / MNIST family: the single original test image (sec. 4.2), via the data contract.
+    `given`: data_dir is the user's --data-dir, which is read, never downloaded or unpacked into
+    unless it holds the data set already (its files, or their archive or .gz files)."""
     try:
         from resnetlab.data import build_data
     except ImportError:
         raise UserError("resnetlab.data.build_data is not available in this install") from None
     cfg = from_dict(models[0].config) if models[0].config else Config()
     data = dataclasses.replace(cfg.data, val_split=0, augment=False, dir=data_dir)
+    if given:
+        _check_holds(cfg.data.name, data_dir)
+        data = dataclasses.replace(data, download=False)
     bundle = build_data(dataclasses.replace(cfg, data=data), device)
     # The bundle's batches are normalised with its own mean; undo that, then apply each model's own.
     mean = bundle.meta["mean"].to(device)
@@ -154,6 +175,33 @@ def _evaluate_small(
         top1, top5, n = top1 + a, top5 + b, n + len(y)
         confusion += confusion_counts(probs.cpu(), y.cpu())
     return {"images": n, "top1": top1, "top5": top5, "skipped": 0, "root": cfg.data.name, "confusion": confusion}
+
+
+def _check_holds(name: str, data_dir: str) -> None:
+    """A UserError naming what is missing unless `root` holds data set `name` (the files, or what
+    data/readers.py unpacks them from: the CIFAR archive, the MNIST .gz files). Without this, a
+    Fashion-MNIST checkpoint evaluated with --data-dir DIR unpacked the system's 53 MB copy into DIR."""
+    from resnetlab.data.readers import CIFAR_ARCHIVES, MNIST_FILES
+
+    root = Path(data_dir).expanduser()
+    if name in CIFAR_ARCHIVES:
+        spec = CIFAR_ARCHIVES[name]
+        folder = root / spec.folder
+        if all((folder / f).is_file() for f in spec.files) or (root / spec.filename).is_file():
+            return
+        missing = f"{folder}/ ({', '.join(spec.files)}) or {root / spec.filename}"
+    elif name in ("mnist", "fashion-mnist"):
+        raw = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+        absent = [f for f in MNIST_FILES if not (raw / f).is_file() and not (raw / f"{f}.gz").is_file()]
+        if not absent:
+            return
+        missing = f"{', '.join(absent)} (or .gz) in {raw}"
+    else:
+        return
+    raise UserError(
+        f"--data-dir {data_dir}: no {name} there (missing {missing}); evaluate reads a data set from the folder "
+        "you name but never downloads or unpacks one into it (leave out --data-dir to use the checkpoint's)"
+    )
 
 
 def evaluate_checkpoints(
@@ -183,6 +231,7 @@ def evaluate_checkpoints(
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     models = load_models(list(paths), dev)
+    given = data_dir is not None
     data_dir = resolve_data_dir(models[0].config, data_dir, say)
     if models[0].dataset in IMAGE_DATASETS:
         r = _evaluate_images(
@@ -207,7 +256,7 @@ def evaluate_checkpoints(
         if split not in ("val", "test"):
             raise UserError(f"{models[0].dataset}: only the test split is evaluated, not {split!r}")
         split = "test"
-        r = _evaluate_small(models, data_dir=data_dir, device=dev, quiet=quiet)
+        r = _evaluate_small(models, data_dir=data_dir, device=dev, quiet=quiet, given=given)
     if r["images"] == 0:
         raise UserError(f"no readable image in {r['root']}")
     return {
@@ -218,6 +267,9 @@ def evaluate_checkpoints(
         "top1_error": 100.0 * (1 - r["top1"] / r["images"]),
         "top5_error": 100.0 * (1 - r["top5"] / r["images"]),
         "skipped": r["skipped"],
+        "skipped_files": r.get("skipped_files", []),
+        "counted_once": r.get("counted_once", 0),
+        "counted_once_files": r.get("counted_once_files", []),
         "data": r["root"],
         **per_class(r["confusion"], class_names(models[0])),
     }
