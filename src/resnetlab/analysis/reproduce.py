@@ -194,12 +194,14 @@ def run_jobs(
     log: Callable = print,
     worker: tuple[str, ...] = WORKER,
     budget_s: float | None = None,
+    tf32: bool = True,
 ) -> list[Job]:
     """Run every unfinished job: in this process one after another (CPU, one GPU), or as
     subprocesses (`worker CONFIG.yaml OUT_DIR [--resume]` with `CUDA_VISIBLE_DEVICES=i`), `jobs_per_gpu`
     at a time on each GPU, when that makes more than one at a time. Small CIFAR nets leave a large GPU
     mostly idle between their kernels, so several runs sharing one GPU can finish a grid sooner.
 
+    `tf32=False`: fp32 convolutions in full fp32 (cuDNN uses TF32 for them by default on Ampere and later).
     `budget_s`: wall-clock seconds from now; past them no run starts and the runs in progress get
     SIGTERM (each checkpoints at its next step and stops). Returns the jobs left unfinished by the
     budget ([] once the grid is done); the same call later resumes them.
@@ -226,9 +228,11 @@ def run_jobs(
     with _stop_flag() as stop:
         if gpus >= 1 and gpus * jobs_per_gpu > 1:
             slots = [gpu for gpu in range(gpus) for _ in range(jobs_per_gpu)]
-            return _run_parallel(todo, slots, log, worker, deadline, stop)
+            return _run_parallel(todo, slots, log, worker, deadline, stop, [] if tf32 else ["--no-tf32"])
         if todo and train_fn is None:
             from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
+        if todo and not tf32:
+            no_tf32()
         for i, job in enumerate(todo, 1):
             if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
                 return _stopped(todo[i - 1 :], log)
@@ -242,6 +246,16 @@ def run_jobs(
                 # SIGTERM / Ctrl-C: the run checkpointed and returned; stop the grid, the same command resumes it.
                 raise UserError(f"{job.name} interrupted ({summary['interrupted']}); run the same command to resume")
     return []
+
+
+def no_tf32() -> None:
+    """fp32 convolutions and matmuls in full fp32 on CUDA, not TF32 (10-bit mantissa, cuDNN's default for
+    convolutions): the paper's numerics, the reference of the bf16 check (issue 23). A config key would
+    record it in each run's config.yaml; until then the grid's `commands.txt` records `--no-tf32`."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def _stopped(left: list[Job], log: Callable) -> list[Job]:
@@ -297,6 +311,7 @@ def _run_parallel(
     worker: tuple[str, ...],
     deadline: float | None = None,
     stop: threading.Event | None = None,
+    flags: list[str] | None = None,
 ) -> list[Job]:
     """A small pool: each free slot takes the next job as a `worker` subprocess on the slot's GPU.
     At `deadline` (or on `stop`) no job starts and the running ones get SIGTERM (they checkpoint and
@@ -316,7 +331,7 @@ def _run_parallel(
                 job.out_dir.mkdir(parents=True, exist_ok=True)
                 job_cfg = job.out_dir / "job.yaml"
                 dump(apply_overrides(job.cfg, ["train.device=cuda"]), job_cfg)
-                cmd = [*worker, str(job_cfg), str(job.out_dir)]
+                cmd = [*worker, str(job_cfg), str(job.out_dir), *(flags or [])]
                 if job.state() == "resume":
                     cmd.append("--resume")
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}

@@ -77,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="wall-clock seconds: then no run starts, running ones checkpoint and stop (exit 124, no report)",
     )
+    rep.add_argument(
+        "--no-tf32", action="store_true", help="fp32 convolutions in full fp32 on CUDA (cuDNN's default is TF32)"
+    )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
     rep.add_argument(
         "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides, several per flag"
@@ -162,7 +165,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     with open(out / "commands.txt", "a") as f:
         f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and device.type == "cuda" else 0
-    left = run_jobs(jobs, gpus=gpus, jobs_per_gpu=args.jobs_per_gpu, budget_s=args.budget_s)
+    left = run_jobs(jobs, gpus=gpus, jobs_per_gpu=args.jobs_per_gpu, budget_s=args.budget_s, tf32=not args.no_tf32)
     if left:
         print(
             f"--budget-s {args.budget_s:g} reached: {len(left)} of {len(jobs)} runs unfinished (checkpointed); "
@@ -192,5 +195,5 @@ def _command_line(args: argparse.Namespace) -> str:
     words += [w for kv in args.set for w in ("--set", kv)]
     if args.jobs_per_gpu != 1:
         words += ["--jobs-per-gpu", str(args.jobs_per_gpu)]
-    words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses
+    words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses + ["--no-tf32"] * args.no_tf32
     return shlex.join(words)
