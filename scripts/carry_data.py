@@ -19,8 +19,8 @@ extracted by `resnetlab.data.archive.safe_extract`, which refuses a link, a spec
 leaving TARGET. gzip at level 1: the 60,000 CIFAR-10 JPEGs share their JPEG headers and tables and
 the tar headers compress away (93 MB of tar -> 20 MB); Imagenette's larger JPEGs barely shrink.
 
-`pack` needs only Python's standard library; `unpack` needs the project's Python (its src/ on the
-path is set here; on the lent machine /opt/torch/.venv/bin/python).
+`pack` needs only Python's standard library; `unpack` the project's data/archive.py (found from here)
+and tqdm, which it imports: the project's Python (on the lent machine /opt/torch/.venv/bin/python).
 """
 
 from __future__ import annotations
@@ -194,12 +194,24 @@ def check(folder: Path) -> list[tuple[str, str]]:
     return parts
 
 
+def _archive():
+    """(safe_extract, UserError) of resnetlab.data.archive, loaded from its file: importing it as
+    `resnetlab.data.archive` would run data/__init__.py, which imports torch (seconds) for nothing."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from resnetlab.errors import UserError
+
+    spec = importlib.util.spec_from_file_location("_carry_archive", ROOT / "src" / "resnetlab" / "data" / "archive.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.safe_extract, UserError
+
+
 def unpack(folder: Path, target: Path) -> dict:
     """Check every part, then extract those not yet recorded in TARGET/.carried, recording each."""
     parts = check(folder)
-    sys.path.insert(0, str(ROOT / "src"))
-    from resnetlab.data.archive import safe_extract
-    from resnetlab.errors import UserError
+    safe_extract, UserError = _archive()
 
     target.mkdir(parents=True, exist_ok=True)
     marker = target / MARKER
