@@ -173,6 +173,15 @@ def step_restore(ctx: Ctx) -> dict:
     return {"status": "ok", "seconds": seconds, "restored": taken, "kept_newer_here": kept}
 
 
+def rate(run_dir: Path) -> float | None:
+    """Seconds per 1,000 iterations between the run's first and last evaluation (this window's)."""
+    metrics = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    if len(rows) < 2 or rows[-1]["iter"] == rows[0]["iter"]:
+        return None
+    return 1000 * (rows[-1]["time"] - rows[0]["time"]) / (rows[-1]["iter"] - rows[0]["iter"])
+
+
 def final_error(run_dir: Path) -> float | None:
     if not (run_dir / "final.pt").is_file():
         return None
@@ -239,7 +248,12 @@ def step_grid(ctx: Ctx) -> dict:
     runs = {}
     for d in sorted((ctx.grid / "grid").glob("*-seed0")):
         done, it = progress(d)
-        runs[d.name.removesuffix("-seed0")] = {"finished": done, "iterations": it, "test_error": final_error(d)}
+        runs[d.name.removesuffix("-seed0")] = {
+            "finished": done,
+            "iterations": it,
+            "test_error": final_error(d),
+            "seconds_per_1000_iters": rate(d),  # evaluations included, sharing the GPU: plans the next window
+        }
     status = "ok" if rc == 0 else "partial" if rc == 124 else "failed"
     return {
         "status": status,
@@ -298,10 +312,11 @@ def summary_md(r: dict) -> str:
         note = st.get("why", "") or (f"precision {st['precision']}" if "precision" in st else "")
         lines.append(f"| {name} | {st['status']} | {st.get('seconds', 0):.0f} | {note} |")
     if "runs" in s.get("grid", {}):
-        lines += ["", "| network | finished | iterations | test error % |", "|---|---|---|---|"]
+        lines += ["", "| network | finished | iterations | test error % | s / 1000 it |", "|---|---|---|---|---|"]
         for net, st in s["grid"]["runs"].items():
             te = f"{st['test_error']:.2f}" if st["test_error"] is not None else "-"
-            lines.append(f"| {net} | {st['finished']} | {st['iterations']} | {te} |")
+            sp = f"{st['seconds_per_1000_iters']:.1f}" if st.get("seconds_per_1000_iters") else "-"
+            lines.append(f"| {net} | {st['finished']} | {st['iterations']} | {te} | {sp} |")
     return "\n".join(lines) + "\n"
 
 
@@ -341,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="what comes back (default $OUT, else benchmarks/results/gpu/<date>-<gpu>-cifar)"
     )
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
-    p.add_argument("--budget-s", type=float, default=690, help="wall-clock budget of the whole run (default 690)")
+    p.add_argument("--budget-s", type=float, default=540, help="wall-clock budget of the whole run (default 540)")
     p.add_argument("--reserve-s", type=float, default=45, help="time kept after the grid (collecting into OUT)")
     p.add_argument("--carry", type=Path, default=ROOT / ".carry", help="where carried packs are (default .carry)")
     p.add_argument("--data-pack", default="cifar10-jpeg", help="the data's pack under --carry")

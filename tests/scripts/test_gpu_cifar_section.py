@@ -84,7 +84,7 @@ def test_dry_run_in_two_windows(tmp_path):
     table = (out2 / "runs" / "grid" / "table.md").read_text()
     assert "| ResNet-110 |" in table and "| plain-56 |" in table and "6.43" in table  # the paper's ResNet-110
     summary = (out2 / "summary.md").read_text()
-    assert "dry run" in summary and "| resnet110 | True | 4 |" in summary
+    assert "dry run" in summary and "| resnet110 | True | 4 | " in summary
 
 
 def test_without_cuda_the_real_run_refuses_in_one_line(tmp_path):
