@@ -1,5 +1,6 @@
 """The `reproduce` runner: grids, schedules, skip finished runs, resume killed ones, the report."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from resnetlab.analysis.reproduce import Job, plan, report, run_jobs, schedule
-from resnetlab.config import Config, ModelConfig, dump, to_dict
+from resnetlab.config import Config, DataConfig, ModelConfig, dump, to_dict
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.utils.checkpoint import save_atomic
@@ -257,6 +258,12 @@ def test_folder_data_overrides(tmp_path):
         "data.recipe=cifar",
         "data.eval_split=test",
     ]
+    if "recipe" in {f.name for f in dataclasses.fields(DataConfig)}:  # issue 21's keys, once merged
+        folder = dict(out=tmp_path / "o", dataset="imagefolder", data_dir=tmp_path, config_fn=tiny_config)
+        jobs = plan("cifar-section", **folder)
+        assert jobs[0].cfg.data.recipe == "cifar" and jobs[0].cfg.data.eval_split == "test"
+        jobs = plan("cifar-section", **folder, overrides=["data.val_split=5000"])
+        assert jobs[0].cfg.data.val_split == 5000 and jobs[0].cfg.data.eval_split == "val"  # not set: held out
 
 
 class SlowTrainer(StubTrainer):

@@ -130,6 +130,8 @@ def plan(
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     data = data_overrides(dataset, data_dir)
+    if any(o.startswith("data.val_split=") and o.split("=", 1)[1].strip() != "0" for o in overrides or []):
+        data = [o for o in data if not o.startswith("data.eval_split=")]  # the error is on held-out training images
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     networks = GRIDS[grid] + ([("resnet", 1202)] if grid == "table6" and with_1202 else [])
