@@ -34,7 +34,8 @@ pack)
     done
     [ $# -gt 0 ] || die "pack: name the packages to carry (e.g. 'nvidia-dali-cuda130==2.4.0')"
     pip=$(command -v .venv/bin/pip || command -v pip3) || die "no pip here"
-    rm -rf "$DIR" && mkdir -p "$DIR/wheels" "$DIR/site"
+    # only our own files: .carry/NAME/ holds carry_data.py's packs
+    rm -rf "$DIR/wheels" "$DIR/site" "$DIR"/part-* "$DIR/MANIFEST" && mkdir -p "$DIR/wheels" "$DIR/site"
     "$pip" download -q -d "$DIR/wheels" --only-binary=:all: --python-version "$py" \
         --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 "$@"
     tag="cpython-${py/./}"

@@ -1,5 +1,6 @@
 """The `reproduce` runner: grids, schedules, skip finished runs, resume killed ones, the report."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from resnetlab.analysis.reproduce import Job, plan, report, run_jobs, schedule
-from resnetlab.config import Config, ModelConfig, dump, to_dict
+from resnetlab.config import Config, DataConfig, ModelConfig, dump, to_dict
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.utils.checkpoint import save_atomic
@@ -223,3 +224,122 @@ def test_a_changed_recipe_does_not_reuse_the_old_run(tmp_path):
     again = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config,
                  overrides=["optim.lr=0.2"], rerun_changed=True)  # fmt: skip
     assert [j.out_dir for j in again] == [j.out_dir for j in fresh]  # the same command finds them again
+
+
+def test_cifar_section_is_table6_and_fig6_in_one_grid(tmp_path):
+    jobs = plan("cifar-section", out=tmp_path)  # the presets
+    assert [j.name for j in jobs] == [f"resnet{d}-seed0" for d in (20, 32, 44, 56, 110)] + [
+        f"plain{d}-seed0" for d in (20, 32, 44, 56)
+    ]
+    by_name = {j.name: j.cfg for j in jobs}
+    assert all(c.train.max_iters == 64000 and c.optim.milestones == (32000, 48000) for c in by_name.values())
+    assert by_name["resnet110-seed0"].optim.warmup_lr == 0.01  # sec. 4.2: 0.01 until training error < 80%
+    assert by_name["resnet56-seed0"].optim.warmup_lr is None
+
+
+def test_folder_data_overrides(tmp_path):
+    from resnetlab.analysis.reproduce import data_overrides
+
+    assert data_overrides("cifar10", None) == ["data.name=cifar10"]
+    assert data_overrides("fashion-mnist", tmp_path) == ["data.name=fashion-mnist", f"data.dir={tmp_path}"]
+    with pytest.raises(UserError, match="--dataset imagefolder needs --data-dir"):
+        data_overrides("imagefolder", None)
+    with pytest.raises(UserError, match="no train/ folder"):
+        data_overrides("imagefolder", tmp_path)
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(UserError, match="neither test/ nor val/"):
+        data_overrides("imagefolder", tmp_path)
+    (tmp_path / "val").mkdir()
+    assert data_overrides("imagefolder", tmp_path)[-1] == "data.eval_split=val"
+    (tmp_path / "test").mkdir()  # CIFAR-10's JPEG folder: train/ + test/, evaluated on test/
+    assert data_overrides("imagefolder", tmp_path) == [
+        "data.name=imagefolder",
+        f"data.dir={tmp_path}",
+        "data.recipe=cifar",
+        "data.eval_split=test",
+    ]
+    if "recipe" in {f.name for f in dataclasses.fields(DataConfig)}:  # issue 21's keys, once merged
+        folder = dict(out=tmp_path / "o", dataset="imagefolder", data_dir=tmp_path, config_fn=tiny_config)
+        jobs = plan("cifar-section", **folder)
+        assert jobs[0].cfg.data.recipe == "cifar" and jobs[0].cfg.data.eval_split == "test"
+        jobs = plan("cifar-section", **folder, overrides=["data.val_split=5000"])
+        assert jobs[0].cfg.data.val_split == 5000 and jobs[0].cfg.data.eval_split == "val"  # not set: held out
+
+
+class SlowTrainer(StubTrainer):
+    """A run that trains until SIGTERM, as the real loop does: its handler (set up `late` s after the
+    run starts) asks for a stop, the run checkpoints and returns {"interrupted": "SIGTERM"}."""
+
+    def __init__(self, late=0.0):
+        super().__init__()
+        self.late, self.stopped = late, False
+
+    def __call__(self, cfg, out_dir, *, resume=False):
+        import signal
+        import time
+
+        if self.stopped:  # the next window: every run finishes at once
+            return super().__call__(cfg, out_dir, resume=resume)
+        self.calls.append((Path(out_dir).name, resume))
+        self.stopped = True
+        time.sleep(self.late)
+        stop = []
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        try:
+            t0 = time.monotonic()
+            while not stop:
+                assert time.monotonic() - t0 < 30, "no SIGTERM came"
+                time.sleep(0.01)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        dump(cfg, Path(out_dir) / "config.yaml")
+        (Path(out_dir) / "checkpoint.pt").write_bytes(b"")
+        return {"interrupted": "SIGTERM"}
+
+
+@pytest.mark.parametrize("late", [0.0, 0.5])
+def test_the_budget_stops_a_run_cleanly_and_the_grid_resumes(tmp_path, monkeypatch, late):
+    """late=0.5: the first SIGTERM comes before the run set its handler up (it is taken by the grid's),
+    the next one, a moment later, stops the run."""
+    from resnetlab.analysis import reproduce
+
+    monkeypatch.setattr(reproduce, "RESIGNAL_S", 0.2)
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    trainer = SlowTrainer(late=late)
+    lines = []
+    left = run_jobs(jobs, train_fn=trainer, log=lines.append, budget_s=0.3)
+    assert [j.name for j in left] == [j.name for j in jobs] and trainer.calls == [("plain20-seed0", False)]
+    assert "[budget] stopped with 4 run(s) unfinished" in lines[-1]
+    assert jobs[0].state() == "resume"
+    assert run_jobs(jobs, train_fn=trainer, log=lambda _: None) == []  # the next window
+    assert trainer.calls[1] == ("plain20-seed0", True) and all(j.state() == "done" for j in jobs)
+    with pytest.raises(UserError, match="--budget-s must be > 0"):
+        run_jobs(jobs, train_fn=trainer, log=lambda _: None, budget_s=0)
+
+
+STOPPABLE_WORKER = """
+import signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[2])
+def stop(*_):
+    (out / "checkpoint.pt").write_bytes(b"")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+(out / "started").write_text(" ".join(sys.argv[3:]))
+time.sleep(60)
+(out / "final.pt").write_bytes(b"")
+"""
+
+
+def test_the_budget_stops_worker_processes(tmp_path):
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    (tmp_path / "worker.py").write_text(STOPPABLE_WORKER)
+    worker = (sys.executable, str(tmp_path / "worker.py"))
+    left = run_jobs(jobs, gpus=1, jobs_per_gpu=2, worker=worker, log=lambda _: None, budget_s=3, tf32=False)
+    assert sorted(j.name for j in left) == sorted(j.name for j in jobs)  # no failure raised
+    started = [j for j in jobs if (j.out_dir / "started").is_file()]
+    assert [j.name for j in started] == ["plain20-seed0", "plain56-seed0"]  # two slots; then no new start
+    assert all((j.out_dir / "checkpoint.pt").is_file() for j in started)  # their SIGTERM path ran
+    assert (started[0].out_dir / "started").read_text() == "--no-tf32"
+    assert all(j.state() == "resume" for j in started)

@@ -48,6 +48,8 @@ CASES = [
     ("evaluate --scales 0", ["evaluate", "--checkpoint", "{w}/fm.pt", "--scales", "0"], "--scales"),
     ("evaluate --protocol bogus", ["evaluate", "--checkpoint", "{w}/fm.pt", "--protocol", "x"], "--protocol"),
     ("reproduce --eval-every 0", ["reproduce", "table6", "--eval-every", "0", "--out", "{w}/rep"], "--eval-every"),
+    ("reproduce --budget-s 0", ["reproduce", "cifar-section", "--budget-s", "0", "--out", "{w}/rep"], "--budget-s"),
+    ("reproduce folder, no dir", ["reproduce", "table6", "--dataset", "imagefolder", "--out", "{w}/r"], "--data-dir"),
     ("info plain18 --shortcut B", ["info", "plain18", "--shortcut", "B"], "--shortcut"),
     ("info --input-size -1", ["info", "resnet18", "--input-size", "-1"], "--input-size"),
     ("info unknown model", ["info", "resnet19"], "resnet19"),

@@ -10,17 +10,25 @@ grid. A folder holding a run of another recipe is refused with the diff, or, wit
 
 Schedules: "paper" is the paper's (lr / 10 at 32k and 48k, stop at 64k). "short" keeps its shape
 (milestones at 1/2 and 3/4 of the run) over `iters` iterations, 1/10 of the paper's (6.4k) by default.
+
+Data: a built-in dataset by name, or `imagefolder` with `data_dir` (train/<class>/ + test/ or val/),
+trained with the CIFAR recipe (`data.recipe=cifar`, issue 21). A wall-clock budget (`budget_s`) stops
+the grid cleanly: no run starts after it, a run in progress gets SIGTERM and checkpoints; the same
+command resumes the grid later (in another GPU window, once its folders are brought back).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,14 +119,19 @@ def plan(
     overrides: list[str] | None = None,
     config_fn: Callable[[str, int], Config] = base_config,
     rerun_changed: bool = False,
+    data_dir: str | Path | None = None,
 ) -> list[Job]:
     """Every run of grid `grid`, with its resolved config and folder (nothing is started).
     `rerun_changed`: a job whose folder holds a run of another recipe moves to `<folder>-rN`, the
-    first such folder that is free or holds this recipe."""
+    first such folder that is free or holds this recipe. `data_dir`: data.dir (required for
+    `imagefolder`, which also gets the CIFAR recipe and the folder's evaluation split)."""
     if grid not in GRIDS:
         raise UserError(f"unknown experiment {grid!r}; choose from {', '.join(GRIDS)}")
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    data = data_overrides(dataset, data_dir)
+    if any(o.startswith("data.val_split=") and o.split("=", 1)[1].strip() != "0" for o in overrides or []):
+        data = [o for o in data if not o.startswith("data.eval_split=")]  # the error is on held-out training images
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     networks = GRIDS[grid] + ([("resnet", 1202)] if grid == "table6" and with_1202 else [])
@@ -131,7 +144,7 @@ def plan(
             cfg = apply_overrides(
                 config_fn(kind, depth),
                 [
-                    f"data.name={dataset}",
+                    *data,
                     f"optim.milestones=[{milestones[0]}, {milestones[1]}]",
                     f"train.max_iters={total}",
                     f"train.eval_every={every}",
@@ -150,6 +163,27 @@ def plan(
     return jobs
 
 
+def data_overrides(dataset: str, data_dir: str | Path | None) -> list[str]:
+    """The `data.*` overrides of `--dataset` / `--data-dir`. An ImageFolder trains with the CIFAR recipe
+    (the grids are CIFAR networks: on-device per-pixel mean, pad 4 + crop + flip) and is evaluated on
+    its test/ split (CIFAR-10's JPEG folder; the 45k/5k protocol is `data.val_split=5000`), else on val/."""
+    if data_dir is None:
+        if dataset == "imagefolder":
+            raise UserError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/ and DIR/test/<class>/)")
+        return [f"data.name={dataset}"]
+    folder = Path(data_dir)
+    if dataset != "imagefolder":
+        return [f"data.name={dataset}", f"data.dir={folder}"]
+    if not (folder / "train").is_dir():
+        raise UserError(f"--data-dir {folder}: no train/ folder (an ImageFolder is DIR/train/<class>/*.jpg + test/)")
+    split = "test" if (folder / "test").is_dir() else "val" if (folder / "val").is_dir() else None
+    if split is None:
+        raise UserError(f"--data-dir {folder}: neither test/ nor val/ beside train/ (the evaluation split)")
+    return ["data.name=imagefolder", f"data.dir={folder}", "data.recipe=cifar", f"data.eval_split={split}"]
+
+
+RESIGNAL_S = 5.0  # the budget's SIGTERM again after this long, until the run in progress returns
+KILL_AFTER_S = 120.0  # a run given SIGTERM by the budget checkpoints within a step; this is a hang
 WORKER = (sys.executable, "-m", "resnetlab.analysis.worker")  # + CONFIG.yaml OUT_DIR [--resume]
 
 
@@ -161,13 +195,23 @@ def run_jobs(
     jobs_per_gpu: int = 1,
     log: Callable = print,
     worker: tuple[str, ...] = WORKER,
-) -> None:
+    budget_s: float | None = None,
+    tf32: bool = True,
+) -> list[Job]:
     """Run every unfinished job: in this process one after another (CPU, one GPU), or as
     subprocesses (`worker CONFIG.yaml OUT_DIR [--resume]` with `CUDA_VISIBLE_DEVICES=i`), `jobs_per_gpu`
     at a time on each GPU, when that makes more than one at a time. Small CIFAR nets leave a large GPU
-    mostly idle between their kernels, so several runs sharing one GPU can finish a grid sooner."""
+    mostly idle between their kernels, so several runs sharing one GPU can finish a grid sooner.
+
+    `tf32=False`: fp32 convolutions in full fp32 (cuDNN uses TF32 for them by default on Ampere and later).
+    `budget_s`: wall-clock seconds from now; past them no run starts and the runs in progress get
+    SIGTERM (each checkpoints at its next step and stops). Returns the jobs left unfinished by the
+    budget ([] once the grid is done); the same call later resumes them.
+    (Hook for several runs in one process, issue 23: a `batch_runs` path would take `todo` here.)"""
     if jobs_per_gpu < 1:
         raise UserError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
+    if budget_s is not None and budget_s <= 0:
+        raise UserError(f"--budget-s must be > 0, got {budget_s}")
     changed = [job for job in jobs if job.state() == "other"]
     if changed:
         more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
@@ -182,31 +226,114 @@ def run_jobs(
             log(f"[skip]   {job.name}: final.pt exists")
         else:
             todo.append(job)
-    if gpus >= 1 and gpus * jobs_per_gpu > 1:
-        _run_parallel(todo, [gpu for gpu in range(gpus) for _ in range(jobs_per_gpu)], log, worker)
+    deadline = time.monotonic() + budget_s if budget_s is not None else None
+    with _stop_flag() as stop:
+        if gpus >= 1 and gpus * jobs_per_gpu > 1:
+            slots = [gpu for gpu in range(gpus) for _ in range(jobs_per_gpu)]
+            return _run_parallel(todo, slots, log, worker, deadline, stop, [] if tf32 else ["--no-tf32"])
+        if todo and train_fn is None:
+            from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
+        if todo and not tf32:
+            no_tf32()
+        for i, job in enumerate(todo, 1):
+            if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                return _stopped(todo[i - 1 :], log)
+            resume = job.state() == "resume"
+            log(f"[{'resume' if resume else 'train'}] {job.name} ({i}/{len(todo)})")
+            with _sigterm_at(deadline):
+                summary = train_fn(job.cfg, job.out_dir, resume=resume)
+            if isinstance(summary, dict) and summary.get("interrupted"):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return _stopped(todo[i - 1 :], log)
+                # SIGTERM / Ctrl-C: the run checkpointed and returned; stop the grid, the same command resumes it.
+                raise UserError(f"{job.name} interrupted ({summary['interrupted']}); run the same command to resume")
+    return []
+
+
+def no_tf32() -> None:
+    """fp32 convolutions and matmuls in full fp32 on CUDA, not TF32 (10-bit mantissa, cuDNN's default for
+    convolutions): the paper's numerics, the reference of the bf16 check (issue 23). A config key would
+    record it in each run's config.yaml; until then the grid's `commands.txt` records `--no-tf32`."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def _stopped(left: list[Job], log: Callable) -> list[Job]:
+    log(f"[budget] stopped with {len(left)} run(s) unfinished: {', '.join(j.name for j in left)}")
+    return left
+
+
+@contextlib.contextmanager
+def _stop_flag() -> Iterator[threading.Event]:
+    """While the grid runs, a SIGTERM that reaches it between runs (or a second one during a run: the
+    run's own handler takes the first and checkpoints) stops the grid before the next run starts."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
         return
-    if todo and train_fn is None:
-        from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
-    for i, job in enumerate(todo, 1):
-        resume = job.state() == "resume"
-        log(f"[{'resume' if resume else 'train'}] {job.name} ({i}/{len(todo)})")
-        summary = train_fn(job.cfg, job.out_dir, resume=resume)
-        if isinstance(summary, dict) and summary.get("interrupted"):
-            # SIGTERM / Ctrl-C: the run checkpointed and returned; stop the grid, the same command resumes it.
-            raise UserError(f"{job.name} interrupted ({summary['interrupted']}); run the same command to resume")
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _run_parallel(jobs: list[Job], slot_gpus: list[int], log: Callable, worker: tuple[str, ...]) -> None:
-    """A small pool: each free slot takes the next job as a `worker` subprocess on the slot's GPU."""
-    pending, running, failed = list(jobs), {}, []
+@contextlib.contextmanager
+def _sigterm_at(deadline: float | None) -> Iterator[None]:
+    """SIGTERM to this process at `deadline`, then every RESIGNAL_S s until the block ends: the run in
+    progress checkpoints and returns (a first signal that came before the run set its handler up
+    is taken by `_stop_flag`; the next one reaches the run)."""
+    if deadline is None:
+        yield
+        return
+    done = threading.Event()
+
+    def fire() -> None:
+        if done.wait(max(0.0, deadline - time.monotonic())):
+            return
+        while not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.wait(RESIGNAL_S)
+
+    timer = threading.Thread(target=fire, name="grid-budget", daemon=True)
+    timer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        timer.join()
+
+
+def _run_parallel(
+    jobs: list[Job],
+    slot_gpus: list[int],
+    log: Callable,
+    worker: tuple[str, ...],
+    deadline: float | None = None,
+    stop: threading.Event | None = None,
+    flags: list[str] | None = None,
+) -> list[Job]:
+    """A small pool: each free slot takes the next job as a `worker` subprocess on the slot's GPU.
+    At `deadline` (or on `stop`) no job starts and the running ones get SIGTERM (they checkpoint and
+    exit 143); returns the jobs left unfinished then."""
+    pending, running, failed, left = list(jobs), {}, [], []
+    ending = None  # when the budget (or a SIGTERM) stopped the grid
     while pending or running:
+        if ending is None and ((deadline is not None and time.monotonic() >= deadline) or (stop and stop.is_set())):
+            ending, left = time.monotonic(), list(pending)
+            pending.clear()
+            for job, proc, _, gpu in running.values():
+                log(f"[gpu {gpu}] {job.name}: budget reached, stopping it (it checkpoints)")
+                proc.send_signal(signal.SIGTERM)
         for slot, gpu in enumerate(slot_gpus):
             if slot not in running and pending:
                 job = pending.pop(0)
                 job.out_dir.mkdir(parents=True, exist_ok=True)
                 job_cfg = job.out_dir / "job.yaml"
                 dump(apply_overrides(job.cfg, ["train.device=cuda"]), job_cfg)
-                cmd = [*worker, str(job_cfg), str(job.out_dir)]
+                cmd = [*worker, str(job_cfg), str(job.out_dir), *(flags or [])]
                 if job.state() == "resume":
                     cmd.append("--resume")
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
@@ -214,16 +341,23 @@ def _run_parallel(jobs: list[Job], slot_gpus: list[int], log: Callable, worker: 
                 log(f"[gpu {gpu}] {job.name} ({'resume' if '--resume' in cmd else 'train'})")
                 proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
                 running[slot] = (job, proc, log_file, gpu)
-        time.sleep(2)
+        time.sleep(2 if ending is None else 0.2)
         for slot, (job, proc, log_file, gpu) in list(running.items()):
+            if ending is not None and time.monotonic() > ending + KILL_AFTER_S and proc.poll() is None:
+                log(f"[gpu {gpu}] {job.name}: no exit {KILL_AFTER_S:.0f} s after SIGTERM: killed, checkpoint kept")
+                proc.kill()
+                proc.wait()
             if proc.poll() is not None:
                 log_file.close()
                 del running[slot]
-                if proc.returncode:
+                if ending is not None and job.state() != "done":
+                    left.append(job)  # stopped by the budget: its checkpoint resumes it
+                elif proc.returncode:
                     failed.append(job.name)
                     log(f"[gpu {gpu}] {job.name} failed (exit {proc.returncode}); see {job.out_dir / 'train.log'}")
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+    return _stopped(left, log) if left else []
 
 
 def report(

@@ -1,5 +1,5 @@
 """One run of a `reproduce` grid in its own process (one per GPU): `python -m resnetlab.analysis.worker
-CONFIG.yaml OUT_DIR [--resume]`. The parent sets CUDA_VISIBLE_DEVICES."""
+CONFIG.yaml OUT_DIR [--resume] [--no-tf32]`. The parent sets CUDA_VISIBLE_DEVICES."""
 
 from __future__ import annotations
 
@@ -14,9 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", type=Path)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--no-tf32", action="store_true", help="fp32 convolutions and matmuls in full fp32")
     args = parser.parse_args(argv)
+    from resnetlab.analysis.reproduce import no_tf32
     from resnetlab.train import run_training
 
+    if args.no_tf32:
+        no_tf32()
     cfg = from_dict(read_yaml(args.config))
     run_training(cfg, args.out_dir, resume=args.resume)
     return 0

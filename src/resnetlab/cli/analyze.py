@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from resnetlab.analysis.grids import DATASETS, GRIDS, SHORT_FACTOR  # data only: no torch import at --help
-from resnetlab.cli.args import POSITIVE, add_device_and_quiet
+from resnetlab.cli.args import POSITIVE, add_device_and_quiet, float_in
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,16 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     rep = subparsers.add_parser(
         "reproduce",
-        help="train a grid of the paper (table6, fig6-plain, degradation) and write its table and figures",
+        help="train a grid of the paper (table6, fig6-plain, degradation, cifar-section), write its table and figures",
         description=(
             "Skips finished runs (final.pt), resumes interrupted ones (checkpoint.pt). One run per GPU when "
             f"several are visible, one after another otherwise. --schedule short: the paper's schedule / "
-            f"{SHORT_FACTOR} (milestones at 1/2 and 3/4 of --iters, default {64000 // SHORT_FACTOR})."
+            f"{SHORT_FACTOR} (milestones at 1/2 and 3/4 of --iters, default {64000 // SHORT_FACTOR}). "
+            "--budget-s stops the grid cleanly (runs checkpoint, exit 124); the same command resumes it."
         ),
     )
     rep.add_argument("name", choices=list(GRIDS), metavar="NAME", help=" | ".join(GRIDS))
     rep.add_argument("--seeds", type=POSITIVE, default=1, help="runs per network (seeds 0..N-1)")
-    rep.add_argument("--dataset", choices=DATASETS, default="cifar10")
+    rep.add_argument("--dataset", choices=DATASETS, default="cifar10", help="imagefolder: needs --data-dir")
+    rep.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="data.dir; for imagefolder DIR/train/<class>/ + DIR/test/ (or val/), trained with the CIFAR recipe",
+    )
     rep.add_argument("--schedule", choices=("paper", "short"), default="paper")
     rep.add_argument("--iters", type=POSITIVE, default=None, help="total iterations (same schedule shape)")
     rep.add_argument("--eval-every", type=POSITIVE, default=None, help="default 1000 (paper), iters/16 otherwise")
@@ -62,6 +69,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     rep.add_argument(
         "--jobs-per-gpu", type=POSITIVE, default=1, metavar="N", help="runs sharing each GPU at once (default 1)"
+    )
+    rep.add_argument(
+        "--budget-s",
+        type=float_in(1, 1e9),
+        default=None,
+        metavar="S",
+        help="wall-clock seconds: then no run starts, running ones checkpoint and stop (exit 124, no report)",
+    )
+    rep.add_argument(
+        "--no-tf32", action="store_true", help="fp32 convolutions in full fp32 on CUDA (cuDNN's default is TF32)"
     )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
     rep.add_argument(
@@ -141,13 +158,20 @@ def _reproduce(args: argparse.Namespace) -> int:
         with_1202=args.with_1202,
         overrides=args.set,
         rerun_changed=args.rerun_changed,
+        data_dir=args.data_dir,
     )
     device = resolve_device(args.device)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "commands.txt", "a") as f:
         f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and device.type == "cuda" else 0
-    run_jobs(jobs, gpus=gpus, jobs_per_gpu=args.jobs_per_gpu)
+    left = run_jobs(jobs, gpus=gpus, jobs_per_gpu=args.jobs_per_gpu, budget_s=args.budget_s, tf32=not args.no_tf32)
+    if left:
+        print(
+            f"--budget-s {args.budget_s:g} reached: {len(left)} of {len(jobs)} runs unfinished (checkpointed); "
+            "the same command resumes them (report when all are done)"
+        )
+        return 124
     report(
         jobs,
         out,
@@ -165,11 +189,11 @@ def _command_line(args: argparse.Namespace) -> str:
     """The `resnetlab reproduce ...` line equivalent to `args`."""
     words = ["resnetlab", "reproduce", args.name, "--seeds", str(args.seeds), "--dataset", args.dataset]
     words += ["--schedule", args.schedule, "--device", args.device]
-    for flag in ("iters", "eval_every", "out", "max_images"):
+    for flag in ("iters", "eval_every", "out", "max_images", "data_dir", "budget_s"):
         if getattr(args, flag) is not None:
             words += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     words += [w for kv in args.set for w in ("--set", kv)]
     if args.jobs_per_gpu != 1:
         words += ["--jobs-per-gpu", str(args.jobs_per_gpu)]
-    words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses
+    words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses + ["--no-tf32"] * args.no_tf32
     return shlex.join(words)

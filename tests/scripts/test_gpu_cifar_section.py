@@ -1,0 +1,96 @@
+"""scripts/gpu_cifar_section.sh --dry-run: the CIFAR section's GPU windows on the CPU with tiny sizes. The
+first window is cut by the grid's budget; what it sent back is packed, carried to a fresh machine (another
+grid folder) and the second window resumes it to the table and figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from resnetlab.config import DataConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "gpu_cifar_section.sh"
+sys.path.insert(0, str(ROOT / "scripts"))
+import carry_data  # noqa: E402
+
+# The ImageFolder -> CIFAR recipe path (data.recipe, issue 21) trains on the tiny JPEG folder; a checkout
+# without it trains on Fashion-MNIST in its real format (the JPEG folder is still packed and unpacked).
+FOLDER_RECIPE = "recipe" in {f.name for f in dataclasses.fields(DataConfig)}
+DATASET = [] if FOLDER_RECIPE else ["--dataset", "fashion-mnist"]
+NETS = ["plain20", "plain32", "plain44", "plain56", "resnet110", "resnet20", "resnet32", "resnet44", "resnet56"]
+
+
+def run(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON_BIN": sys.executable}
+    cmd = ["bash", str(SCRIPT), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_dry_run_in_two_windows(tmp_path):
+    out1, out2 = tmp_path / "w1", tmp_path / "w2"
+    proc = run("--dry-run", "--out", out1, "--grid-dir", tmp_path / "grid1", "--grid-budget-s", "1", *DATASET)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = json.loads((out1 / "results.json").read_text())["steps"]
+    assert [(n, st["status"]) for n, st in steps.items()] == [
+        ("unpack", "ok"),
+        ("restore", "skipped"),
+        ("bf16-check", "ok"),
+        ("grid", "partial"),  # the budget stopped it: exit 124, runs checkpointed
+    ]
+    assert steps["grid"]["exit"] == 124
+    precision = steps["bf16-check"]["precision"]
+    assert steps["grid"]["precision"] == precision in ("bf16", "fp32")
+    assert set(steps["bf16-check"]["nets"]) == {"resnet20", "plain20"}
+    first = steps["grid"]["runs"]
+    assert 1 <= len(first) and sum(r["finished"] for r in first.values()) < 9  # runs not started have no folder
+    back = out1 / "runs"
+    for name in first:  # what comes back: small files and one checkpoint, never both
+        pts = sorted(p.name for p in (back / "grid" / f"{name}-seed0").glob("*.pt"))
+        assert (
+            pts in (["final.pt"], ["checkpoint.pt"], []) and (back / "grid" / f"{name}-seed0" / "config.yaml").is_file()
+        )
+    assert not list((back / "bf16-check").rglob("*.pt")) and (back / "bf16-check.json").is_file()
+    size = sum(f.stat().st_size for f in out1.rglob("*") if f.is_file())
+    assert size < 64 * 2**20
+
+    # The next window, on a fresh machine: the runs come back in as a carried pack.
+    carry_data.pack(back, "cifar-runs", 10 * 2**20, carry=tmp_path / "w2-dry" / "carry")
+    proc = run("--dry-run", "--out", out2, "--grid-dir", tmp_path / "grid2", *DATASET)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = json.loads((out2 / "results.json").read_text())["steps"]
+    assert {n: st["status"] for n, st in steps.items()} == {
+        "unpack": "ok",
+        "restore": "ok",
+        "bf16-check": "skipped",  # decided in the first window, kept
+        "grid": "ok",
+    }
+    assert sorted(steps["restore"]["restored"]) == sorted(
+        [f"grid/{n}-seed0" for n in first]
+        + [p.relative_to(back).parent.as_posix() for p in (back / "bf16-check").rglob("config.yaml")]
+    )
+    assert steps["bf16-check"]["precision"] == steps["grid"]["precision"] == precision
+    runs = steps["grid"]["runs"]
+    assert sorted(runs) == NETS and all(r["finished"] and r["iterations"] == 4 for r in runs.values())
+    log = (out2 / "grid.log").read_text()
+    for name, r in first.items():  # finished in the first window: not trained again
+        assert (f"[skip]   {name}-seed0" in log) == r["finished"]
+    for name in ("table.md", "table.csv", "curves.png", "responses.png"):
+        assert (out2 / "runs" / "grid" / name).is_file(), name
+    table = (out2 / "runs" / "grid" / "table.md").read_text()
+    assert "| ResNet-110 |" in table and "| plain-56 |" in table and "6.43" in table  # the paper's ResNet-110
+    summary = (out2 / "summary.md").read_text()
+    assert "dry run" in summary and "| resnet110 | True | 4 | " in summary
+
+
+def test_without_cuda_the_real_run_refuses_in_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    proc = run("--out", tmp_path / "x")
+    assert proc.returncode == 2 and "no CUDA device" in proc.stdout and "Traceback" not in proc.stderr
