@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from resnetlab.config import cut
+
 
 class Parser(argparse.ArgumentParser):
     """`add_subparsers` creates parsers of the same class, so every command gets one-line errors."""
@@ -23,17 +25,23 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+INT_LIMIT = 2**31 - 1  # no count or size we take is larger (the config's limit too)
+
+
 def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An integer in [low, high]: `type=int_at_least(1)`."""
+    """An integer in [low, high] (high: at most INT_LIMIT): `type=int_at_least(1)`. A larger one
+    (`--batch-size 100000000000000000000`) failed deep inside, e.g. as islice's ValueError."""
     allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+            raise argparse.ArgumentTypeError(f"{cut(repr(text))} is not {allowed}") from None
         if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text} is not {allowed}")
+            raise argparse.ArgumentTypeError(f"{cut(text)} is not {allowed}")
+        if value > INT_LIMIT:
+            raise argparse.ArgumentTypeError(f"{cut(text)} is too large: at most {INT_LIMIT}")
         return value
 
     parse.__name__ = allowed  # argparse names the type in some messages
@@ -48,9 +56,9 @@ def float_in(low: float, high: float) -> Callable[[str], float]:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+            raise argparse.ArgumentTypeError(f"{cut(repr(text))} is not {allowed}") from None
         if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"{text} is not {allowed}")
+            raise argparse.ArgumentTypeError(f"{cut(text)} is not {allowed}")
         return value
 
     parse.__name__ = allowed
