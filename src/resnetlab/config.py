@@ -285,7 +285,7 @@ RANGES: dict[str, Range] = {
     "optim.milestones": Range(1),
     "optim.plateau_patience": Range(1),
     "optim.warmup_lr": Range(0, low_open=True),
-    "optim.warmup_until_error": Range(0, 100, low_open=True),  # a training error in %
+    "optim.warmup_until_error": Range(0, 100),  # a training error in % (0: warm up until the 1st milestone)
     "optim.base_batch_size": Range(1),
 }
 
@@ -385,7 +385,8 @@ def migrate(d: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """Apply `section.key=value` strings (value parsed as YAML: `optim.milestones=[400]`); the one
-    `--set` parser of every command."""
+    `--set` parser of every command. A key given again wins (commands add theirs after the user's;
+    the user's own --set refuses a repeated key where argparse reads it, `cli.args.Overrides`)."""
     keys = valid_keys(type(cfg))
     renamed = getattr(type(cfg), "RENAMED", {})
     nested: dict[str, dict[str, Any]] = {}
@@ -401,8 +402,6 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         if key not in keys:
             raise UserError(unknown_key(key, type(cfg)))
         section, name = key.split(".")
-        if name in nested.get(section, {}):
-            raise UserError(f"--set {key} is given twice; give it once (the last would silently win)")
         try:
             value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:

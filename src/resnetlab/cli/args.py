@@ -65,6 +65,23 @@ def float_in(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+class Overrides(argparse._ExtendAction):
+    """`--set KEY=VALUE ...` (several per flag, the flag repeatable), refusing a key typed twice: the
+    last would silently win. (`apply_overrides` itself lets a later override win: commands add
+    theirs after the user's, e.g. --device's train.device.)"""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        seen: dict[str, str] = {}
+        for item in [*(getattr(namespace, self.dest, None) or []), *values]:
+            key = item.partition("=")[0].strip()
+            if key in seen:
+                raise argparse.ArgumentError(
+                    self, f"{cut(key, 60)} is given twice ({cut(seen[key], 40)}, then {cut(item, 40)}); give it once"
+                )
+            seen[key] = item
+        super().__call__(parser, namespace, values, option_string)
+
+
 POSITIVE = int_at_least(1)
 NON_NEGATIVE = int_at_least(0)
 
