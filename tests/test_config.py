@@ -66,7 +66,9 @@ def test_override_values_are_parsed_as_yaml_and_typed():
 @pytest.mark.parametrize(
     "override, words",
     [
-        ("optim.nope=1", ["unknown config key optim.nope", "optim.lr"]),
+        ("optim.nope=1", ["unknown config key optim.nope", "resnetlab config keys"]),
+        ("optim.lrr=1", ["unknown config key optim.lrr; did you mean optim.lr?"]),
+        ("train.lr=1", ["unknown config key train.lr; did you mean optim.lr?"]),
         ("nosection=1", ["section.key=value"]),
         ("train.max_iters=abc", ["train.max_iters", "integer"]),
         ("train.channels_last=1", ["train.channels_last", "true or false"]),
@@ -154,3 +156,141 @@ def test_model_options_pass_through_without_name_checks():
         opts("cifar10-resnet20", "model.stride_in_1x1=false")
     with pytest.raises(UserError, match=r"model.shortcut=B does not apply to vgg16 \(its options: none\)"):
         opts("cifar10-resnet20", "model.name=vgg16", "model.shortcut=B")
+
+
+def _number_keys(root: type, kind: type) -> list[str]:
+    """Every `section.key` of a tree whose values are numbers of `kind` (alone, optional or in a list)."""
+    import dataclasses
+    import typing
+
+    keys = []
+    for section in dataclasses.fields(root):
+        cls = typing.get_type_hints(root)[section.name]
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[f.name]
+            if typing.get_origin(tp) is tuple and typing.get_args(tp)[0] is kind:
+                keys.append(f"{section.name}.{f.name}[]")  # a list: set as [value]
+            elif tp is kind or kind in typing.get_args(tp):
+                keys.append(f"{section.name}.{f.name}")
+    return keys
+
+
+def _set(key: str, value: str) -> str:
+    return f"{key[:-2]}=[{value}]" if key.endswith("[]") else f"{key}={value}"
+
+
+def _trees():
+    from resnetlab.detection.config import DetectionConfig
+
+    return [(Config, Config()), (DetectionConfig, load_detection_config(list_detection_presets()[0]))]
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan", "inf", "-Infinity"])
+def test_no_float_key_takes_nan_or_inf(value):
+    """Every float key of both trees (a new one too): NaN compares False with every bound, so it
+    passed `lr <= 0` and the like and reached the optimiser."""
+    for root, base in _trees():
+        keys = _number_keys(root, float)
+        assert "optim.lr" in keys and "optim.momentum" in keys
+        for key in keys:
+            with pytest.raises(UserError, match=rf"^{key.strip('[]')}: must be a finite number, got -?(nan|inf)$"):
+                apply_overrides(base, [_set(key, value)])
+
+
+def test_no_number_key_takes_a_negative_or_huge_value():
+    """No count, size, rate or factor of either tree is negative, none of its integers is above
+    2**31 - 1 (`data.workers=-5` was a raw ValueError inside the DataLoader)."""
+    for root, base in _trees():
+        for key in _number_keys(root, int) + _number_keys(root, float):
+            with pytest.raises(UserError, match=rf"^{key.strip('[]')}: must be "):
+                apply_overrides(base, [_set(key, "-1")])
+        for key in _number_keys(root, int):
+            if key != "train.seed":
+                with pytest.raises(UserError, match=rf"^{key.strip('[]')}: must be <= 2147483647"):
+                    apply_overrides(base, [_set(key, "1e20")])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
+        ("optim.momentum=1", "optim.momentum: must be in [0, 1), got 1.0"),
+        ("optim.weight_decay=-1e-4", "optim.weight_decay: must be >= 0, got -0.0001"),
+        ("optim.gamma=0", "optim.gamma: must be in (0, 1], got 0.0"),
+        ("optim.gamma=1.5", "optim.gamma: must be in (0, 1], got 1.5"),
+        ("optim.warmup_lr=0", "optim.warmup_lr: must be > 0 (or null), got 0.0"),
+        ("optim.warmup_until_error=101", "optim.warmup_until_error: must be in [0, 100], got 101.0"),
+        ("optim.plateau_threshold=-0.1", "optim.plateau_threshold: must be >= 0, got -0.1"),
+        ("optim.milestones=[400,400]", "optim.milestones: must be strictly increasing, got [400, 400]"),
+        ("optim.milestones=[0,400]", "optim.milestones: must be >= 1, got 0"),
+        ("data.workers=-5", "data.workers: must be >= 0, got -5"),
+        ("data.mean_samples=-1", "data.mean_samples: must be >= 1, got -1"),
+        ("train.seed=4294967296", "train.seed: must be in [0, 4294967295], got 4294967296"),
+        ("train.max_iters=1e20", "train.max_iters: must be <= 2147483647, got 100000000000000000000"),
+    ],
+)
+def test_natural_ranges(override, message):
+    with pytest.raises(UserError) as e:
+        apply_overrides(Config(), [override])
+    assert str(e.value) == message
+
+
+def test_range_ends_that_are_allowed():
+    cfg = apply_overrides(
+        Config(), ["optim.momentum=0", "optim.gamma=1", "train.seed=4294967295", "data.workers=0", "optim.lr=1e-9"]
+    )
+    assert (cfg.optim.momentum, cfg.optim.gamma, cfg.train.seed, cfg.data.workers) == (0, 1, 2**32 - 1, 0)
+
+
+def test_a_key_or_section_given_twice_is_refused_with_its_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("optim:\n  lr: 0.1\ntrain:\n  max_iters: 5\noptim:\n  momentum: 0.5\n")
+    with pytest.raises(UserError, match=r"twice.yaml: optim is given twice \(lines 1 and 5\)"):
+        load_config(str(path))
+    path.write_text("optim:\n  lr: 0.1\n  gamma: 0.5\n  lr: 0.2\n")
+    with pytest.raises(UserError, match=r"twice.yaml: optim.lr is given twice \(lines 2 and 4\)"):
+        load_config(str(path))
+    # apply_overrides lets a later override win (commands add theirs after the user's);
+    # the user's own --set refuses a repeated key (tests/cli/test_bad_inputs.py)
+    assert apply_overrides(Config(), ["optim.lr=0.1", "optim.lr=0.2"]).optim.lr == 0.2
+    # an alias and a merge key that overrides what it merges stay legal YAML
+    path.write_text("optim:\n  milestones: &m [10, 20]\ntrain:\n  freeze: [stem]\n")
+    assert load_config(str(path)).optim.milestones == (10, 20)
+
+
+def test_aliases_cannot_expand_a_small_text_into_a_huge_value(tmp_path):
+    """Nine nested aliases of nine items: 300 bytes, 9**9 = 387 million strings once expanded. Refused
+    before anything is built, in well under a second, and no message repeats the value."""
+    import time
+
+    levels = "abcdefghi"
+    parts = ["&a [x, x, x, x, x, x, x, x, x]"]
+    parts += [f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip(levels, levels[1:])]
+    bomb = f"[{', '.join(parts)}]"
+    assert len(bomb) < 400
+    start = time.perf_counter()
+    with pytest.raises(UserError) as e:
+        apply_overrides(Config(), [f"train.freeze={bomb}"])
+    assert time.perf_counter() - start < 1.0
+    assert str(e.value).startswith("--set train.freeze: its aliases expand to more than") and len(str(e.value)) < 120
+    (tmp_path / "bomb.yaml").write_text(f"train:\n  freeze: {bomb}\n")
+    with pytest.raises(UserError, match=r"bomb.yaml: train.freeze: its aliases expand"):
+        load_config(str(tmp_path / "bomb.yaml"))
+    with pytest.raises(UserError, match="alias refers to the value that contains it"):
+        apply_overrides(Config(), ["train.freeze=&a [x, *a]"])
+    with pytest.raises(UserError, match="nested deeper than"):
+        apply_overrides(Config(), ["train.freeze=" + "[" * 500 + "]" * 500])
+
+
+def test_a_long_value_is_cut_in_the_message():
+    """A value below the alias limit is still too long to repeat: messages show ~80 characters."""
+    for override in [
+        "optim.lr=[" + ", ".join(["1"] * 5000) + "]",
+        "model.shortcut=" + "D" * 10_000,
+        "optim.milestones=[" + "9" * 5000 + "]",
+        "x" * 5000 + ".y=1",
+        "optim." + "x" * 5000 + "=1",
+    ]:
+        with pytest.raises(UserError) as e:
+            apply_overrides(Config(), [override])
+        assert len(str(e.value)) < 200 and "..." in str(e.value), str(e.value)[:300]

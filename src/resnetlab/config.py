@@ -8,7 +8,10 @@ an unknown key is an error that lists the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
+import reprlib
 import sys
 import types
 import typing
@@ -131,6 +134,20 @@ def _plain(obj: Any) -> Any:
 
 # ---- validation -------------------------------------------------------------------------------
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring = 3, 8, 8, 8, 80
+
+
+def cut(text: str, limit: int = 80) -> str:
+    """`text` shortened to `limit` characters with "..." (what the user typed can be any size)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` for an error message, at most 80 characters: reprlib stops at a few items per
+    level, so a value of any size (aliases expanded) costs no more to show than a small one."""
+    return cut(_REPR.repr(value))
+
 
 def _check(value: Any, tp: Any, key: str) -> Any:
     """Return `value` converted to type `tp`, or raise UserError naming `key`."""
@@ -147,17 +164,17 @@ def _check(value: Any, tp: Any, key: str) -> Any:
                 return _check(value, arg, key)
             except UserError as e:
                 errors.append(str(e))
-        raise UserError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
+        raise UserError(errors[0] if len(errors) == 1 else f"{key}: invalid value {shown(value)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise UserError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+            raise UserError(f"{key}: {shown(value)} is not one of {', '.join(map(repr, choices))}")
         return value
     if origin is tuple:
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{key}: expected a list, got {value!r}")
+            raise UserError(f"{key}: expected a list, got {shown(value)}")
         (item_tp, _ellipsis) = typing.get_args(tp)
         return tuple(_check(v, item_tp, key) for v in value)
     if tp in (int, float) and isinstance(value, str):
@@ -168,21 +185,23 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             pass
     if tp is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{key}: expected true or false, got {value!r}")
+            raise UserError(f"{key}: expected true or false, got {shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)  # 6.4e4 in YAML
-            raise UserError(f"{key}: expected an integer, got {value!r}")
+            raise UserError(f"{key}: expected an integer, got {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{key}: expected a number, got {value!r}")
+            raise UserError(f"{key}: expected a number, got {shown(value)}")
+        if not math.isfinite(value):  # .nan, .inf, "nan", "inf" pass every comparison below unnoticed
+            raise UserError(f"{key}: must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise UserError(f"{key}: expected a string, got {value!r}")
+            raise UserError(f"{key}: expected a string, got {shown(value)}")
         return value
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
@@ -220,40 +239,91 @@ TRAIN_COUNTS = [
 ]
 
 
+class Range(typing.NamedTuple):
+    """The values a number key takes: from `low` up to `high` (None: no upper bound), each end
+    included unless `*_open`."""
+
+    low: float = 0
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """None when `value` is in range, else what it must be ("> 0", "in [0, 1)", "<= 2147483647")."""
+        too_low = value <= self.low if self.low_open else value < self.low
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if not (too_low or too_high):
+            return None
+        low, high = _number(self.low), _number(self.high)
+        if self.high is not None and self.high != INT_LIMIT:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if too_low:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"{'<' if self.high_open else '<='} {high}"
+
+
+def _number(x: float | None) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+INT_LIMIT = 2**31 - 1  # no count or size of a config is larger; 1e20 would pass `int` and fail deep inside a run
+
+# The natural range of number keys, by `section.key` in every config tree (detection shares the names).
+# A number key not listed here, a new one included, must be >= 0 (no count, size, rate or factor of
+# either tree is negative); every integer is at most INT_LIMIT, every float finite (`_check`).
+RANGES: dict[str, Range] = {
+    **{key: Range(1) for key in TRAIN_COUNTS},
+    "train.seed": Range(0, 2**32 - 1),  # what torch and numpy seeding accept
+    "model.depth": Range(1),
+    "data.scale_min": Range(1),
+    "data.scale_max": Range(1),
+    "data.crop": Range(1),
+    "data.mean_samples": Range(1),
+    "optim.lr": Range(0, low_open=True),
+    "optim.momentum": Range(0, 1, high_open=True),
+    "optim.gamma": Range(0, 1, low_open=True),
+    "optim.milestones": Range(1),
+    "optim.plateau_patience": Range(1),
+    "optim.warmup_lr": Range(0, low_open=True),
+    "optim.warmup_until_error": Range(0, 100),  # a training error in % (0: warm up until the 1st milestone)
+    "optim.base_batch_size": Range(1),
+}
+
+
+def check_ranges(cfg: Any) -> None:
+    """UserError for the first number of a config tree (list items included) outside its range
+    (`RANGES`, else >= 0; integers at most INT_LIMIT)."""
+    for section, section_tp in _section_types(type(cfg)).items():
+        values = getattr(cfg, section)
+        for name, tp in _section_types(section_tp).items():
+            key, value = f"{section}.{name}", getattr(values, name)
+            rng = RANGES.get(key, Range(0))
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                if isinstance(v, int) and rng.high is None:
+                    rng = rng._replace(high=INT_LIMIT, high_open=False)
+                problem = rng.problem(v)
+                if problem:
+                    nullable = type(None) in typing.get_args(tp)
+                    raise UserError(f"{key}: must be {problem}{' (or null)' if nullable else ''}, got {cut(str(v))}")
+
+
 def _validate(cfg: Any) -> Any:
-    """Cross-field checks that no single type can express: the classification tree's here, another
-    tree's in its own `validate()` method (detection's), run once, at load."""
+    """Every number in its range (`check_ranges`, any tree), then the cross-field checks that no
+    single range can express: the classification tree's here, another tree's in its own `validate()`
+    method (detection's), run once, at load."""
+    check_ranges(cfg)
     if not isinstance(cfg, Config):
         check = getattr(cfg, "validate", None)
         return check() if check else cfg
     o = cfg.optim
-    require_at_least_one(cfg, TRAIN_COUNTS)
-    if o.lr <= 0:
-        raise UserError(f"optim.lr: must be > 0, got {o.lr}")
-    if list(o.milestones) != sorted(o.milestones) or any(m < 1 for m in o.milestones):
-        raise UserError(f"optim.milestones: must be increasing positive iterations, got {list(o.milestones)}")
-    if o.backbone_lr_mult < 0:
-        raise UserError(f"optim.backbone_lr_mult: must be >= 0, got {o.backbone_lr_mult}")
-    if cfg.data.val_split < 0:
-        raise UserError(f"data.val_split: must be >= 0, got {cfg.data.val_split}")
+    if any(a >= b for a, b in zip(o.milestones, o.milestones[1:])):  # a repeated one would divide twice
+        raise UserError(f"optim.milestones: must be strictly increasing, got {shown(list(o.milestones))}")
     if cfg.model.shortcut is not None and cfg.model.name.startswith(("plain", "cifar_plain")):
         raise UserError(f"model.shortcut: {cfg.model.name} is a plain network, it has no shortcuts")
-    if not 0 <= cfg.train.seed < 2**32:  # what torch and numpy seeding accept
-        raise UserError(f"train.seed: must be from 0 to {2**32 - 1}, got {cfg.train.seed}")
     if cfg.data.scale_min > cfg.data.scale_max:
-        raise UserError("data.scale_min must be <= data.scale_max")
-    if o.warmup_lr is not None and o.warmup_lr <= 0:
-        raise UserError(f"optim.warmup_lr: must be > 0 (or null), got {o.warmup_lr}")
-    if not 0 < o.gamma <= 1:
-        raise UserError(f"optim.gamma: must be in (0, 1], got {o.gamma}")
-    if o.momentum < 0 or o.weight_decay < 0:
-        raise UserError("optim.momentum and optim.weight_decay must be >= 0")
-    if o.plateau_patience < 1:
-        raise UserError(f"optim.plateau_patience: must be >= 1, got {o.plateau_patience}")
-    if o.plateau_threshold < 0 or o.plateau_max_drops < 0:
-        raise UserError("optim.plateau_threshold and optim.plateau_max_drops must be >= 0")
-    if o.base_batch_size is not None and o.base_batch_size < 1:
-        raise UserError(f"optim.base_batch_size: must be >= 1, got {o.base_batch_size}")
+        raise UserError(f"data.scale_min must be <= data.scale_max, got {cfg.data.scale_min} > {cfg.data.scale_max}")
     return cfg
 
 
@@ -270,17 +340,31 @@ def from_dict(d: dict[str, Any], base: Any = None) -> Any:
     for section, section_tp in sections.items():
         values = d.get(section) or {}
         if not isinstance(values, dict):
-            raise UserError(f"{section}: expected a mapping, got {values!r}")
+            raise UserError(f"{section}: expected a mapping, got {shown(values)}")
         fields = _section_types(section_tp)
         unknown = [k for k in values if k not in fields]
         if unknown:
-            raise UserError(f"unknown config key {section}.{unknown[0]}; valid keys: {', '.join(valid_keys(root))}")
+            raise UserError(unknown_key(f"{section}.{unknown[0]}", root))
         checked = {k: _check(v, fields[k], f"{section}.{k}") for k, v in values.items()}
         new[section] = dataclasses.replace(getattr(base, section), **checked)
     unknown_sections = [k for k in d if k not in sections]
     if unknown_sections:
-        raise UserError(f"unknown config section {unknown_sections[0]!r}; valid keys: {', '.join(valid_keys(root))}")
+        name = cut(str(unknown_sections[0]), 40)
+        close = difflib.get_close_matches(name, list(sections), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise UserError(f"unknown config section {name!r}{hint} (sections: {', '.join(sections)})")
     return _validate(root(**new))
+
+
+def unknown_key(key: str, root: type) -> str:
+    """The message for a `section.key` that `root`'s tree does not have: the closest keys (same
+    name in another section first, then by spelling) and where the full list is."""
+    keys = valid_keys(root)
+    name = key.rpartition(".")[2]
+    close = [k for k in keys if k.rpartition(".")[2] == name] or difflib.get_close_matches(key, keys, n=2, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(close[:3])}?" if close else ""
+    listing = "resnetlab config keys" + ("" if root is Config else " --detection")
+    return f"unknown config key {cut(key, 60)}{hint} (valid keys: `{listing}`)"
 
 
 def migrate(d: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
@@ -301,7 +385,8 @@ def migrate(d: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """Apply `section.key=value` strings (value parsed as YAML: `optim.milestones=[400]`); the one
-    `--set` parser of every command."""
+    `--set` parser of every command. A key given again wins (commands add theirs after the user's;
+    the user's own --set refuses a repeated key where argparse reads it, `cli.args.Overrides`)."""
     keys = valid_keys(type(cfg))
     renamed = getattr(type(cfg), "RENAMED", {})
     nested: dict[str, dict[str, Any]] = {}
@@ -309,18 +394,20 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or key.count(".") != 1:
-            raise UserError(f"override {item!r} must look like section.key=value; valid keys: {', '.join(keys)}")
+            raise UserError(f"override {shown(item)} must look like section.key=value (keys: `resnetlab config keys`)")
         if key in renamed:
             raise UserError(
                 f"{key} is now called {renamed[key]} (as in classification configs): --set {renamed[key]}=..."
             )
         if key not in keys:
-            raise UserError(f"unknown config key {key}; valid keys: {', '.join(keys)}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+            raise UserError(unknown_key(key, type(cfg)))
         section, name = key.split(".")
+        try:
+            value = parse_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML: the text itself (a path with a colon)
+        except YAMLRefused as e:
+            raise UserError(f"--set {key}: {e}") from None
         nested.setdefault(section, {})[name] = value
     return from_dict(nested, base=cfg)
 
@@ -356,17 +443,98 @@ def read_preset(name_or_path: str, folder: Path, what: str = "preset") -> dict[s
     return read_yaml(path)
 
 
+# ---- YAML ----------------------------------------------------------------------------------------
+
+YAML_MAX_VALUES = 100_000  # a config holds about 60 values; a list key a few hundred at most
+YAML_MAX_DEPTH = 20  # a config is 3 levels deep
+
+
+class YAMLRefused(Exception):
+    """Valid YAML that no config needs and that would be read wrong or at great cost."""
+
+
+def parse_yaml(text: str) -> Any:
+    """`yaml.safe_load(text)` for configs (presets, run configs, --set values), which refuses
+    (YAMLRefused, naming the key and its line):
+    - a key given twice in one mapping: PyYAML keeps the last silently, so a second `optim:`
+      section would replace the first whole;
+    - aliases that expand to more than YAML_MAX_VALUES values: the parsed objects share what an
+      alias names, but checking, printing or saving the config copies it out, and nine nested
+      aliases in 400 bytes are a billion values (gigabytes, minutes);
+    - nesting deeper than YAML_MAX_DEPTH, or an alias inside what it names.
+    The node graph is checked before anything is built, in time linear in the text."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_values(node, "", 0, {}, set())
+        return loader.construct_document(node)
+    except RecursionError:  # PyYAML's composer recurses once per level
+        raise YAMLRefused(f"nested deeper than {YAML_MAX_DEPTH} levels") from None
+    except ValueError as e:  # a scalar PyYAML resolves but cannot build: a 5000-digit int, a 13th month
+        raise yaml.constructor.ConstructorError(problem=cut(str(e), 60)) from None
+    finally:
+        loader.dispose()
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _at(path: str) -> str:
+    return f"{path}: " if path else ""
+
+
+def _count_values(node: yaml.Node, path: str, depth: int, counted: dict[int, int], open_: set[int]) -> int:
+    """The number of values under `node` with every alias expanded (each node counted once, then
+    reused), refusing duplicate keys on the way. `path` is the dotted key of `node` ("optim.lr")."""
+    if id(node) in counted:
+        return counted[id(node)]
+    line = node.start_mark.line + 1
+    if id(node) in open_:
+        raise YAMLRefused(f"{_at(path)}an alias refers to the value that contains it (line {line})")
+    if depth > YAML_MAX_DEPTH:
+        raise YAMLRefused(f"{_at(path)}nested deeper than {YAML_MAX_DEPTH} levels (line {line})")
+    open_.add(id(node))
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key, value in node.value:
+            name = cut(str(key.value), 40) if isinstance(key, yaml.ScalarNode) else "?"
+            dotted = f"{path}.{name}" if path else name
+            if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE:
+                here = key.start_mark.line + 1
+                if name in lines:
+                    raise YAMLRefused(
+                        f"{dotted} is given twice (lines {lines[name]} and {here}); the second would replace the first"
+                    )
+                lines[name] = here
+            total += _count_values(key, dotted, depth + 1, counted, open_)
+            total += _count_values(value, dotted, depth + 1, counted, open_)
+    elif isinstance(node, yaml.SequenceNode):
+        total += sum(_count_values(item, path, depth + 1, counted, open_) for item in node.value)
+    open_.discard(id(node))
+    if total > YAML_MAX_VALUES:
+        raise YAMLRefused(f"{_at(path)}its aliases expand to more than {YAML_MAX_VALUES} values (line {line})")
+    counted[id(node)] = total
+    return total
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The one YAML reader: a mapping from `path`, or a UserError naming the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not a UTF-8 text file (byte {e.start}); a preset is YAML text") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__}{where}: {cut(str(problem), 60)})") from None
+    except YAMLRefused as e:
+        raise UserError(f"{path}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

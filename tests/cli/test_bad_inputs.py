@@ -26,6 +26,16 @@ from resnetlab.utils.checkpoint import save_atomic
 TRAIN = ["train", "--preset", "cifar10-resnet20", "--out", "{w}/run", "--device", "cpu", "--set"]
 FM = ["data.name=fashion-mnist", "data.dir={w}/fm", "data.download=false", "train.batch_size=8"]
 
+# Nine nested aliases of nine items: 300 bytes that expand to 9**9 strings (~9 GB, 40 s before issue 22).
+BOMB = (
+    "["
+    + ", ".join(
+        ["&a [x, x, x, x, x, x, x, x, x]"]
+        + [f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]
+    )
+    + "]"
+)
+
 # (id, argv with {w} = the work folder, a fragment the one line must contain[, exit status, default 2])
 CASES = [
     ("seed negative", TRAIN + ["train.seed=-1"], "train.seed"),
@@ -162,6 +172,44 @@ CASES = [
         ["import-weights", "{w}/truncated.pt", "--model", "resnet18", "--out", "{w}/imported.pt"],
         "truncated",
     ),  # fmt: skip
+    # issue 22: hostile configs, values that passed validation, flags that were "unexpected" (exit 1)
+    ("aliases expanding to 387M values", TRAIN + [f"train.freeze={BOMB}"], "train.freeze: its aliases expand"),
+    ("alias bomb in a preset", ["train", "--preset", "{w}/bomb.yaml", "--out", "{w}/run"], "bomb.yaml"),
+    ("section given twice in a preset", ["train", "--preset", "{w}/twice.yaml", "--out", "{w}/run"], "optim is given"),
+    ("key given twice in --set", TRAIN + ["optim.lr=0.1", "optim.lr=0.2"], "optim.lr is given twice"),
+    ("key given twice in two --set", TRAIN + ["optim.lr=0.1", "--set", "optim.lr=0.2"], "optim.lr is given twice"),
+    ("alias inside itself", TRAIN + ["train.freeze=&a [stem, *a]"], "train.freeze"),
+    ("optim.lr NaN", TRAIN + ["optim.lr=.nan"], "optim.lr: must be a finite number"),
+    ("optim.momentum inf", TRAIN + ["optim.momentum=inf"], "optim.momentum: must be a finite number"),
+    ("optim.weight_decay NaN", TRAIN + ["optim.weight_decay=nan"], "optim.weight_decay"),
+    ("optim.warmup_lr inf", TRAIN + ["optim.warmup_lr=.inf"], "optim.warmup_lr"),
+    ("optim.plateau_threshold NaN", TRAIN + ["optim.plateau_threshold=.nan"], "optim.plateau_threshold"),
+    ("optim.momentum 1", TRAIN + ["optim.momentum=1"], "optim.momentum: must be in [0, 1)"),
+    ("milestones repeated", TRAIN + ["optim.milestones=[5,5]"], "optim.milestones: must be strictly increasing"),
+    ("data.mean_samples negative", TRAIN + ["data.mean_samples=-1"], "data.mean_samples"),
+    ("data.workers negative", TRAIN + ["data.workers=-5", *FM], "data.workers: must be >= 0"),
+    ("train.batch_size 1e20", TRAIN + ["train.batch_size=1e20"], "train.batch_size: must be <= 2147483647"),
+    ("unknown key close to one", TRAIN + ["train.frezze=[stem]"], "did you mean train.freeze?"),
+    (
+        "predict --batch-size 10**20",
+        ["predict", "{w}/good.jpg", "--checkpoint", "{w}/fm.pt", "--batch-size", "100000000000000000000"],
+        "--batch-size",
+    ),  # fmt: skip
+    (
+        "export --image-size 1",
+        ["export", "--checkpoint", "{w}/fm.pt", "--format", "torchscript", "--out", "{w}/x.pt", "--image-size", "1"],
+        "--image-size 1",
+    ),  # fmt: skip
+    (
+        "export --out a folder",
+        ["export", "--checkpoint", "{w}/fm.pt", "--format", "onnx", "--out", "{w}/fm"],
+        "is a folder",
+    ),  # fmt: skip
+    (
+        "export into a missing folder",
+        ["export", "--checkpoint", "{w}/fm.pt", "--format", "onnx", "--out", "{w}/nodir/x.onnx"],
+        "nodir does not exist",
+    ),  # fmt: skip
     (
         "COCO json without annotations",
         [
@@ -248,6 +296,8 @@ def _world(w: Path) -> None:
             _idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
     (w / "latin1.yaml").write_bytes("model:\n  name: caf\xe9\n".encode("latin-1"))
     (w / "list.yaml").write_text("- model\n- data\n")
+    (w / "bomb.yaml").write_text(f"train:\n  freeze: {BOMB}\n")
+    (w / "twice.yaml").write_text("optim:\n  lr: 0.1\ntrain:\n  max_iters: 5\noptim:\n  momentum: 0.5\n")
 
     small = {"dataset": "fashion-mnist", "classes": [str(i) for i in range(10)], "in_channels": 1,
              "image_size": 28, "mean": torch.zeros(1, 28, 28), "std": None}  # fmt: skip

@@ -51,3 +51,48 @@ def test_train_help_lists_presets(capsys):
         pass
     out = capsys.readouterr().out.replace("\n", " ")
     assert all(name in out for name in list_presets()) and "cifar10-resnet110" in out
+
+
+def test_keys_one_key_per_line_with_choices_and_notes_apart():
+    """Through the real command: every key starts exactly one line, in the tree's order; a comment
+    above a group of fields is its own `#` line, never run into a key's meaning; a Literal type
+    shows its choices (torch.compile's modes for train.compile_mode), not its alias name."""
+    import os
+    import subprocess
+    import sys
+
+    import torch._inductor
+
+    r = subprocess.run(
+        [sys.executable, "-m", "resnetlab", "config", "keys"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ,
+    )
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = [line for line in r.stdout.splitlines() if not line.startswith("# ")]
+    by_key = {line.split()[0]: line for line in lines}
+    assert [line.split()[0] for line in lines] == valid_keys(Config)
+    assert by_key["optim.plateau_patience"].endswith("  plateau: evaluations without a new best before dividing")
+    assert "autocast" not in by_key["train.precision"] and "fp32 | bf16 | fp16" in by_key["train.precision"]
+    assert "Fine-tuning" not in by_key["train.init_from"] and "CompileMode" not in r.stdout
+    modes = by_key["train.compile_mode"].split('"default"')[0].split()[1:]
+    choices = [m for m in modes if m != "|"]
+    assert choices[0] == "default" and set(choices) <= set(torch._inductor.list_mode_options()), modes
+    assert "# plateau (the paper does not define it" in r.stdout  # the note is kept, on its own line
+    assert "int | null" in by_key["optim.base_batch_size"] and "A | B | C | null" in by_key["model.shortcut"]
+
+
+def test_unknown_key_suggests_the_closest_in_one_short_line():
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "resnetlab", "config", "show", "--set", "train.frezze=[stem]"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=os.environ)
+    assert r.returncode == 2 and r.stdout == ""
+    assert (
+        r.stderr
+        == "error: unknown config key train.frezze; did you mean train.freeze? (valid keys: `resnetlab config keys`)\n"
+    )

@@ -110,3 +110,55 @@ def test_no_traceback_from_the_real_command(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: optim.warmup_lr: must be > 0 (or null), got -0.01"
+
+
+def test_the_ctrl_c_hint_is_a_command_that_continues_the_run(tmp_path):
+    """SIGINT prints `Continue: <command>`; that command, pasted as is (a folder with a space in its
+    name), finishes the run."""
+    import shlex
+    import signal
+    import time
+
+    out = tmp_path / "my run"
+    script = [sys.executable, str(TRAIN_TESTS / "train_fake_data.py")]
+    argv = [
+        "train",
+        "--preset",
+        "cifar10-resnet20",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--set",
+        *train_fake_data.TINY,
+    ]
+    argv += ["train.max_iters=20", "train.eval_every=20", "train.checkpoint_every=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAKE_SLEEP": "0.05"}
+    proc = subprocess.Popen([*script, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    hint = [line for line in stdout.splitlines() if "Continue: " in line]
+    assert len(hint) == 1, stdout
+    command = shlex.split(hint[0].split("Continue: ", 1)[1])
+    assert command == ["resnetlab", "train", "--out", str(out), "--resume"]
+    done = subprocess.run([*script, *command[1:]], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and (out / "final.pt").exists(), done.stderr[-3000:]
+
+
+def test_the_detection_hint_names_the_runs_config(tmp_path):
+    """`detect train` has no run-config fallback: its hint passes the run's config.yaml as the preset."""
+    import shlex
+
+    from resnetlab.cli import build_parser
+    from resnetlab.detection.config import DetectionConfig
+    from resnetlab.train.lifecycle import resume_command
+
+    command = shlex.split(resume_command(DetectionConfig(), tmp_path / "det run"))
+    args = build_parser().parse_args(command[1:])
+    assert command[:3] == ["resnetlab", "detect", "train"] and args.resume
+    assert (args.preset, args.out) == (str(tmp_path / "det run" / "config.yaml"), str(tmp_path / "det run"))

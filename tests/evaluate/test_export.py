@@ -144,3 +144,21 @@ def test_import_of_a_truncated_file(tmp_path):
     pth.write_bytes(pth.read_bytes()[:1000])
     with pytest.raises(UserError, match="unreadable or truncated"):
         import_weights(pth, "resnet18", tmp_path / "x.pt")
+
+
+def test_a_failed_export_leaves_nothing_and_makes_no_folder(tmp_path, tree, write_ck, monkeypatch):
+    ck = write_ck(tmp_path / "c.pt", tree, model="cifar_resnet20")
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter failed half-way")
+
+    monkeypatch.setattr(torch.jit, "save", lambda module, path: (open(path, "wb").write(b"half"), broken()))
+    with pytest.raises(RuntimeError, match="half-way"):
+        export_checkpoint(ck, "torchscript", tmp_path / "c.ts")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no c.ts, no temp file
+    with pytest.raises(UserError, match=r"folder .*missing does not exist"):
+        export_checkpoint(ck, "torchscript", tmp_path / "missing" / "c.ts")
+    with pytest.raises(UserError, match=r"is a folder; name the file to write, e.g. --out .*model.pt2"):
+        export_checkpoint(ck, "pt2", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -108,3 +108,18 @@ def test_one_channel_28x28_cifar():
 def test_vgg_has_no_stages():
     c = measure_model("vgg19", input_size=32, num_classes=10)
     assert c.stages == {} and c.output_shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("resnet18", {}, 224 // 7),  # table 1: conv5_x is 7x7 at 224
+        ("resnet50", {}, 224 // 7),
+        ("cifar_resnet20", {"in_channels": 1}, 32 // 8),  # sec. 4.2: feature maps 32, 16, 8
+        ("vgg16", {}, 224 // 7),  # five 2x2 pools
+    ],
+)
+def test_smallest_input_is_the_total_stride(name, options, expected):
+    from resnetlab.models.complexity import smallest_input
+
+    assert smallest_input(name, **options) == expected

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from resnetlab.analysis.grids import DATASETS, GRIDS, SHORT_FACTOR  # data only: no torch import at --help
-from resnetlab.cli.args import POSITIVE, add_device_and_quiet, float_in
+from resnetlab.cli.args import POSITIVE, Overrides, add_device_and_quiet, float_in
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
     rep.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides, several per flag"
+        "--set", nargs="+", action=Overrides, default=[], metavar="KEY=VALUE", help="config overrides, several per flag"
     )
     rep.add_argument("--max-images", type=POSITIVE, default=None, help="responses on the first N test images")
     rep.add_argument("--no-responses", action="store_true", help="skip the fig. 7 analysis")

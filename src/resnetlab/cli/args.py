@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from resnetlab.config import cut
+
 
 class Parser(argparse.ArgumentParser):
     """`add_subparsers` creates parsers of the same class, so every command gets one-line errors."""
@@ -25,17 +27,23 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+INT_LIMIT = 2**31 - 1  # no count or size we take is larger (the config's limit too)
+
+
 def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An integer in [low, high]: `type=int_at_least(1)`."""
+    """An integer in [low, high] (high: at most INT_LIMIT): `type=int_at_least(1)`. A larger one
+    (`--batch-size 100000000000000000000`) failed deep inside, e.g. as islice's ValueError."""
     allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+            raise argparse.ArgumentTypeError(f"{cut(repr(text))} is not {allowed}") from None
         if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text} is not {allowed}")
+            raise argparse.ArgumentTypeError(f"{cut(text)} is not {allowed}")
+        if value > INT_LIMIT:
+            raise argparse.ArgumentTypeError(f"{cut(text)} is too large: at most {INT_LIMIT}")
         return value
 
     parse.__name__ = allowed  # argparse names the type in some messages
@@ -50,9 +58,9 @@ def float_in(low: float, high: float) -> Callable[[str], float]:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+            raise argparse.ArgumentTypeError(f"{cut(repr(text))} is not {allowed}") from None
         if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"{text} is not {allowed}")
+            raise argparse.ArgumentTypeError(f"{cut(text)} is not {allowed}")
         return value
 
     parse.__name__ = allowed
@@ -87,6 +95,23 @@ def output_file(suffixes: tuple[str, ...] = ()) -> Callable[[str], str]:
 
     parse.__name__ = "a file to write"
     return parse
+
+
+class Overrides(argparse._ExtendAction):
+    """`--set KEY=VALUE ...` (several per flag, the flag repeatable), refusing a key typed twice: the
+    last would silently win. (`apply_overrides` itself lets a later override win: commands add
+    theirs after the user's, e.g. --device's train.device.)"""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        seen: dict[str, str] = {}
+        for item in [*(getattr(namespace, self.dest, None) or []), *values]:
+            key = item.partition("=")[0].strip()
+            if key in seen:
+                raise argparse.ArgumentError(
+                    self, f"{cut(key, 60)} is given twice ({cut(seen[key], 40)}, then {cut(item, 40)}); give it once"
+                )
+            seen[key] = item
+        super().__call__(parser, namespace, values, option_string)
 
 
 POSITIVE = int_at_least(1)

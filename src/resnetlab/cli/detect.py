@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from resnetlab.cli.args import NON_NEGATIVE, float_in, run_folder
+from resnetlab.cli.args import NON_NEGATIVE, Overrides, float_in, run_folder
 from resnetlab.errors import UserError
 
 
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--preset", help="preset name (voc07-resnet101-c4, ...) or a YAML path")
     t.add_argument("--out", help="run folder (config.yaml, metrics.jsonl, checkpoints); required to train")
     t.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="K=V", help="overrides, e.g. model.pretrained=r101.pt"
+        "--set", nargs="+", action=Overrides, default=[], metavar="K=V", help="overrides, e.g. model.pretrained=r101.pt"
     )
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     t.add_argument("--device", help="shortcut for --set train.device=DEVICE")
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="mAP of a detection checkpoint on its test split, beside the paper's")
     e.add_argument("--checkpoint", required=True)
     e.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="K=V", help="data.* overrides (data.dir, data.test)"
+        "--set", nargs="+", action=Overrides, default=[], metavar="K=V", help="data.* overrides (data.dir, data.test)"
     )
     e.add_argument("--max-images", type=NON_NEGATIVE, default=0, help="only the first N test images (0: all)")
     e.add_argument("--device", default="auto")

@@ -6,7 +6,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from resnetlab.cli.args import run_folder
+from resnetlab.cli.args import Overrides, run_folder
 from resnetlab.errors import UserError
 
 EPILOG = """examples:
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--set",
         nargs="+",
-        action="extend",
+        action=Overrides,
         default=[],
         metavar="KEY=VALUE",
         help="config overrides, e.g. train.max_iters=600 optim.milestones=[400]",

@@ -9,6 +9,7 @@ per-channel mean/std in its metadata.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import TORCHVISION_MEAN, TORCHVISION_STD, load_model, read_weights
 from resnetlab.evaluate.predict import imagenet_categories
 from resnetlab.models import IMAGENET_DEPTHS
+from resnetlab.models.complexity import smallest_input
 from resnetlab.utils.checkpoint import save_atomic
+from resnetlab.utils.files import atomic_path
 
 FORMATS = ("onnx", "torchscript", "pt2")
 
@@ -64,20 +67,40 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, *, image_size
     (default: the training crop) fixes H = W of the exported graph."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    out = check_out_file(out, f"model{SUFFIXES[fmt]}")
     loaded = load_model(ckpt, torch.device("cpu"))
     model = loaded.model.float().eval()
     size = image_size or loaded.image_size
+    name, options = loaded.meta["model"], loaded.meta["model_options"]
+    smallest = smallest_input(name, **options)
+    if size < smallest:
+        given = f"--image-size {size}" if image_size else f"the checkpoint's image size {size}"
+        raise UserError(f"{given} is too small for {name}: it takes {smallest} pixels or more (its total stride)")
     example = torch.randn(2, int(loaded.meta.get("in_channels", 3)), size, size)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), atomic_path(out) as tmp:
         warnings.simplefilter("ignore")  # tracer / exporter chatter
         if fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(model, example), str(out))
+            torch.jit.save(torch.jit.trace(model, example), str(tmp))
         elif fmt == "pt2":
-            _export_pt2(model, example, out, loaded.meta)
+            _export_pt2(model, example, tmp, loaded.meta)
         else:
-            _export_onnx(model, example, out, loaded.meta)
+            _export_onnx(model, example, tmp, loaded.meta)
+    return out
+
+
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+
+
+def check_out_file(out: str | Path, example: str) -> Path:
+    """`--out` as a file to write: a UserError when it is a folder or its folder does not exist
+    (nothing creates folders the user did not ask for: a typo would otherwise make one)."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; name the file to write, e.g. --out {out / example}")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist (create it first)")
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"--out {out}: folder {out.parent} is not writable")
     return out
 
 

@@ -133,6 +133,36 @@ def build_for_counting(name: str, **options: Any) -> nn.Module:
         return create_model(name, **options)
 
 
+def smallest_input(name: str, **options: Any) -> int:
+    """The smallest input side (H = W) the network takes: its total stride (the input pixels per
+    pixel of the last feature map: 32 for the ImageNet ResNets, whose conv5_x is 7x7 at 224, table 1;
+    4 for the CIFAR ones, 8x8 at 32, sec. 4.2), or more where a shapes-only forward still fails
+    there (VGG-16's unpadded pools need 32). Below its stride a network's last stage sees only
+    padding. Computed on the meta device: no memory, no arithmetic."""
+    model = build_for_counting(name, **options).eval()
+    pool = next((m for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d)), None)
+    channels = options.get("in_channels", 3)
+    seen: list[int] = []
+
+    def runs(size: int) -> bool:
+        seen.clear()
+        try:
+            model(torch.zeros(1, channels, size, size, device="meta"))
+        except RuntimeError:
+            return False
+        return True
+
+    probe = 512
+    handle = pool.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-1])) if pool else None
+    stride = round(probe / seen[0]) if runs(probe) and seen else 1
+    if handle:
+        handle.remove()
+    size = stride
+    while not runs(size) and size < probe:
+        size += 1
+    return size
+
+
 def measure_model(
     name: str, *, input_size: int | None = None, device: str | torch.device = "meta", **options: Any
 ) -> Complexity:

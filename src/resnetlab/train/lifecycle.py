@@ -40,6 +40,7 @@ import json
 import math
 import os
 import random
+import shlex
 import signal
 import socket
 import threading
@@ -50,7 +51,7 @@ from typing import Any
 
 import torch
 
-from resnetlab.config import dump, flat_diff, from_dict, read_yaml, to_dict
+from resnetlab.config import Config, dump, flat_diff, from_dict, read_yaml, to_dict
 from resnetlab.errors import UserError
 from resnetlab.utils import checkpoint
 from resnetlab.utils import distributed as dist
@@ -225,7 +226,8 @@ class Run:
     def announce_stop(self, it: int) -> None:
         """The one line a signal-stopped run prints (rank 0)."""
         if self.is_main:
-            print(f"{self.stopped}: stopped at iteration {it}; checkpoint saved. Continue: --resume --out {self.out}")
+            again = resume_command(self.cfg, self.out)
+            print(f"{self.stopped}: stopped at iteration {it}; checkpoint saved. Continue: {again}")
 
     def save_checkpoint(self, state: dict[str, Any], iteration: int) -> None:
         """`state` (with "model", "config", "meta", "optimizer", ...) as OUT/checkpoint.pt, atomically,
@@ -246,6 +248,15 @@ class Run:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def resume_command(cfg: Any, out: Path) -> str:
+    """The command that continues the run in `out`, ready to paste. `train --resume` reads the run's
+    config.yaml by itself; `detect train` is given it as its preset."""
+    if isinstance(cfg, Config):
+        return f"resnetlab train --out {shlex.quote(str(out))} --resume"
+    preset = shlex.quote(str(out / "config.yaml"))
+    return f"resnetlab detect train --preset {preset} --out {shlex.quote(str(out))} --resume"
 
 
 @contextlib.contextmanager

@@ -5,7 +5,11 @@ whatever the umask; `file_mode()` is the mode an ordinary `open(path, "w")` woul
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 
 def umask() -> int:
@@ -24,3 +28,20 @@ def make_ordinary(fd_or_path: int | str | os.PathLike) -> None:
         os.fchmod(fd_or_path, file_mode())
     else:
         os.chmod(fd_or_path, file_mode())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside `path`, with its suffix (for writers that go by it), for a writer that
+    takes a file name (torch.jit.save, torch.onnx.export): it becomes `path` when the block ends
+    and is removed if the block fails, so a failed write leaves nothing, not even half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        make_ordinary(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
