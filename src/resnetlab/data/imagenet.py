@@ -308,7 +308,11 @@ def compute_stats(
     """Mean and per-channel std, in [0, 1] scale, of `count` training images (a fixed random sample)
     seen through the test view at crop size. mean: (3, crop, crop) per pixel, or (3, 1, 1) per channel."""
     views = _Views(mean_sample(samples, count), crop=crop, view="center", skip_corrupt=skip_corrupt)
-    loader = DataLoader(views, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    # generator: the workers' seeds must not draw from the global RNG, which then initialises the weights
+    # (a run would otherwise start from other weights when the mean is cached).
+    loader = DataLoader(
+        views, batch_size=batch_size, num_workers=workers, collate_fn=_collate, generator=torch.Generator()
+    )
     s = torch.zeros(3, crop, crop, dtype=torch.float64)
     s2 = torch.zeros(3, 1, 1, dtype=torch.float64)
     n = 0

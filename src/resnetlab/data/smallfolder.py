@@ -7,8 +7,9 @@ is cached (`cache.py`) under a key of the file list (paths, sizes, mtimes, label
 settings, so a changed folder is decoded afresh and an unchanged one starts in about a second.
 
 Images must all have one square size (CIFAR's 32x32, Tiny ImageNet's 64x64, ...), or `data.image_size`
-says the side to resize every image to once, when decoding: shorter side to that size (antialiased,
-large JPEGs first reduced in the DCT domain), then the central square. Channels: grey when every
+says the side to resize every image to once, when decoding: shorter side to that size (antialiased;
+a large JPEG is first decoded reduced in the DCT domain, to no less than twice that size), then the
+central square. Channels: grey when every
 image of the training folder is grey (1 channel, as MNIST), else RGB (grey images replicated), or
 those of the weights a fine-tuned network starts from.
 """
@@ -47,8 +48,8 @@ class _Decoded(Dataset):
             with Image.open(io.BytesIO(read_bytes(path))) as im:
                 grey = self.channels == 1 or (self.channels is None and im.mode in GREY_MODES)
                 mode = "L" if grey else "RGB"
-                if self.image_size:
-                    im.draft(im.mode, (self.image_size, self.image_size))  # JPEG: decode reduced, never below
+                if self.image_size:  # a large JPEG decoded at 1/2..1/8 size, still >= 2x the target side
+                    im.draft(im.mode, (2 * self.image_size, 2 * self.image_size))
                 x = torch.from_numpy(np.array(im.convert(mode)))
         except (UserError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return None, path
@@ -88,6 +89,7 @@ def decode_images(
         batch_size=256,
         num_workers=min(workers, os.cpu_count() or 1),
         collate_fn=_collate,
+        generator=torch.Generator(),  # its worker seeds must not draw from the global RNG (the weights' init)
     )
     parts, kept, skipped, first, start = [], [], [], None, 0
     for images, errors in loader:

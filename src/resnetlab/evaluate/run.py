@@ -198,6 +198,7 @@ def evaluate_checkpoints(
     data_dir = resolve_data_dir(models[0].config, data_dir, say)
     if models[0].dataset in IMAGE_DATASETS:
         split = split or (models[0].config.get("data") or {}).get("eval_split") or "val"
+        eval_folder(_image_root(models[0], data_dir), split, key="--split")  # a missing one named in one line
     elif split is not None:
         raise UserError(
             f"--split {split}: {models[0].dataset or 'this'} checkpoints are tested on the dataset's own test split; "
