@@ -47,6 +47,9 @@ CASES = [
     ("evaluate --workers -1", ["evaluate", "--checkpoint", "{w}/fm.pt", "--workers", "-1"], "--workers"),
     ("evaluate --scales 0", ["evaluate", "--checkpoint", "{w}/fm.pt", "--scales", "0"], "--scales"),
     ("evaluate --protocol bogus", ["evaluate", "--checkpoint", "{w}/fm.pt", "--protocol", "x"], "--protocol"),
+    ("evaluate --split, built-in data", ["evaluate", "--checkpoint", "{w}/fm.pt", "--split", "test"], "--split test"),
+    ("image_size negative", TRAIN + ["data.name=imagefolder", "data.dir={w}", "data.image_size=-1"], "data.image_size"),
+    ("no val/ folder", TRAIN + ["data.name=imagefolder", "data.dir={w}/tree"], "data.eval_split"),
     ("reproduce --eval-every 0", ["reproduce", "table6", "--eval-every", "0", "--out", "{w}/rep"], "--eval-every"),
     ("info plain18 --shortcut B", ["info", "plain18", "--shortcut", "B"], "--shortcut"),
     ("info --input-size -1", ["info", "resnet18", "--input-size", "-1"], "--input-size"),
@@ -231,6 +234,8 @@ def _world(w: Path) -> None:
     (w / "mixed" / "val" / "b" / "readme.jpg").write_text("not an image")
 
     _jpeg(w / "good.jpg")
+    for split in ("train", "test"):  # a tree with test/ but no val/
+        _jpeg(w / "tree" / split / "a" / "a0.jpg")
     for kind, blob in (("corrupt", (w / "good.jpg").read_bytes()[:40]), ("zero", b"")):
         _jpeg(w / kind / "val" / "a" / "a0.jpg")
         (w / kind / "val" / "b").mkdir(parents=True)

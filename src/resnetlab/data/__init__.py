@@ -77,18 +77,22 @@ def _small_folder(cfg: Config, device: torch.device, *, rank: int, world_size: i
         "world_size": world_size,
     }
     channels = None if stats is None else int(stats[0].shape[0])  # fine-tuning: the weights' channels
-    x, y, _ = decoded_split(splits.root, "train", splits.train, channels=channels, **opts)
+    decoded = decoded_split(splits.root, "train", splits.train, channels=channels, **opts)
+    x, y = decoded["images"], decoded["labels"]
     if splits.held_out is not None:
         keep, held = (torch.tensor(i, dtype=torch.int64) for i in splits.held_out)
         train, test = Split(x[keep], y[keep]), Split(x[held], y[held])
     else:
-        tx, ty, _ = decoded_split(splits.root, splits.eval_name, splits.test, channels=x.shape[1], **opts)
-        if tx.shape[-2:] != x.shape[-2:]:
+        t = decoded_split(splits.root, splits.eval_name, splits.test, channels=x.shape[1], **opts)
+        if t["images"].shape[-2:] != x.shape[-2:]:
             raise UserError(
-                f"{splits.root / splits.eval_name} holds {tx.shape[-1]}x{tx.shape[-2]} images, "
+                f"{splits.root / splits.eval_name} holds {t['images'].shape[-1]}x{t['images'].shape[-2]} images, "
                 f"{splits.root / 'train'} {x.shape[-1]}x{x.shape[-2]}; set data.image_size=N to resize both"
             )
-        train, test = Split(x, y), Split(tx, ty)
+        train, test = Split(x, y), Split(t["images"], t["labels"])
+        if stats is None:  # the whole training folder: its statistics were computed with the decoding
+            mean, std = decoded[f"mean_{d.mean}"], decoded["std"]
+            stats = (mean, std if d.normalize_std else None)
     return _on_device(
         cfg, device, train, test, splits.classes, True, splits.eval_name, str(splits.root), rank, world_size, stats
     )

@@ -25,7 +25,7 @@ import torch
 from resnetlab.errors import UserError
 from resnetlab.utils.checkpoint import save_atomic
 
-VERSION = 1  # bump when what a cache holds changes meaning
+VERSION = 2  # bump when what a cache holds changes (2: the decoded split carries its statistics)
 
 
 def fingerprint(root: str | Path, samples: list[tuple[str, int]], settings: dict[str, Any]) -> str:

@@ -145,10 +145,10 @@ def _build(cfg: Config, run: Run) -> _Training:
     source = finetune.read_source(cfg) if run.checkpoint is None else None
     stats = finetune.source_stats(source) if source else finetune.resumed_stats(cfg, run.checkpoint)
     data = build_data(cfg, device, rank=info.rank, world_size=info.world_size, stats=stats)
+    model, meta = build_classifier(cfg, data)
     if info.is_main and getattr(data, "summary", None):  # what was found, which recipe runs (issue 21)
         print("\n".join(summary_lines(data.summary)))
         (run.out / "data.json").write_text(json.dumps(data.summary, indent=1) + "\n")
-    model, meta = build_classifier(cfg, data)
     report = finetune.init_model(model, source, classes=data.classes) if source else []
     report += finetune.freeze(model, t.freeze)  # not in the checkpoint: applied to resumed runs too
     if info.is_main and report:
