@@ -31,13 +31,15 @@ VERSION = 2  # bump when what a cache holds changes (2: the decoded split carrie
 def fingerprint(root: str | Path, samples: list[tuple[str, int]], settings: dict[str, Any]) -> str:
     """Hex digest of (VERSION, settings, every (relative path, size, mtime_ns, label) in sorted order)."""
     h = hashlib.sha256(json.dumps({"version": VERSION, "settings": settings}, sort_keys=True).encode())
+    prefix = os.path.join(str(root), "")  # the scan joins paths onto root: strip it (relpath is 5x slower)
     rows = []
     for path, label in samples:
         try:
             st = os.stat(path)
         except OSError as e:
             raise UserError(f"cannot read image {path} ({type(e).__name__}): {e.strerror or e}") from None
-        rows.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns, label))
+        rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
+        rows.append((rel, st.st_size, st.st_mtime_ns, label))
     for rel, size, mtime, label in sorted(rows):
         h.update(f"{rel}\0{size}\0{mtime}\0{label}\n".encode())
     return h.hexdigest()
