@@ -283,3 +283,16 @@ def test_imagenet_mean_cache_follows_the_pixels(tmp_path):
     fresh, _ = compute_stats(samples, crop=32, count=10000, per="pixel", workers=0, skip_corrupt=False)
     assert not torch.equal(before, after) and torch.equal(after, fresh)
     assert len(list(folder.glob(".resnetlab-mean-*.pt"))) == 1
+
+
+def test_unreadable_image_is_named_or_left_out(tmp_path):
+    folder = write_folder(tmp_path / "f", classes=CLASSES[:2])
+    bad = folder / "train" / CLASSES[0] / "0001.jpg"
+    bad.write_bytes(bad.read_bytes()[:30])  # cut short
+    with pytest.raises(UserError, match=f"cannot read image {bad}: corrupt or not an image") as e:
+        build_data(folder_cfg(folder, "train.batch_size=4"), CPU)
+    assert "data.skip_corrupt=true" in str(e.value)
+    b = build_data(folder_cfg(folder, "train.batch_size=4", "data.skip_corrupt=true"), CPU)
+    assert len(b.train) == 7 and b.summary["warnings"] == [
+        f"1 unreadable images left out (data.skip_corrupt=true), e.g. {bad}"
+    ]

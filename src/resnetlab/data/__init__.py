@@ -78,7 +78,7 @@ def _small_folder(cfg: Config, device: torch.device, *, rank: int, world_size: i
     }
     channels = None if stats is None else int(stats[0].shape[0])  # fine-tuning: the weights' channels
     decoded = decoded_split(splits.root, "train", splits.train, channels=channels, **opts)
-    x, y = decoded["images"], decoded["labels"]
+    x, y, skipped = decoded["images"], decoded["labels"], list(decoded["skipped"])
     if splits.held_out is not None:
         keep, held = (torch.tensor(i, dtype=torch.int64) for i in splits.held_out)
         train, test = Split(x[keep], y[keep]), Split(x[held], y[held])
@@ -89,13 +89,15 @@ def _small_folder(cfg: Config, device: torch.device, *, rank: int, world_size: i
                 f"{splits.root / splits.eval_name} holds {t['images'].shape[-1]}x{t['images'].shape[-2]} images, "
                 f"{splits.root / 'train'} {x.shape[-1]}x{x.shape[-2]}; set data.image_size=N to resize both"
             )
-        train, test = Split(x, y), Split(t["images"], t["labels"])
+        train, test, skipped = Split(x, y), Split(t["images"], t["labels"]), skipped + list(t["skipped"])
         if stats is None:  # the whole training folder: its statistics were computed with the decoding
             mean, std = decoded[f"mean_{d.mean}"], decoded["std"]
             stats = (mean, std if d.normalize_std else None)
-    return _on_device(
-        cfg, device, train, test, splits.classes, True, splits.eval_name, str(splits.root), rank, world_size, stats
+    left_out = (
+        f"{len(skipped)} unreadable images left out (data.skip_corrupt=true), e.g. {skipped[0]}" if skipped else None
     )
+    root, name = str(splits.root), splits.eval_name
+    return _on_device(cfg, device, train, test, splits.classes, True, name, root, rank, world_size, stats, left_out)
 
 
 def _on_device(
@@ -110,6 +112,7 @@ def _on_device(
     rank: int,
     world_size: int,
     stats: tuple | None,
+    warning: str | None = None,
 ) -> DataBundle:
     """The CIFAR recipe on uint8 splits (N, C, H, W): held on the device, augmented there (sec. 4.2)."""
     d = cfg.data
@@ -156,6 +159,7 @@ def _on_device(
         input_size=(c, h, w),
         iters_per_epoch=train_source.iters_per_epoch,
         flip=flip,
+        extra_warnings=[warning],
     )
     return DataBundle(train_source, test_source, len(classes), c, h, list(classes), meta, summary)
 
