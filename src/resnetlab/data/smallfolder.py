@@ -36,7 +36,8 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 class _Decoded(Dataset):
-    """Item i: (uint8 (C, H, W) or None, error path or None). channels None: 1 for a grey image, 3 else."""
+    """Item i: (uint8 (C, H, W), None) or (None, (path, the reason read_bytes gave or None)).
+    channels None: 1 for a grey image, 3 else."""
 
     def __init__(self, samples: list[Sample], *, image_size: int, channels: int | None):
         self.samples, self.image_size, self.channels = samples, image_size, channels
@@ -44,17 +45,21 @@ class _Decoded(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[Tensor | None, tuple[str, str | None] | None]:
         path = self.samples[i][0]
         try:
-            with Image.open(io.BytesIO(read_bytes(path))) as im:
+            data = read_bytes(path)
+        except UserError as e:  # not a regular file, unreadable: read_bytes says which, in one line
+            return None, (path, str(e))
+        try:
+            with Image.open(io.BytesIO(data)) as im:
                 grey = self.channels == 1 or (self.channels is None and im.mode in GREY_MODES)
                 mode = "L" if grey else "RGB"
                 if self.image_size:  # a large JPEG decoded at 1/2..1/8 size, still >= 2x the target side
                     im.draft(im.mode, (2 * self.image_size, 2 * self.image_size))
                 x = torch.from_numpy(np.array(im.convert(mode)))
-        except (UserError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            return None, path
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None, (path, None)
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (H, W) or (H, W, 3) -> (C, H, W)
         if self.image_size:
             x = center_view(x, self.image_size, resize=self.image_size)
@@ -64,7 +69,7 @@ class _Decoded(Dataset):
 def _collate(items):
     """One uint8 tensor per batch when the images agree in size (a list of tensors would cost a file
     descriptor each on the way back from a worker); grey images among RGB ones replicated to RGB (as
-    PIL's L -> RGB). Returns (images, the error path or None of every item)."""
+    PIL's L -> RGB). Returns (images, the error (path, reason) or None of every item)."""
     kept = [x for x, _ in items if x is not None]
     if any(x.shape[0] == 3 for x in kept):
         kept = [x.expand(3, -1, -1) for x in kept]
@@ -99,10 +104,12 @@ def decode_images(
         start += len(errors)
         bad = [error for error in errors if error is not None]
         if bad and not skip_corrupt:
+            path, reason = bad[0]
+            hint = "set data.skip_corrupt=true to skip such files"
             raise UserError(
-                f"cannot read image {bad[0]}: corrupt or not an image (set data.skip_corrupt=true to skip such files)"
+                f"{reason} ({hint})" if reason else f"cannot read image {path}: corrupt or not an image ({hint})"
             )
-        skipped += bad
+        skipped += [path for path, _ in bad]
         if not rows:
             continue
         first = first or (samples[rows[0]][0], images[0].shape[-2:])
