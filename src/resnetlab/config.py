@@ -55,6 +55,12 @@ class DataConfig:
     pad: int = 4  # CIFAR-size data: zero padding before the random 32x32 crop (sec. 4.2)
     mean: Literal["pixel", "channel"] = "pixel"  # paper: per-pixel mean subtraction
     normalize_std: bool = False  # paper: mean subtraction only
+    # ImageNet / ImageFolder trees (DIR/train/CLASS/IMAGE):
+    # cifar: decoded once into an on-device tensor, pad + crop + flip (sec. 4.2); imagenet: scale + crop + flip
+    # + PCA through a DataLoader (sec. 3.4); auto: cifar for cifar_* models, imagenet otherwise
+    recipe: Literal["auto", "cifar", "imagenet"] = "auto"
+    image_size: int = 0  # CIFAR recipe: resize every image to this side once when decoding; 0: as found (one size)
+    eval_split: str = "val"  # the folder evaluated during training: DIR/val, DIR/test, ... (not with val_split)
     # ImageNet / ImageFolder only:
     scale_min: int = 256  # shorter side resized to a random size in [scale_min, scale_max]
     scale_max: int = 480  # ... [256, 480] in the paper (sec. 3.4)

@@ -57,6 +57,9 @@ CASES = [
     ("evaluate --workers -1", ["evaluate", "--checkpoint", "{w}/fm.pt", "--workers", "-1"], "--workers"),
     ("evaluate --scales 0", ["evaluate", "--checkpoint", "{w}/fm.pt", "--scales", "0"], "--scales"),
     ("evaluate --protocol bogus", ["evaluate", "--checkpoint", "{w}/fm.pt", "--protocol", "x"], "--protocol"),
+    ("evaluate --split, built-in data", ["evaluate", "--checkpoint", "{w}/fm.pt", "--split", "test"], "--split test"),
+    ("image_size negative", TRAIN + ["data.name=imagefolder", "data.dir={w}", "data.image_size=-1"], "data.image_size"),
+    ("no val/ folder", TRAIN + ["data.name=imagefolder", "data.dir={w}/tree"], "data.eval_split"),
     ("reproduce --eval-every 0", ["reproduce", "table6", "--eval-every", "0", "--out", "{w}/rep"], "--eval-every"),
     ("reproduce --budget-s 0", ["reproduce", "cifar-section", "--budget-s", "0", "--out", "{w}/rep"], "--budget-s"),
     ("reproduce folder, no dir", ["reproduce", "table6", "--dataset", "imagefolder", "--out", "{w}/r"], "--data-dir"),
@@ -341,6 +344,8 @@ def _world(w: Path) -> None:
     ramp = np.linspace(0, 1000, 12, dtype=np.float32).reshape(3, 4)
     Image.fromarray(ramp).save(w / "floattiff" / "val" / "b" / "b0.tif")
     (w / "twoclasses" / "val" / "b" / "a0.jpg").symlink_to(w / "twoclasses" / "val" / "a" / "a0.jpg")
+    for split in ("train", "test"):  # a tree with test/ but no val/
+        _jpeg(w / "tree" / split / "a" / "a0.jpg")
     for kind, blob in (("corrupt", (w / "good.jpg").read_bytes()[:40]), ("zero", b"")):
         _jpeg(w / kind / "val" / "a" / "a0.jpg")
         (w / kind / "val" / "b").mkdir(parents=True)

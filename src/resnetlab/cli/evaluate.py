@@ -18,6 +18,7 @@ EVALUATE_EPILOG = """examples:
   resnetlab evaluate --checkpoint runs/r50/final.pt --protocol multiscale --json
   resnetlab evaluate --checkpoint a.pt b.pt c.pt --protocol 10crop     # ensemble (table 5)
   resnetlab evaluate --checkpoint runs/r20/final.pt                     # CIFAR: single view, test split
+  resnetlab evaluate --checkpoint runs/folder/final.pt --split test     # an ImageFolder's test/ folder
 """
 
 
@@ -49,7 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="D",
         help="data.dir (default: the checkpoint's, named on the first line, else $RESNETLAB_DATA)",
     )
-    p.add_argument("--split", default="val", help="ImageFolder split folder (default val)")
+    p.add_argument(
+        "--split",
+        metavar="NAME",
+        help="ImageFolder checkpoints: the folder to test, e.g. val or test (default: the checkpoint's "
+        "data.eval_split, else val); built-in datasets have one test split",
+    )
     p.add_argument("--batch-size", type=POSITIVE, default=32, metavar="N", help="images per batch (default 32)")
     p.add_argument("--workers", type=NON_NEGATIVE, default=4, help="DataLoader workers (default 4)")
     p.add_argument(

@@ -1,7 +1,8 @@
 """Datasets -> `DataBundle` (the contract in docs/DEVELOPING.md): `build_data(cfg, device)`.
 
-CIFAR-10/100, MNIST and Fashion-MNIST are held whole on the training device (`ondevice.py`);
-ImageNet / ImageFolder go through a DataLoader (`imagenet.py`).
+CIFAR-10/100, MNIST and Fashion-MNIST are held whole on the training device (`ondevice.py`), and so
+is an ImageFolder tree of small images under the CIFAR recipe (`smallfolder.py`); ImageNet and other
+ImageFolder trees under the ImageNet recipe go through a DataLoader (`imagenet.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from resnetlab.config import Config
 from resnetlab.data.bundle import DataBundle, EvalSource, TrainSource
 from resnetlab.data.ondevice import DeviceEvalSource, DeviceTrainSource, Normalizer, fit_stats, image_stats
 from resnetlab.data.readers import READERS, RawDataset, Split
+from resnetlab.data.summary import FOLDERS, resolve_recipe, summarize
 from resnetlab.errors import UserError
 
 __all__ = ["DataBundle", "EvalSource", "TrainSource", "build_data", "DATASETS"]
@@ -28,9 +30,14 @@ def build_data(
 ) -> DataBundle:
     """The training stream and the test (or held-out validation) split of `cfg.data.name`.
     `stats` (mean, std or None), when given, is the normalisation to use instead of the training
-    split's (fine-tuning uses the weights' own)."""
+    split's (fine-tuning uses the weights' own). An ImageFolder tree goes through the recipe
+    `summary.resolve_recipe` chooses: the CIFAR one for small images, on the device (`smallfolder.py`),
+    or ImageNet's through a DataLoader (`imagenet.py`). The bundle's `summary` says which, and what was found."""
     d = cfg.data
-    if d.name in ("imagenet", "imagefolder"):
+    if d.name in FOLDERS:
+        recipe, _ = resolve_recipe(cfg)
+        if recipe == "cifar":
+            return _small_folder(cfg, device, rank=rank, world_size=world_size, stats=stats)
         from resnetlab.data.imagenet import build_imagefolder
 
         return build_imagefolder(cfg, device, rank=rank, world_size=world_size, stats=stats)
@@ -47,7 +54,68 @@ def build_data(
         n = len(train.images) - d.val_split
         test = Split(train.images[n:], train.labels[n:])
         train = Split(train.images[:n], train.labels[:n])
+    eval_name = "val" if d.val_split else "test"
+    return _on_device(
+        cfg, device, train, test, list(raw.classes), FLIP[d.name], eval_name, d.dir, rank, world_size, stats
+    )
 
+
+def _small_folder(cfg: Config, device: torch.device, *, rank: int, world_size: int, stats: tuple | None) -> DataBundle:
+    """An ImageFolder tree of small images, decoded once (cached) into the built-in datasets' tensor."""
+    from resnetlab.data.folders import read_splits
+    from resnetlab.data.smallfolder import decoded_split
+
+    d = cfg.data
+    if d.image_size < 0:
+        raise UserError(f"data.image_size: must be >= 0 (0: the images' own size), got {d.image_size}")
+    splits = read_splits(d.name, d.dir, eval_split=d.eval_split, val_split=d.val_split)
+    opts = {
+        "image_size": d.image_size,
+        "workers": d.workers,
+        "skip_corrupt": d.skip_corrupt,
+        "rank": rank,
+        "world_size": world_size,
+    }
+    channels = None if stats is None else int(stats[0].shape[0])  # fine-tuning: the weights' channels
+    decoded = decoded_split(splits.root, "train", splits.train, channels=channels, **opts)
+    x, y, skipped = decoded["images"], decoded["labels"], list(decoded["skipped"])
+    if splits.held_out is not None:
+        keep, held = (torch.tensor(i, dtype=torch.int64) for i in splits.held_out)
+        train, test = Split(x[keep], y[keep]), Split(x[held], y[held])
+    else:
+        t = decoded_split(splits.root, splits.eval_name, splits.test, channels=x.shape[1], **opts)
+        if t["images"].shape[-2:] != x.shape[-2:]:
+            raise UserError(
+                f"{splits.root / splits.eval_name} holds {t['images'].shape[-1]}x{t['images'].shape[-2]} images, "
+                f"{splits.root / 'train'} {x.shape[-1]}x{x.shape[-2]}; set data.image_size=N to resize both"
+            )
+        train, test, skipped = Split(x, y), Split(t["images"], t["labels"]), skipped + list(t["skipped"])
+        if stats is None:  # the whole training folder: its statistics were computed with the decoding
+            mean, std = decoded[f"mean_{d.mean}"], decoded["std"]
+            stats = (mean, std if d.normalize_std else None)
+    left_out = (
+        f"{len(skipped)} unreadable images left out (data.skip_corrupt=true), e.g. {skipped[0]}" if skipped else None
+    )
+    root, name = str(splits.root), splits.eval_name
+    return _on_device(cfg, device, train, test, splits.classes, True, name, root, rank, world_size, stats, left_out)
+
+
+def _on_device(
+    cfg: Config,
+    device: torch.device,
+    train: Split,
+    test: Split,
+    classes: list[str],
+    flip: bool,
+    eval_name: str,
+    root: str,
+    rank: int,
+    world_size: int,
+    stats: tuple | None,
+    warning: str | None = None,
+) -> DataBundle:
+    """The CIFAR recipe on uint8 splits (N, C, H, W): held on the device, augmented there (sec. 4.2)."""
+    d = cfg.data
     _, c, h, w = train.images.shape
     if stats is not None:
         mean, std = fit_stats(*stats, channels=c, size=h)
@@ -63,7 +131,7 @@ def build_data(
         seed=cfg.train.seed,
         augment=d.augment,
         pad=d.pad,
-        flip=FLIP[d.name],
+        flip=flip,
         rank=rank,
         world_size=world_size,
     )
@@ -72,14 +140,28 @@ def build_data(
     )
     meta = {
         "dataset": d.name,
-        "classes": list(raw.classes),
-        "num_classes": len(raw.classes),
+        "classes": list(classes),
+        "num_classes": len(classes),
         "in_channels": c,
         "image_size": h,
         "mean": mean,
         "std": std,
     }
-    return DataBundle(train_source, test_source, len(raw.classes), c, h, list(raw.classes), meta)
+    if d.name in FOLDERS:
+        meta["recipe"] = "cifar"  # evaluation tests such a checkpoint on the original images too
+    summary = summarize(
+        cfg,
+        recipe="cifar",
+        root=root,
+        train_labels=train.labels,
+        eval_labels=test.labels,
+        eval_name=eval_name,
+        input_size=(c, h, w),
+        iters_per_epoch=train_source.iters_per_epoch,
+        flip=flip,
+        extra_warnings=[warning],
+    )
+    return DataBundle(train_source, test_source, len(classes), c, h, list(classes), meta, summary)
 
 
 def _read_rank0_first(name: str, root: Path, download: bool, rank: int, world_size: int) -> RawDataset:

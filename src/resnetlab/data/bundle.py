@@ -7,7 +7,7 @@ tensors held on the device (`resnetlab.data.device`); ImageNet with a DataLoader
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
@@ -51,3 +51,6 @@ class DataBundle:
     # Saved in checkpoints: {"dataset", "classes", "num_classes", "in_channels", "image_size",
     # "mean" (Tensor), "std" (Tensor | None)}.
     meta: dict[str, Any]
+    # What was found and what runs (`summary.py`): images and classes per split, input size, recipe,
+    # augmentation, iterations per epoch, warnings; printed and written to data.json at the start of a run.
+    summary: dict[str, Any] = field(default_factory=dict)

@@ -19,7 +19,6 @@ depends on where the stream started, on the number of workers, or on the number 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from resnetlab.data.bundle import DataBundle, EvalSource, TrainSource
+from resnetlab.data.cache import cache_path, cached, fingerprint, remove_stale
+from resnetlab.data.folders import read_splits
 from resnetlab.data.images import (
-    IMG_EXTENSIONS,
     Sample,
     TrainRecipe,
     center_view,
@@ -40,15 +40,14 @@ from resnetlab.data.images import (
     read_bytes,
     resized_crop,
     resized_size,
-    scan_split,
-    split_classes,
     test_resize,
 )
 from resnetlab.data.ondevice import FloatScratch, Normalizer, fit_stats
 from resnetlab.data.order import IterationSampler, mix_seed
+from resnetlab.data.summary import small_for_imagenet, summarize
 from resnetlab.errors import UserError
 
-_ORDER, _MEAN = 11, 13  # seed streams of the validation split and the mean sample (training: data.order)
+_MEAN = 13  # seed stream of the mean sample (held-out images: folders.py; training: data.order)
 
 # ---- datasets (run in the DataLoader workers) ---------------------------------------------------
 
@@ -301,15 +300,23 @@ class ImageFolderEvalSource(EvalSource):
 # ---- the mean ------------------------------------------------------------------------------------
 
 
+def mean_sample(samples: list[Sample], count: int) -> list[Sample]:
+    """The fixed random sample of `count` training images the mean is computed from."""
+    g = torch.Generator().manual_seed(mix_seed(0, _MEAN))
+    return [samples[i] for i in torch.randperm(len(samples), generator=g)[: max(1, count)].tolist()]
+
+
 def compute_stats(
     samples: list[Sample], *, crop: int, count: int, per: str, workers: int, skip_corrupt: bool, batch_size: int = 64
 ) -> tuple[Tensor, Tensor]:
     """Mean and per-channel std, in [0, 1] scale, of `count` training images (a fixed random sample)
     seen through the test view at crop size. mean: (3, crop, crop) per pixel, or (3, 1, 1) per channel."""
-    g = torch.Generator().manual_seed(mix_seed(0, _MEAN))
-    pick = torch.randperm(len(samples), generator=g)[: max(1, count)].tolist()
-    views = _Views([samples[i] for i in pick], crop=crop, view="center", skip_corrupt=skip_corrupt)
-    loader = DataLoader(views, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    views = _Views(mean_sample(samples, count), crop=crop, view="center", skip_corrupt=skip_corrupt)
+    # generator: the workers' seeds must not draw from the global RNG, which then initialises the weights
+    # (a run would otherwise start from other weights when the mean is cached).
+    loader = DataLoader(
+        views, batch_size=batch_size, num_workers=workers, collate_fn=_collate, generator=torch.Generator()
+    )
     s = torch.zeros(3, crop, crop, dtype=torch.float64)
     s2 = torch.zeros(3, 1, 1, dtype=torch.float64)
     n = 0
@@ -328,35 +335,22 @@ def compute_stats(
 
 
 def _cached_stats(root: Path, samples: list[Sample], *, rank: int, world_size: int, **kw: Any) -> tuple[Tensor, Tensor]:
-    """`compute_stats`, cached beside the data (`.resnetlab-mean-*.pt`) when that folder is writable:
-    10,000 ImageNet JPEGs take minutes to decode, and every process and every resume wants them.
-    Under torchrun, rank 0 computes and writes first; the others then read its cache (or, if the
-    folder is read-only, compute the same deterministic sample themselves)."""
-    key = f"{kw['per']}-{kw['crop']}-{kw['count']}-{len(samples)}"
-    path = root / f".resnetlab-mean-{key}.pt"
-    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-    if distributed and rank != 0:
-        torch.distributed.barrier()  # wait for rank 0's cache
-    stats = _read_cache(path)
-    if stats is None:
-        stats = compute_stats(samples, **kw)
-        if os.access(root, os.W_OK):
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            torch.save({"mean": stats[0], "std": stats[1]}, tmp)
-            os.replace(tmp, path)
-    if distributed and rank == 0:
-        torch.distributed.barrier()
-    return stats
+    """`compute_stats`, cached (`.resnetlab-mean-*.pt` beside the data when that folder is writable,
+    `data/cache.py`): 10,000 ImageNet JPEGs take minutes to decode, and every process and every resume
+    wants them. The key is the fingerprint of the sampled files (paths, sizes, mtimes, labels) and of
+    the settings: a repainted or replaced image, or another number of training images (which changes
+    the sample), is computed afresh."""
+    settings = {"what": "mean", "per": kw["per"], "crop": kw["crop"], "count": kw["count"], "images": len(samples)}
+    key = fingerprint(root, mean_sample(samples, kw["count"]), settings)[:16]
+    path = cache_path(root, f".resnetlab-mean-{kw['per']}-{kw['crop']}-{kw['count']}-{key}.pt")
 
+    def compute() -> dict[str, Tensor]:
+        mean, std = compute_stats(samples, **kw)
+        remove_stale(path, path.name.removesuffix(f"{key}.pt"))
+        return {"mean": mean, "std": std}
 
-def _read_cache(path: Path) -> tuple[Tensor, Tensor] | None:
-    if not path.is_file():
-        return None
-    try:
-        cached = torch.load(path, weights_only=True)
-        return cached["mean"], cached["std"]
-    except Exception:
-        return None  # a damaged cache is recomputed
+    stats = cached(path, compute, rank=rank, world_size=world_size)
+    return stats["mean"], stats["std"]
 
 
 # ---- the builder ---------------------------------------------------------------------------------
@@ -365,27 +359,14 @@ def _read_cache(path: Path) -> tuple[Tensor, Tensor] | None:
 def build_imagefolder(
     cfg, device: torch.device, *, rank: int = 0, world_size: int = 1, stats: tuple | None = None
 ) -> DataBundle:
-    """The DataBundle of an ImageFolder tree: data.name "imagenet" reads data.dir/imagenet, "imagefolder"
-    reads data.dir. The test source is DIR/val, or data.val_split training images held out.
+    """The DataBundle of an ImageFolder tree through the ImageNet recipe: data.name "imagenet" reads
+    data.dir/imagenet, "imagefolder" reads data.dir. The evaluated source is DIR/<data.eval_split>
+    (val by default), or data.val_split training images held out (`folders.py`).
     `stats` (mean, std or None): a given normalisation (fine-tuning: the weights'), not computed."""
     d, t = cfg.data, cfg.train
-    root = Path(d.dir) / "imagenet" if d.name == "imagenet" else Path(d.dir)
-    classes = split_classes(root / "train")
-    class_to_idx = {c: i for i, c in enumerate(classes)}
-    train = scan_split(root / "train", class_to_idx)
-    if not train:
-        raise UserError(f"{root / 'train'} has no images ({', '.join(IMG_EXTENSIONS)})")
-    if d.val_split > 0:
-        if d.val_split >= len(train):
-            raise UserError(f"data.val_split={d.val_split} leaves no training images (only {len(train)})")
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(mix_seed(0, _ORDER))).tolist()
-        test = sorted(train[i] for i in perm[: d.val_split])
-        train = sorted(train[i] for i in perm[d.val_split :])
-    else:
-        unknown = sorted(set(split_classes(root / "val")) - set(classes))
-        if unknown:
-            raise UserError(f"{root / 'val'} has classes not in {root / 'train'}: {', '.join(unknown[:5])}")
-        test = scan_split(root / "val", class_to_idx)
+    splits = read_splits(d.name, d.dir, eval_split=d.eval_split, val_split=d.val_split)
+    root, classes = splits.root, splits.classes
+    train, test = splits.split_train()
     if d.crop < 1 or d.scale_min < d.crop:
         raise UserError(f"data.scale_min={d.scale_min} must be >= data.crop={d.crop} (both positive)")
 
@@ -433,4 +414,15 @@ def build_imagefolder(
         "mean": mean,
         "std": std,
     }
-    return DataBundle(source, evaluation, len(classes), 3, d.crop, classes, meta)
+    summary = summarize(
+        cfg,
+        recipe="imagenet",
+        root=str(root),
+        train_labels=[label for _, label in train],
+        eval_labels=[label for _, label in test],
+        eval_name=splits.eval_name,
+        input_size=(3, d.crop, d.crop),
+        iters_per_epoch=len(train) // t.batch_size,
+        extra_warnings=[small_for_imagenet(cfg, train)] if rank == 0 else [],
+    )
+    return DataBundle(source, evaluation, len(classes), 3, d.crop, classes, meta, summary)

@@ -139,7 +139,7 @@ def predict(
     models = load_models(list(checkpoints), dev)
     names = class_names(models[0])
     crop, resize = models[0].image_size, None
-    if models[0].dataset not in IMAGE_DATASETS:
+    if models[0].dataset not in IMAGE_DATASETS or models[0].meta.get("recipe") == "cifar":
         resize = crop  # CIFAR-size models: the whole image at the training size, no 256/224 margin
     grey = models[0].meta.get("in_channels", 3) == 1
     loader = DataLoader(

@@ -1,8 +1,9 @@
 """`evaluate_checkpoints`: top-1 / top-5 error (%) of a model or an ensemble under a test protocol.
 
 ImageNet / ImageFolder checkpoints read DIR/<split>/CLASS/*.JPEG (DIR = data_dir/imagenet for
-"imagenet", data_dir for "imagefolder"). The CIFAR / MNIST family is tested the paper's way, on the
-single original image of the test split, through `resnetlab.data.build_data`.
+"imagenet", data_dir for "imagefolder"; split: --split, else the checkpoint's data.eval_split, else
+val). The CIFAR / MNIST family, and ImageFolder checkpoints trained with the CIFAR recipe, are tested
+the paper's way, on the single original image, through `resnetlab.data.build_data`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from resnetlab.config import Config, from_dict
+from resnetlab.data.folders import eval_folder
 from resnetlab.data.images import read_image, scan_split, split_classes
 from resnetlab.data.ondevice import FloatScratch
 from resnetlab.errors import UserError
@@ -81,6 +83,11 @@ def class_mapping(folders: list[str], model: LoadedModel) -> dict[str, int]:
     )
 
 
+def _cifar_recipe(model: LoadedModel) -> bool:
+    """An ImageFolder checkpoint trained on the device with the CIFAR recipe (small images)."""
+    return model.dataset in IMAGE_DATASETS and model.meta.get("recipe") == "cifar"
+
+
 def _image_root(model: LoadedModel, data_dir: str) -> Path:
     return Path(data_dir) / "imagenet" if model.dataset == "imagenet" else Path(data_dir)
 
@@ -99,7 +106,7 @@ def _evaluate_images(
     device: torch.device,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    root = _image_root(models[0], data_dir) / split
+    root = eval_folder(_image_root(models[0], data_dir), split, key="--split")
     mapping = class_mapping(split_classes(root), models[0])
     twice: list[str] = []  # a file reached by a second path (a link) counts once
     samples = scan_split(root, mapping, twice=twice)
@@ -146,20 +153,29 @@ def _evaluate_images(
 
 
 def _evaluate_small(
-    models: list[LoadedModel], *, data_dir: str, device: torch.device, quiet: bool = False, given: bool = False
+    models: list[LoadedModel],
+    *,
+    data_dir: str,
+    device: torch.device,
+    split: str = "val",
+    quiet: bool = False,
+    given: bool = False,
 ) -> dict[str, Any]:
-    """CIFAR / MNIST family: the single original test image (sec. 4.2), via the data contract.
-    `given`: data_dir is the user's --data-dir, which is read, never downloaded or unpacked into
-    unless it holds the data set already (its files, or their archive or .gz files)."""
+    """CIFAR / MNIST family and small-image folders: the single original test image (sec. 4.2), via the
+    data contract (a folder's `split` folder is the evaluated one). `given`: data_dir is the user's
+    --data-dir, which is read, never downloaded or unpacked into unless it holds the data set already
+    (its files, or their archive or .gz files)."""
     try:
         from resnetlab.data import build_data
     except ImportError:
         raise UserError("resnetlab.data.build_data is not available in this install") from None
     cfg = from_dict(models[0].config) if models[0].config else Config()
-    data = dataclasses.replace(cfg.data, val_split=0, augment=False, dir=data_dir)
+    data = dataclasses.replace(cfg.data, val_split=0, augment=False, dir=data_dir, eval_split=split)
     if given:
         _check_holds(cfg.data.name, data_dir)
         data = dataclasses.replace(data, download=False)
+    if _cifar_recipe(models[0]):
+        data = dataclasses.replace(data, recipe="cifar")
     bundle = build_data(dataclasses.replace(cfg, data=data), device)
     # The bundle's batches are normalised with its own mean; undo that, then apply each model's own.
     mean = bundle.meta["mean"].to(device)
@@ -209,7 +225,7 @@ def evaluate_checkpoints(
     *,
     protocol: str = "center",
     data_dir: str | None = None,
-    split: str = "val",
+    split: str | None = None,
     batch_size: int = 32,
     workers: int = 4,
     device: str = "auto",
@@ -221,7 +237,9 @@ def evaluate_checkpoints(
 ) -> dict[str, Any]:
     """Top-1 / top-5 error (%) of the checkpoint (or the ensemble of them, softmax averaged), per-class
     accuracy and the confusion matrix. The fields are documented in docs/evaluate.md ("--json").
-    `say` receives a line naming the data folder when it comes from the checkpoint's config.
+    `say` receives a line naming the data folder when it comes from the checkpoint's config. `split`:
+    the folder of an ImageFolder checkpoint (default its data.eval_split, else val); refused for the
+    built-in datasets, which have one test split.
 
     Returns {"protocol", "split", "checkpoints", "images", "top1_error", "top5_error", "skipped", "data",
     "classes", "per_class", "confusion_matrix"}."""
@@ -234,6 +252,21 @@ def evaluate_checkpoints(
     given = data_dir is not None
     data_dir = resolve_data_dir(models[0].config, data_dir, say)
     if models[0].dataset in IMAGE_DATASETS:
+        split = split or (models[0].config.get("data") or {}).get("eval_split") or "val"
+        eval_folder(_image_root(models[0], data_dir), split, key="--split")  # a missing one named in one line
+    elif split is not None:
+        raise UserError(
+            f"--split {split}: {models[0].dataset or 'this'} checkpoints are tested on the dataset's own test split; "
+            "--split chooses the folder of ImageFolder checkpoints only"
+        )
+    if _cifar_recipe(models[0]):
+        if protocol != "center":
+            raise UserError(
+                f"{models[0].path} was trained with the CIFAR recipe: it is tested on the single original image "
+                "(sec. 4.2); use --protocol center"
+            )
+        r = _evaluate_small(models, data_dir=data_dir, device=dev, split=split, quiet=quiet, given=given)
+    elif models[0].dataset in IMAGE_DATASETS:
         r = _evaluate_images(
             models,
             protocol=protocol,
@@ -253,8 +286,6 @@ def evaluate_checkpoints(
                 f"{models[0].dataset or 'this'} checkpoint: the paper tests CIFAR-size images on the single "
                 "original view (sec. 4.2); use --protocol center"
             )
-        if split not in ("val", "test"):
-            raise UserError(f"{models[0].dataset}: only the test split is evaluated, not {split!r}")
         split = "test"
         r = _evaluate_small(models, data_dir=data_dir, device=dev, quiet=quiet, given=given)
     if r["images"] == 0:

@@ -10,6 +10,7 @@ under DistributedDataParallel; rank 0 alone evaluates and writes files.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from resnetlab.config import Config, model_options
+from resnetlab.data.summary import summary_lines
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.train import finetune
@@ -144,6 +146,9 @@ def _build(cfg: Config, run: Run) -> _Training:
     stats = finetune.source_stats(source) if source else finetune.resumed_stats(cfg, run.checkpoint)
     data = build_data(cfg, device, rank=info.rank, world_size=info.world_size, stats=stats)
     model, meta = build_classifier(cfg, data)
+    if info.is_main and getattr(data, "summary", None):  # what was found, which recipe runs (issue 21)
+        print("\n".join(summary_lines(data.summary)))
+        (run.out / "data.json").write_text(json.dumps(data.summary, indent=1) + "\n")
     report = finetune.init_model(model, source, classes=data.classes) if source else []
     report += finetune.freeze(model, t.freeze)  # not in the checkpoint: applied to resumed runs too
     if info.is_main and report:
@@ -309,9 +314,11 @@ def _evaluate(model: nn.Module, test, device: torch.device, cfg: Config, info: d
 
 
 def eval_split(cfg: Config) -> str:
-    """The evaluated split's name: "val" for a validation set (CIFAR's held-out `data.val_split` training
-    images; ImageNet's / an ImageFolder's val/ folder, where the paper reports too), else "test"."""
-    return "val" if cfg.data.val_split or cfg.data.name in ("imagenet", "imagefolder") else "test"
+    """The evaluated split's name: "val" for held-out `data.val_split` training images, an ImageFolder's
+    `data.eval_split` folder (val/ by default, where the paper reports ImageNet's), else "test"."""
+    if cfg.data.val_split:
+        return "val"
+    return cfg.data.eval_split if cfg.data.name in ("imagenet", "imagefolder") else "test"
 
 
 def _eval_fields(last_eval: dict[str, Any] | None) -> dict[str, Any]:
