@@ -6,7 +6,6 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from resnetlab.cli.args import run_folder
 from resnetlab.errors import UserError
 
 EPILOG = """examples:
@@ -76,5 +75,5 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     from resnetlab.train import run_training  # torch import only when training
 
-    with run_folder(args.out):
-        return run_training(cfg, args.out, resume=args.resume)["exit_code"]  # 130 SIGINT, 143 SIGTERM
+    # A run that fails before it saved anything leaves no folder behind (`train.lifecycle.open_run`).
+    return run_training(cfg, args.out, resume=args.resume)["exit_code"]  # 130 SIGINT, 143 SIGTERM
