@@ -7,11 +7,14 @@ Run as a script it is the `resnetlab` CLI with this source in place of `build_da
     python tests/train/train_fake_data.py train --preset cifar10-resnet20 --out DIR --set ...
 Environment knobs for tests: FAKE_SLEEP (seconds per batch, to make a run slow enough to kill),
 FAKE_NAN_AT (an iteration whose batch is NaN, to make the loss non-finite), FAKE_HOLD_AT and
-FAKE_HOLD_FILE (the batch of that iteration waits until the file exists: a run held mid-way).
+FAKE_HOLD_FILE (the batch of that iteration waits until the file exists: a run held mid-way),
+FAKE_SLOW_SAVE (seconds that torch.save pauses half-way through a file: a checkpoint write long
+enough to kill in its middle).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -113,6 +116,20 @@ def install() -> None:
     import resnetlab.train.loop as loop
 
     loop.build_data = build_fake_data
+    pause = float(os.environ.get("FAKE_SLOW_SAVE", 0))
+    if pause:
+        real_save = torch.save
+
+        def slow_save(obj, f, *args, **kwargs):
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            data = buffer.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(pause)  # half a file on disk
+            f.write(data[len(data) // 2 :])
+
+        torch.save = slow_save
 
 
 if __name__ == "__main__":
