@@ -64,11 +64,19 @@ def resolve_config(args: argparse.Namespace):
         overrides.append(f"train.init_from={args.init_from}")
     if args.preset:
         cfg = load_preset(args.preset)
-    elif args.resume and (Path(args.out) / "config.yaml").is_file():
+    elif args.resume and _is_file(Path(args.out) / "config.yaml"):
         cfg = from_dict(read_yaml(Path(args.out) / "config.yaml"))
     else:
         raise UserError(f"give --preset NAME (presets: {', '.join(list_presets())})")
     return apply_overrides(cfg, overrides)
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False for a path the system cannot look up at all (a name too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
