@@ -106,7 +106,9 @@ def test_two_starts_racing_for_a_new_out(tmp_path):
     says one line (the folder is in use) and exit 2, having touched nothing; the winner's folder is
     whole and resumable without --preset (its config.yaml was not removed under it)."""
     out, go = tmp_path / "new" / "deeper" / "run", tmp_path / "go"
+    (tmp_path / "barrier").mkdir()
     hold = {"FAKE_HOLD_AT": "7", "FAKE_HOLD_FILE": str(go)}  # the winner waits at iteration 7 until told
+    hold["FAKE_START_TOGETHER"] = f"{tmp_path / 'barrier'}:2"  # both enter run_training at one moment
     procs = [start(out, env=hold) for _ in range(2)]
     deadline = time.time() + 300
     while sum(p.poll() is not None for p in procs) < 1:

@@ -9,7 +9,8 @@ Environment knobs for tests: FAKE_SLEEP (seconds per batch, to make a run slow e
 FAKE_NAN_AT (an iteration whose batch is NaN, to make the loss non-finite), FAKE_HOLD_AT and
 FAKE_HOLD_FILE (the batch of that iteration waits until the file exists: a run held mid-way),
 FAKE_SLOW_SAVE (seconds that torch.save pauses half-way through a file: a checkpoint write long
-enough to kill in its middle).
+enough to kill in its middle), FAKE_START_TOGETHER=DIR:N (`run_training` starts once N processes
+have reached it: a race for one folder, every command-line step before it already done).
 """
 
 from __future__ import annotations
@@ -130,6 +131,21 @@ def install() -> None:
             f.write(data[len(data) // 2 :])
 
         torch.save = slow_save
+    together = os.environ.get("FAKE_START_TOGETHER")
+    if together:
+        import resnetlab.train as train
+
+        folder, n = together.rsplit(":", 1)
+        real_run = train.run_training
+
+        def run_together(*args, **kwargs):
+            open(os.path.join(folder, str(os.getpid())), "w").close()
+            deadline = time.time() + 120
+            while len(os.listdir(folder)) < int(n) and time.time() < deadline:
+                time.sleep(0.001)
+            return real_run(*args, **kwargs)
+
+        train.run_training = run_together
 
 
 if __name__ == "__main__":
