@@ -1,7 +1,8 @@
 """A training run's life in its folder, the same for every loop (`train`, `detect train`, `reproduce`).
 
     with open_run(cfg, out, resume=resume) as run:
-        ... build data and model; if run.checkpoint: load the loop's entries, then run.restore(model, opt)
+        ... build data and model; if run.checkpoint: run.restore(model, opt, load_loop_entries)
+                                                      # then, only then, the folder is prepared
         it = run.start_iter
         with run.steps() as bar:                      # progress bar and clock
             while it < cfg.train.max_iters:
