@@ -86,6 +86,24 @@ CASES = [
         "truncated",
     ),  # fmt: skip
     ("curves of a missing run", ["analyze", "curves", "{w}/norun", "--out", "{w}/c.png"], "norun"),
+    ("meta: a string as mean (evaluate)", ["evaluate", "--checkpoint", "{w}/strmean.pt"], "meta['mean'] is '0.5'"),
+    ("meta: a string as mean (predict)", ["predict", "{w}/good.jpg", "--checkpoint", "{w}/strmean.pt"], "strmean.pt"),
+    (
+        "meta: a list as model options (export)",
+        ["export", "--checkpoint", "{w}/listopts.pt", "--format", "onnx", "--out", "{w}/x.onnx"],
+        "meta['model_options'] is [",
+    ),  # fmt: skip
+    (
+        "meta: a list as model options (analyze)",
+        ["analyze", "responses", "--checkpoint", "{w}/listopts.pt", "--json"],
+        "listopts.pt",
+    ),  # fmt: skip
+    ("--out name too long", [*TRAIN[:3], "--out", "{w}/" + "x" * 300, "--set", "train.max_iters=1"], "x" * 300),
+    (
+        "metrics.jsonl a folder",
+        [*TRAIN[:3], "--out", "{w}/mdir", "--set", "train.max_iters=1"],
+        "metrics.jsonl is not a file",
+    ),
     (
         "corrupt JPEG",
         ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/corrupt", "--workers", "0"],
@@ -307,6 +325,10 @@ def _world(w: Path) -> None:
     fm_config = {"data": {"name": "fashion-mnist", "dir": str(w / "fm"), "download": False}, "train": {"batch_size": 8}}
     _checkpoint(w / "fm.pt", "cifar_resnet20", small, fm_config, num_classes=10, in_channels=1)
     _checkpoint(w / "other.pt", "cifar_resnet32", small, fm_config, "cifar_resnet20", num_classes=10, in_channels=1)
+    for name, bad in (("strmean", {"mean": "0.5"}), ("listopts", {"model_options": [1, "in_channels"]})):
+        ckpt = torch.load(w / "fm.pt", weights_only=True)  # written by hand or by another tool
+        save_atomic({**ckpt, "meta": {**ckpt["meta"], **bad}}, w / f"{name}.pt")
+    (w / "mdir" / "metrics.jsonl").mkdir(parents=True)  # a folder where a run writes its metrics
     blob = (w / "fm.pt").read_bytes()
     (w / "truncated.pt").write_bytes(blob[: len(blob) // 2])
     torch.save(create_model("cifar_resnet20"), w / "whole.pth")  # a whole module: a full pickle

@@ -74,20 +74,3 @@ def test_typed_values():
     ):
         with pytest.raises(Exception, match="is not"):
             parse(bad)
-
-
-def test_run_folder_removed_only_when_nothing_was_saved(tmp_path):
-    for saved in (None, "checkpoint.pt", "metrics.jsonl"):
-        out = tmp_path / f"run-{saved}"
-        with pytest.raises(RuntimeError), cli_args.run_folder(out):
-            out.mkdir()
-            (out / "config.yaml").write_text("x")
-            if saved:
-                (out / saved).write_text("kept")
-            raise RuntimeError
-        assert out.exists() == (saved is not None)
-    existing = tmp_path / "existing"
-    existing.mkdir()
-    with pytest.raises(RuntimeError), cli_args.run_folder(existing):
-        raise RuntimeError
-    assert existing.is_dir()  # a folder the user had is never removed

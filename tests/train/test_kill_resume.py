@@ -35,7 +35,7 @@ SETTINGS = [
 def train(out: Path, *extra: str, sleep: float = 0.0, env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FAKE_SLEEP": str(sleep), **(env or {})}
     cmd = [sys.executable, str(HERE / "train_fake_data.py"), "train", "--preset", "cifar10-resnet20"]
-    cmd += ["--out", str(out), "--device", "cpu", *extra, "--set", *SETTINGS]
+    cmd += ["--out", str(out), "--device", "cpu", "--set", *SETTINGS, *extra]  # extra "--set K=V" overrides
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -145,3 +145,43 @@ def test_second_process_on_a_folder_in_use_stops_at_once(tmp_path, reference):
     ref_metrics = (reference / "metrics.jsonl").read_text().splitlines()
     run_metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [drop_time(x) for x in run_metrics] == [drop_time(x) for x in ref_metrics]
+
+
+def temp_files(run: Path) -> set[str]:
+    """save_atomic's temp files in `run` (`.checkpoint.pt.<random>.tmp`, ...)."""
+    return {p.name for p in run.glob(".*.tmp")}
+
+
+@pytest.mark.parametrize("kills", [pytest.param(5, marks=pytest.mark.slow), 2])
+def test_kill_9_during_checkpoint_writes_then_resume_is_bit_identical(tmp_path, reference, kills):
+    """SIGKILL at random moments of checkpoint writing (each write paused half-way, so the moments fall
+    inside it), `--resume` after each: at most one temp file is ever left, the resume removes it, and
+    the run ends bit-identical to the uninterrupted one with no temp file left."""
+    import random
+
+    rng = random.Random(kills)
+    run = tmp_path / "run"
+    env = {"FAKE_SLOW_SAVE": "0.3"}
+    for k in range(kills):
+        proc = train(run, *(["--resume"] if k else []), "--set", "train.checkpoint_every=5", env=env)
+        before = temp_files(run) if run.exists() else set()
+        deadline = time.time() + 300
+        while not (temp_files(run) - before if run.exists() else set()):  # a new write has begun
+            assert proc.poll() is None, finish(proc)[1]
+            assert time.time() < deadline
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.35))  # somewhere in the write, or just after its rename
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(temp_files(run)) <= 1, temp_files(run)
+        assert not (run / "final.pt").exists()
+        if (run / "checkpoint.pt").exists():
+            checkpoint.load(run / "checkpoint.pt")  # whole: the rename is the only way in
+    code, log = finish(train(run, "--resume"))
+    assert code == 0, log
+    assert temp_files(run) == set()
+    assert_identical(final_weights(reference), final_weights(run))
+    ref_metrics = (reference / "metrics.jsonl").read_text().splitlines()
+    assert [drop_time(x) for x in (run / "metrics.jsonl").read_text().splitlines()] == [
+        drop_time(x) for x in ref_metrics
+    ]

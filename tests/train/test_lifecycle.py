@@ -112,3 +112,43 @@ def test_a_run_that_died_before_its_first_checkpoint_runs_again(tmp_path, fake_d
     summary = run_training(cfg, tmp_path)  # the same call, no --resume needed
     assert summary["iterations"] == 20
     assert [json.loads(x)["iter"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [5, 10, 15, 20]
+
+
+def test_a_failed_run_removes_the_folders_it_made_and_nothing_else(tmp_path, fake_data, tiny_cfg, monkeypatch):
+    """A run that fails before saving anything leaves no folder behind (the run folder and the parents
+    it made, written here by nobody else); a folder that existed stays, without our lock file; a run
+    that saved a checkpoint or metrics keeps them for --resume."""
+    monkeypatch.setenv("FAKE_NAN_AT", "1")  # fails at iteration 2, before any log, metrics or checkpoint
+    cfg = tiny_cfg("train.max_iters=20", "train.eval_every=10", "train.checkpoint_every=10")
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(NonFiniteLoss):
+        run_training(cfg, tmp_path / "kept" / "new" / "deeper" / "run")
+    assert os.listdir(tmp_path / "kept") == []
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "notes.txt").write_text("mine")
+    with pytest.raises(NonFiniteLoss):
+        run_training(cfg, tmp_path / "existing")
+    assert sorted(os.listdir(tmp_path / "existing")) == ["config.yaml", "notes.txt"]  # the lock file went
+    monkeypatch.setenv("FAKE_NAN_AT", "15")  # after the checkpoint and the row of iteration 10
+    with pytest.raises(NonFiniteLoss):
+        run_training(cfg, tmp_path / "saved" / "run")
+    assert {"checkpoint.pt", "metrics.jsonl", "config.yaml"} <= set(os.listdir(tmp_path / "saved" / "run"))
+
+
+def test_a_resume_removes_temp_files_of_killed_checkpoint_writes(tmp_path, fake_data, tiny_cfg):
+    cfg = tiny_cfg("train.max_iters=10", "train.checkpoint_every=5")
+    run_training(cfg, tmp_path)
+    stale = [tmp_path / ".checkpoint.pt.k2j4x9.tmp", tmp_path / ".final.pt.a1b2c3.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".notes.tmp"  # not of our naming pattern: kept
+    other.write_text("x")
+    run_training(tiny_cfg("train.max_iters=15", "train.checkpoint_every=5"), tmp_path, resume=True)
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
+def test_a_directory_where_a_run_file_belongs_is_one_line(tmp_path, no_data, tiny_cfg):
+    (tmp_path / "metrics.jsonl").mkdir()
+    with pytest.raises(UserError, match=r"metrics\.jsonl is not a file"):
+        run_training(tiny_cfg(), tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]

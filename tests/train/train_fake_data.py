@@ -7,11 +7,15 @@ Run as a script it is the `resnetlab` CLI with this source in place of `build_da
     python tests/train/train_fake_data.py train --preset cifar10-resnet20 --out DIR --set ...
 Environment knobs for tests: FAKE_SLEEP (seconds per batch, to make a run slow enough to kill),
 FAKE_NAN_AT (an iteration whose batch is NaN, to make the loss non-finite), FAKE_HOLD_AT and
-FAKE_HOLD_FILE (the batch of that iteration waits until the file exists: a run held mid-way).
+FAKE_HOLD_FILE (the batch of that iteration waits until the file exists: a run held mid-way),
+FAKE_SLOW_SAVE (seconds that torch.save pauses half-way through a file: a checkpoint write long
+enough to kill in its middle), FAKE_START_TOGETHER=DIR:N (`run_training` starts once N processes
+have reached it: a race for one folder, every command-line step before it already done).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -113,6 +117,35 @@ def install() -> None:
     import resnetlab.train.loop as loop
 
     loop.build_data = build_fake_data
+    pause = float(os.environ.get("FAKE_SLOW_SAVE", 0))
+    if pause:
+        real_save = torch.save
+
+        def slow_save(obj, f, *args, **kwargs):
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            data = buffer.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(pause)  # half a file on disk
+            f.write(data[len(data) // 2 :])
+
+        torch.save = slow_save
+    together = os.environ.get("FAKE_START_TOGETHER")
+    if together:
+        import resnetlab.train as train
+
+        folder, n = together.rsplit(":", 1)
+        real_run = train.run_training
+
+        def run_together(*args, **kwargs):
+            open(os.path.join(folder, str(os.getpid())), "w").close()
+            deadline = time.time() + 120
+            while len(os.listdir(folder)) < int(n) and time.time() < deadline:
+                time.sleep(0.001)
+            return real_run(*args, **kwargs)
+
+        train.run_training = run_together
 
 
 if __name__ == "__main__":

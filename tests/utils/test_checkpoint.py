@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 
 import pytest
 import torch
 
+from resnetlab.errors import UserError
 from resnetlab.utils.checkpoint import load, save_atomic
 
 
@@ -24,3 +27,23 @@ def test_checkpoint_mode_follows_umask(tmp_path, mask):
     assert mode == stat.S_IMODE(reference.stat().st_mode) == 0o666 & ~mask
     assert load(tmp_path / "ck.pt")["model"]["w"].shape == (1,)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "plain.txt"]  # no temp file left
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path):
+    """PyTorch's zip writer reports a failed write as `inline_container.cc ... unexpected pos`;
+    save_atomic names the file and the OSError behind it, removes its temp file and keeps the old file."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        save_atomic({"model": {"w": torch.ones(10_000)}}, disk / "c.pt")  # 40 kB
+        with pytest.raises(UserError) as e:
+            save_atomic({"model": {"w": torch.zeros(100_000)}}, disk / "c.pt")  # 400 kB: does not fit
+        assert str(e.value) == f"cannot write {disk / 'c.pt'}: No space left on device (the previous one is unchanged)"
+        assert os.listdir(disk) == ["c.pt"]
+        assert torch.equal(load(disk / "c.pt")["model"]["w"], torch.ones(10_000))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

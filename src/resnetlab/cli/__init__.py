@@ -3,16 +3,20 @@
 Every handler returns an exit code. Every error is one line on stderr, never a traceback: a bad
 flag (argparse) or a `UserError` is `error: <message>`, exit 2; any other exception is
 `error: <Type>: <message>` plus how to see the traceback (`--debug` or RESNETLAB_DEBUG=1), exit 1;
-Ctrl-C is `interrupted`, exit 130.
+Ctrl-C is `interrupted`, exit 130; SIGTERM is `terminated`, exit 143 (training checkpoints first
+and says so itself).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
 
 from resnetlab import __version__
 from resnetlab.cli.args import Parser
@@ -51,8 +55,32 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split()) or type(e).__name__
 
 
+class Terminated(BaseException):
+    """SIGTERM (what `kill` and job schedulers send) arrived: unwinds like Ctrl-C's KeyboardInterrupt,
+    so `finally` blocks and temp-file clean-ups run, then `main` says so in one line."""
+
+
+def _terminate(signum: int, frame: object, *, owner: int) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    if os.getpid() != owner:  # a forked worker (DataLoader): die as SIGTERM says, without a traceback
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    installed = threading.current_thread() is threading.main_thread()  # only there can Python set handlers
+    if installed:
+        previous = signal.signal(signal.SIGTERM, functools.partial(_terminate, owner=os.getpid()))
+    try:
+        return _main(argv, debug)
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main(argv: list[str] | None, debug: bool) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -67,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as e:  # the last resort: a bug or a case nobody checked, still one line
         if debug:
             raise

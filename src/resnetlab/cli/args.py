@@ -6,13 +6,11 @@ user typed it, what was given and what is allowed, then where the help is (exit 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
-import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -122,21 +120,3 @@ def add_device_and_quiet(p: argparse.ArgumentParser) -> None:
     """--device and --quiet, as every command that runs a model over a set of images takes them."""
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar (none is shown off a terminal either)")
-
-
-@contextlib.contextmanager
-def run_folder(out: str | Path) -> Iterator[None]:
-    """A run that fails before it saved anything leaves no folder behind: if `out` did not exist
-    when the command started and holds no checkpoint and no metrics when it fails, it is removed.
-    (A run that checkpointed or logged keeps its folder: that is what --resume continues.)"""
-    out = Path(out)
-    existed = out.exists()
-    try:
-        yield
-    except BaseException:
-        kept = ("checkpoint.pt", "final.pt")
-        metrics = out / "metrics.jsonl"
-        worth_keeping = any((out / k).exists() for k in kept) or (metrics.is_file() and metrics.stat().st_size)
-        if not existed and out.is_dir() and not worth_keeping:
-            shutil.rmtree(out, ignore_errors=True)
-        raise

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from resnetlab.cli.args import NON_NEGATIVE, Overrides, float_in, run_folder
+from resnetlab.cli.args import NON_NEGATIVE, Overrides, float_in
 from resnetlab.errors import UserError
 
 
@@ -56,8 +56,7 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError("detect train needs --out DIR (the run folder)")
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
     cfg = load_detection_config(args.preset, overrides)
-    with run_folder(args.out):
-        summary = run_detection_training(cfg, args.out, resume=args.resume)
+    summary = run_detection_training(cfg, args.out, resume=args.resume)  # a failed run leaves no folder behind
     if summary["stopped"] or not summary["is_main"]:
         return summary["exit_code"]  # 130 SIGINT, 143 SIGTERM; under torchrun only rank 0 reports
     metrics = summary.get("metrics")

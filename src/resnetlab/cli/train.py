@@ -6,7 +6,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from resnetlab.cli.args import Overrides, run_folder
+from resnetlab.cli.args import Overrides
 from resnetlab.errors import UserError
 
 EPILOG = """examples:
@@ -65,16 +65,24 @@ def resolve_config(args: argparse.Namespace):
         overrides.append(f"train.init_from={args.init_from}")
     if args.preset:
         cfg = load_preset(args.preset)
-    elif args.resume and (Path(args.out) / "config.yaml").is_file():
+    elif args.resume and _is_file(Path(args.out) / "config.yaml"):
         cfg = from_dict(read_yaml(Path(args.out) / "config.yaml"))
     else:
         raise UserError(f"give --preset NAME (presets: {', '.join(list_presets())})")
     return apply_overrides(cfg, overrides)
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False for a path the system cannot look up at all (a name too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     from resnetlab.train import run_training  # torch import only when training
 
-    with run_folder(args.out):
-        return run_training(cfg, args.out, resume=args.resume)["exit_code"]  # 130 SIGINT, 143 SIGTERM
+    # A run that fails before it saved anything leaves no folder behind (`train.lifecycle.open_run`).
+    return run_training(cfg, args.out, resume=args.resume)["exit_code"]  # 130 SIGINT, 143 SIGTERM

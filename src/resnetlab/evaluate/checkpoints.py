@@ -62,6 +62,7 @@ class LoadedModel:
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     """Rebuild `create_model(meta["model"], **meta["model_options"])`, load its weights, eval mode."""
     meta = load(path).get("meta") or {}
+    check_meta(meta, f"checkpoint {path}")
     missing = [k for k in ("model", "model_options", "num_classes", "image_size", "mean") if k not in meta]
     if missing:
         raise UserError(f"checkpoint {path} has no {', '.join(missing)} in its meta; cannot rebuild the model")
@@ -204,6 +205,7 @@ def read_weights(source: str | Path, what: str = "train.init_from") -> Weights:
     if isinstance(obj, dict) and obj.get("format") == "resnetlab":
         ckpt = load(path)
         meta = ckpt.get("meta") or {}
+        check_meta(meta, f"{what}: checkpoint {source}")
         if "model" not in meta:
             raise UserError(f"{what}: checkpoint {source} has no model name in its meta; cannot rebuild it")
         if "mean" not in meta and what == "train.init_from":  # its normalisation is the new run's
@@ -226,6 +228,45 @@ def read_weights(source: str | Path, what: str = "train.init_from") -> Weights:
     return Weights(
         obj, None, _torchvision_options(obj), *_torchvision_stats(), [], f"torchvision state dict {path.name}"
     )
+
+
+# The types of a checkpoint's meta entries that rebuilding and using a model reads (docs/DEVELOPING.md).
+_META_TYPES = {
+    "model": (str, "a model name"),
+    "model_options": (dict, "a mapping of create_model options"),
+    "dataset": (str, "a dataset name"),
+    "num_classes": (int, "a positive integer"),
+    "in_channels": (int, "a positive integer"),
+    "image_size": (int, "a positive integer"),
+    "mean": (Tensor, "a tensor of shape (C, 1, 1) or (C, H, W)"),
+    "std": ((Tensor, type(None)), "a tensor of shape (C, 1, 1) or none"),
+    "classes": ((list, type(None)), "a list of class names"),
+}
+
+
+def check_meta(meta: Any, where: str) -> None:
+    """UserError naming the first entry of a checkpoint's meta whose type is not the contract's (a file
+    written by hand or by another tool): a string as mean, a list as model options, ..."""
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: its meta is a {type(meta).__name__}, not a mapping; cannot rebuild the model")
+    for key, (kind, expected) in _META_TYPES.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and kind is int:
+            ok = value > 0
+        if ok and isinstance(value, Tensor):
+            ok = value.dim() == 3 and value.is_floating_point()
+            if ok and isinstance(meta.get("in_channels"), int):
+                ok = value.shape[0] == meta["in_channels"]
+        if ok and key == "classes":
+            ok = all(isinstance(c, str) for c in value)
+        if ok and key == "model_options":
+            ok = all(isinstance(k, str) for k in value)
+        if not ok:
+            shown = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)[:60]
+            raise UserError(f"{where}: meta[{key!r}] is {shown}, not {expected}; cannot rebuild the model")
 
 
 def _torchvision_options(state: dict[str, Tensor]) -> dict[str, Any]:

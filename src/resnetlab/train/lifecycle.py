@@ -1,7 +1,8 @@
 """A training run's life in its folder, the same for every loop (`train`, `detect train`, `reproduce`).
 
     with open_run(cfg, out, resume=resume) as run:
-        ... build data and model; if run.checkpoint: load the loop's entries, then run.restore(model, opt)
+        ... build data and model; if run.checkpoint: run.restore(model, opt, load_loop_entries)
+                                                      # then, only then, the folder is prepared
         it = run.start_iter
         with run.steps() as bar:                      # progress bar and clock
             while it < cfg.train.max_iters:
@@ -14,7 +15,9 @@
         run.end(it, run.record(model, meta))          # final.pt, or the stop line
 
 What `open_run` guarantees, in this order, before any data or model is loaded:
-1. `--out` is a folder this process can write (a file in the way, a read-only folder: one line).
+1. `--out` is a folder this process can write (a file in the way, a read-only folder, a name too
+   long: one line). Claim first, then look: the folders are made and the lock taken before anything
+   in the folder is read, so a process that loses the race for a new folder never touches it.
 2. An exclusive lock (`OUT/.lock`, `fcntl.flock`) held by rank 0 for the run's life; a second process
    on the same folder stops at once with one line naming the holder (host, pid, start time). The lock
    dies with its process, so a killed run never leaves a stale lock.
@@ -22,10 +25,15 @@ What `open_run` guarantees, in this order, before any data or model is loaded:
    or `final.pt`); `--resume` compares the stored config with the requested one and refuses any
    difference outside `RESUMABLE_KEYS` with a one-line diff, and refuses a `train.max_iters` below the
    iteration the run reached. A folder whose run died before its first checkpoint holds no run: the
-   same command starts it again.
-4. Only then `config.yaml` is written (the config was validated when it was loaded), `metrics.jsonl`
-   loses the rows after the checkpoint, `final.pt` goes (its presence means "finished"), and
-   TensorBoard purges from the first iteration not yet done.
+   same command starts it again. A directory where a run's file belongs is one line.
+4. Nothing in the folder changes until the checkpoint has been read, checked and restored (the loop's
+   `run.restore`; a checkpoint that does not restore is one line and the folder stays as it was). Only
+   then `config.yaml` is written (the config was validated when it was loaded), `metrics.jsonl` loses
+   the rows after the checkpoint, `final.pt` goes (its presence means "finished"), temp files that a
+   killed checkpoint write left are removed, and TensorBoard purges from the first iteration not yet done.
+5. A run that fails before it saved anything (no checkpoint, no metrics) leaves nothing behind: the
+   folders it made are removed (the run folder and the parents it created), and a lock file it made
+   in a folder that existed goes too; all while the lock is held.
 Rank 0 decides 1-3 and every rank gets the verdict, so under `torchrun` all ranks stop with the same
 line (none hangs in a collective). SIGINT / SIGTERM set a flag that the ranks agree on at the next
 step boundary; the loop checkpoints there and the command exits 130 / 143.
@@ -41,11 +49,12 @@ import math
 import os
 import random
 import shlex
+import shutil
 import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +111,7 @@ class Run:
         self.stopped: str | None = None  # "SIGINT" / "SIGTERM" once the ranks agreed to stop
         self.elapsed_before = 0.0  # training seconds of the run before this process resumed it
         self.bar = None  # the progress bar while `steps()` is open
+        self.prepared = False  # the folder brought to `start_iter` (after the checkpoint was restored)
         self._t0: float | None = None
         self._writer = None
         self._signals = _StopSignal(info)
@@ -120,6 +130,7 @@ class Run:
     @contextlib.contextmanager
     def steps(self, desc: str | None = None) -> Iterator[Any]:
         """The training steps' progress bar (tqdm, rank 0) and the run's clock, started here."""
+        self.prepare()  # a loop that restored nothing: the folder is brought to `start_iter` now
         self.bar = progress_bar(self.cfg.train.max_iters, self, desc)
         self._t0 = time.perf_counter()
         try:
@@ -173,13 +184,42 @@ class Run:
             "elapsed": self.elapsed(),
         }
 
-    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Weights, optimizer and RNG states from `checkpoint` (call after the loop's own entries:
-        the RNGs are set last, as they were when the checkpoint was written)."""
+    def restore(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loop_state: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """The loop's own entries (`loop_state(checkpoint)`), then weights, optimizer and RNG states
+        from `checkpoint` (the RNGs last, as they were when the checkpoint was written); then the folder
+        is prepared. A checkpoint that does not fit (an entry missing, another network, another
+        optimizer) is a one-line UserError naming it, and the folder is left as it was."""
         assert self.checkpoint is not None
-        model.load_state_dict(self.checkpoint["model"])
-        optimizer.load_state_dict(self.checkpoint["optimizer"])
-        restore_rng_states(self, self.checkpoint["rng"])
+        with self.restoring():
+            if loop_state is not None:
+                loop_state(self.checkpoint)
+            model.load_state_dict(self.checkpoint["model"])
+            optimizer.load_state_dict(self.checkpoint["optimizer"])
+            restore_rng_states(self, self.checkpoint["rng"])
+        self.prepare()
+
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[None]:
+        """Errors of reading the checkpoint's entries into the run become one line naming it."""
+        try:
+            yield
+        except RESTORE_ERRORS as e:
+            raise UserError(_restore_message(self, e)) from None
+
+    def prepare(self) -> None:
+        """Bring the folder to `start_iter` (once; every rank calls it, rank 0 writes): see step 4 of
+        the module docstring."""
+        if self.prepared:
+            return
+        if self.is_main:
+            _prepare_folder(self.cfg, self.out, self.start_iter)
+        self.prepared = True
+        dist.barrier()
 
     def end(self, it: int, final: dict[str, Any]) -> None:
         """After the loop: a run stopped by a signal prints its one line (its checkpoint is on disk);
@@ -201,8 +241,11 @@ class Run:
         for name, value in scalars.items():
             self._writer.add_scalar(name, value, it)
         if row is not None:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as e:
+                raise UserError(f"cannot write {self.out / 'metrics.jsonl'}: {e.strerror or e}") from None
 
     def check_finite(self, losses: list[float], first_iter: int) -> None:
         """NonFiniteLoss naming the iteration of the first NaN / inf in `losses` (iterations
@@ -233,7 +276,14 @@ class Run:
         """`state` (with "model", "config", "meta", "optimizer", ...) as OUT/checkpoint.pt, atomically,
         by rank 0; every rank waits for it."""
         if self.is_main:
-            checkpoint.save_atomic({**state, "iteration": iteration}, self.out / "checkpoint.pt")
+            try:
+                checkpoint.save_atomic({**state, "iteration": iteration}, self.out / "checkpoint.pt")
+            except UserError as e:  # a full disk: say what is kept and how to go on
+                if self.last_checkpoint is None:
+                    kept = "no checkpoint was written yet"
+                else:
+                    kept = f"the checkpoint of iteration {self.last_checkpoint} is kept: free space, then --resume"
+                raise UserError(f"{e}; {kept}") from None
         self.last_checkpoint = iteration
         dist.barrier()
 
@@ -262,17 +312,19 @@ def resume_command(cfg: Any, out: Path) -> str:
 @contextlib.contextmanager
 def open_run(cfg: Any, out: str | Path, *, resume: bool) -> Iterator[Run]:
     """Join the process group (under torchrun), claim `out` and decide where the run starts (see the
-    module docstring); on exit release the lock, restore the signal handlers, leave the group."""
+    module docstring); on exit clear up after a run that saved nothing, release the lock, restore the
+    signal handlers, leave the group."""
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     info, device = dist.init_distributed(cfg.train.device)
     out = Path(out)
-    lock_fd = None
+    claim: _Claim | None = None
     run = None
+    failed = True
     try:
         verdict: str | None = None
         if info.is_main:
             try:
-                lock_fd = _claim(out)
+                claim = _claim(out)
                 _check_folder(cfg, out, resume)
             except UserError as e:
                 verdict = str(e)
@@ -283,56 +335,192 @@ def open_run(cfg: Any, out: str | Path, *, resume: bool) -> Iterator[Run]:
         ckpt_path = out / "checkpoint.pt"
         if resume and ckpt_path.is_file():
             run.checkpoint = checkpoint.load(ckpt_path, map_location=device)  # rank 0 checked it
-            run.start_iter = run.last_checkpoint = int(run.checkpoint["iteration"])
-            run.elapsed_before = float(run.checkpoint.get("elapsed", 0.0))
-        if info.is_main:
-            _prepare_folder(cfg, out, run.start_iter)
-        dist.barrier()
-        with _lost_peers(run):
+            with run.restoring():
+                run.start_iter = run.last_checkpoint = int(run.checkpoint["iteration"])
+                run.elapsed_before = float(run.checkpoint.get("elapsed", 0.0))
+        else:
+            run.prepare()  # nothing to restore, nothing to lose
+        with _lost_peers(run), _unrestored(run):
             yield run
+        failed = False
     finally:
         if run is not None:
             run.close()
-        if lock_fd is not None:
-            os.close(lock_fd)  # releases the flock
+        if claim is not None:
+            if failed:
+                claim.clear_up()
+            claim.release()
         if not was_initialized:
             dist.cleanup()
 
 
+@contextlib.contextmanager
+def _unrestored(run: Run) -> Iterator[None]:
+    """A loop that reads the checkpoint's entries outside `Run.restore` (and so before the folder was
+    prepared): a missing or malformed entry is the same one line."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError) as e:
+        if run.checkpoint is None or run.prepared:
+            raise
+        raise UserError(_restore_message(run, e)) from None
+
+
+# Errors of torch's load_state_dict and of reading a checkpoint entry that is not there / not right.
+RESTORE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
+
+
+def _restore_message(run: Run, e: BaseException) -> str:
+    why = f"it has no {e.args[0]!r} entry" if isinstance(e, KeyError) and e.args else " ".join(str(e).split())
+    return (
+        f"--resume: {run.out / 'checkpoint.pt'} cannot be restored into this run ({why[:300] or type(e).__name__}); "
+        f"nothing in {run.out} was changed"
+    )
+
+
 # ---- the folder ------------------------------------------------------------------------------------
 
+# The files of a run: each must be a file where it exists (a folder in its place is one line).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "final.pt")
 
-def _claim(out: Path) -> int:
-    """Create `out` if needed and take its lock; UserError if it cannot be written or is in use."""
+
+@dataclasses.dataclass
+class _Claim:
+    """The run folder held by this process: the lock's descriptor, the folders this process made
+    (outermost first) and whether it made the lock file."""
+
+    out: Path
+    fd: int
+    created: list[Path]
+    made_lock: bool
+
+    def clear_up(self) -> None:
+        """After a failed run, with the lock still held: if the folder holds no run (no checkpoint, no
+        final weights, no metrics), remove what this process made there."""
+        metrics = self.out / "metrics.jsonl"
+        if any((self.out / n).exists() for n in ("checkpoint.pt", "final.pt")) or (
+            metrics.is_file() and metrics.stat().st_size
+        ):
+            return  # what --resume continues
+        if self.out in self.created:
+            shutil.rmtree(self.out, ignore_errors=True)
+        elif self.made_lock:
+            (self.out / LOCK).unlink(missing_ok=True)
+        _remove_empty(self.created)
+
+    def release(self) -> None:
+        os.close(self.fd)  # releases the flock
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """rmdir `folders` innermost first; stops at the first that is not empty (never removes content)."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
+
+def _claim(out: Path) -> _Claim:
+    """Make `out` (noting which folders this process made) and take its lock; UserError if it cannot
+    be written or is in use. The lock is verified to be the file at OUT/.lock after it is taken: a
+    holder that failed may remove the folder (see `_Claim.clear_up`) between our open and our lock."""
+    created: list[Path] = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        for _ in range(10):
+            created += _make_folders(out)
+            fd, made_lock = _open_lock(out / LOCK)
+            if fd is None:
+                continue  # the folder went away under us: make it again
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                _remove_empty(created)  # only empty ones: the holder's files are never touched
+                raise UserError(
+                    f"--out {out} is in use by {holder}; wait for that run to end or choose another --out"
+                ) from None
+            if _same_file(fd, out / LOCK):
+                break
+            os.close(fd)  # we locked a file that its holder removed on failing: take the new one
+        else:
+            raise UserError(f"--out {out}: cannot take its lock (the folder keeps disappearing)")
     except FileExistsError:
         raise UserError(f"--out {out}: a file is in the way (a run folder must be a directory)") from None
     except NotADirectoryError:
         raise UserError(f"--out {out}: a file is in the way of the folder path") from None
     except OSError as e:
-        raise UserError(f"--out {out}: cannot write there ({e.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise UserError(
-            f"--out {out} is in use by {holder}; wait for that run to end or choose another --out"
-        ) from None
+        _remove_empty(created)
+        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    claim = _Claim(out, fd, created, made_lock)
     if not os.access(out, os.W_OK):
-        os.close(fd)
+        claim.clear_up()
+        claim.release()
         raise UserError(f"--out {out}: cannot write there (permission denied)")
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} (started {started})\n".encode(), 0)
-    return fd
+    return claim
+
+
+def _make_folders(out: Path) -> list[Path]:
+    """mkdir `out` and its missing parents one by one; the ones this process made (a folder made by
+    another process at the same moment is theirs: `mkdir` tells which one made it)."""
+    missing = []
+    p = out
+    while not p.exists() and p != p.parent:  # os.stat: a name too long raises here
+        missing.append(p)
+        p = p.parent
+    if not missing and not out.is_dir():
+        raise FileExistsError(out)
+    made = []
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            if not p.is_dir():
+                raise
+            continue
+        made.append(p)
+    return made
+
+
+def _open_lock(path: Path) -> tuple[int | None, bool]:
+    """(descriptor, made by us) for the lock file; (None, False) if its folder vanished meanwhile."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        return None, False
+    try:
+        return os.open(path, os.O_RDWR), False
+    except FileNotFoundError:
+        return None, False
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _check_folder(cfg: Any, out: Path, resume: bool) -> None:
     """UserError unless the folder's state fits the request (new run / --resume)."""
     ckpt_path, final = out / "checkpoint.pt", out / "final.pt"
+    for name in RUN_FILES:
+        if (out / name).exists() and not (out / name).is_file():
+            raise UserError(
+                f"{out / name} is not a file (a run writes its {name} there); move it away or choose another --out"
+            )
+    if (out / "tb").exists() and not (out / "tb").is_dir():
+        raise UserError(f"{out / 'tb'} is not a folder (a run writes TensorBoard events there); move it away")
     if not resume:
         for path in (ckpt_path, final):
             if path.exists():
@@ -379,7 +567,9 @@ def compare_configs(saved: dict[str, Any], cfg: Any, out: Path) -> None:
 
 
 def _prepare_folder(cfg: Any, out: Path, start_iter: int) -> None:
-    """config.yaml, metrics.jsonl up to `start_iter`, no final.pt unless the run is already done."""
+    """config.yaml, metrics.jsonl up to `start_iter`, no final.pt unless the run is already done, no
+    temp file of a killed checkpoint write."""
+    checkpoint.remove_stale_temps(out, ("checkpoint.pt", "final.pt"))
     tmp = out / ".config.yaml.tmp"
     dump(cfg, tmp)
     os.replace(tmp, out / "config.yaml")

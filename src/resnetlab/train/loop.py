@@ -163,8 +163,7 @@ def _build(cfg: Config, run: Run) -> _Training:
     schedule = LRSchedule.from_config(o, batch_size=t.batch_size)
     s = _Training(cfg, data, model, meta, optimizer, schedule, make_grad_scaler(t.precision, device))
     if run.checkpoint is not None:
-        s.load_state_dict(run.checkpoint)
-        run.restore(model, optimizer)
+        run.restore(model, optimizer, s.load_state_dict)  # then, and only then, the folder is prepared
 
     train_model = run.parallel(model)
     if t.compile:

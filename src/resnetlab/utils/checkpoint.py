@@ -10,6 +10,7 @@ Training checkpoints add "optimizer", "iteration" and the loop's own state.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -23,21 +24,72 @@ from resnetlab.utils.files import make_ordinary
 FORMAT = "resnetlab"
 
 
+def temp_name(path: Path) -> tuple[str, str]:
+    """The (prefix, suffix) of `save_atomic`'s temp files for `path`: `.NAME.<random>.tmp` beside it."""
+    return f".{path.name}.", ".tmp"
+
+
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file.
+
+    A write that fails (a full disk, a quota, a folder gone read-only) is a one-line UserError naming
+    `path` and the reason; the temp file is removed and the file that was at `path` stays as it was.
+    A process killed mid-write leaves its temp file: `remove_stale_temps` clears them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix, suffix = temp_name(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **obj}, f)
+            sink = _Sink(f)
+            try:
+                torch.save({"format": FORMAT, **obj}, sink)
+            except RuntimeError:  # PyTorch's writer turns our OSError into "inline_container.cc: unexpected pos"
+                if sink.error is None:
+                    raise
+                raise sink.error from None
             f.flush()
             os.fsync(f.fileno())
             make_ordinary(f.fileno())  # mkstemp's 0600 -> the umask's mode, like every other file of a run
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        before = "the previous one is unchanged" if path.exists() else "nothing was written"
+        raise UserError(f"cannot write {path}: {e.strerror or e} ({before})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class _Sink:
+    """The file torch.save writes into, remembering the OSError of a failed write (PyTorch's zip
+    writer replaces it by a message about stream positions)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def remove_stale_temps(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Remove the temp files that `save_atomic` left for `folder/NAME` (NAME in `names`) when its
+    process was killed mid-write; returns them. Call only while no one else writes those files (a
+    run's lock held)."""
+    folder, removed = Path(folder), []
+    for name in names:
+        prefix, suffix = temp_name(folder / name)
+        for p in folder.glob(f"{glob.escape(prefix)}*{suffix}"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
