@@ -20,7 +20,6 @@ import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from resnetlab.analysis.reproduce import WORKER, plan
 from resnetlab.config import dump
@@ -75,7 +74,9 @@ def main() -> int:
             dump(job.cfg, cfg_path)
             resume = ["--resume"] if job.state() == "resume" else []
             log = open(job.out_dir.parent / f"{job.name}.log", "a")  # noqa: SIM115 (closed with the process)
-            proc = subprocess.Popen([*WORKER, str(cfg_path), str(job.out_dir), *resume], stdout=log, stderr=log, env=env)
+            proc = subprocess.Popen(
+                [*WORKER, str(cfg_path), str(job.out_dir), *resume], stdout=log, stderr=log, env=env
+            )
             running.append((job.name, proc, time.perf_counter()))
             print(f"started {job.name}")
         time.sleep(5)
