@@ -102,6 +102,9 @@ class TrainConfig:
     # Fine-tuning (not in the paper, which trains from scratch): see docs/finetune.md.
     init_from: str | None = None  # start from: our checkpoint, torchvision:ResNet50_Weights.IMAGENET1K_V2, a .pth
     freeze: tuple[str, ...] = ()  # parts whose weights and BN statistics stay fixed: stem, layer1, ...
+    # grey weights on RGB data or the reverse: refuse, or adapt conv1 (RGB filters summed for grey data,
+    # grey filters spread over RGB / 3) and the normalisation (docs/finetune.md)
+    init_channels: Literal["refuse", "adapt"] = "refuse"
 
 
 @dataclass(frozen=True)

@@ -386,7 +386,7 @@ def build_imagefolder(
         raise UserError(f"data.scale_min={d.scale_min} must be >= data.crop={d.crop} (both positive)")
 
     if stats is not None:
-        mean, std = fit_stats(*stats, channels=3, size=d.crop)
+        mean, std = fit_stats(*stats, channels=3, size=d.crop, adapt=t.init_channels == "adapt")
     else:
         opts = {"crop": d.crop, "count": d.mean_samples, "per": d.mean, "workers": d.workers}
         mean, std = _cached_stats(root, train, rank=rank, world_size=world_size, skip_corrupt=d.skip_corrupt, **opts)

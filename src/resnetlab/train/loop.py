@@ -144,7 +144,7 @@ def _build(cfg: Config, run: Run) -> _Training:
     stats = finetune.source_stats(source) if source else finetune.resumed_stats(cfg, run.checkpoint)
     data = build_data(cfg, device, rank=info.rank, world_size=info.world_size, stats=stats)
     model, meta = build_classifier(cfg, data)
-    report = finetune.init_model(model, source, classes=data.classes) if source else []
+    report = finetune.init_model(model, source, classes=data.classes, cfg=cfg) if source else []
     report += finetune.freeze(model, t.freeze)  # not in the checkpoint: applied to resumed runs too
     if info.is_main and report:
         print("\n".join(report))
