@@ -57,7 +57,7 @@ class DataConfig:
     scale_max: int = 480  # ... [256, 480] in the paper (sec. 3.4)
     crop: int = 224  # training crop side; also the input size recorded in checkpoints
     lighting: float = 0.1  # AlexNet PCA colour augmentation std (0 disables)
-    workers: int = 8  # DataLoader worker processes (JPEG decoding)
+    workers: int | None = None  # DataLoader worker processes (JPEG decoding); null: min(8, cores this process may use)
     decode: Literal["workers", "device"] = "workers"  # where JPEGs are decoded and cropped (device: nvjpeg on CUDA)
     loader: Literal["torch", "dali"] = "torch"  # dali: NVIDIA DALI, extra [dali] (CPU-only mode without a GPU)
     skip_corrupt: bool = False  # True: skip unreadable images and count them; False: stop and name it

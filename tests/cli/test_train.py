@@ -115,12 +115,13 @@ def test_no_traceback_from_the_real_command(tmp_path):
 # ---- fine-tuning from torchvision weights, in real processes (issue 22) --------------------------
 
 
-def resnetlab(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m resnetlab ARGS` in its own process, stdout and stderr captured (not a terminal)."""
+def resnetlab(*args: str, cores: set[int] | None = None) -> subprocess.CompletedProcess:
+    """`python -m resnetlab ARGS` in its own process, stdout and stderr captured (not a terminal), on
+    `cores` only when given (as `taskset` would)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # PYTHONPATH, when set, carries this checkout
-    return subprocess.run(
-        [sys.executable, "-m", "resnetlab", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    cmd = [sys.executable, "-m", "resnetlab", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, preexec_fn=pin)
 
 
 def torchvision_resnet18_pth(path: Path, in_channels: int = 3) -> Path:
@@ -142,13 +143,15 @@ def image_tree(root: Path) -> Path:
     return write_tree(root)
 
 
-TINY_IMAGES = ("data.crop=32", "data.scale_min=36", "data.scale_max=48", "data.workers=0", "data.mean_samples=20")
+TINY_IMAGES = ("data.crop=32", "data.scale_min=36", "data.scale_max=48", "data.mean_samples=20")
 ONE_ITER = ("train.batch_size=4", "train.eval_batch_size=6", "train.max_iters=1", "train.eval_every=1")
 
 
+@pytest.mark.slow  # two or three real processes: 10-20 s on 2 idle cores, a minute when shared
 def test_torchvision_resnet18_weights_onto_the_imagenet_resnet18_preset(tmp_path):
     """The paper's stride_in_1x1=true stays in the preset: basic blocks have no 1x1 conv, so torchvision's
-    v1.5 weights fit. Its option A shortcut is another network: one line that says so."""
+    v1.5 weights fit. Its option A shortcut is another network: one line that says so. On one core the
+    preset's data.workers (null) starts one loader worker, says so, and the DataLoader has nothing to warn."""
     pth, tree = torchvision_resnet18_pth(tmp_path / "r18.pth"), image_tree(tmp_path / "tree")
     argv = ["train", "--preset", "imagenet-resnet18", "--init-from", str(pth), "--device", "cpu", "--set"]
     argv += ["data.name=imagefolder", f"data.dir={tree}", *TINY_IMAGES, *ONE_ITER]
@@ -156,9 +159,12 @@ def test_torchvision_resnet18_weights_onto_the_imagenet_resnet18_preset(tmp_path
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "error: train.init_from weights have model.shortcut='B', the config 'A': --set model.shortcut=B"
     ]
-    run = resnetlab(*argv[:3], "--out", str(tmp_path / "run"), *argv[3:], "model.shortcut=B")
+    one_core = {min(os.sched_getaffinity(0))}
+    run = resnetlab(*argv[:3], "--out", str(tmp_path / "run"), *argv[3:], "model.shortcut=B", cores=one_core)
     assert run.returncode == 0, run.stderr
     assert "head replaced: fc 1000 -> 3 classes" in run.stdout
+    assert "data: 12 training images, 6 to evaluate; 1 loader workers (data.workers=null" in run.stdout
+    assert "Warning" not in run.stderr, run.stderr
     final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
     assert final["config"]["model"]["stride_in_1x1"] is True and final["iteration"] == 1
 
@@ -188,14 +194,15 @@ def write_mnist_like(root: Path, n_train: int = 24, n_test: int = 8) -> Path:
     return root
 
 
+@pytest.mark.slow  # two or three real processes: 10-20 s on 2 idle cores, a minute when shared
 def test_rgb_weights_on_grey_images_through_the_cli(tmp_path):
     """RGB torchvision weights, 1-channel MNIST-format images (the real reader, no download): refused in one
     line naming train.init_channels by default; with adapt, the run trains and keeps conv1 as the sum of the
     source's RGB filters (the stem frozen, so conv1 stays as initialised)."""
     pth, data = torchvision_resnet18_pth(tmp_path / "r18.pth"), write_mnist_like(tmp_path / "data")
     argv = ["train", "--preset", "cifar10-resnet20", "--init-from", str(pth), "--device", "cpu", "--set"]
-    argv += ["data.name=mnist", f"data.dir={data}", "data.download=false", "model.name=resnet18", "model.shortcut=B"]
-    argv += ["model.stride_in_1x1=false", "train.freeze=[stem]", *ONE_ITER]
+    argv += ["data.name=mnist", f"data.dir={data}", "data.download=false", "model.name=resnet18"]
+    argv += ["model.shortcut=B", "train.freeze=[stem]", *ONE_ITER]
     refused = resnetlab(*argv[:3], "--out", str(tmp_path / "a"), *argv[3:])
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     (line,) = refused.stderr.strip().splitlines()
@@ -207,3 +214,53 @@ def test_rgb_weights_on_grey_images_through_the_cli(tmp_path):
     source = torch.load(pth, weights_only=True)["conv1.weight"]
     torch.testing.assert_close(final["model"]["conv1.weight"], source[:, 0:1] + source[:, 1:2] + source[:, 2:3])
     assert final["meta"]["in_channels"] == 1 and final["meta"]["mean"].shape[0] == 1
+
+
+# ---- the progress bar: a terminal only, never with --quiet --------------------------------------------
+
+
+def fake_train_cmd(out: Path, *extra: str) -> list[str]:
+    """The real CLI in its own process, with the fake source (train_fake_data.py run as a script)."""
+    script = TRAIN_TESTS / "train_fake_data.py"
+    argv = ["train", "--preset", "cifar10-resnet20", "--out", str(out), "--device", "cpu", *extra, "--set"]
+    return [sys.executable, str(script), *argv, *train_fake_data.TINY, "train.max_iters=10", "train.eval_every=10"]
+
+
+def on_a_terminal(cmd: list[str]) -> tuple[int, str]:
+    """Run `cmd` with stdout and stderr on a pseudo-terminal; (exit code, everything it wrote)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 x 100, not 0 x 0
+    proc = subprocess.Popen(cmd, stdout=follower, stderr=follower, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(timeout=300), b"".join(chunks).decode(errors="replace")
+
+
+BAR = "10/10 ["  # tqdm's "n/total [elapsed<remaining" of the finished bar
+
+
+@pytest.mark.slow  # two or three real processes: 10-20 s on 2 idle cores, a minute when shared
+def test_progress_bar_on_a_terminal_only_and_never_with_quiet(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    logged = subprocess.run(fake_train_cmd(tmp_path / "log"), capture_output=True, text=True, env=env, timeout=300)
+    assert logged.returncode == 0, logged.stderr
+    assert BAR not in logged.stderr and "\r" not in logged.stderr + logged.stdout  # a log file gets no bar
+    assert "iter 10: test error" in logged.stdout  # the evaluation lines are still there
+    code, shown = on_a_terminal(fake_train_cmd(tmp_path / "tty"))
+    assert code == 0 and BAR in shown and "iter 10: test error" in shown
+    code, quiet = on_a_terminal(fake_train_cmd(tmp_path / "quiet", "--quiet"))
+    assert code == 0 and BAR not in quiet and "iter 10: test error" in quiet

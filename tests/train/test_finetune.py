@@ -289,3 +289,18 @@ def test_preset_with_cached_torchvision_weights_on_an_imagefolder(tmp_path, caps
     assert torch.equal(final["model"]["conv1.weight"], tv.conv1.weight)  # the preset freezes the stem
     assert torch.equal(final["model"]["bn1.running_var"], tv.bn1.running_var)
     assert final["model"]["fc.weight"].shape == (3, 512)
+
+
+def test_data_workers_default_follows_the_cores(monkeypatch):
+    """data.workers=null (the default): one worker per core the process may run on, at most 8; a
+    number, 0 included (load in the training process), is kept."""
+    import os
+
+    from resnetlab.config import DataConfig
+    from resnetlab.data.imagenet import resolve_workers
+
+    assert DataConfig().workers is None
+    for cores, expected in ((1, 1), (2, 2), (8, 8), (64, 8)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert resolve_workers(None) == expected
+    assert resolve_workers(0) == 0 and resolve_workers(12) == 12

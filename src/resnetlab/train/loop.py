@@ -38,16 +38,17 @@ def build_data(cfg: Config, device: torch.device, *, rank: int, world_size: int,
     return build(cfg, device, rank=rank, world_size=world_size, stats=stats)
 
 
-def run_training(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+def run_training(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data` with the recipe in `cfg.optim` / `cfg.train`; write the run into
     `out_dir` (its life: `resnetlab.train.lifecycle`). Returns a summary: iterations, test_error,
     best_test_error, train_error, train_loss, time (s), interrupted (signal name or None), exit_code,
     out_dir.
 
     `resume=True` continues from `out_dir/checkpoint.pt` (or starts if the run never checkpointed).
+    `quiet=True`: no progress bar (none is drawn off a terminal either); evaluation lines as always.
     Raises `UserError` for bad configs, a non-finite loss, or an `out_dir` holding another run.
     """
-    with open_run(cfg, out_dir, resume=resume) as run:
+    with open_run(cfg, out_dir, resume=resume, quiet=quiet) as run:
         return _train(cfg, run)
 
 
