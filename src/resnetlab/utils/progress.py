@@ -29,10 +29,20 @@ def progress(
     return iter(tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr))
 
 
+class _StepBar(tqdm):
+    """tqdm whose `n` counts the steps when the bar is hidden too (a disabled tqdm stops counting)."""
+
+    def update(self, n: float | None = 1) -> bool | None:
+        if self.disable:
+            self.n += n or 0
+            return None
+        return super().update(n)
+
+
 def step_bar(total: int, *, initial: int = 0, desc: str | None = None, quiet: bool = False) -> tqdm:
-    """A bar that the caller `update`s; disabled (every call a no-op, `write` still prints to stdout)
-    when not `shown(quiet)`."""
-    return tqdm(
+    """A bar that the caller `update`s; hidden (drawing nothing, `write` still prints to stdout, `n`
+    still counts) when not `shown(quiet)`."""
+    return _StepBar(
         total=total,
         initial=initial,
         desc=desc,
