@@ -117,14 +117,16 @@ def _did_you_mean(source: SourceWeights, cfg: Config | None) -> str:
     if cfg is None:
         return ""
     m = cfg.model
-    default_shortcut = "A" if m.name.startswith("cifar") else "B"
+    shortcut = m.shortcut or ("A" if m.name.startswith("cifar") else "B")  # None: the paper's default
+    suggestions = []
     for fit in fitting_models(source.state_dict, m.name):
         settings = [f"model.name={fit['name']}"] if fit["name"] != m.name else []
-        if "shortcut" in fit and fit["shortcut"] != (m.shortcut or default_shortcut):
+        if "shortcut" in fit and fit["shortcut"] != shortcut:
             settings.append(f"model.shortcut={fit['shortcut']}")
-        if settings:
-            return f"; the weights fit {' '.join(settings)}: did you mean {' '.join(settings)}?"
-    return ""
+        if not settings:
+            return ""  # this very network fits: the misfit is elsewhere (the head, the channels)
+        suggestions.append(" ".join(settings))
+    return f"; the weights fit {suggestions[0]}: did you mean {suggestions[0]}?" if suggestions else ""
 
 
 def _adapt_input_channels(state: dict[str, Tensor], target: dict[str, Tensor], how: str) -> list[str]:
