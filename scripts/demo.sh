@@ -9,9 +9,10 @@
 # The model trains on all 60k training images (no validation split), so the error printed is the
 # error on the 10k test images. The thread count is pinned (DEMO_THREADS, default 1): the CPU
 # convolutions sum in another order with another thread count, which changes the result as a new
-# seed would (same seed, 1 vs 2 threads: training loss 1.061 vs 1.091 at iteration 150), so the
-# figure printed at the end holds for the same setting only. One thread is no slower for this small
-# network (docs/train.md).
+# seed would (seed 0, 1 vs 2 threads: mean training loss 1.549 vs 1.633 over the first 50
+# iterations), so the figure printed at the end holds for the same setting only; with 1 thread two
+# runs gave the same losses to the last bit. One thread is also the fast choice on a shared machine
+# (0.25 s per step against 2.4 s with 2 threads, load 1-3; docs/train.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,11 +74,14 @@ split = last.get("eval_split", "test")  # all 60k images train, so the 10k test 
 print(f"ResNet-20 on Fashion-MNIST, {last['iter']} iterations: {split} error {last['test_error']:.2f}% "
       f"(training error {last['train_error']:.2f}% over the last evaluation interval)")
 if last["iter"] == 1000:
-    # Measured with this script for DEMO_SEED=0, 1, 2 and DEMO_THREADS=1 (README, docs/train.md).
-    print("measured with 1 thread over seeds 0, 1, 2: test error 12.04 / 12.22 / 12.44 % (min / median / max)")
+    # Measured with this script, DEMO_THREADS=1 (README, docs/train.md): seed 0 with this version;
+    # seeds 0, 1, 2 with the previous one (12.22 % for seed 0 then); 13.14 % with 2 threads.
+    print("measured with 1 thread: 12.16 % for seed 0 (the default; the same on every run on the CPU measured), "
+          "12.04 / 12.22 / 12.44 % for seeds 0, 1, 2 with the previous version")
     if threads != "1":
-        print(f"this run used {threads} threads: another summation order, a result as different as another "
-              "seed's (13.14 % seen with 2 threads); DEMO_THREADS=1 repeats the measured setting")
+        print(f"this run used {threads} threads: the convolutions sum in another order, which moves the result "
+              "as another seed would (13.14 % seen with 2 threads): expect 12.0-13.2 %; DEMO_THREADS=1 repeats "
+              "the measured setting")
 PY
 if "$PY" -m resnetlab analyze curves --help >/dev/null 2>&1; then
     "$PY" -m resnetlab analyze curves "$OUT" --out "$FIG"

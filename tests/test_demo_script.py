@@ -87,5 +87,5 @@ def test_demo_pins_its_thread_count_and_says_which_one_the_band_holds_for(tmp_pa
     assert result.returncode == 0, result.stderr
     assert seen.read_text().strip() == expected
     assert f"seed 0, {expected} thread(s)" in result.stdout
-    assert "measured with 1 thread over seeds 0, 1, 2" in result.stdout
+    assert "measured with 1 thread: 12.16 % for seed 0" in result.stdout
     assert ("this run used 2 threads" in result.stdout) == (expected == "2")
