@@ -147,7 +147,6 @@ TINY_IMAGES = ("data.crop=32", "data.scale_min=36", "data.scale_max=48", "data.m
 ONE_ITER = ("train.batch_size=4", "train.eval_batch_size=6", "train.max_iters=1", "train.eval_every=1")
 
 
-@pytest.mark.slow  # two or three real processes: 10-20 s on 2 idle cores, a minute when shared
 def test_torchvision_resnet18_weights_onto_the_imagenet_resnet18_preset(tmp_path):
     """The paper's stride_in_1x1=true stays in the preset: basic blocks have no 1x1 conv, so torchvision's
     v1.5 weights fit. Its option A shortcut is another network: one line that says so. On one core the
@@ -194,7 +193,6 @@ def write_mnist_like(root: Path, n_train: int = 24, n_test: int = 8) -> Path:
     return root
 
 
-@pytest.mark.slow  # two or three real processes: 10-20 s on 2 idle cores, a minute when shared
 def test_rgb_weights_on_grey_images_through_the_cli(tmp_path):
     """RGB torchvision weights, 1-channel MNIST-format images (the real reader, no download): refused in one
     line naming train.init_channels by default; with adapt, the run trains and keeps conv1 as the sum of the
@@ -253,7 +251,6 @@ def on_a_terminal(cmd: list[str]) -> tuple[int, str]:
 BAR = "10/10 ["  # tqdm's "n/total [elapsed<remaining" of the finished bar
 
 
-@pytest.mark.slow  # two or three real processes: 10-20 s on 2 idle cores, a minute when shared
 def test_progress_bar_on_a_terminal_only_and_never_with_quiet(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     logged = subprocess.run(fake_train_cmd(tmp_path / "log"), capture_output=True, text=True, env=env, timeout=300)
