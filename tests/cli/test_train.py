@@ -162,7 +162,7 @@ def test_torchvision_resnet18_weights_onto_the_imagenet_resnet18_preset(tmp_path
     run = resnetlab(*argv[:3], "--out", str(tmp_path / "run"), *argv[3:], "model.shortcut=B", cores=one_core)
     assert run.returncode == 0, run.stderr
     assert "head replaced: fc 1000 -> 3 classes" in run.stdout
-    assert "data: 12 training images, 6 to evaluate; 1 loader workers (data.workers=null" in run.stdout
+    assert "data.workers: 1 loader processes (one per core this process may use, at most 8)" in run.stdout
     assert "Warning" not in run.stderr, run.stderr
     final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
     assert final["config"]["model"]["stride_in_1x1"] is True and final["iteration"] == 1

@@ -229,6 +229,7 @@ class ImageFolderTrainSource(TrainSource):
         self.skipped = 0
         self.skipped_files: set[str] = set()
         self.crop, self.skip_corrupt = r.crop, r.skip_corrupt
+        self.workers = r.workers  # data.workers resolved: the loop's start line says it
         # augment=False: the test view, still through the (index, seed) sampler (same order, same resume).
         views = _Views(
             samples,
@@ -399,9 +400,6 @@ def build_imagefolder(
         raise UserError(f"data.scale_min={d.scale_min} must be >= data.crop={d.crop} (both positive)")
 
     workers = resolve_workers(d.workers)
-    if rank == 0:
-        how = "data.workers" if d.workers is not None else "data.workers=null: one per core, at most 8"
-        print(f"data: {len(train)} training images, {len(test)} to evaluate; {workers} loader workers ({how})")
     if stats is not None:
         mean, std = fit_stats(*stats, channels=3, size=d.crop, adapt=t.init_channels == "adapt")
     else:

@@ -145,7 +145,8 @@ def _build(cfg: Config, run: Run) -> _Training:
     stats = finetune.source_stats(source) if source else finetune.resumed_stats(cfg, run.checkpoint)
     data = build_data(cfg, device, rank=info.rank, world_size=info.world_size, stats=stats)
     model, meta = build_classifier(cfg, data)
-    report = finetune.init_model(model, source, classes=data.classes, cfg=cfg) if source else []
+    report = _loader_line(cfg, data)
+    report += finetune.init_model(model, source, classes=data.classes, cfg=cfg) if source else []
     report += finetune.freeze(model, t.freeze)  # not in the checkpoint: applied to resumed runs too
     if info.is_main and report:
         print("\n".join(report))
@@ -170,6 +171,15 @@ def _build(cfg: Config, run: Run) -> _Training:
         train_model, optimizer, device=device, precision=t.precision, channels_last=t.channels_last, scaler=s.scaler
     )
     return s
+
+
+def _loader_line(cfg: Config, data) -> list[str]:
+    """The DataLoader processes of a source that has them (ImageFolder / ImageNet), `data.workers` resolved."""
+    workers = getattr(data.train, "workers", None)
+    if workers is None:
+        return []
+    how = "one per core this process may use, at most 8" if cfg.data.workers is None else "as set"
+    return [f"data.workers: {workers} loader processes ({how})"]
 
 
 def _set_lr(s: _Training, it: int, run: Run) -> float:
