@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -91,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a run folder holding another recipe is left as is; that run trains again into NAME-r1 (-r2, ...)",
     )
-    rep.add_argument("--quiet", action="store_true", help="no progress bar for the analysis (training logs its own)")
+    rep.add_argument("--quiet", action="store_true", help="no progress bars, for the training nor the analysis")
     rep.set_defaults(func=_reproduce)
 
 
@@ -165,7 +166,19 @@ def _reproduce(args: argparse.Namespace) -> int:
     with open(out / "commands.txt", "a") as f:
         f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and device.type == "cuda" else 0
-    left = run_jobs(jobs, gpus=gpus, jobs_per_gpu=args.jobs_per_gpu, budget_s=args.budget_s, tf32=not args.no_tf32)
+    train_fn = None
+    if args.quiet:
+        from resnetlab.train import run_training
+
+        train_fn = functools.partial(run_training, quiet=True)
+    left = run_jobs(
+        jobs,
+        gpus=gpus,
+        jobs_per_gpu=args.jobs_per_gpu,
+        train_fn=train_fn,
+        budget_s=args.budget_s,
+        tf32=not args.no_tf32,
+    )
     if left:
         print(
             f"--budget-s {args.budget_s:g} reached: {len(left)} of {len(jobs)} runs unfinished (checkpointed); "
