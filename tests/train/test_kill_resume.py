@@ -32,10 +32,12 @@ SETTINGS = [
 ]
 
 
-def train(out: Path, *extra: str, sleep: float = 0.0, env: dict | None = None) -> subprocess.Popen:
+def train(
+    out: Path, *extra: str, sleep: float = 0.0, env: dict | None = None, settings: list[str] = SETTINGS
+) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FAKE_SLEEP": str(sleep), **(env or {})}
     cmd = [sys.executable, str(HERE / "train_fake_data.py"), "train", "--preset", "cifar10-resnet20"]
-    cmd += ["--out", str(out), "--device", "cpu", "--set", *SETTINGS, *extra]  # extra "--set K=V" overrides
+    cmd += ["--out", str(out), "--device", "cpu", "--set", *settings, *extra]  # extra: more "--set K=V" (new keys)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -163,7 +165,8 @@ def test_kill_9_during_checkpoint_writes_then_resume_is_bit_identical(tmp_path, 
     run = tmp_path / "run"
     env = {"FAKE_SLOW_SAVE": "0.3"}
     for k in range(kills):
-        proc = train(run, *(["--resume"] if k else []), "--set", "train.checkpoint_every=5", env=env)
+        often = [s.replace("train.checkpoint_every=10", "train.checkpoint_every=5") for s in SETTINGS]
+        proc = train(run, *(["--resume"] if k else []), env=env, settings=often)
         before = temp_files(run) if run.exists() else set()
         deadline = time.time() + 300
         while not (temp_files(run) - before if run.exists() else set()):  # a new write has begun
