@@ -181,7 +181,7 @@ def _train(cfgs: list[Config], runs: list[Run]) -> list[dict[str, Any]]:
         raise UserError(f"batched runs resume together, but their checkpoints differ ({at}); resume them one by one")
     states, step = _build(cfgs, runs)
     k = len(runs)
-    windows = [loop._Window(device, 1) for _ in runs]
+    windows = [loop.LossWindow(device, 1) for _ in runs]
     throughput = Throughput()
     streams = [s.data.train.batches(runs[0].start_iter) for s in states]
     it, stopped = runs[0].start_iter, None
@@ -191,7 +191,7 @@ def _train(cfgs: list[Config], runs: list[Run]) -> list[dict[str, Any]]:
             run.bar = _Labelled(run.bar, run.out.name)
         while it < t.max_iters:
             batches = [next(stream) for stream in streams]
-            lrs = [loop._set_lr(s, it, run) for s, run in zip(states, runs)]
+            lrs = [loop.set_lr(s, it, run) for s, run in zip(states, runs)]
             losses, errors = step([x for x, _ in batches], [y for _, y in batches])
             for i, (window, (_, y)) in enumerate(zip(windows, batches)):
                 window.add(losses[i], errors[i], y.numel())
@@ -211,27 +211,27 @@ def _train(cfgs: list[Config], runs: list[Run]) -> list[dict[str, Any]]:
             if due.log:
                 rate = throughput.rate() / k  # each run's own images/s, as a separate run reports it
                 for s, run, lr in zip(states, runs, lrs):
-                    loop._log_training(s, run, it, lr, rate)
+                    loop.log_training(s, run, it, lr, rate)
             if due.eval:
                 for s, run, lr in zip(states, runs, lrs):
-                    loop._evaluate_and_log(s, run, it, lr)
+                    loop.evaluate_and_log(s, run, it, lr)
                 throughput.rate()  # leave evaluation out of images/s
             if due.checkpoint or stopped:
                 for s, run in zip(states, runs):
                     run.save_checkpoint(s.state(run), it)
             if stopped:
                 break
-    summaries = [loop._summary(s, run, it) for s, run in zip(states, runs)]
+    summaries = [loop.run_summary(s, run, it) for s, run in zip(states, runs)]
     for s, run in zip(states, runs):
-        run.end(it, {**run.record(s.model, s.meta), **loop._eval_fields(s.last_eval)})
+        run.end(it, {**run.record(s.model, s.meta), **loop.eval_fields(s.last_eval)})
     if not stopped:
         for summary, cfg in zip(summaries, cfgs):
-            loop._print_summary(summary, cfg)
+            loop.print_summary(summary, cfg)
     return summaries
 
 
 def _build(cfgs: list[Config], runs: list[Run]) -> tuple[list[Any], BatchedStep]:
-    """Each run's data, model, optimizer and schedule (`loop._Training`, in its checkpoint's state if
+    """Each run's data, model, optimizer and schedule (`loop.Training`, in its checkpoint's state if
     resumed), the models stacked into one network, and the batched step over it."""
     t, device = cfgs[0].train, runs[0].device
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
@@ -255,7 +255,7 @@ def _build(cfgs: list[Config], runs: list[Run]) -> tuple[list[Any], BatchedStep]
         optimizer = make_sgd(
             model, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, backbone_lr_mult=o.backbone_lr_mult
         )
-        s = loop._Training(
+        s = loop.Training(
             cfg=cfg,
             data=data,
             model=model,
