@@ -15,7 +15,8 @@ Steps (`--steps` picks some; each is a subprocess with its own log, bounded by t
               TF32 off. The decision is written once (GRID/bf16-check.json) and kept by later windows, so a
               resumed run never changes precision.
   grid        `resnetlab reproduce cifar-section` with a budget (the time left less --reserve-s): the runs
-              share the GPU (--jobs-per-gpu); at the budget they checkpoint and stop (exit 124), and the
+              share the GPU (--jobs-per-gpu; with --batch-runs K, stackable runs train K at a time as
+              one computation, each group one job: ResNet-n with plain-n for K=2); at the budget they checkpoint and stop (exit 124), and the
               next window resumes them. When all nine are done: table.md (beside the paper's), curves.png,
               responses.png.
 After every step the run folders' small files and one checkpoint each (final.pt when done, else
@@ -117,6 +118,8 @@ def reproduce(ctx: Ctx, grid: str, out: Path, precision: str, *, iters: int | No
         cmd += ["--schedule", "short", "--iters", str(iters)] if iters else ["--schedule", "paper"]
         cmd += ["--jobs-per-gpu", str(a.jobs_per_gpu)]
         overrides += GRAPHS
+    if a.batch_runs > 1:  # stackable runs (a net's seeds, a ResNet and its plain twin) as one computation
+        cmd += ["--batch-runs", str(a.batch_runs)]
     if precision == "fp32":
         cmd.append("--no-tf32")
     if a.val_split:
@@ -367,6 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         "--grid-dir", type=Path, help="the runs (default runs/cifar-section, kept while the machine is warm)"
     )
     p.add_argument("--jobs-per-gpu", type=int, default=9, help="runs sharing the GPU (default 9: all at once)")
+    p.add_argument(
+        "--batch-runs",
+        type=int,
+        default=1,
+        metavar="K",
+        help="reproduce --batch-runs K: up to K stackable runs as one computation, one job of --jobs-per-gpu "
+        "(default 1: off; the grid's twins pair up with 2: five jobs)",
+    )
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: the bf16 check decides")
     p.add_argument("--check-iters", type=int, default=10_000, help="bf16-check iterations (default 10k)")
     p.add_argument("--val-split", type=int, default=0, help="5000: the 45k/5k model-selection variant")

@@ -71,6 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jobs-per-gpu", type=POSITIVE, default=1, metavar="N", help="runs sharing each GPU at once (default 1)"
     )
     rep.add_argument(
+        "--batch-runs",
+        type=POSITIVE,
+        default=1,
+        metavar="K",
+        help="train up to K runs whose networks stack (seeds of a net, a ResNet and its plain twin) as one "
+        "computation, each in its own folder (default 1: one by one); a group is one job for --jobs-per-gpu",
+    )
+    rep.add_argument(
         "--budget-s",
         type=float_in(1, 1e9),
         default=None,
@@ -165,7 +173,14 @@ def _reproduce(args: argparse.Namespace) -> int:
     with open(out / "commands.txt", "a") as f:
         f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and device.type == "cuda" else 0
-    left = run_jobs(jobs, gpus=gpus, jobs_per_gpu=args.jobs_per_gpu, budget_s=args.budget_s, tf32=not args.no_tf32)
+    left = run_jobs(
+        jobs,
+        gpus=gpus,
+        jobs_per_gpu=args.jobs_per_gpu,
+        batch_runs=args.batch_runs,
+        budget_s=args.budget_s,
+        tf32=not args.no_tf32,
+    )
     if left:
         print(
             f"--budget-s {args.budget_s:g} reached: {len(left)} of {len(jobs)} runs unfinished (checkpointed); "
@@ -195,5 +210,7 @@ def _command_line(args: argparse.Namespace) -> str:
     words += [w for kv in args.set for w in ("--set", kv)]
     if args.jobs_per_gpu != 1:
         words += ["--jobs-per-gpu", str(args.jobs_per_gpu)]
+    if args.batch_runs != 1:
+        words += ["--batch-runs", str(args.batch_runs)]
     words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses + ["--no-tf32"] * args.no_tf32
     return shlex.join(words)
