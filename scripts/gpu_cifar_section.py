@@ -16,9 +16,9 @@ Steps (`--steps` picks some; each is a subprocess with its own log, bounded by t
               resumed run never changes precision.
   grid        `resnetlab reproduce cifar-section` with a budget (the time left less --reserve-s): the runs
               share the GPU (--jobs-per-gpu; with --batch-runs K, stackable runs train K at a time as
-              one computation, each group one job: ResNet-n with plain-n for K=2); at the budget they checkpoint and stop (exit 124), and the
-              next window resumes them. When all nine are done: table.md (beside the paper's), curves.png,
-              responses.png.
+              one computation, each group one job: ResNet-n with plain-n for K=2); at the budget they
+              checkpoint and stop (exit 124), and the next window resumes them. When all nine are
+              done: table.md (beside the paper's), curves.png, responses.png.
 After every step the run folders' small files and one checkpoint each (final.pt when done, else
 checkpoint.pt; never both, no TensorBoard) are copied into OUT/runs/, which is what comes back; the
 total is printed (it must stay under the 64 MiB a call returns). For the next window, pack what came back:
@@ -110,7 +110,7 @@ def reproduce(ctx: Ctx, grid: str, out: Path, precision: str, *, iters: int | No
     a = ctx.args
     cmd = [ctx.py, "-m", "resnetlab", "reproduce", grid, "--dataset", a.dataset, "--out", str(out)]
     cmd += ["--data-dir", str(a.data_dir), "--device", "cpu" if ctx.dry else "cuda", *extra]
-    overrides = [f"train.precision={precision}"]
+    overrides = [f"train.precision={precision}", "train.tf32=false"]  # the paper's fp32 (the default), recorded
     if ctx.dry:  # a few iterations of tiny batches; the real schedule's shape
         cmd += ["--schedule", "short", "--iters", str(iters or 4), "--eval-every", "2", "--max-images", "16"]
         overrides += ["train.batch_size=8", "train.eval_batch_size=64"]
@@ -120,8 +120,6 @@ def reproduce(ctx: Ctx, grid: str, out: Path, precision: str, *, iters: int | No
         overrides += GRAPHS
     if a.batch_runs > 1:  # stackable runs (a net's seeds, a ResNet and its plain twin) as one computation
         cmd += ["--batch-runs", str(a.batch_runs)]
-    if precision == "fp32":
-        cmd.append("--no-tf32")
     if a.val_split:
         overrides.append(f"data.val_split={a.val_split}")
     return cmd + [w for kv in overrides + (a.set or []) for w in ("--set", kv)]

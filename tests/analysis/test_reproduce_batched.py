@@ -162,15 +162,13 @@ def test_a_batched_group_is_one_worker_and_one_job_per_slot(tmp_path):
     jobs = grid(tmp_path)
     (tmp_path / "worker.py").write_text(PAIR_WORKER)
     worker = (sys.executable, str(tmp_path / "worker.py"))
-    run_jobs(jobs, gpus=1, jobs_per_gpu=2, batch_runs=2, worker=worker, log=lambda _: None, tf32=False)
+    run_jobs(jobs, gpus=1, jobs_per_gpu=2, batch_runs=2, worker=worker, log=lambda _: None)
     assert all(j.state() == "done" for j in jobs)
     argv = {j.name: (j.out_dir / "argv.txt").read_text() for j in jobs}
     assert (
-        argv["plain20-seed0"]
-        == argv["resnet20-seed0"]
-        == ("plain20-seed0 plain20-seed0 resnet20-seed0 resnet20-seed0 --no-tf32")
+        argv["plain20-seed0"] == argv["resnet20-seed0"] == "plain20-seed0 plain20-seed0 resnet20-seed0 resnet20-seed0"
     )
-    assert argv["plain56-seed0"] == "plain56-seed0 plain56-seed0 resnet56-seed0 resnet56-seed0 --no-tf32"
+    assert argv["plain56-seed0"] == "plain56-seed0 plain56-seed0 resnet56-seed0 resnet56-seed0"
     assert "its log is" in (jobs[2].out_dir / "train.log").read_text()  # resnet20 points to plain20's log
 
 

@@ -145,3 +145,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fake
 def test_bad_config_values_are_user_errors(tmp_path, fake_data, tiny_cfg, override, message):
     with pytest.raises(UserError, match=message):
         run_training(tiny_cfg("train.max_iters=5", override), tmp_path)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_train_tf32_is_recorded_and_applied_where_the_device_is_set_up(
+    tmp_path, fake_data, tiny_cfg, monkeypatch, tf32
+):
+    """Both loops hand train.tf32 to `configure_device` (which sets it on CUDA, not on the CPU), and the
+    run's config.yaml records it."""
+    import resnetlab.train.batched as batched
+    import resnetlab.train.loop as loop
+
+    calls = []
+    for module in (loop, batched):
+        monkeypatch.setattr(module, "configure_device", lambda device, *, tf32: calls.append((device.type, tf32)))
+    cfg = tiny_cfg("train.max_iters=1", f"train.tf32={str(tf32).lower()}")
+    run_training(cfg, tmp_path / "run")
+    batched.train_batched([cfg, tiny_cfg("train.max_iters=1", "train.seed=1", f"train.tf32={tf32}")],
+                          [tmp_path / "a", tmp_path / "b"])  # fmt: skip
+    assert calls == [("cpu", tf32), ("cpu", tf32)]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["tf32"] is tf32
+    assert from_dict({}).train.tf32 is False  # the default: the paper's fp32

@@ -206,7 +206,6 @@ def run_jobs(
     log: Callable = print,
     worker: tuple[str, ...] = WORKER,
     budget_s: float | None = None,
-    tf32: bool = True,
 ) -> list[Job]:
     """Run every unfinished job: in this process one after another (CPU, one GPU), or as
     subprocesses (`worker CONFIG.yaml OUT_DIR [--resume]` with `CUDA_VISIBLE_DEVICES=i`), `jobs_per_gpu`
@@ -216,7 +215,6 @@ def run_jobs(
     `batch_runs=K`: up to K runs whose networks stack train as one computation (`batch_groups`), with
     `batched_fn` (default `train_batched`) in this process or one worker given all their CONFIG OUT_DIR
     pairs; such a group counts as one job for `jobs_per_gpu` and the budget.
-    `tf32=False`: fp32 convolutions in full fp32 (cuDNN uses TF32 for them by default on Ampere and later).
     `budget_s`: wall-clock seconds from now; past them no run starts and the runs in progress get
     SIGTERM (each checkpoints at its next step and stops). Returns the jobs left unfinished by the
     budget ([] once the grid is done); the same call later resumes them."""
@@ -245,13 +243,11 @@ def run_jobs(
     with _stop_flag() as stop:
         if gpus >= 1 and gpus * jobs_per_gpu > 1:
             slots = [gpu for gpu in range(gpus) for _ in range(jobs_per_gpu)]
-            return _run_parallel(units, slots, log, worker, deadline, stop, [] if tf32 else ["--no-tf32"])
+            return _run_parallel(units, slots, log, worker, deadline, stop)
         if todo and train_fn is None:
             from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
         if any(len(unit) > 1 for unit in units) and batched_fn is None:
             from resnetlab.train.batched import train_batched as batched_fn
-        if todo and not tf32:
-            no_tf32()
         for i, unit in enumerate(units, 1):
             if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
                 return _stopped([job for u in units[i - 1 :] for job in u], log)
@@ -325,16 +321,6 @@ def _label(unit: list[Job]) -> str:
     return unit[0].name if len(unit) == 1 else " + ".join(j.name for j in unit) + " (batched)"
 
 
-def no_tf32() -> None:
-    """fp32 convolutions and matmuls in full fp32 on CUDA, not TF32 (10-bit mantissa, cuDNN's default for
-    convolutions): the paper's numerics, the reference of the bf16 check (issue 23). A config key would
-    record it in each run's config.yaml; until then the grid's `commands.txt` records `--no-tf32`."""
-    import torch
-
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-
-
 def _stopped(left: list[Job], log: Callable) -> list[Job]:
     log(f"[budget] stopped with {len(left)} run(s) unfinished: {', '.join(j.name for j in left)}")
     return left
@@ -388,7 +374,6 @@ def _run_parallel(
     worker: tuple[str, ...],
     deadline: float | None = None,
     stop: threading.Event | None = None,
-    flags: list[str] | None = None,
 ) -> list[Job]:
     """A small pool: each free slot takes the next unit (one job, or a batched group) as a `worker`
     subprocess on the slot's GPU. At `deadline` (or on `stop`) no unit starts and the running ones get
@@ -411,7 +396,6 @@ def _run_parallel(
                     job_cfg = job.out_dir / "job.yaml"
                     dump(apply_overrides(job.cfg, ["train.device=cuda"]), job_cfg)
                     cmd += [str(job_cfg), str(job.out_dir)]
-                cmd += flags or []
                 if unit[0].state() == "resume":  # a group's runs are all at the same point (batch_groups)
                     cmd.append("--resume")
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}

@@ -1,5 +1,5 @@
 """One unit of a `reproduce` grid in its own process (one per GPU slot): `python -m resnetlab.analysis.worker
-CONFIG.yaml OUT_DIR [CONFIG.yaml OUT_DIR ...] [--resume] [--no-tf32]`. One pair: `run_training`; several:
+CONFIG.yaml OUT_DIR [CONFIG.yaml OUT_DIR ...] [--resume]`. One pair: `run_training`; several:
 a batched group (`train_batched`, one computation). The parent sets CUDA_VISIBLE_DEVICES. The exit
 status is the runs' (143 after a SIGTERM, once every run has checkpointed)."""
 
@@ -15,15 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnetlab.analysis.worker")
     parser.add_argument("runs", nargs="+", type=Path, metavar="CONFIG.yaml OUT_DIR", help="one pair per run")
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--no-tf32", action="store_true", help="fp32 convolutions and matmuls in full fp32")
     args = parser.parse_args(argv)
     if len(args.runs) % 2:
         parser.error("give CONFIG.yaml OUT_DIR pairs")
-    from resnetlab.analysis.reproduce import no_tf32
-    from resnetlab.train import run_training
+    from resnetlab.train import run_training  # TF32 and every other setting: the config's (train.tf32)
 
-    if args.no_tf32:
-        no_tf32()
     cfgs = [from_dict(read_yaml(path)) for path in args.runs[::2]]
     outs = args.runs[1::2]
     if len(cfgs) == 1:

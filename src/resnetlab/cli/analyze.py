@@ -86,7 +86,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="wall-clock seconds: then no run starts, running ones checkpoint and stop (exit 124, no report)",
     )
     rep.add_argument(
-        "--no-tf32", action="store_true", help="fp32 convolutions in full fp32 on CUDA (cuDNN's default is TF32)"
+        "--no-tf32",
+        action="store_true",
+        help="the same as --set train.tf32=false, the default: fp32 convolutions in full fp32 on CUDA "
+        "(--set train.tf32=true allows TF32, faster)",
     )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
     rep.add_argument(
@@ -151,9 +154,15 @@ def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
     from resnetlab.analysis.reproduce import plan, report, run_jobs
+    from resnetlab.errors import UserError
     from resnetlab.utils.device import resolve_device
 
     out = Path(args.out or f"runs/reproduce/{args.name}-{args.dataset}-{args.schedule}")
+    overrides = list(args.set)
+    if args.no_tf32:  # kept for the commands already written down; the key records it in each config.yaml
+        if any(kv.split("=", 1)[0].strip() == "train.tf32" for kv in overrides):
+            raise UserError("give --no-tf32 or --set train.tf32=..., not both")
+        overrides.insert(0, "train.tf32=false")
     jobs = plan(
         args.name,
         out=out,
@@ -164,7 +173,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         device=args.device,
         with_1202=args.with_1202,
-        overrides=args.set,
+        overrides=overrides,
         rerun_changed=args.rerun_changed,
         data_dir=args.data_dir,
     )
@@ -179,7 +188,6 @@ def _reproduce(args: argparse.Namespace) -> int:
         jobs_per_gpu=args.jobs_per_gpu,
         batch_runs=args.batch_runs,
         budget_s=args.budget_s,
-        tf32=not args.no_tf32,
     )
     if left:
         print(

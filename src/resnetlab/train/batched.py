@@ -59,7 +59,7 @@ from resnetlab.models.stacked import check_stackable, stack_models, zero_grads
 from resnetlab.train import loop
 from resnetlab.train.lifecycle import NonFiniteLoss, Run, open_run, seed_everything
 from resnetlab.train.schedule import LRSchedule
-from resnetlab.train.step import autocast_dtype, compile_model, make_grad_scaler, make_sgd
+from resnetlab.train.step import autocast_dtype, compile_model, configure_device, make_grad_scaler, make_sgd
 from resnetlab.utils.meters import Throughput
 
 __all__ = ["check_batchable", "make_batched_step", "train_batched"]
@@ -235,8 +235,7 @@ def _build(cfgs: list[Config], runs: list[Run]) -> tuple[list[Any], BatchedStep]
     resumed), the models stacked into one network, and the batched step over it."""
     t, device = cfgs[0].train, runs[0].device
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    configure_device(device, tf32=t.tf32)  # CUDA: cuDNN benchmark mode, TF32 as train.tf32 says
     parts = []
     for cfg in cfgs:
         seed_everything(cfg.train.seed)  # as run_training: seed, data, then the model's initial weights

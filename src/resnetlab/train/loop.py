@@ -32,7 +32,14 @@ from resnetlab.models import create_model
 from resnetlab.train import finetune
 from resnetlab.train.lifecycle import NonFiniteLoss, Run, open_run, seed_everything
 from resnetlab.train.schedule import LRSchedule
-from resnetlab.train.step import compile_model, evaluate_error, make_grad_scaler, make_sgd, make_train_step
+from resnetlab.train.step import (
+    compile_model,
+    configure_device,
+    evaluate_error,
+    make_grad_scaler,
+    make_sgd,
+    make_train_step,
+)
 from resnetlab.utils import distributed as dist
 from resnetlab.utils.meters import Average, Throughput
 
@@ -172,8 +179,7 @@ def _build(cfg: Config, run: Run) -> Training:
     report += finetune.freeze(model, t.freeze)  # not in the checkpoint: applied to resumed runs too
     if info.is_main and report:
         print("\n".join(report))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    configure_device(device, tf32=t.tf32)  # CUDA: cuDNN benchmark mode, TF32 as train.tf32 says
     model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
     o = cfg.optim
     optimizer = make_sgd(
