@@ -42,6 +42,9 @@ from resnetlab.train.step import (
 )
 from resnetlab.utils import distributed as dist
 from resnetlab.utils.meters import Average, Throughput
+from resnetlab.utils.text import printable
+
+NAMED_SKIPPED = 10  # unreadable files named per metrics.jsonl row (all are counted), as `evaluate --json`
 
 __all__ = [
     "LossWindow",
@@ -137,6 +140,7 @@ class Training:
     since_eval: Average = field(default_factory=Average)  # ... since the last evaluation
     last_eval: dict[str, Any] | None = None
     best: dict[str, Any] | None = None
+    named_skipped: set[str] = field(default_factory=set)  # unreadable files already named (not checkpointed)
 
     def state(self, run: Run) -> dict[str, Any]:
         return run.state(
@@ -234,10 +238,16 @@ def evaluate_and_log(s: Training, run: Run, it: int, lr: float) -> None:
         "eval_split": split,
         "time": run.elapsed(),
     }
-    # ImageFolder with data.skip_corrupt: how many unreadable images were skipped so far.
+    # ImageFolder with data.skip_corrupt: how many unreadable images were skipped so far, and the files
+    # first seen since the last evaluation (the first NAMED_SKIPPED in metrics.jsonl, 3 in the line).
     skipped = getattr(s.data.train, "skipped", 0)
+    new_files = sorted(set(getattr(s.data.train, "skipped_files", ())) - s.named_skipped)
+    s.named_skipped.update(new_files)
     if skipped:
         row["skipped_images"] = skipped
+    if new_files:
+        row["skipped_files_new"] = len(new_files)
+        row["skipped_files"] = new_files[:NAMED_SKIPPED]
     if s.best is None or test_error < s.best["test_error"]:
         s.best = {"iter": it, "test_error": test_error}
     s.last_eval = row
@@ -246,8 +256,16 @@ def evaluate_and_log(s: Training, run: Run, it: int, lr: float) -> None:
     if run.is_main:
         run.bar.write(
             f"iter {it}: {split} error {test_error:.2f}%, train error {row['train_error']:.2f}%, "
-            f"loss {row['train_loss']:.4f}, lr {lr:.3g}" + (f", {skipped} unreadable images skipped" if skipped else "")
+            f"loss {row['train_loss']:.4f}, lr {lr:.3g}"
+            + (f", {skipped} unreadable images skipped" if skipped else "")
+            + (f" (first seen: {_some(new_files)})" if new_files else "")
         )
+
+
+def _some(paths: list[str], shown: int = 3) -> str:
+    """The first `shown` of `paths`, escaped for the terminal (a file name may hold a terminal escape)."""
+    names = ", ".join(printable(p) for p in paths[:shown])
+    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 
 
 def run_summary(s: Training, run: Run, it: int) -> dict[str, Any]:
