@@ -35,20 +35,21 @@ def run(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess:
 
 # The default run's variant: four of the nine nets (the degradation grid: plain/ResNet-20/56), paired by
 # --batch-runs 2, the precision given (no bf16 check); the full one (nine nets, the check) is marked slow.
-FAST = ["--dry-grid", "degradation", "--batch-runs", "2", "--precision", "fp32"]
+# 12 iterations, not 4: four nets must still outlast window 1's one-second budget (about 3x here).
+FAST = ["--dry-grid", "degradation", "--batch-runs", "2", "--precision", "fp32", "--dry-iters", "12"]
 FAST_NETS = ["plain20", "plain56", "resnet20", "resnet56"]
 
 
 def test_dry_run_in_two_windows(tmp_path):
-    two_windows(tmp_path, FAST, FAST_NETS, check=False)
+    two_windows(tmp_path, FAST, FAST_NETS, check=False, iters=12)
 
 
 @pytest.mark.slow  # 25 s on an idle machine, 73-130 s on the shared one: the nine nets and the bf16 check
 def test_dry_run_in_two_windows_all_nine_nets_and_the_bf16_check(tmp_path):
-    two_windows(tmp_path, [], NETS, check=True)
+    two_windows(tmp_path, [], NETS, check=True, iters=4)
 
 
-def two_windows(tmp_path: Path, extra: list[str], nets: list[str], *, check: bool) -> None:
+def two_windows(tmp_path: Path, extra: list[str], nets: list[str], *, check: bool, iters: int) -> None:
     """Window 1 is cut by the grid's budget; what it sent back is packed and carried to a fresh grid
     folder, where window 2 restores it and finishes the table and figures."""
     out1, out2 = tmp_path / "w1", tmp_path / "w2"
@@ -96,7 +97,7 @@ def two_windows(tmp_path: Path, extra: list[str], nets: list[str], *, check: boo
     )
     assert steps["bf16-check"]["precision"] == steps["grid"]["precision"] == precision
     runs = steps["grid"]["runs"]
-    assert sorted(runs) == nets and all(r["finished"] and r["iterations"] == 4 for r in runs.values())
+    assert sorted(runs) == nets and all(r["finished"] and r["iterations"] == iters for r in runs.values())
     log = (out2 / "grid.log").read_text()
     for name, r in first.items():  # finished in the first window: not trained again
         assert (f"[skip]   {name}-seed0" in log) == r["finished"]
@@ -109,7 +110,7 @@ def two_windows(tmp_path: Path, extra: list[str], nets: list[str], *, check: boo
     if check:
         assert "| ResNet-110 |" in table and "6.43" in table  # the paper's ResNet-110
     summary = (out2 / "summary.md").read_text()
-    assert "dry run" in summary and f"| {nets[-1]} | True | 4 | " in summary
+    assert "dry run" in summary and f"| {nets[-1]} | True | {iters} | " in summary
 
 
 def test_without_cuda_the_real_run_refuses_in_one_line(tmp_path):
