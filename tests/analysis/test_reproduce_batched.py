@@ -172,9 +172,22 @@ def test_a_batched_group_is_one_worker_and_one_job_per_slot(tmp_path):
     assert "its log is" in (jobs[2].out_dir / "train.log").read_text()  # resnet20 points to plain20's log
 
 
-def test_the_worker_takes_pairs():
+def test_the_worker_trains_a_pair_as_one_group(tmp_path, fake_data, monkeypatch):
     from resnetlab.analysis import worker
+    from resnetlab.config import dump
+    from resnetlab.train import batched
 
     with pytest.raises(SystemExit) as e:
         worker.main(["a.yaml", "out", "b.yaml"])
     assert e.value.code == 2
+    calls = []
+    real = batched.train_batched
+    monkeypatch.setattr(batched, "train_batched", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    jobs = grid(tmp_path / "g", iters=4)[::2]  # plain20, resnet20
+    args = []
+    for job in jobs:
+        job.out_dir.mkdir(parents=True)
+        dump(job.cfg, job.out_dir / "job.yaml")
+        args += [str(job.out_dir / "job.yaml"), str(job.out_dir)]
+    assert worker.main(args) == 0
+    assert calls == [[j.out_dir for j in jobs]] and all(j.state() == "done" for j in jobs)
