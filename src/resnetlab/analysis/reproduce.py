@@ -190,7 +190,10 @@ def data_overrides(dataset: str, data_dir: str | Path | None) -> list[str]:
     return ["data.name=imagefolder", f"data.dir={folder}", "data.recipe=cifar", f"data.eval_split={split}"]
 
 
-RESIGNAL_S = 5.0  # the budget's SIGTERM again after this long, until the run in progress returns
+# The budget's SIGTERM again after this long, until the run in progress returns. Short: a first signal
+# that comes while a run (or a batched group) is still opening is taken by the grid's handler, and a
+# run that then trained on unsignalled would outlive the budget (a repeat only sets flags again).
+RESIGNAL_S = 0.5
 KILL_AFTER_S = 120.0  # a run given SIGTERM by the budget checkpoints within a step; this is a hang
 WORKER = (sys.executable, "-m", "resnetlab.analysis.worker")  # + CONFIG.yaml OUT_DIR [CONFIG OUT ...] [--resume]
 
