@@ -223,7 +223,7 @@ def test_no_number_key_takes_a_negative_or_huge_value():
         ("optim.plateau_threshold=-0.1", "optim.plateau_threshold: must be >= 0, got -0.1"),
         ("optim.milestones=[400,400]", "optim.milestones: must be strictly increasing, got [400, 400]"),
         ("optim.milestones=[0,400]", "optim.milestones: must be >= 1, got 0"),
-        ("data.workers=-5", "data.workers: must be >= 0, got -5"),
+        ("data.workers=-5", "data.workers: must be >= 0 (or null), got -5"),
         ("data.mean_samples=-1", "data.mean_samples: must be >= 1, got -1"),
         ("train.seed=4294967296", "train.seed: must be in [0, 4294967295], got 4294967296"),
         ("train.max_iters=1e20", "train.max_iters: must be <= 2147483647, got 100000000000000000000"),

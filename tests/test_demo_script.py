@@ -54,3 +54,38 @@ def test_demo_refreshes_package_lists_once_when_the_package_is_not_found(tmp_pat
     assert result.returncode == 0, result.stderr
     assert calls.read_text().splitlines() == expected
     assert "refreshing the package lists" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize(("threads", "expected"), [(None, "1"), ("2", "2")])
+def test_demo_pins_its_thread_count_and_says_which_one_the_band_holds_for(tmp_path, threads, expected):
+    """The thread count changes the result (another summation order): training runs with
+    OMP_NUM_THREADS=DEMO_THREADS (default 1, the measured setting), and a run with another count is told
+    that the printed band is not for its setting. Training is a stub; the result step is the real one."""
+    import json
+    import sys
+
+    bin_dir, out, data = tmp_path / "bin", tmp_path / "out", tmp_path / "data"
+    bin_dir.mkdir()
+    (data / "FashionMNIST" / "raw").mkdir(parents=True)
+    (data / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    out.mkdir()
+    row = {"iter": 1000, "test_error": 12.5, "train_error": 13.0, "eval_split": "test"}
+    (out / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    seen = tmp_path / "threads"
+    stub(
+        bin_dir / "py",
+        f'case "$*" in *default_data_dir*) echo {data}; exit 0;; esac\n'
+        f'case "$1 $2 $3" in "-m resnetlab train") echo "$OMP_NUM_THREADS" > {seen}; exit 0;; esac\n'
+        f'[ "$1" = "-" ] && exec {sys.executable} "$@"\nexit 0\n',
+    )
+    env = {**os.environ, "PYTHON_BIN": str(bin_dir / "py"), "DEMO_OUT": str(out)}
+    env.pop("DEMO_THREADS", None)
+    if threads:
+        env["DEMO_THREADS"] = threads
+    result = subprocess.run(["bash", str(DEMO)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert seen.read_text().strip() == expected
+    assert f"seed 0, {expected} thread(s)" in result.stdout
+    assert "measured with 1 thread: 12.16 % for seed 0" in result.stdout
+    assert ("this run used 2 threads" in result.stdout) == (expected == "2")

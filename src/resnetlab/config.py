@@ -66,7 +66,7 @@ class DataConfig:
     scale_max: int = 480  # ... [256, 480] in the paper (sec. 3.4)
     crop: int = 224  # training crop side; also the input size recorded in checkpoints
     lighting: float = 0.1  # AlexNet PCA colour augmentation std (0 disables)
-    workers: int = 8  # DataLoader worker processes (JPEG decoding)
+    workers: int | None = None  # DataLoader worker processes (JPEG decoding); null: min(8, cores this process may use)
     decode: Literal["workers", "device"] = "workers"  # where JPEGs are decoded and cropped (device: nvjpeg on CUDA)
     loader: Literal["torch", "dali"] = "torch"  # dali: NVIDIA DALI, extra [dali] (CPU-only mode without a GPU)
     skip_corrupt: bool = False  # True: skip unreadable images and count them; False: stop and name it
@@ -115,6 +115,9 @@ class TrainConfig:
     # Fine-tuning (not in the paper, which trains from scratch): see docs/finetune.md.
     init_from: str | None = None  # start from: our checkpoint, torchvision:ResNet50_Weights.IMAGENET1K_V2, a .pth
     freeze: tuple[str, ...] = ()  # parts whose weights and BN statistics stay fixed: stem, layer1, ...
+    # grey weights on RGB data or the reverse: refuse, or adapt conv1 (RGB filters summed for grey data,
+    # grey filters spread over RGB / 3) and the normalisation (docs/finetune.md)
+    init_channels: Literal["refuse", "adapt"] = "refuse"
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,154 @@ def test_the_detection_hint_names_the_runs_config(tmp_path):
     args = build_parser().parse_args(command[1:])
     assert command[:3] == ["resnetlab", "detect", "train"] and args.resume
     assert (args.preset, args.out) == (str(tmp_path / "det run" / "config.yaml"), str(tmp_path / "det run"))
+
+
+# ---- fine-tuning from torchvision weights, in real processes (issue 22) --------------------------
+
+
+def resnetlab(*args: str, cores: set[int] | None = None) -> subprocess.CompletedProcess:
+    """`python -m resnetlab ARGS` in its own process, stdout and stderr captured (not a terminal), on
+    `cores` only when given (as `taskset` would)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # PYTHONPATH, when set, carries this checkout
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    cmd = [sys.executable, "-m", "resnetlab", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, preexec_fn=pin)
+
+
+def torchvision_resnet18_pth(path: Path, in_channels: int = 3) -> Path:
+    """torchvision.models.resnet18(weights=None)'s state dict in a .pth, as users save or download them."""
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(weights=None)
+    if in_channels != 3:
+        tv.conv1 = torch.nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    torch.save(tv.state_dict(), path)
+    return path
+
+
+def image_tree(root: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from test_imagenet import write_tree
+
+    return write_tree(root)
+
+
+TINY_IMAGES = ("data.crop=32", "data.scale_min=36", "data.scale_max=48", "data.mean_samples=20")
+ONE_ITER = ("train.batch_size=4", "train.eval_batch_size=6", "train.max_iters=1", "train.eval_every=1")
+
+
+def test_torchvision_resnet18_weights_onto_the_imagenet_resnet18_preset(tmp_path):
+    """The paper's stride_in_1x1=true stays in the preset: basic blocks have no 1x1 conv, so torchvision's
+    v1.5 weights fit. Its option A shortcut is another network: one line that says so. On one core the
+    preset's data.workers (null) starts one loader worker, says so, and the DataLoader has nothing to warn."""
+    pth, tree = torchvision_resnet18_pth(tmp_path / "r18.pth"), image_tree(tmp_path / "tree")
+    argv = ["train", "--preset", "imagenet-resnet18", "--init-from", str(pth), "--device", "cpu", "--set"]
+    argv += ["data.name=imagefolder", f"data.dir={tree}", *TINY_IMAGES, *ONE_ITER]
+    refused = resnetlab(*argv[:3], "--out", str(tmp_path / "a"), *argv[3:])
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: train.init_from weights have model.shortcut='B', the config 'A': --set model.shortcut=B"
+    ]
+    one_core = {min(os.sched_getaffinity(0))}
+    run = resnetlab(*argv[:3], "--out", str(tmp_path / "run"), *argv[3:], "model.shortcut=B", cores=one_core)
+    assert run.returncode == 0, run.stderr
+    assert "head replaced: fc 1000 -> 3 classes" in run.stdout
+    assert "data.workers: 1 loader processes (one per core this process may use, at most 8)" in run.stdout
+    assert "Warning" not in run.stderr, run.stderr
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    assert final["config"]["model"]["stride_in_1x1"] is True and final["iteration"] == 1
+
+
+def test_weights_of_another_depth_suggest_the_model_name(tmp_path):
+    pth, tree = torchvision_resnet18_pth(tmp_path / "r18.pth"), image_tree(tmp_path / "tree")
+    argv = ["train", "--preset", "finetune-imagefolder", "--out", str(tmp_path / "run"), "--init-from", str(pth)]
+    proc = resnetlab(*argv, "--device", "cpu", "--set", f"data.dir={tree}", *TINY_IMAGES, *ONE_ITER)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: train.init_from: ") and line.endswith("did you mean model.name=resnet18?")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def write_mnist_like(root: Path, n_train: int = 24, n_test: int = 8) -> Path:
+    """root/MNIST/raw: idx files of random 28x28 grey digits, so that no download is needed."""
+    import struct
+
+    g = torch.Generator().manual_seed(0)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        for kind, shape in (("images-idx3", (n, 28, 28)), ("labels-idx1", (n,))):
+            data = torch.randint(0, 256 if kind.startswith("images") else 10, shape, generator=g, dtype=torch.uint8)
+            header = struct.pack(">BBBB", 0, 0, 8, len(shape)) + struct.pack(f">{len(shape)}i", *shape)
+            (raw / f"{prefix}-{kind}-ubyte").write_bytes(header + data.numpy().tobytes())
+    return root
+
+
+def test_rgb_weights_on_grey_images_through_the_cli(tmp_path):
+    """RGB torchvision weights, 1-channel MNIST-format images (the real reader, no download): refused in one
+    line naming train.init_channels by default; with adapt, the run trains and keeps conv1 as the sum of the
+    source's RGB filters (the stem frozen, so conv1 stays as initialised)."""
+    pth, data = torchvision_resnet18_pth(tmp_path / "r18.pth"), write_mnist_like(tmp_path / "data")
+    argv = ["train", "--preset", "cifar10-resnet20", "--init-from", str(pth), "--device", "cpu", "--set"]
+    argv += ["data.name=mnist", f"data.dir={data}", "data.download=false", "model.name=resnet18"]
+    argv += ["model.shortcut=B", "train.freeze=[stem]", *ONE_ITER]
+    refused = resnetlab(*argv[:3], "--out", str(tmp_path / "a"), *argv[3:])
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "--set train.init_channels=adapt" in line
+    run = resnetlab(*argv[:3], "--out", str(tmp_path / "run"), *argv[3:], "train.init_channels=adapt")
+    assert run.returncode == 0, run.stderr
+    assert "conv1 adapted" in run.stdout
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    source = torch.load(pth, weights_only=True)["conv1.weight"]
+    torch.testing.assert_close(final["model"]["conv1.weight"], source[:, 0:1] + source[:, 1:2] + source[:, 2:3])
+    assert final["meta"]["in_channels"] == 1 and final["meta"]["mean"].shape[0] == 1
+
+
+# ---- the progress bar: a terminal only, never with --quiet --------------------------------------------
+
+
+def fake_train_cmd(out: Path, *extra: str) -> list[str]:
+    """The real CLI in its own process, with the fake source (train_fake_data.py run as a script)."""
+    script = TRAIN_TESTS / "train_fake_data.py"
+    argv = ["train", "--preset", "cifar10-resnet20", "--out", str(out), "--device", "cpu", *extra, "--set"]
+    return [sys.executable, str(script), *argv, *train_fake_data.TINY, "train.max_iters=10", "train.eval_every=10"]
+
+
+def on_a_terminal(cmd: list[str]) -> tuple[int, str]:
+    """Run `cmd` with stdout and stderr on a pseudo-terminal; (exit code, everything it wrote)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 x 100, not 0 x 0
+    proc = subprocess.Popen(cmd, stdout=follower, stderr=follower, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(timeout=300), b"".join(chunks).decode(errors="replace")
+
+
+BAR = "10/10 ["  # tqdm's "n/total [elapsed<remaining" of the finished bar
+
+
+def test_progress_bar_on_a_terminal_only_and_never_with_quiet(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    logged = subprocess.run(fake_train_cmd(tmp_path / "log"), capture_output=True, text=True, env=env, timeout=300)
+    assert logged.returncode == 0, logged.stderr
+    assert BAR not in logged.stderr and "\r" not in logged.stderr + logged.stdout  # a log file gets no bar
+    assert "iter 10: test error" in logged.stdout  # the evaluation lines are still there
+    code, shown = on_a_terminal(fake_train_cmd(tmp_path / "tty"))
+    assert code == 0 and BAR in shown and "iter 10: test error" in shown
+    code, quiet = on_a_terminal(fake_train_cmd(tmp_path / "quiet", "--quiet"))
+    assert code == 0 and BAR not in quiet and "iter 10: test error" in quiet

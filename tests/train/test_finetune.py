@@ -144,24 +144,100 @@ def test_torchvision_state_dict_from_a_file(tmp_path):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_shape_mismatch_outside_the_head_is_refused(tmp_path):
-    torchvision_pth(tmp_path / "rgb.pth")
-    ours = create_model("resnet18", num_classes=5, in_channels=1, stride_in_1x1=False, shortcut="B")
-    with pytest.raises(UserError, match=r"conv1.weight has shape \(64, 3, 7, 7\).*\(64, 1, 7, 7\)"):
-        init_model(ours, read_weights(str(tmp_path / "rgb.pth")), classes=list("abcde"))
+def model_cfg(tiny_cfg, tmp_path, *settings: str):
+    from resnetlab.config import apply_overrides
+
+    return apply_overrides(tiny_cfg(), [f"train.init_from={tmp_path / 'r18.pth'}", *settings])
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        # ResNet-50: a bottleneck's 1x1 conv1 weight (64, 64, 1, 1) against resnet18's 3x3 (64, 64, 3, 3)
+        (
+            ["model.name=resnet50"],
+            r"layer1.0.conv1.weight has shape \(64, 64, 3, 3\).*did you mean model.name=resnet18\?",
+        ),
+        # ResNet-34: every resnet18 tensor fits, layer1.2 ... are missing: no silent partial load
+        (["model.name=resnet34"], r"missing.*did you mean model.name=resnet18\?$"),
+        # option A has no projection (downsample) tensors: the weights are option B's
+        (["model.name=resnet18", "model.shortcut=A"], r"unexpected.*did you mean model.shortcut=B\?$"),
+    ],
+)
+def test_weights_of_another_network_name_the_one_they_fit(tmp_path, tiny_cfg, settings, error):
+    """torchvision's resnet18 (the expected name: the network that made the weights) onto other networks."""
+    torchvision_pth(tmp_path / "r18.pth")
+    cfg = model_cfg(tiny_cfg, tmp_path, *settings)
+    ours = create_model(
+        cfg.model.name, num_classes=5, **({"shortcut": cfg.model.shortcut} if cfg.model.shortcut else {})
+    )
+    with pytest.raises(UserError, match=error):
+        init_model(ours, read_weights(str(tmp_path / "r18.pth")), classes=list("abcde"), cfg=cfg)
+
+
+def test_basic_block_nets_take_weights_of_either_stride_layout(tmp_path, tiny_cfg):
+    """stride_in_1x1 places a bottleneck's stride; ResNet-18/34 have no 1x1 conv, so torchvision's
+    "v1.5" resnet18 fits a config with the paper's stride_in_1x1=true, as it fits false."""
+    torchvision_pth(tmp_path / "r18.pth")
+    for stride_in_1x1 in ("true", "false"):
+        cfg = model_cfg(tiny_cfg, tmp_path, "model.name=resnet18", f"model.stride_in_1x1={stride_in_1x1}")
+        assert read_source(cfg) is not None
 
 
 def test_source_layout_must_match_the_config(tmp_path, tiny_cfg):
-    from resnetlab.config import apply_overrides
-
     torchvision_pth(tmp_path / "r18.pth")
-    cfg = apply_overrides(tiny_cfg(), [f"train.init_from={tmp_path / 'r18.pth'}", "model.name=resnet18"])
+    cfg = model_cfg(tiny_cfg, tmp_path, "model.name=resnet50")
     with pytest.raises(UserError, match="model.stride_in_1x1=false"):
         read_source(cfg)  # torchvision's v1.5 weights in the paper's layout would load but compute otherwise
     source_checkpoint(tmp_path / "src.pt")
-    cfg = apply_overrides(tiny_cfg(), [f"train.init_from={tmp_path / 'src.pt'}", "model.name=cifar_resnet20"])
+    cfg = model_cfg(tiny_cfg, tmp_path, f"train.init_from={tmp_path / 'src.pt'}", "model.name=cifar_resnet20")
     with pytest.raises(UserError, match="holds cifar_resnet weights, but model.name is cifar_resnet20"):
         read_source(cfg)
+
+
+# ---- grey weights on RGB data and the reverse (train.init_channels) ----------------------------------
+
+
+def test_rgb_weights_on_grey_data_are_refused_naming_the_option(tmp_path, tiny_cfg):
+    torchvision_pth(tmp_path / "r18.pth")
+    ours = create_model("resnet18", num_classes=5, in_channels=1, shortcut="B")
+    cfg = model_cfg(tiny_cfg, tmp_path, "model.name=resnet18")
+    with pytest.raises(UserError, match="3-channel images, the data has 1; --set train.init_channels=adapt"):
+        init_model(ours, read_weights(str(tmp_path / "r18.pth")), classes=list("abcde"), cfg=cfg)
+
+
+@pytest.mark.parametrize(("source_channels", "data_channels"), [(3, 1), (1, 3)])
+def test_adapted_conv1_answers_a_grey_image_as_the_source(tmp_path, tiny_cfg, source_channels, data_channels):
+    """train.init_channels=adapt: the adapted network on a grey image computes what the source network
+    computes on that image in its own channel count (grey replicated to RGB, or RGB's one grey plane),
+    checked against torchvision's network and torch's conv on the replicated image."""
+    tv = torchvision_pth(tmp_path / "r18.pth", in_channels=source_channels)
+    cfg = model_cfg(tiny_cfg, tmp_path, "model.name=resnet18", "train.init_channels=adapt")
+    ours = create_model("resnet18", num_classes=10, in_channels=data_channels, shortcut="B").eval()
+    lines = init_model(ours, read_weights(str(tmp_path / "r18.pth")), classes=[str(k) for k in range(10)], cfg=cfg)
+    assert any(line.startswith("conv1 adapted") for line in lines)
+    grey = torch.randn(2, 1, 40, 40)
+    ours_in, theirs_in = grey.expand(-1, data_channels, -1, -1), grey.expand(-1, source_channels, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours.conv1(ours_in), torch.nn.functional.conv2d(theirs_in, tv.conv1.weight, stride=2, padding=3)
+        )
+        torch.testing.assert_close(ours(ours_in), tv(theirs_in), rtol=1e-4, atol=1e-5)
+
+
+def test_adapted_normalisation(tmp_path):
+    """The weights' mean and std for the data's channels: RGB ones averaged for grey images, a grey one
+    repeated for RGB; without adapt, one line naming the option."""
+    from resnetlab.data.ondevice import fit_stats
+
+    mean, std = torch.tensor(TORCHVISION_MEAN).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    grey_mean, grey_std = fit_stats(mean, std, channels=1, size=28, adapt=True)
+    torch.testing.assert_close(grey_mean.flatten(), torch.tensor([(0.485 + 0.456 + 0.406) / 3]))
+    torch.testing.assert_close(grey_std.flatten(), torch.tensor([(0.229 + 0.224 + 0.225) / 3]))
+    rgb_mean, rgb_std = fit_stats(torch.full((1, 8, 8), 0.25), None, channels=3, size=8, adapt=True)
+    assert rgb_mean.shape == (3, 8, 8) and torch.equal(rgb_mean, torch.full((3, 8, 8), 0.25)) and rgb_std is None
+    with pytest.raises(UserError, match="3-channel images, the data has 1; --set train.init_channels=adapt"):
+        fit_stats(mean, std, channels=1, size=28)
 
 
 @pytest.mark.parametrize(
@@ -213,3 +289,18 @@ def test_preset_with_cached_torchvision_weights_on_an_imagefolder(tmp_path, caps
     assert torch.equal(final["model"]["conv1.weight"], tv.conv1.weight)  # the preset freezes the stem
     assert torch.equal(final["model"]["bn1.running_var"], tv.bn1.running_var)
     assert final["model"]["fc.weight"].shape == (3, 512)
+
+
+def test_data_workers_default_follows_the_cores(monkeypatch):
+    """data.workers=null (the default): one worker per core the process may run on, at most 8; a
+    number, 0 included (load in the training process), is kept."""
+    import os
+
+    from resnetlab.config import DataConfig
+    from resnetlab.data.imagenet import resolve_workers
+
+    assert DataConfig().workers is None
+    for cores, expected in ((1, 1), (2, 2), (8, 8), (64, 8)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert resolve_workers(None) == expected
+    assert resolve_workers(0) == 0 and resolve_workers(12) == 12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -102,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a run folder holding another recipe is left as is; that run trains again into NAME-r1 (-r2, ...)",
     )
-    rep.add_argument("--quiet", action="store_true", help="no progress bar for the analysis (training logs its own)")
+    rep.add_argument("--quiet", action="store_true", help="no progress bars, for the training nor the analysis")
     rep.set_defaults(func=_reproduce)
 
 
@@ -182,11 +183,20 @@ def _reproduce(args: argparse.Namespace) -> int:
     with open(out / "commands.txt", "a") as f:
         f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and device.type == "cuda" else 0
+    train_fn = batched_fn = None
+    if args.quiet:
+        from resnetlab.train import run_training
+        from resnetlab.train.batched import train_batched
+
+        train_fn = functools.partial(run_training, quiet=True)
+        batched_fn = functools.partial(train_batched, quiet=True)
     left = run_jobs(
         jobs,
         gpus=gpus,
         jobs_per_gpu=args.jobs_per_gpu,
         batch_runs=args.batch_runs,
+        train_fn=train_fn,
+        batched_fn=batched_fn,
         budget_s=args.budget_s,
     )
     if left:

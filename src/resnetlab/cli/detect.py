@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     t.add_argument("--device", help="shortcut for --set train.device=DEVICE")
     t.add_argument("--list", action="store_true", help="list the detection presets and exit")
+    t.add_argument("--quiet", action="store_true", help="no progress bar (none is drawn off a terminal either)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="mAP of a detection checkpoint on its test split, beside the paper's")
@@ -56,7 +57,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError("detect train needs --out DIR (the run folder)")
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
     cfg = load_detection_config(args.preset, overrides)
-    summary = run_detection_training(cfg, args.out, resume=args.resume)  # a failed run leaves no folder behind
+    # a failed run leaves no folder behind
+    summary = run_detection_training(cfg, args.out, resume=args.resume, quiet=args.quiet)
     if summary["stopped"] or not summary["is_main"]:
         return summary["exit_code"]  # 130 SIGINT, 143 SIGTERM; under torchrun only rank 0 reports
     metrics = summary.get("metrics")

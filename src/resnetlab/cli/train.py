@@ -53,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune from weights (sets train.init_from): our checkpoint, a torchvision .pth, or "
         "torchvision:ResNet50_Weights.IMAGENET1K_V2 (see docs/finetune.md)",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bar (none is drawn off a terminal either)")
     p.set_defaults(func=run)
 
 
@@ -85,4 +86,4 @@ def run(args: argparse.Namespace) -> int:
     from resnetlab.train import run_training  # torch import only when training
 
     # A run that fails before it saved anything leaves no folder behind (`train.lifecycle.open_run`).
-    return run_training(cfg, args.out, resume=args.resume)["exit_code"]  # 130 SIGINT, 143 SIGTERM
+    return run_training(cfg, args.out, resume=args.resume, quiet=args.quiet)["exit_code"]  # 130 SIGINT, 143 SIGTERM

@@ -118,7 +118,7 @@ def _on_device(
     d = cfg.data
     _, c, h, w = train.images.shape
     if stats is not None:
-        mean, std = fit_stats(*stats, channels=c, size=h)
+        mean, std = fit_stats(*stats, channels=c, size=h, adapt=cfg.train.init_channels == "adapt")
     else:
         mean, std = image_stats(train.images, per=d.mean)  # training split only (val excluded)
         std = std if d.normalize_std else None

@@ -19,6 +19,7 @@ depends on where the stream started, on the number of workers, or on the number 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,19 @@ def _collate(items):
     return imgs, labels, alphas, skipped, errors, encoded
 
 
+MAX_AUTO_WORKERS = 8  # past this, more JPEG decoders rarely feed one device faster
+
+
+def resolve_workers(setting: int | None) -> int:
+    """`data.workers`: a number as given (0: load in the training process); None: one worker per core
+    this process may run on (`os.sched_getaffinity`: taskset, cgroups' cpusets), at most 8, so that the
+    default never asks for more processes than there are cores (the DataLoader warns then)."""
+    if setting is not None:
+        return setting
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(MAX_AUTO_WORKERS, cores)
+
+
 def _loader(dataset: Dataset, workers: int, device: torch.device, persistent: bool = True, **kw) -> DataLoader:
     return DataLoader(
         dataset,
@@ -217,6 +231,7 @@ class ImageFolderTrainSource(TrainSource):
         self.skipped = 0
         self.skipped_files: set[str] = set()
         self.crop, self.skip_corrupt = r.crop, r.skip_corrupt
+        self.workers = r.workers  # data.workers resolved: the loop's start line says it
         # augment=False: the test view, still through the (index, seed) sampler (same order, same resume).
         views = _Views(
             samples,
@@ -370,10 +385,11 @@ def build_imagefolder(
     if d.crop < 1 or d.scale_min < d.crop:
         raise UserError(f"data.scale_min={d.scale_min} must be >= data.crop={d.crop} (both positive)")
 
+    workers = resolve_workers(d.workers)
     if stats is not None:
-        mean, std = fit_stats(*stats, channels=3, size=d.crop)
+        mean, std = fit_stats(*stats, channels=3, size=d.crop, adapt=t.init_channels == "adapt")
     else:
-        opts = {"crop": d.crop, "count": d.mean_samples, "per": d.mean, "workers": d.workers}
+        opts = {"crop": d.crop, "count": d.mean_samples, "per": d.mean, "workers": workers}
         mean, std = _cached_stats(root, train, rank=rank, world_size=world_size, skip_corrupt=d.skip_corrupt, **opts)
         std = std if d.normalize_std else None
     normalizer = Normalizer(mean, std, device)
@@ -383,7 +399,7 @@ def build_imagefolder(
         crop=d.crop,
         scale=(d.scale_min, d.scale_max),
         lighting=d.lighting,
-        workers=d.workers,
+        workers=workers,
         skip_corrupt=d.skip_corrupt,
         rank=rank,
         world_size=world_size,
@@ -402,7 +418,7 @@ def build_imagefolder(
         device=device,
         crop=d.crop,
         batch_size=t.eval_batch_size,
-        workers=d.workers,
+        workers=workers,
         skip_corrupt=d.skip_corrupt,
     )
     meta = {

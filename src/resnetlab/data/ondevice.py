@@ -47,14 +47,24 @@ def image_stats(images: Tensor, *, per: str = "pixel", chunk: int = 1024) -> tup
     return mean.float(), std.float()
 
 
-def fit_stats(mean: Tensor, std: Tensor | None, *, channels: int, size: int) -> tuple[Tensor, Tensor | None]:
+def fit_stats(
+    mean: Tensor, std: Tensor | None, *, channels: int, size: int, adapt: bool = False
+) -> tuple[Tensor, Tensor | None]:
     """A given normalisation (e.g. of pretrained weights) for images of `channels` x `size` x `size`:
-    a per-pixel mean of another size becomes its per-channel average; other channel counts are an error."""
-    if mean.shape[0] != channels or (std is not None and std.shape[0] != channels):
-        raise UserError(f"the weights were trained on {mean.shape[0]}-channel images, the data has {channels}")
+    a per-pixel mean of another size becomes its per-channel average. Grey <-> RGB with `adapt`
+    (`train.init_channels=adapt`): RGB statistics averaged over the channels for grey images, grey
+    ones repeated for RGB images; other channel counts are an error."""
+    have = mean.shape[0]
+    if have != channels or (std is not None and std.shape[0] != channels):
+        if not adapt or {have, channels} != {1, 3}:
+            hint = "; --set train.init_channels=adapt converts grey <-> RGB" if {have, channels} == {1, 3} else ""
+            raise UserError(f"the weights were trained on {have}-channel images, the data has {channels}{hint}")
+        mean = mean.mean(0, keepdim=True) if have == 3 else mean.expand(3, *mean.shape[1:])
+        if std is not None:
+            std = std.reshape(have, 1, 1).mean(0, keepdim=True) if have == 3 else std.reshape(1, 1, 1).expand(3, 1, 1)
     if mean.shape[-2:] not in ((1, 1), (size, size)):
         mean = mean.mean((1, 2), keepdim=True)
-    return mean.float(), None if std is None else std.float().reshape(channels, 1, 1)
+    return mean.float().contiguous(), None if std is None else std.float().reshape(channels, 1, 1).contiguous()
 
 
 class Normalizer:

@@ -111,12 +111,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def run_detection_training(cfg: DetectionConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+def run_detection_training(
+    cfg: DetectionConfig, out_dir: str | Path, *, resume: bool = False, quiet: bool = False
+) -> dict[str, Any]:
     """Train the detector of `cfg` into `out_dir`; its life (lock, resume, signals, NaN, metrics,
-    TensorBoard) is `resnetlab.train.lifecycle`'s, the same as classification's."""
+    TensorBoard, the progress bar: none with `quiet` or off a terminal) is `resnetlab.train.lifecycle`'s,
+    the same as classification's."""
     check_backbone(cfg)
     coco_tools()  # its evaluations need pycocotools: say so now, not at the first evaluation
-    with open_run(cfg, out_dir, resume=resume) as run:
+    with open_run(cfg, out_dir, resume=resume, quiet=quiet) as run:
         return _train(cfg, run)
 
 

@@ -7,9 +7,11 @@ take explicit keyword arguments.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torchvision
 from torch import nn
 
@@ -149,6 +151,56 @@ register("vgg19", frozenset({"num_classes", "in_channels"}))(lambda **kw: _vgg(1
 def list_models() -> list[str]:
     """Registered names, in a stable order (generic `cifar_resnet`/`cifar_plain` take `depth=`)."""
     return list(_REGISTRY)
+
+
+def uses_bottleneck(name: str) -> bool:
+    """Whether `name` is built of bottleneck blocks (ResNet-50/101/152 and their plain twins), the only
+    blocks where `stride_in_1x1` changes anything."""
+    match = re.fullmatch(r"(?:resnet|plain)(\d+)", name)
+    return bool(match) and IMAGENET_DEPTHS.get(int(match.group(1)), (None,))[0] is Bottleneck
+
+
+def _blocks(name: str) -> tuple[int, ...] | None:
+    """Blocks per stage of a registered ResNet / plain net (tables 1 and 6), None for other names."""
+    match = re.fullmatch(r"(cifar_)?(?:resnet|plain)(\d+)", name)
+    if not match:
+        return None
+    depth = int(match.group(2))
+    if match.group(1):
+        return (CIFAR_DEPTHS[depth],) * 3 if depth in CIFAR_DEPTHS else None
+    return IMAGENET_DEPTHS[depth][1] if depth in IMAGENET_DEPTHS else None
+
+
+def fitting_models(state: dict[str, Any], like: str) -> list[dict[str, Any]]:
+    """The registered networks of `like`'s family (ImageNet or CIFAR ResNets and plain nets) whose
+    state dict has exactly the keys and shapes of `state`, as the `model.*` settings that build them
+    ({"name": "resnet50", "shortcut": "B"}); `like`'s own kind (resnet / plain) first. Head and input
+    channels are taken from `state`. Built on the meta device: shapes only, no memory, no compute."""
+    if "conv1.weight" not in state or "fc.weight" not in state:
+        return []
+    cifar = like.startswith("cifar")
+    options = {"num_classes": int(state["fc.weight"].shape[0]), "in_channels": int(state["conv1.weight"].shape[1])}
+    want = {k: tuple(v.shape) for k, v in state.items()}
+    stages: dict[str, int] = {}  # "layer1" -> blocks, read off the keys ("layer1.2.conv1.weight")
+    for key in state:
+        stage, _, rest = key.partition(".")
+        if stage.startswith("layer") and rest.split(".")[0].isdigit():
+            stages[stage] = max(stages.get(stage, 0), int(rest.split(".")[0]) + 1)
+    blocks = tuple(stages[s] for s in sorted(stages))
+    names = [n for n in list_models() if n.startswith("cifar") == cifar and _blocks(n) == blocks]
+    names.sort(key=lambda n: ("plain" in n) != ("plain" in like))  # stable: the same kind first
+    found = []
+    for name in names:
+        for shortcut in [None] if "plain" in name else ["A", "B", "C"]:
+            extra = {} if shortcut is None else {"shortcut": shortcut}
+            with torch.device("meta"):
+                try:
+                    net = create_model(name, **options, **extra)
+                except ValueError:  # option A cannot reduce channels, etc.
+                    continue
+            if {k: tuple(v.shape) for k, v in net.state_dict().items()} == want:
+                found.append({"name": name, **extra})
+    return found
 
 
 def create_model(name: str, **options: Any) -> nn.Module:

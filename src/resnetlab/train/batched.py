@@ -73,17 +73,18 @@ BatchedStep = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], tuple[t
 
 
 def train_batched(
-    cfgs: Sequence[Config], out_dirs: Sequence[str | Path], *, resume: bool = False
+    cfgs: Sequence[Config], out_dirs: Sequence[str | Path], *, resume: bool = False, quiet: bool = False
 ) -> list[dict[str, Any]]:
     """Train the runs `cfgs` (which differ only in train.seed, model.* and optim.*) as one batched
     computation, run k written into `out_dirs[k]` as `run_training(cfgs[k], out_dirs[k])` would.
     Returns each run's summary (the keys of `run_training`'s). `resume=True` continues every run from
-    its checkpoint.pt; they must all be at the same iteration.
+    its checkpoint.pt; they must all be at the same iteration. `quiet=True`: no progress bars (as
+    `run_training`'s).
     """
     cfgs, outs = list(cfgs), [Path(o) for o in out_dirs]
     check_batchable(cfgs, outs)
     with contextlib.ExitStack() as stack:
-        runs = [stack.enter_context(open_run(cfg, out, resume=resume)) for cfg, out in zip(cfgs, outs)]
+        runs = [stack.enter_context(open_run(cfg, out, resume=resume, quiet=quiet)) for cfg, out in zip(cfgs, outs)]
         return _train(cfgs, runs)
 
 

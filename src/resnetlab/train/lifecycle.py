@@ -103,8 +103,9 @@ class Due:
 class Run:
     """The handle a loop gets from `open_run`: where to write, what to resume from, when to stop."""
 
-    def __init__(self, cfg: Any, out: Path, info: dist.DistInfo, device: torch.device) -> None:
+    def __init__(self, cfg: Any, out: Path, info: dist.DistInfo, device: torch.device, quiet: bool = False) -> None:
         self.cfg, self.out, self.info, self.device = cfg, out, info, device
+        self.quiet = quiet  # no progress bar (there is none off a terminal either)
         self.checkpoint: dict[str, Any] | None = None  # the training checkpoint to continue from
         self.start_iter = 0
         self.last_checkpoint: int | None = None  # iteration of the newest checkpoint.pt on disk
@@ -310,10 +311,10 @@ def resume_command(cfg: Any, out: Path) -> str:
 
 
 @contextlib.contextmanager
-def open_run(cfg: Any, out: str | Path, *, resume: bool) -> Iterator[Run]:
+def open_run(cfg: Any, out: str | Path, *, resume: bool, quiet: bool = False) -> Iterator[Run]:
     """Join the process group (under torchrun), claim `out` and decide where the run starts (see the
     module docstring); on exit clear up after a run that saved nothing, release the lock, restore the
-    signal handlers, leave the group."""
+    signal handlers, leave the group. `quiet`: no progress bar."""
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     info, device = dist.init_distributed(cfg.train.device)
     out = Path(out)
@@ -331,7 +332,7 @@ def open_run(cfg: Any, out: str | Path, *, resume: bool) -> Iterator[Run]:
         verdict = dist.broadcast_object(verdict)  # type: ignore[assignment]
         if verdict is not None:
             raise UserError(verdict)
-        run = Run(cfg, out, info, device)
+        run = Run(cfg, out, info, device, quiet)
         ckpt_path = out / "checkpoint.pt"
         if resume and ckpt_path.is_file():
             run.checkpoint = checkpoint.load(ckpt_path, map_location=device)  # rank 0 checked it
@@ -665,20 +666,11 @@ def _lost_message(run: Run, e: Exception) -> str:
 
 
 def progress_bar(total: int, run: Run, desc: str | None = None):
-    """tqdm on rank 0 from the resumed iteration; a log file gets a line every 30 s, a terminal 10/s."""
-    import sys
+    """The steps' bar (`utils.progress.step_bar`): rank 0, from the resumed iteration, on a terminal and
+    without `quiet` only; the evaluation lines are printed either way."""
+    from resnetlab.utils.progress import step_bar
 
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=run.start_iter,
-        desc=desc,
-        disable=not run.is_main,
-        unit="it",
-        dynamic_ncols=True,
-        mininterval=0.1 if sys.stderr.isatty() else 30.0,
-    )
+    return step_bar(total, initial=run.start_iter, desc=desc, quiet=run.quiet or not run.is_main)
 
 
 # ---- RNG state (exact resume) ----------------------------------------------------------------------

@@ -69,16 +69,17 @@ def build_data(cfg: Config, device: torch.device, *, rank: int, world_size: int,
     return build(cfg, device, rank=rank, world_size=world_size, stats=stats)
 
 
-def run_training(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+def run_training(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data` with the recipe in `cfg.optim` / `cfg.train`; write the run into
     `out_dir` (its life: `resnetlab.train.lifecycle`). Returns a summary: iterations, test_error,
     best_test_error, train_error, train_loss, time (s), interrupted (signal name or None), exit_code,
     out_dir.
 
     `resume=True` continues from `out_dir/checkpoint.pt` (or starts if the run never checkpointed).
+    `quiet=True`: no progress bar (none is drawn off a terminal either); evaluation lines as always.
     Raises `UserError` for bad configs, a non-finite loss, or an `out_dir` holding another run.
     """
-    with open_run(cfg, out_dir, resume=resume) as run:
+    with open_run(cfg, out_dir, resume=resume, quiet=quiet) as run:
         return _train(cfg, run)
 
 
@@ -179,7 +180,8 @@ def _build(cfg: Config, run: Run) -> Training:
     if info.is_main and getattr(data, "summary", None):  # what was found, which recipe runs (issue 21)
         print("\n".join(summary_lines(data.summary)))
         (run.out / "data.json").write_text(json.dumps(data.summary, indent=1) + "\n")
-    report = finetune.init_model(model, source, classes=data.classes) if source else []
+    report = _loader_line(cfg, data)
+    report += finetune.init_model(model, source, classes=data.classes, cfg=cfg) if source else []
     report += finetune.freeze(model, t.freeze)  # not in the checkpoint: applied to resumed runs too
     if info.is_main and report:
         print("\n".join(report))
@@ -202,6 +204,15 @@ def _build(cfg: Config, run: Run) -> Training:
         train_model, optimizer, device=device, precision=t.precision, channels_last=t.channels_last, scaler=s.scaler
     )
     return s
+
+
+def _loader_line(cfg: Config, data) -> list[str]:
+    """The DataLoader processes of a source that has them (ImageFolder / ImageNet), `data.workers` resolved."""
+    workers = getattr(data.train, "workers", None)
+    if workers is None:
+        return []
+    how = "one per core this process may use, at most 8" if cfg.data.workers is None else "as set"
+    return [f"data.workers: {workers} loader processes ({how})"]
 
 
 def set_lr(s: Training, it: int, run: Run) -> float:
