@@ -15,9 +15,10 @@ Steps (`--steps` picks some; each is a subprocess with its own log, bounded by t
               TF32 off. The decision is written once (GRID/bf16-check.json) and kept by later windows, so a
               resumed run never changes precision.
   grid        `resnetlab reproduce cifar-section` with a budget (the time left less --reserve-s): the runs
-              share the GPU (--jobs-per-gpu); at the budget they checkpoint and stop (exit 124), and the
-              next window resumes them. When all nine are done: table.md (beside the paper's), curves.png,
-              responses.png.
+              share the GPU (--jobs-per-gpu; with --batch-runs K, stackable runs train K at a time as
+              one computation, each group one job: ResNet-n with plain-n for K=2); at the budget they
+              checkpoint and stop (exit 124), and the next window resumes them. When all nine are
+              done: table.md (beside the paper's), curves.png, responses.png.
 After every step the run folders' small files and one checkpoint each (final.pt when done, else
 checkpoint.pt; never both, no TensorBoard) are copied into OUT/runs/, which is what comes back; the
 total is printed (it must stay under the 64 MiB a call returns). For the next window, pack what came back:
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import re
@@ -109,7 +111,7 @@ def reproduce(ctx: Ctx, grid: str, out: Path, precision: str, *, iters: int | No
     a = ctx.args
     cmd = [ctx.py, "-m", "resnetlab", "reproduce", grid, "--dataset", a.dataset, "--out", str(out)]
     cmd += ["--data-dir", str(a.data_dir), "--device", "cpu" if ctx.dry else "cuda", *extra]
-    overrides = [f"train.precision={precision}"]
+    overrides = [f"train.precision={precision}", "train.tf32=false"]  # the paper's fp32 (the default), recorded
     if ctx.dry:  # a few iterations of tiny batches; the real schedule's shape
         cmd += ["--schedule", "short", "--iters", str(iters or 4), "--eval-every", "2", "--max-images", "16"]
         overrides += ["train.batch_size=8", "train.eval_batch_size=64"]
@@ -117,8 +119,8 @@ def reproduce(ctx: Ctx, grid: str, out: Path, precision: str, *, iters: int | No
         cmd += ["--schedule", "short", "--iters", str(iters)] if iters else ["--schedule", "paper"]
         cmd += ["--jobs-per-gpu", str(a.jobs_per_gpu)]
         overrides += GRAPHS
-    if precision == "fp32":
-        cmd.append("--no-tf32")
+    if a.batch_runs > 1:  # stackable runs (a net's seeds, a ResNet and its plain twin) as one computation
+        cmd += ["--batch-runs", str(a.batch_runs)]
     if a.val_split:
         overrides.append(f"data.val_split={a.val_split}")
     return cmd + [w for kv in overrides + (a.set or []) for w in ("--set", kv)]
@@ -241,9 +243,8 @@ def step_grid(ctx: Ctx) -> dict:
     if budget < (1 if ctx.dry else 30):
         return {"status": "skipped", "why": f"{budget:.0f} s left for the grid"}
     iters = ctx.args.dry_iters if ctx.dry else None
-    cmd = reproduce(
-        ctx, "cifar-section", ctx.grid / "grid", precision, iters=iters, extra=["--budget-s", f"{budget:.0f}"]
-    )
+    name = ctx.args.dry_grid if ctx.dry else "cifar-section"
+    cmd = reproduce(ctx, name, ctx.grid / "grid", precision, iters=iters, extra=["--budget-s", f"{budget:.0f}"])
     (rc,), seconds = run(ctx, "grid", [cmd], timeout=ctx.left())
     runs = {}
     for d in sorted((ctx.grid / "grid").glob("*-seed0")):
@@ -331,9 +332,9 @@ def write(ctx: Ctx) -> None:
 # ---- dry run ----------------------------------------------------------------------------------------
 
 
-def fake_jpeg_folder(root: Path, train: int = 4, test: int = 2) -> Path:
-    """CIFAR-10's JPEG layout in miniature: train/<class>/NNNN.jpg and test/<class>/NNNN.jpg, 32x32;
-    class k is noise plus a bright row band k, so it learns."""
+def fake_jpeg_folder(root: Path, train: int = 4, test: int = 2, size: int = 32) -> Path:
+    """CIFAR-10's JPEG layout in miniature: train/<class>/NNNN.jpg and test/<class>/NNNN.jpg, `size`
+    pixels square (CIFAR's 32 by default); class k is noise plus a bright row band k, so it learns."""
     import numpy as np
     from PIL import Image
 
@@ -343,8 +344,8 @@ def fake_jpeg_folder(root: Path, train: int = 4, test: int = 2) -> Path:
         for k, cls in enumerate(classes):
             (root / split / cls).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                img = rng.integers(0, 100, (32, 32, 3), dtype=np.uint8)
-                img[3 * k : 3 * k + 3] += 120
+                img = rng.integers(0, 100, (size, size, 3), dtype=np.uint8)
+                img[k * size // 10 : (k + 1) * size // 10] += 120
                 Image.fromarray(img).save(root / split / cls / f"{i:04d}.jpg", quality=90)
     return root
 
@@ -367,11 +368,23 @@ def main(argv: list[str] | None = None) -> int:
         "--grid-dir", type=Path, help="the runs (default runs/cifar-section, kept while the machine is warm)"
     )
     p.add_argument("--jobs-per-gpu", type=int, default=9, help="runs sharing the GPU (default 9: all at once)")
+    p.add_argument(
+        "--batch-runs",
+        type=int,
+        default=1,
+        metavar="K",
+        help="reproduce --batch-runs K: up to K stackable runs as one computation, one job of --jobs-per-gpu "
+        "(default 1: off; the grid's twins pair up with 2: five jobs)",
+    )
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: the bf16 check decides")
     p.add_argument("--check-iters", type=int, default=10_000, help="bf16-check iterations (default 10k)")
     p.add_argument("--val-split", type=int, default=0, help="5000: the 45k/5k model-selection variant")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="more config overrides for every run")
     p.add_argument("--dry-iters", type=int, default=4, help=argparse.SUPPRESS)
+    # Tests: the dry run's images are 16x16 (CIFAR's nets run on any size; a quarter of the work of 32x32),
+    # and its grid may be a smaller one of the same kind (degradation: four of the nine nets).
+    p.add_argument("--dry-size", type=int, default=16, help=argparse.SUPPRESS)
+    p.add_argument("--dry-grid", default="cifar-section", help=argparse.SUPPRESS)
     p.add_argument("--grid-budget-s", type=float, default=None, help=argparse.SUPPRESS)  # tests: stop the grid early
     args = p.parse_args(argv)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -379,13 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--steps: unknown step {unknown[0]!r}; steps: {', '.join(STEPS)}")
 
-    import torch
+    if args.dry_run:  # the CPU: this process needs no torch (its steps are subprocesses), a few seconds saved
+        gpu, torch_version = "cpu", importlib.metadata.version("torch")
+    else:
+        import torch
 
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.dry_run:
-        print("no CUDA device: run on a GPU machine, or pass --dry-run to exercise every step on the CPU")
-        return 2
-    gpu = torch.cuda.get_device_name() if cuda and not args.dry_run else "cpu"
+        if not torch.cuda.is_available():
+            print("no CUDA device: run on a GPU machine, or pass --dry-run to exercise every step on the CPU")
+            return 2
+        gpu, torch_version = torch.cuda.get_device_name(), torch.__version__
     date = dt.date.today().isoformat()
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
     default_out = os.environ.get("OUT") or ROOT / "benchmarks" / "results" / "gpu" / f"{date}-{slug}-cifar"
@@ -395,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run and args.data_dir is None:  # the tiny folder, packed in small parts as the real one is
         work = out.parent / f"{out.name}-dry"
         if not (work / "carry" / args.data_pack / "MANIFEST").is_file():
-            carry_data.pack(fake_jpeg_folder(work / "jpeg"), args.data_pack, 20_000, carry=work / "carry")
+            jpeg = fake_jpeg_folder(work / "jpeg", size=args.dry_size)
+            carry_data.pack(jpeg, args.data_pack, 20_000, carry=work / "carry")
         args.carry, args.data_dir = work / "carry", work / "data"
         if args.dataset != "imagefolder":  # a built-in dataset in its real format (before issue 21's folder path)
             sys.path.insert(0, str(ROOT / "scripts"))
@@ -411,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.results = {
         "gpu": gpu,
         "date": date,
-        "torch": torch.__version__,
+        "torch": torch_version,
         "command": shlex.join(["bash", "scripts/gpu_cifar_section.sh", *(argv if argv is not None else sys.argv[1:])]),
         "dry_run": args.dry_run,
         "budget_s": args.budget_s,

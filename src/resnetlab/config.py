@@ -104,6 +104,10 @@ class TrainConfig:
     # bf16 / fp16 autocast (fp16 with loss scaling) are opt-in for throughput (docs/fidelity.md)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp32: the paper's; bf16 | fp16: mixed precision
     channels_last: bool = True  # NHWC memory layout (faster convolutions on most devices)
+    # The paper trains in fp32. On Ampere and later GPUs cuDNN runs fp32 convolutions in TF32 (10-bit
+    # mantissa) by default, a departure; false turns TF32 off for convolutions and matrix products,
+    # true allows it for both (faster). No effect on the CPU.
+    tf32: bool = False
     compile: bool = False  # torch.compile the model
     # torch.compile's mode: "reduce-overhead" adds CUDA graphs (small CIFAR nets are launch-bound on a GPU)
     compile_mode: CompileMode = "default"

@@ -336,10 +336,10 @@ def test_the_budget_stops_worker_processes(tmp_path):
     jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
     (tmp_path / "worker.py").write_text(STOPPABLE_WORKER)
     worker = (sys.executable, str(tmp_path / "worker.py"))
-    left = run_jobs(jobs, gpus=1, jobs_per_gpu=2, worker=worker, log=lambda _: None, budget_s=3, tf32=False)
+    left = run_jobs(jobs, gpus=1, jobs_per_gpu=2, worker=worker, log=lambda _: None, budget_s=3)
     assert sorted(j.name for j in left) == sorted(j.name for j in jobs)  # no failure raised
     started = [j for j in jobs if (j.out_dir / "started").is_file()]
     assert [j.name for j in started] == ["plain20-seed0", "plain56-seed0"]  # two slots; then no new start
     assert all((j.out_dir / "checkpoint.pt").is_file() for j in started)  # their SIGTERM path ran
-    assert (started[0].out_dir / "started").read_text() == "--no-tf32"
+    assert (started[0].out_dir / "started").read_text() == ""  # no flags: TF32 is train.tf32 in the config
     assert all(j.state() == "resume" for j in started)

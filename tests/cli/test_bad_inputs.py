@@ -62,6 +62,12 @@ CASES = [
     ("no val/ folder", TRAIN + ["data.name=imagefolder", "data.dir={w}/tree"], "data.eval_split"),
     ("reproduce --eval-every 0", ["reproduce", "table6", "--eval-every", "0", "--out", "{w}/rep"], "--eval-every"),
     ("reproduce --budget-s 0", ["reproduce", "cifar-section", "--budget-s", "0", "--out", "{w}/rep"], "--budget-s"),
+    (
+        "reproduce --no-tf32 with train.tf32",
+        ["reproduce", "table6", "--no-tf32", "--set", "train.tf32=true", "--out", "{w}/rep"],
+        "--no-tf32",
+    ),
+    ("reproduce --batch-runs 0", ["reproduce", "table6", "--batch-runs", "0", "--out", "{w}/rep"], "--batch-runs"),
     ("reproduce folder, no dir", ["reproduce", "table6", "--dataset", "imagefolder", "--out", "{w}/r"], "--data-dir"),
     ("info plain18 --shortcut B", ["info", "plain18", "--shortcut", "B"], "--shortcut"),
     ("info --input-size -1", ["info", "resnet18", "--input-size", "-1"], "--input-size"),

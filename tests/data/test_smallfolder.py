@@ -296,3 +296,10 @@ def test_unreadable_image_is_named_or_left_out(tmp_path):
     assert len(b.train) == 7 and b.summary["warnings"] == [
         f"1 unreadable images left out (data.skip_corrupt=true), e.g. {bad}"
     ]
+
+
+def test_the_default_data_workers_decodes_the_folder(tmp_path):
+    """data.workers: null (one per core, the default since issue 22) reaches the decoding loader resolved."""
+    folder = write_folder(tmp_path / "f", classes=CLASSES[:2])
+    b = build_data(folder_cfg(folder, "train.batch_size=4", "data.workers=null"), CPU)
+    assert b.train.images.shape[1:] == (3, 32, 32)

@@ -306,3 +306,17 @@ def test_cuda_batched_runs_compiled_bf16_write_their_folders(tmp_path, fake_data
         model = create_model(final["meta"]["model"], **final["meta"]["model_options"])
         model.load_state_dict(final["model"], strict=True)
         assert summary["iterations"] == 30
+
+
+def test_batched_uses_only_public_parts_of_the_loop():
+    """The two loops share the run's steps through loop.py's public names (`__all__`), not its privates."""
+    import ast
+    import inspect
+
+    from resnetlab.train import batched, loop
+
+    tree = ast.parse(inspect.getsource(batched))
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and getattr(n.value, "id", "") == "loop"}
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert used and used <= set(loop.__all__), used - set(loop.__all__)
+    assert not [name for name in imported if name.startswith("_")]

@@ -145,3 +145,64 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fake
 def test_bad_config_values_are_user_errors(tmp_path, fake_data, tiny_cfg, override, message):
     with pytest.raises(UserError, match=message):
         run_training(tiny_cfg("train.max_iters=5", override), tmp_path)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_train_tf32_is_recorded_and_applied_where_the_device_is_set_up(
+    tmp_path, fake_data, tiny_cfg, monkeypatch, tf32
+):
+    """Both loops hand train.tf32 to `configure_device` (which sets it on CUDA, not on the CPU), and the
+    run's config.yaml records it."""
+    import resnetlab.train.batched as batched
+    import resnetlab.train.loop as loop
+
+    calls = []
+    for module in (loop, batched):
+        monkeypatch.setattr(module, "configure_device", lambda device, *, tf32: calls.append((device.type, tf32)))
+    cfg = tiny_cfg("train.max_iters=1", f"train.tf32={str(tf32).lower()}")
+    run_training(cfg, tmp_path / "run")
+    batched.train_batched([cfg, tiny_cfg("train.max_iters=1", "train.seed=1", f"train.tf32={tf32}")],
+                          [tmp_path / "a", tmp_path / "b"])  # fmt: skip
+    assert calls == [("cpu", tf32), ("cpu", tf32)]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["tf32"] is tf32
+    assert from_dict({}).train.tf32 is False  # the default: the paper's fp32
+
+
+def test_skipped_files_are_named_the_first_time_they_appear(tmp_path, fake_data, tiny_cfg, monkeypatch, capsys):
+    """A source that skips unreadable files (ImageFolder with data.skip_corrupt) names them: the files
+    first seen since the last evaluation go into that row of metrics.jsonl (10 at most) and its log line
+    (3, then "and N more"); the count of skipped images stays."""
+    import resnetlab.train.loop as loop
+
+    bad = [f"/data/train/cat/bad{i}.jpg" for i in range(12)]
+
+    class Skipping(fake_data.FakeTrain):
+        skipped, skipped_files = 0, set()
+
+        def batches(self, start_iter):
+            for it, batch in enumerate(super().batches(start_iter), start_iter):
+                if it == 1:  # twelve files fail in iteration 2, one more (and one again) in iteration 6
+                    self.skipped, self.skipped_files = 12, set(bad)
+                if it == 5:
+                    self.skipped, self.skipped_files = 14, {*bad, "/data/train/dog/\x1b[2Jbroken.jpg"}
+                yield batch
+
+    def build(cfg, device, **kw):
+        bundle = fake_data.build_fake_data(cfg, device, **kw)
+        bundle.train = Skipping(cfg.train.batch_size, cfg.train.seed, 0, 1, device)
+        return bundle
+
+    monkeypatch.setattr(loop, "build_data", build)
+    run_training(tiny_cfg("train.max_iters=12", "train.eval_every=4"), tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    assert [r.get("skipped_images") for r in rows] == [12, 14, 14]
+    assert rows[0]["skipped_files_new"] == 12 and rows[0]["skipped_files"] == sorted(bad)[:10]
+    assert rows[1]["skipped_files_new"] == 1 and rows[1]["skipped_files"] == ["/data/train/dog/\x1b[2Jbroken.jpg"]
+    assert "skipped_files" not in rows[2]  # nothing new: not named again
+    out = capsys.readouterr().out
+    first = next(line for line in out.splitlines() if line.startswith("iter 4:"))
+    assert first.endswith(f"12 unreadable images skipped (first seen: {', '.join(sorted(bad)[:3])} and 9 more)")
+    second = next(line for line in out.splitlines() if line.startswith("iter 8:"))
+    assert "(first seen: /data/train/dog/" in second and "\x1b" not in second  # escaped for the terminal
+    third = next(line for line in out.splitlines() if line.startswith("iter 12:"))
+    assert third.endswith("14 unreadable images skipped")

@@ -66,3 +66,30 @@ def test_step_learns_a_batch_in_each_precision(precision):
     wrong, images = evaluate_error(model, [(x, y)], device=CPU, precision=precision)
     assert images == 16 and wrong <= 4
     assert model.training  # evaluation puts the mode back
+
+
+@pytest.fixture
+def cuda_flags():
+    """The process-wide cuDNN / matmul flags, put back after the test."""
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    yield lambda: (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def test_configure_device_sets_tf32_from_the_key_on_cuda_only(cuda_flags):
+    from resnetlab.train.step import configure_device
+
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = False, True  # torch's defaults
+    torch.backends.cuda.matmul.allow_tf32 = False
+    before = cuda_flags()
+    configure_device(CPU, tf32=True)
+    assert cuda_flags() == before  # the CPU: nothing changes
+    # The flags are plain settings: a CUDA device object needs no GPU to set them.
+    configure_device(torch.device("cuda"), tf32=False)
+    assert cuda_flags() == (True, False, False)  # the paper's fp32: no TF32 in convolutions (cuDNN's default)
+    configure_device(torch.device("cuda:0"), tf32=True)
+    assert cuda_flags() == (True, True, True)

@@ -15,6 +15,13 @@ Data: a built-in dataset by name, or `imagefolder` with `data_dir` (train/<class
 trained with the CIFAR recipe (`data.recipe=cifar`, issue 21). A wall-clock budget (`budget_s`) stops
 the grid cleanly: no run starts after it, a run in progress gets SIGTERM and checkpoints; the same
 command resumes the grid later (in another GPU window, once its folders are brought back).
+
+Batched runs (`batch_runs=K`, issue 23): runs whose networks stack (a net's seeds, a ResNet and its
+plain twin of the same depth: option A gives them identical layer shapes) train K at a time as one
+computation (`resnetlab.train.batched.train_batched`), each still in its own ordinary folder. Groups
+are formed in grid order, so the same command forms the same groups again; a group resumes together
+when its runs are at the same point (the same checkpoint iteration, or all new), otherwise its runs
+go one by one, and the log says so. A group is one job for the budget and for `jobs_per_gpu`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from resnetlab.evaluate.checkpoints import read_weights
 from resnetlab.train.lifecycle import PLACE_KEYS, config_diff
 
 TrainFn = Callable[..., Any]  # run_training(cfg, out_dir, *, resume=False)
+BatchedFn = Callable[..., list[Any]]  # train_batched(cfgs, out_dirs, *, resume=False)
 
 
 def schedule(name: str, iters: int | None = None) -> tuple[tuple[int, ...], int]:
@@ -182,34 +190,41 @@ def data_overrides(dataset: str, data_dir: str | Path | None) -> list[str]:
     return ["data.name=imagefolder", f"data.dir={folder}", "data.recipe=cifar", f"data.eval_split={split}"]
 
 
-RESIGNAL_S = 5.0  # the budget's SIGTERM again after this long, until the run in progress returns
+# The budget's SIGTERM again after this long, until the run in progress returns. Short: a first signal
+# that comes while a run (or a batched group) is still opening is taken by the grid's handler, and a
+# run that then trained on unsignalled would outlive the budget (a repeat only sets flags again).
+RESIGNAL_S = 0.5
 KILL_AFTER_S = 120.0  # a run given SIGTERM by the budget checkpoints within a step; this is a hang
-WORKER = (sys.executable, "-m", "resnetlab.analysis.worker")  # + CONFIG.yaml OUT_DIR [--resume]
+WORKER = (sys.executable, "-m", "resnetlab.analysis.worker")  # + CONFIG.yaml OUT_DIR [CONFIG OUT ...] [--resume]
 
 
 def run_jobs(
     jobs: list[Job],
     *,
     train_fn: TrainFn | None = None,
+    batched_fn: BatchedFn | None = None,
     gpus: int = 0,
     jobs_per_gpu: int = 1,
+    batch_runs: int = 1,
     log: Callable = print,
     worker: tuple[str, ...] = WORKER,
     budget_s: float | None = None,
-    tf32: bool = True,
 ) -> list[Job]:
     """Run every unfinished job: in this process one after another (CPU, one GPU), or as
     subprocesses (`worker CONFIG.yaml OUT_DIR [--resume]` with `CUDA_VISIBLE_DEVICES=i`), `jobs_per_gpu`
     at a time on each GPU, when that makes more than one at a time. Small CIFAR nets leave a large GPU
     mostly idle between their kernels, so several runs sharing one GPU can finish a grid sooner.
 
-    `tf32=False`: fp32 convolutions in full fp32 (cuDNN uses TF32 for them by default on Ampere and later).
+    `batch_runs=K`: up to K runs whose networks stack train as one computation (`batch_groups`), with
+    `batched_fn` (default `train_batched`) in this process or one worker given all their CONFIG OUT_DIR
+    pairs; such a group counts as one job for `jobs_per_gpu` and the budget.
     `budget_s`: wall-clock seconds from now; past them no run starts and the runs in progress get
     SIGTERM (each checkpoints at its next step and stops). Returns the jobs left unfinished by the
-    budget ([] once the grid is done); the same call later resumes them.
-    (Hook for several runs in one process, issue 23: a `batch_runs` path would take `todo` here.)"""
+    budget ([] once the grid is done); the same call later resumes them."""
     if jobs_per_gpu < 1:
         raise UserError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
+    if batch_runs < 1:
+        raise UserError(f"--batch-runs must be >= 1, got {batch_runs}")
     if budget_s is not None and budget_s <= 0:
         raise UserError(f"--budget-s must be > 0, got {budget_s}")
     changed = [job for job in jobs if job.state() == "other"]
@@ -226,38 +241,87 @@ def run_jobs(
             log(f"[skip]   {job.name}: final.pt exists")
         else:
             todo.append(job)
+    units = batch_groups(todo, batch_runs, log) if batch_runs > 1 else [[job] for job in todo]
     deadline = time.monotonic() + budget_s if budget_s is not None else None
     with _stop_flag() as stop:
         if gpus >= 1 and gpus * jobs_per_gpu > 1:
             slots = [gpu for gpu in range(gpus) for _ in range(jobs_per_gpu)]
-            return _run_parallel(todo, slots, log, worker, deadline, stop, [] if tf32 else ["--no-tf32"])
+            return _run_parallel(units, slots, log, worker, deadline, stop)
         if todo and train_fn is None:
             from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
-        if todo and not tf32:
-            no_tf32()
-        for i, job in enumerate(todo, 1):
+        if any(len(unit) > 1 for unit in units) and batched_fn is None:
+            from resnetlab.train.batched import train_batched as batched_fn
+        for i, unit in enumerate(units, 1):
             if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
-                return _stopped(todo[i - 1 :], log)
-            resume = job.state() == "resume"
-            log(f"[{'resume' if resume else 'train'}] {job.name} ({i}/{len(todo)})")
+                return _stopped([job for u in units[i - 1 :] for job in u], log)
+            resume = unit[0].state() == "resume"  # a group's runs are all at the same point (batch_groups)
+            log(f"[{'resume' if resume else 'train'}] {_label(unit)} ({i}/{len(units)})")
             with _sigterm_at(deadline):
-                summary = train_fn(job.cfg, job.out_dir, resume=resume)
-            if isinstance(summary, dict) and summary.get("interrupted"):
+                if len(unit) == 1:
+                    summaries = [train_fn(unit[0].cfg, unit[0].out_dir, resume=resume)]
+                else:
+                    summaries = batched_fn([j.cfg for j in unit], [j.out_dir for j in unit], resume=resume)
+            interrupted = next(
+                (s["interrupted"] for s in summaries if isinstance(s, dict) and s.get("interrupted")), None
+            )
+            if interrupted:
                 if deadline is not None and time.monotonic() >= deadline:
-                    return _stopped(todo[i - 1 :], log)
+                    return _stopped([job for u in units[i - 1 :] for job in u], log)
                 # SIGTERM / Ctrl-C: the run checkpointed and returned; stop the grid, the same command resumes it.
-                raise UserError(f"{job.name} interrupted ({summary['interrupted']}); run the same command to resume")
+                raise UserError(f"{_label(unit)} interrupted ({interrupted}); run the same command to resume")
     return []
 
 
-def no_tf32() -> None:
-    """fp32 convolutions and matmuls in full fp32 on CUDA, not TF32 (10-bit mantissa, cuDNN's default for
-    convolutions): the paper's numerics, the reference of the bf16 check (issue 23). A config key would
-    record it in each run's config.yaml; until then the grid's `commands.txt` records `--no-tf32`."""
-    import torch
+def batch_groups(jobs: list[Job], k: int, log: Callable = print) -> list[list[Job]]:
+    """`jobs` in units of up to `k` that can train as one computation: each job joins the first group
+    (in grid order) whose networks and shared settings it fits (`train.batched.check_batchable`), else
+    starts one. A group whose runs are not at the same point (the same checkpoint iteration, or all new)
+    is split into single runs, and the log says so: its runs continue one by one."""
+    from resnetlab.train.batched import check_batchable  # sibling layer, imported only when grouping
 
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    def fits(group: list[Job]) -> bool:
+        try:
+            check_batchable([j.cfg for j in group], [j.out_dir for j in group])
+        except UserError:
+            return False
+        return True
+
+    groups: list[list[Job]] = []
+    for job in jobs:
+        home = next((g for g in groups if len(g) < k and fits([*g, job])), None)
+        if home is None:
+            groups.append([job])
+        else:
+            home.append(job)
+    units = []
+    for group in groups:
+        points = {job.name: _point(job) for job in group}
+        if len(set(points.values())) > 1:
+            at = ", ".join(f"{name} {point}" for name, point in points.items())
+            log(f"[batch]  {_label(group)}: not at the same point ({at}); trained one by one")
+            units += [[job] for job in group]
+        else:
+            units.append(group)
+    return units
+
+
+def _point(job: Job) -> str:
+    """Where a job would start: "new", "at iteration N" (its checkpoint), or "unreadable checkpoint"."""
+    if job.state() == "new":
+        return "new"
+    ckpt = job.out_dir / "checkpoint.pt"
+    if not ckpt.is_file():
+        return "at iteration 0"  # started, never checkpointed: `resume` starts it again
+    from resnetlab.utils.checkpoint import load
+
+    try:
+        return f"at iteration {int(load(ckpt)['iteration'])}"
+    except (UserError, KeyError, TypeError, ValueError):
+        return f"unreadable checkpoint ({job.name})"  # alone: its own resume says what is wrong
+
+
+def _label(unit: list[Job]) -> str:
+    return unit[0].name if len(unit) == 1 else " + ".join(j.name for j in unit) + " (batched)"
 
 
 def _stopped(left: list[Job], log: Callable) -> list[Job]:
@@ -307,54 +371,60 @@ def _sigterm_at(deadline: float | None) -> Iterator[None]:
 
 
 def _run_parallel(
-    jobs: list[Job],
+    units: list[list[Job]],
     slot_gpus: list[int],
     log: Callable,
     worker: tuple[str, ...],
     deadline: float | None = None,
     stop: threading.Event | None = None,
-    flags: list[str] | None = None,
 ) -> list[Job]:
-    """A small pool: each free slot takes the next job as a `worker` subprocess on the slot's GPU.
-    At `deadline` (or on `stop`) no job starts and the running ones get SIGTERM (they checkpoint and
-    exit 143); returns the jobs left unfinished then."""
-    pending, running, failed, left = list(jobs), {}, [], []
+    """A small pool: each free slot takes the next unit (one job, or a batched group) as a `worker`
+    subprocess on the slot's GPU. At `deadline` (or on `stop`) no unit starts and the running ones get
+    SIGTERM (they checkpoint and exit 143); returns the jobs left unfinished then."""
+    pending, running, failed, left = list(units), {}, [], []
     ending = None  # when the budget (or a SIGTERM) stopped the grid
     while pending or running:
         if ending is None and ((deadline is not None and time.monotonic() >= deadline) or (stop and stop.is_set())):
-            ending, left = time.monotonic(), list(pending)
+            ending, left = time.monotonic(), [job for unit in pending for job in unit]
             pending.clear()
-            for job, proc, _, gpu in running.values():
-                log(f"[gpu {gpu}] {job.name}: budget reached, stopping it (it checkpoints)")
+            for unit, proc, _, gpu in running.values():
+                log(f"[gpu {gpu}] {_label(unit)}: budget reached, stopping it (it checkpoints)")
                 proc.send_signal(signal.SIGTERM)
         for slot, gpu in enumerate(slot_gpus):
             if slot not in running and pending:
-                job = pending.pop(0)
-                job.out_dir.mkdir(parents=True, exist_ok=True)
-                job_cfg = job.out_dir / "job.yaml"
-                dump(apply_overrides(job.cfg, ["train.device=cuda"]), job_cfg)
-                cmd = [*worker, str(job_cfg), str(job.out_dir), *(flags or [])]
-                if job.state() == "resume":
+                unit = pending.pop(0)
+                cmd = [*worker]
+                for job in unit:
+                    job.out_dir.mkdir(parents=True, exist_ok=True)
+                    job_cfg = job.out_dir / "job.yaml"
+                    dump(apply_overrides(job.cfg, ["train.device=cuda"]), job_cfg)
+                    cmd += [str(job_cfg), str(job.out_dir)]
+                if unit[0].state() == "resume":  # a group's runs are all at the same point (batch_groups)
                     cmd.append("--resume")
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
-                log_file = open(job.out_dir / "train.log", "a")  # closed when the job ends
-                log(f"[gpu {gpu}] {job.name} ({'resume' if '--resume' in cmd else 'train'})")
+                log_path = unit[0].out_dir / "train.log"
+                for job in unit[1:]:  # one process, one log: the others' train.log points to it
+                    with open(job.out_dir / "train.log", "a") as f:
+                        f.write(f"trained batched with {_label(unit)}: its log is {log_path}\n")
+                log_file = open(log_path, "a")  # closed when the unit ends
+                log(f"[gpu {gpu}] {_label(unit)} ({'resume' if '--resume' in cmd else 'train'})")
                 proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-                running[slot] = (job, proc, log_file, gpu)
+                running[slot] = (unit, proc, log_file, gpu)
         time.sleep(2 if ending is None else 0.2)
-        for slot, (job, proc, log_file, gpu) in list(running.items()):
+        for slot, (unit, proc, log_file, gpu) in list(running.items()):
             if ending is not None and time.monotonic() > ending + KILL_AFTER_S and proc.poll() is None:
-                log(f"[gpu {gpu}] {job.name}: no exit {KILL_AFTER_S:.0f} s after SIGTERM: killed, checkpoint kept")
+                log(f"[gpu {gpu}] {_label(unit)}: no exit {KILL_AFTER_S:.0f} s after SIGTERM: killed, checkpoint kept")
                 proc.kill()
                 proc.wait()
             if proc.poll() is not None:
                 log_file.close()
                 del running[slot]
-                if ending is not None and job.state() != "done":
-                    left.append(job)  # stopped by the budget: its checkpoint resumes it
+                if ending is not None:
+                    left += [job for job in unit if job.state() != "done"]  # stopped by the budget: checkpointed
                 elif proc.returncode:
-                    failed.append(job.name)
-                    log(f"[gpu {gpu}] {job.name} failed (exit {proc.returncode}); see {job.out_dir / 'train.log'}")
+                    failed += [job.name for job in unit]
+                    where = unit[0].out_dir / "train.log"
+                    log(f"[gpu {gpu}] {_label(unit)} failed (exit {proc.returncode}); see {where}")
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
     return _stopped(left, log) if left else []

@@ -1,5 +1,7 @@
-"""One run of a `reproduce` grid in its own process (one per GPU): `python -m resnetlab.analysis.worker
-CONFIG.yaml OUT_DIR [--resume] [--no-tf32]`. The parent sets CUDA_VISIBLE_DEVICES."""
+"""One unit of a `reproduce` grid in its own process (one per GPU slot): `python -m resnetlab.analysis.worker
+CONFIG.yaml OUT_DIR [CONFIG.yaml OUT_DIR ...] [--resume]`. One pair: `run_training`; several:
+a batched group (`train_batched`, one computation). The parent sets CUDA_VISIBLE_DEVICES. The exit
+status is the runs' (143 after a SIGTERM, once every run has checkpointed)."""
 
 from __future__ import annotations
 
@@ -11,19 +13,22 @@ from resnetlab.config import from_dict, read_yaml
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnetlab.analysis.worker")
-    parser.add_argument("config", type=Path)
-    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("runs", nargs="+", type=Path, metavar="CONFIG.yaml OUT_DIR", help="one pair per run")
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--no-tf32", action="store_true", help="fp32 convolutions and matmuls in full fp32")
     args = parser.parse_args(argv)
-    from resnetlab.analysis.reproduce import no_tf32
-    from resnetlab.train import run_training
+    if len(args.runs) % 2:
+        parser.error("give CONFIG.yaml OUT_DIR pairs")
+    from resnetlab.train import run_training  # TF32 and every other setting: the config's (train.tf32)
 
-    if args.no_tf32:
-        no_tf32()
-    cfg = from_dict(read_yaml(args.config))
-    run_training(cfg, args.out_dir, resume=args.resume)
-    return 0
+    cfgs = [from_dict(read_yaml(path)) for path in args.runs[::2]]
+    outs = args.runs[1::2]
+    if len(cfgs) == 1:
+        summaries = [run_training(cfgs[0], outs[0], resume=args.resume)]
+    else:
+        from resnetlab.train.batched import train_batched
+
+        summaries = train_batched(cfgs, outs, resume=args.resume)
+    return max(s["exit_code"] for s in summaries)
 
 
 if __name__ == "__main__":

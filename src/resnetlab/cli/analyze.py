@@ -72,6 +72,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jobs-per-gpu", type=POSITIVE, default=1, metavar="N", help="runs sharing each GPU at once (default 1)"
     )
     rep.add_argument(
+        "--batch-runs",
+        type=POSITIVE,
+        default=1,
+        metavar="K",
+        help="train up to K runs whose networks stack (seeds of a net, a ResNet and its plain twin) as one "
+        "computation, each in its own folder (default 1: one by one); a group is one job for --jobs-per-gpu",
+    )
+    rep.add_argument(
         "--budget-s",
         type=float_in(1, 1e9),
         default=None,
@@ -79,7 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="wall-clock seconds: then no run starts, running ones checkpoint and stop (exit 124, no report)",
     )
     rep.add_argument(
-        "--no-tf32", action="store_true", help="fp32 convolutions in full fp32 on CUDA (cuDNN's default is TF32)"
+        "--no-tf32",
+        action="store_true",
+        help="the same as --set train.tf32=false, the default: fp32 convolutions in full fp32 on CUDA "
+        "(--set train.tf32=true allows TF32, faster)",
     )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
     rep.add_argument(
@@ -144,9 +155,15 @@ def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
     from resnetlab.analysis.reproduce import plan, report, run_jobs
+    from resnetlab.errors import UserError
     from resnetlab.utils.device import resolve_device
 
     out = Path(args.out or f"runs/reproduce/{args.name}-{args.dataset}-{args.schedule}")
+    overrides = list(args.set)
+    if args.no_tf32:  # kept for the commands already written down; the key records it in each config.yaml
+        if any(kv.split("=", 1)[0].strip() == "train.tf32" for kv in overrides):
+            raise UserError("give --no-tf32 or --set train.tf32=..., not both")
+        overrides.insert(0, "train.tf32=false")
     jobs = plan(
         args.name,
         out=out,
@@ -157,7 +174,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         device=args.device,
         with_1202=args.with_1202,
-        overrides=args.set,
+        overrides=overrides,
         rerun_changed=args.rerun_changed,
         data_dir=args.data_dir,
     )
@@ -166,18 +183,21 @@ def _reproduce(args: argparse.Namespace) -> int:
     with open(out / "commands.txt", "a") as f:
         f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and device.type == "cuda" else 0
-    train_fn = None
+    train_fn = batched_fn = None
     if args.quiet:
         from resnetlab.train import run_training
+        from resnetlab.train.batched import train_batched
 
         train_fn = functools.partial(run_training, quiet=True)
+        batched_fn = functools.partial(train_batched, quiet=True)
     left = run_jobs(
         jobs,
         gpus=gpus,
         jobs_per_gpu=args.jobs_per_gpu,
+        batch_runs=args.batch_runs,
         train_fn=train_fn,
+        batched_fn=batched_fn,
         budget_s=args.budget_s,
-        tf32=not args.no_tf32,
     )
     if left:
         print(
@@ -208,5 +228,7 @@ def _command_line(args: argparse.Namespace) -> str:
     words += [w for kv in args.set for w in ("--set", kv)]
     if args.jobs_per_gpu != 1:
         words += ["--jobs-per-gpu", str(args.jobs_per_gpu)]
+    if args.batch_runs != 1:
+        words += ["--batch-runs", str(args.batch_runs)]
     words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses + ["--no-tf32"] * args.no_tf32
     return shlex.join(words)

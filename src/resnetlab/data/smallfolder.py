@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from resnetlab.data.cache import cache_path, cached, fingerprint, remove_stale
+from resnetlab.data.imagenet import resolve_workers
 from resnetlab.data.images import Sample, center_view, read_bytes
 from resnetlab.data.ondevice import image_stats
 from resnetlab.errors import UserError
@@ -83,7 +84,7 @@ def decode_images(
     *,
     image_size: int = 0,
     channels: int | None = None,
-    workers: int = 0,
+    workers: int | None = 0,
     skip_corrupt: bool = False,
     folder: Path | str = "",
 ) -> tuple[Tensor, Tensor, list[str]]:
@@ -94,7 +95,7 @@ def decode_images(
     loader = DataLoader(
         _Decoded(samples, image_size=image_size, channels=channels),
         batch_size=256,
-        num_workers=min(workers, os.cpu_count() or 1),
+        num_workers=min(resolve_workers(workers), os.cpu_count() or 1),  # None (data.workers' default): per core
         collate_fn=_collate,
         generator=torch.Generator(),  # its worker seeds must not draw from the global RNG (the weights' init)
     )
@@ -146,7 +147,7 @@ def decoded_split(
     *,
     image_size: int,
     channels: int | None,
-    workers: int,
+    workers: int | None,
     skip_corrupt: bool,
     rank: int = 0,
     world_size: int = 1,

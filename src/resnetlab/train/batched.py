@@ -59,7 +59,7 @@ from resnetlab.models.stacked import check_stackable, stack_models, zero_grads
 from resnetlab.train import loop
 from resnetlab.train.lifecycle import NonFiniteLoss, Run, open_run, seed_everything
 from resnetlab.train.schedule import LRSchedule
-from resnetlab.train.step import autocast_dtype, compile_model, make_grad_scaler, make_sgd
+from resnetlab.train.step import autocast_dtype, compile_model, configure_device, make_grad_scaler, make_sgd
 from resnetlab.utils.meters import Throughput
 
 __all__ = ["check_batchable", "make_batched_step", "train_batched"]
@@ -73,17 +73,18 @@ BatchedStep = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], tuple[t
 
 
 def train_batched(
-    cfgs: Sequence[Config], out_dirs: Sequence[str | Path], *, resume: bool = False
+    cfgs: Sequence[Config], out_dirs: Sequence[str | Path], *, resume: bool = False, quiet: bool = False
 ) -> list[dict[str, Any]]:
     """Train the runs `cfgs` (which differ only in train.seed, model.* and optim.*) as one batched
     computation, run k written into `out_dirs[k]` as `run_training(cfgs[k], out_dirs[k])` would.
     Returns each run's summary (the keys of `run_training`'s). `resume=True` continues every run from
-    its checkpoint.pt; they must all be at the same iteration.
+    its checkpoint.pt; they must all be at the same iteration. `quiet=True`: no progress bars (as
+    `run_training`'s).
     """
     cfgs, outs = list(cfgs), [Path(o) for o in out_dirs]
     check_batchable(cfgs, outs)
     with contextlib.ExitStack() as stack:
-        runs = [stack.enter_context(open_run(cfg, out, resume=resume)) for cfg, out in zip(cfgs, outs)]
+        runs = [stack.enter_context(open_run(cfg, out, resume=resume, quiet=quiet)) for cfg, out in zip(cfgs, outs)]
         return _train(cfgs, runs)
 
 
@@ -181,7 +182,7 @@ def _train(cfgs: list[Config], runs: list[Run]) -> list[dict[str, Any]]:
         raise UserError(f"batched runs resume together, but their checkpoints differ ({at}); resume them one by one")
     states, step = _build(cfgs, runs)
     k = len(runs)
-    windows = [loop._Window(device, 1) for _ in runs]
+    windows = [loop.LossWindow(device, 1) for _ in runs]
     throughput = Throughput()
     streams = [s.data.train.batches(runs[0].start_iter) for s in states]
     it, stopped = runs[0].start_iter, None
@@ -191,7 +192,7 @@ def _train(cfgs: list[Config], runs: list[Run]) -> list[dict[str, Any]]:
             run.bar = _Labelled(run.bar, run.out.name)
         while it < t.max_iters:
             batches = [next(stream) for stream in streams]
-            lrs = [loop._set_lr(s, it, run) for s, run in zip(states, runs)]
+            lrs = [loop.set_lr(s, it, run) for s, run in zip(states, runs)]
             losses, errors = step([x for x, _ in batches], [y for _, y in batches])
             for i, (window, (_, y)) in enumerate(zip(windows, batches)):
                 window.add(losses[i], errors[i], y.numel())
@@ -211,32 +212,31 @@ def _train(cfgs: list[Config], runs: list[Run]) -> list[dict[str, Any]]:
             if due.log:
                 rate = throughput.rate() / k  # each run's own images/s, as a separate run reports it
                 for s, run, lr in zip(states, runs, lrs):
-                    loop._log_training(s, run, it, lr, rate)
+                    loop.log_training(s, run, it, lr, rate)
             if due.eval:
                 for s, run, lr in zip(states, runs, lrs):
-                    loop._evaluate_and_log(s, run, it, lr)
+                    loop.evaluate_and_log(s, run, it, lr)
                 throughput.rate()  # leave evaluation out of images/s
             if due.checkpoint or stopped:
                 for s, run in zip(states, runs):
                     run.save_checkpoint(s.state(run), it)
             if stopped:
                 break
-    summaries = [loop._summary(s, run, it) for s, run in zip(states, runs)]
+    summaries = [loop.run_summary(s, run, it) for s, run in zip(states, runs)]
     for s, run in zip(states, runs):
-        run.end(it, {**run.record(s.model, s.meta), **loop._eval_fields(s.last_eval)})
+        run.end(it, {**run.record(s.model, s.meta), **loop.eval_fields(s.last_eval)})
     if not stopped:
         for summary, cfg in zip(summaries, cfgs):
-            loop._print_summary(summary, cfg)
+            loop.print_summary(summary, cfg)
     return summaries
 
 
 def _build(cfgs: list[Config], runs: list[Run]) -> tuple[list[Any], BatchedStep]:
-    """Each run's data, model, optimizer and schedule (`loop._Training`, in its checkpoint's state if
+    """Each run's data, model, optimizer and schedule (`loop.Training`, in its checkpoint's state if
     resumed), the models stacked into one network, and the batched step over it."""
     t, device = cfgs[0].train, runs[0].device
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    configure_device(device, tf32=t.tf32)  # CUDA: cuDNN benchmark mode, TF32 as train.tf32 says
     parts = []
     for cfg in cfgs:
         seed_everything(cfg.train.seed)  # as run_training: seed, data, then the model's initial weights
@@ -255,7 +255,7 @@ def _build(cfgs: list[Config], runs: list[Run]) -> tuple[list[Any], BatchedStep]
         optimizer = make_sgd(
             model, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, backbone_lr_mult=o.backbone_lr_mult
         )
-        s = loop._Training(
+        s = loop.Training(
             cfg=cfg,
             data=data,
             model=model,

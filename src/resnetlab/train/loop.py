@@ -6,6 +6,12 @@ every `train.checkpoint_every` iterations and on SIGTERM/SIGINT. Resuming is exa
 a function of the iteration, and everything else that changes (weights, optimizer, schedule, meters,
 RNGs) is in the checkpoint. With `torchrun`, each process trains on its share of the global batch
 under DistributedDataParallel; rank 0 alone evaluates and writes files.
+
+The per-run steps are public because `train/batched.py` (K runs as one computation) calls them for
+each of its runs instead of copying them: `Training` (what a run trains with and has measured, and its
+checkpoint state), `LossWindow` (losses read off the device only when due), `set_lr`, `log_training`,
+`evaluate_and_log`, `run_summary`, `eval_fields` (the test/train errors a run records at its end) and
+`print_summary`. Only the step differs between the two loops.
 """
 
 from __future__ import annotations
@@ -26,11 +32,34 @@ from resnetlab.models import create_model
 from resnetlab.train import finetune
 from resnetlab.train.lifecycle import NonFiniteLoss, Run, open_run, seed_everything
 from resnetlab.train.schedule import LRSchedule
-from resnetlab.train.step import compile_model, evaluate_error, make_grad_scaler, make_sgd, make_train_step
+from resnetlab.train.step import (
+    compile_model,
+    configure_device,
+    evaluate_error,
+    make_grad_scaler,
+    make_sgd,
+    make_train_step,
+)
 from resnetlab.utils import distributed as dist
 from resnetlab.utils.meters import Average, Throughput
+from resnetlab.utils.text import printable
 
-__all__ = ["NonFiniteLoss", "run_training"]
+NAMED_SKIPPED = 10  # unreadable files named per metrics.jsonl row (all are counted), as `evaluate --json`
+
+__all__ = [
+    "LossWindow",
+    "NonFiniteLoss",
+    "Training",
+    "build_classifier",
+    "build_data",
+    "eval_fields",
+    "evaluate_and_log",
+    "log_training",
+    "print_summary",
+    "run_summary",
+    "run_training",
+    "set_lr",
+]
 
 
 def build_data(cfg: Config, device: torch.device, *, rank: int, world_size: int, stats=None):
@@ -59,13 +88,13 @@ def _train(cfg: Config, run: Run) -> dict[str, Any]:
     if t.batch_size % world:
         raise UserError(f"train.batch_size {t.batch_size} is not divisible by the {world} processes")
     s = _build(cfg, run)  # data, model, optimizer, schedule, train step; the checkpoint's state loaded
-    window, throughput = _Window(run.device, world), Throughput()
+    window, throughput = LossWindow(run.device, world), Throughput()
     batches = s.data.train.batches(run.start_iter)
     it = run.start_iter
     with run.steps():
         while it < t.max_iters:
             x, y = next(batches)
-            lr = _set_lr(s, it, run)
+            lr = set_lr(s, it, run)
             loss, errors = s.step(x, y)
             window.add(loss, errors, y.numel())
             throughput.add(y.numel() * world)
@@ -78,26 +107,26 @@ def _train(cfg: Config, run: Run) -> dict[str, Any]:
                 for meter in (s.recent, s.since_eval):
                     meter.add(sum(losses), n_err, n_img, len(losses))
             if due.log:
-                _log_training(s, run, it, lr, throughput.rate())
+                log_training(s, run, it, lr, throughput.rate())
             if due.eval:
-                _evaluate_and_log(s, run, it, lr)
+                evaluate_and_log(s, run, it, lr)
                 throughput.rate()  # leave evaluation out of images/s
             if due.checkpoint:
                 run.save_checkpoint(s.state(run), it)
             if due.stop:
                 break
-    summary = _summary(s, run, it)
-    run.end(it, {**run.record(s.model, s.meta), **_eval_fields(s.last_eval)})
+    summary = run_summary(s, run, it)
+    run.end(it, {**run.record(s.model, s.meta), **eval_fields(s.last_eval)})
     if run.is_main and not run.stopped:
-        _print_summary(summary, cfg)
+        print_summary(summary, cfg)
     return summary
 
 
-# ---- the steps of a run --------------------------------------------------------------------------
+# ---- the steps of a run (shared with train/batched.py) -------------------------------------------
 
 
 @dataclass
-class _Training:
+class Training:
     """What one classification run trains with, and what it has measured (all in its checkpoint)."""
 
     cfg: Config
@@ -112,6 +141,7 @@ class _Training:
     since_eval: Average = field(default_factory=Average)  # ... since the last evaluation
     last_eval: dict[str, Any] | None = None
     best: dict[str, Any] | None = None
+    named_skipped: set[str] = field(default_factory=set)  # unreadable files already named (not checkpointed)
 
     def state(self, run: Run) -> dict[str, Any]:
         return run.state(
@@ -138,7 +168,7 @@ class _Training:
         self.last_eval, self.best = ckpt["last_eval"], ckpt["best"]
 
 
-def _build(cfg: Config, run: Run) -> _Training:
+def _build(cfg: Config, run: Run) -> Training:
     """Data, model, optimizer, schedule and train step of `cfg`, in `run.checkpoint`'s state if resumed."""
     t, info, device = cfg.train, run.info, run.device
     seed_everything(t.seed)
@@ -155,15 +185,14 @@ def _build(cfg: Config, run: Run) -> _Training:
     report += finetune.freeze(model, t.freeze)  # not in the checkpoint: applied to resumed runs too
     if info.is_main and report:
         print("\n".join(report))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    configure_device(device, tf32=t.tf32)  # CUDA: cuDNN benchmark mode, TF32 as train.tf32 says
     model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
     o = cfg.optim
     optimizer = make_sgd(
         model, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, backbone_lr_mult=o.backbone_lr_mult
     )
     schedule = LRSchedule.from_config(o, batch_size=t.batch_size)
-    s = _Training(cfg, data, model, meta, optimizer, schedule, make_grad_scaler(t.precision, device))
+    s = Training(cfg, data, model, meta, optimizer, schedule, make_grad_scaler(t.precision, device))
     if run.checkpoint is not None:
         run.restore(model, optimizer, s.load_state_dict)  # then, and only then, the folder is prepared
 
@@ -186,7 +215,7 @@ def _loader_line(cfg: Config, data) -> list[str]:
     return [f"data.workers: {workers} loader processes ({how})"]
 
 
-def _set_lr(s: _Training, it: int, run: Run) -> float:
+def set_lr(s: Training, it: int, run: Run) -> float:
     """The schedule's lr for iteration `it` into every parameter group; returns it."""
     warning = s.schedule.end_warmup_if_due(it)  # the warm-up never outlives the first milestone
     if warning and run.is_main:
@@ -197,7 +226,7 @@ def _set_lr(s: _Training, it: int, run: Run) -> float:
     return lr
 
 
-def _log_training(s: _Training, run: Run, it: int, lr: float, rate: float) -> None:
+def log_training(s: Training, run: Run, it: int, lr: float, rate: float) -> None:
     """Training loss / error over the iterations since the last log: progress bar and TensorBoard."""
     # Sec. 4.2 warm-up: "until the training error is below 80%", over the recent iterations.
     s.schedule.observe_train_error(it, s.recent.error)
@@ -206,7 +235,7 @@ def _log_training(s: _Training, run: Run, it: int, lr: float, rate: float) -> No
     s.recent.reset()
 
 
-def _evaluate_and_log(s: _Training, run: Run, it: int, lr: float) -> None:
+def evaluate_and_log(s: Training, run: Run, it: int, lr: float) -> None:
     """The evaluated split's error: a metrics.jsonl row, TensorBoard, a line above the progress bar."""
     split = eval_split(s.cfg)
     test_error = _evaluate(s.model, s.data.test, run.device, s.cfg, run.info)
@@ -220,10 +249,16 @@ def _evaluate_and_log(s: _Training, run: Run, it: int, lr: float) -> None:
         "eval_split": split,
         "time": run.elapsed(),
     }
-    # ImageFolder with data.skip_corrupt: how many unreadable images were skipped so far.
+    # ImageFolder with data.skip_corrupt: how many unreadable images were skipped so far, and the files
+    # first seen since the last evaluation (the first NAMED_SKIPPED in metrics.jsonl, 3 in the line).
     skipped = getattr(s.data.train, "skipped", 0)
+    new_files = sorted(set(getattr(s.data.train, "skipped_files", ())) - s.named_skipped)
+    s.named_skipped.update(new_files)
     if skipped:
         row["skipped_images"] = skipped
+    if new_files:
+        row["skipped_files_new"] = len(new_files)
+        row["skipped_files"] = new_files[:NAMED_SKIPPED]
     if s.best is None or test_error < s.best["test_error"]:
         s.best = {"iter": it, "test_error": test_error}
     s.last_eval = row
@@ -232,11 +267,20 @@ def _evaluate_and_log(s: _Training, run: Run, it: int, lr: float) -> None:
     if run.is_main:
         run.bar.write(
             f"iter {it}: {split} error {test_error:.2f}%, train error {row['train_error']:.2f}%, "
-            f"loss {row['train_loss']:.4f}, lr {lr:.3g}" + (f", {skipped} unreadable images skipped" if skipped else "")
+            f"loss {row['train_loss']:.4f}, lr {lr:.3g}"
+            + (f", {skipped} unreadable images skipped" if skipped else "")
+            + (f" (first seen: {_some(new_files)})" if new_files else "")
         )
 
 
-def _summary(s: _Training, run: Run, it: int) -> dict[str, Any]:
+def _some(paths: list[str], shown: int = 3) -> str:
+    """The first `shown` of `paths`, escaped for the terminal (a file name may hold a terminal escape)."""
+    names = ", ".join(printable(p) for p in paths[:shown])
+    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
+def run_summary(s: Training, run: Run, it: int) -> dict[str, Any]:
+    """What `run_training` returns for a run that stopped at iteration `it` (see its docstring)."""
     last, best = s.last_eval or {}, s.best or {}
     return {
         "iterations": it,
@@ -281,7 +325,7 @@ def check_input_fits(name: str, options: dict[str, Any], size: int, dataset: str
             ) from None
 
 
-class _Window:
+class LossWindow:
     """Per-iteration losses and error counts of the iterations not yet read, kept on the device so the
     loop never waits for it; `drain` reads them (summed over processes) and checks the losses."""
 
@@ -331,13 +375,15 @@ def eval_split(cfg: Config) -> str:
     return cfg.data.eval_split if cfg.data.name in ("imagenet", "imagefolder") else "test"
 
 
-def _eval_fields(last_eval: dict[str, Any] | None) -> dict[str, Any]:
+def eval_fields(last_eval: dict[str, Any] | None) -> dict[str, Any]:
+    """The last evaluation's errors and split, for the run's record (`Run.end`)."""
     if not last_eval:
         return {}
     return {k: last_eval[k] for k in ("test_error", "train_error", "eval_split") if k in last_eval}
 
 
-def _print_summary(summary: dict[str, Any], cfg: Config) -> None:
+def print_summary(summary: dict[str, Any], cfg: Config) -> None:
+    """The lines a finished run prints: time and images/s, the errors, where its files are."""
     minutes, seconds = divmod(summary["time"], 60)
     images = summary["iterations"] * cfg.train.batch_size
     lines = [

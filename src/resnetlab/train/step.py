@@ -38,6 +38,18 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
     return None
 
 
+def configure_device(device: torch.device, *, tf32: bool = False) -> None:
+    """The device settings a training run starts with (CUDA only; nothing changes on the CPU):
+    cuDNN's benchmark mode (fixed input sizes: it times its kernels once and keeps the fastest) and
+    TF32 for fp32 convolutions and matrix products as `train.tf32` says (off: the paper's fp32; cuDNN
+    would use TF32 for convolutions by default). Global to the process: each run sets them again."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
     """`torch.compile(model, mode=mode)`, the one place the loop and the benchmarks compile.
 
