@@ -74,13 +74,13 @@ split = last.get("eval_split", "test")  # all 60k images train, so the 10k test 
 print(f"ResNet-20 on Fashion-MNIST, {last['iter']} iterations: {split} error {last['test_error']:.2f}% "
       f"(training error {last['train_error']:.2f}% over the last evaluation interval)")
 if last["iter"] == 1000:
-    # Measured with this script, DEMO_THREADS=1 (README, docs/train.md): seed 0 with this version;
-    # seeds 0, 1, 2 with the previous one (12.22 % for seed 0 then); 13.14 % with 2 threads.
+    # Measured with this script, DEMO_THREADS=1 (README, docs/train.md), seeds 0, 1, 2 with this
+    # version; 13.14 % with 2 threads (seed 0, an earlier version).
     print("measured with 1 thread: 12.16 % for seed 0 (the default; the same on every run on the CPU measured), "
-          "12.04 / 12.22 / 12.44 % for seeds 0, 1, 2 with the previous version")
+          "12.16 / 12.25 / 12.93 % for seeds 0, 1, 2")
     if threads != "1":
         print(f"this run used {threads} threads: the convolutions sum in another order, which moves the result "
-              "as another seed would (13.14 % seen with 2 threads): expect 12.0-13.2 %; DEMO_THREADS=1 repeats "
+              "as another seed would (13.14 % seen with 2 threads): expect 12.1-13.2 %; DEMO_THREADS=1 repeats "
               "the measured setting")
 PY
 if "$PY" -m resnetlab analyze curves --help >/dev/null 2>&1; then
