@@ -41,6 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from steps import run_steps  # noqa: E402  (scripts/, stdlib only)
+
 STEPS = ("tests", "bench", "cifar", "loop", "grid", "analyze", "profile")
 GRID = ("plain20", "plain56", "resnet20", "resnet56")
 PAPER_ITERS = 64_000
@@ -521,22 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": args.budget_s,
         "steps": {},
     }
-    for name in steps:
-        if ctx.left() < 5:
-            ctx.results["steps"][name] = {"status": "skipped", "why": "out of time"}
-            continue
-        print(f"[{name}] starting, {ctx.left():.0f} s left", flush=True)
-        try:
-            ctx.results["steps"][name] = STEP_FNS[name](ctx)
-        except Exception as e:  # one step's failure must not lose the others' figures
-            ctx.results["steps"][name] = {"status": "failed", "why": f"{type(e).__name__}: {e}"}
-        write(ctx)
-    write(ctx)
-    print(summary_md(ctx.results))
-    failed = [n for n, st in ctx.results["steps"].items() if st["status"] == "failed"]
-    if failed:
-        print(f"failed steps: {', '.join(failed)} (logs in {out})")
-    return 1 if failed else 0
+    return run_steps(ctx, steps, STEP_FNS, write=write, summary_md=summary_md, out=out)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import carry_data  # noqa: E402  (scripts/, stdlib only)
+from steps import run_steps  # noqa: E402  (scripts/, stdlib only)
 
 STEPS = ("unpack", "restore", "bf16-check", "grid")
 NOISE_FLOOR = 0.5  # points of test error: two seeds of a 10k-iteration run differ by about this much
@@ -434,22 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         "grid_dir": str(ctx.grid),
         "steps": {},
     }
-    for name in steps:
-        if ctx.left() < 5:
-            ctx.results["steps"][name] = {"status": "skipped", "why": "out of time"}
-            continue
-        print(f"[{name}] starting, {ctx.left():.0f} s left", flush=True)
-        try:
-            ctx.results["steps"][name] = STEP_FNS[name](ctx)
-        except Exception as e:  # one step's failure must not lose the others' results
-            ctx.results["steps"][name] = {"status": "failed", "why": f"{type(e).__name__}: {e}"}
-        write(ctx)
-    write(ctx)
-    print(summary_md(ctx.results))
-    failed = [n for n, st in ctx.results["steps"].items() if st["status"] == "failed"]
-    if failed:
-        print(f"failed steps: {', '.join(failed)} (logs in {out})")
-    return 1 if failed else 0
+    return run_steps(ctx, steps, STEP_FNS, write=write, summary_md=summary_md, out=out)
 
 
 if __name__ == "__main__":
