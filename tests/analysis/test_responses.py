@@ -103,6 +103,23 @@ def test_max_images_and_model_mode_restored():
     assert model.training is True
 
 
+def test_a_sample_of_a_class_sorted_test_set_spans_the_classes():
+    # A folder is read class by class: its first 200 images would be 2 of 10 classes.
+    from resnetlab.analysis.responses import sample_of
+    from resnetlab.data.ondevice import DeviceEvalSource, Normalizer
+
+    labels = torch.arange(10).repeat_interleave(100)
+    images = labels.view(-1, 1, 1, 1).expand(-1, 3, 2, 2).to(torch.uint8).contiguous()  # pixel = label
+    test = DeviceEvalSource(images, labels, normalizer=Normalizer(torch.zeros(3, 2, 2), None, "cpu"), batch_size=64)
+    sample = sample_of(test, 200)
+    assert len(sample) == 200 and sample.batch_size == 64
+    assert len(set(sample.labels.tolist())) == 10  # all ten classes (first 200 in order: 2)
+    assert (sample.images[:, 0, 0, 0].long() == sample.labels).all()  # images stay with their labels
+    assert sample.labels.tolist() == sorted(sample.labels.tolist())  # stored order kept
+    assert torch.equal(sample_of(test, 200).labels, sample.labels)  # the same sample every time
+    assert sample_of(test, 1000) is test and sample_of(test, 5000) is test
+
+
 def test_responses_use_the_checkpoints_mean(tmp_path, monkeypatch):
     # Fig. 7 on a model trained on the 45k split: the test images must be normalised with the mean the
     # model was trained with (stored in its checkpoint), not with a mean recomputed over all 50k.

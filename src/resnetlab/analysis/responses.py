@@ -170,6 +170,7 @@ def checkpoint_responses(
             wrong[1] += y.numel()
 
     images = len(test) if max_images is None else min(max_images, len(test))
+    test = sample_of(test, images)
     per_batch = getattr(test, "batch_size", None)
     batches = progress(
         test.batches(),
@@ -190,6 +191,20 @@ def checkpoint_responses(
         "test_error": 100.0 * wrong[0] / wrong[1] if wrong[1] else None,  # top-1 %, on these images
         "layers": layers,
     }
+
+
+def sample_of(test, n: int):
+    """`n` images of a test set held on the device, drawn at random with a fixed seed (0), in their
+    stored order: the first `n` of a folder sorted by class would be one or two classes. Other test
+    sets (read from files batch by batch) are returned whole: `layer_responses` takes their first `n`.
+    """
+    from resnetlab.data.ondevice import DeviceEvalSource
+
+    if n >= len(test) or not isinstance(test, DeviceEvalSource):
+        return test
+    keep = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    keep = keep.to(test.images.device)
+    return DeviceEvalSource(test.images[keep], test.labels[keep], normalizer=test.normalize, batch_size=test.batch_size)
 
 
 def plot_responses(results: list[dict], out: str | Path) -> Path:

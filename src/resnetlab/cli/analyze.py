@@ -40,7 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="where the test set is (default: the checkpoint's data.dir, named on the first line)",
     )
-    resp.add_argument("--max-images", type=POSITIVE, default=None, metavar="N", help="first N test images only")
+    resp.add_argument(
+        "--max-images",
+        type=POSITIVE,
+        default=None,
+        metavar="N",
+        help="N test images only: a fixed random sample (seed 0) of a test set held in memory, else the first N",
+    )
     add_device_and_quiet(resp)
     resp.set_defaults(func=_responses)
 
@@ -96,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument(
         "--set", nargs="+", action=Overrides, default=[], metavar="KEY=VALUE", help="config overrides, several per flag"
     )
-    rep.add_argument("--max-images", type=POSITIVE, default=None, help="responses on the first N test images")
+    rep.add_argument("--max-images", type=POSITIVE, default=None, help="responses on N test images (random, seed 0)")
     rep.add_argument("--no-responses", action="store_true", help="skip the fig. 7 analysis")
     rep.add_argument(
         "--rerun-changed",
