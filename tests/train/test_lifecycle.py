@@ -128,7 +128,15 @@ def test_a_failed_run_removes_the_folders_it_made_and_nothing_else(tmp_path, fak
     (tmp_path / "existing" / "notes.txt").write_text("mine")
     with pytest.raises(NonFiniteLoss):
         run_training(cfg, tmp_path / "existing")
-    assert sorted(os.listdir(tmp_path / "existing")) == ["config.yaml", "notes.txt"]  # the lock file went
+    assert sorted(os.listdir(tmp_path / "existing")) == ["notes.txt"]  # its config.yaml and the lock file went
+    # A run started again in a folder of its own (--resume, never checkpointed): its config.yaml stays.
+    from resnetlab.config import dump
+
+    (tmp_path / "started").mkdir()
+    dump(cfg, tmp_path / "started" / "config.yaml")
+    with pytest.raises(NonFiniteLoss):
+        run_training(cfg, tmp_path / "started", resume=True)
+    assert os.listdir(tmp_path / "started") == ["config.yaml"]
     monkeypatch.setenv("FAKE_NAN_AT", "15")  # after the checkpoint and the row of iteration 10
     with pytest.raises(NonFiniteLoss):
         run_training(cfg, tmp_path / "saved" / "run")

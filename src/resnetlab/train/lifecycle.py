@@ -383,17 +383,20 @@ def _restore_message(run: Run, e: BaseException) -> str:
 
 # The files of a run: each must be a file where it exists (a folder in its place is one line).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "final.pt")
+# What a run that saved nothing may have written: removed after it fails, unless there before.
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "data.json", "tb")
 
 
 @dataclasses.dataclass
 class _Claim:
     """The run folder held by this process: the lock's descriptor, the folders this process made
-    (outermost first) and whether it made the lock file."""
+    (outermost first), whether it made the lock file and which of a run's entries were there before."""
 
     out: Path
     fd: int
     created: list[Path]
     made_lock: bool
+    found: frozenset[str] = frozenset()
 
     def clear_up(self) -> None:
         """After a failed run, with the lock still held: if the folder holds no run (no checkpoint, no
@@ -405,8 +408,10 @@ class _Claim:
             return  # what --resume continues
         if self.out in self.created:
             shutil.rmtree(self.out, ignore_errors=True)
-        elif self.made_lock:
-            (self.out / LOCK).unlink(missing_ok=True)
+        else:  # a folder that was there: only the entries this run added go
+            for name in {*RUN_ENTRIES, LOCK if self.made_lock else ""} - self.found - {""}:
+                path = self.out / name
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         _remove_empty(self.created)
 
     def release(self) -> None:
@@ -456,7 +461,7 @@ def _claim(out: Path) -> _Claim:
     except OSError as e:
         _remove_empty(created)
         raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    claim = _Claim(out, fd, created, made_lock)
+    claim = _Claim(out, fd, created, made_lock, frozenset(n for n in RUN_ENTRIES if os.path.lexists(out / n)))
     if not os.access(out, os.W_OK):
         claim.clear_up()
         claim.release()
