@@ -160,3 +160,17 @@ def test_a_directory_where_a_run_file_belongs_is_one_line(tmp_path, no_data, tin
     with pytest.raises(UserError, match=r"metrics\.jsonl is not a file"):
         run_training(tiny_cfg(), tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]
+
+
+def test_a_resume_reads_the_checkpoint_once(tmp_path, fake_data, tiny_cfg, monkeypatch):
+    # Checked and restored from one read: a ResNet-152 checkpoint with its optimizer is ~0.5 GB.
+    import torch
+
+    cfg = tiny_cfg("train.max_iters=10", "train.checkpoint_every=5")
+    run_training(cfg, tmp_path)
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    summary = run_training(tiny_cfg("train.max_iters=15", "train.checkpoint_every=5"), tmp_path, resume=True)
+    assert summary["iterations"] == 15
+    assert [Path(p).name for p in reads] == ["checkpoint.pt"]

@@ -323,10 +323,11 @@ def open_run(cfg: Any, out: str | Path, *, resume: bool, quiet: bool = False) ->
     failed = True
     try:
         verdict: str | None = None
+        checked = None  # the checkpoint rank 0 read to check it: restored from, not read again
         if info.is_main:
             try:
                 claim = _claim(out)
-                _check_folder(cfg, out, resume)
+                checked = _check_folder(cfg, out, resume, device)
             except UserError as e:
                 verdict = str(e)
         verdict = dist.broadcast_object(verdict)  # type: ignore[assignment]
@@ -335,7 +336,7 @@ def open_run(cfg: Any, out: str | Path, *, resume: bool, quiet: bool = False) ->
         run = Run(cfg, out, info, device, quiet)
         ckpt_path = out / "checkpoint.pt"
         if resume and ckpt_path.is_file():
-            run.checkpoint = checkpoint.load(ckpt_path, map_location=device)  # rank 0 checked it
+            run.checkpoint = checked or checkpoint.load(ckpt_path, map_location=device)  # rank 0 checked it
             with run.restoring():
                 run.start_iter = run.last_checkpoint = int(run.checkpoint["iteration"])
                 run.elapsed_before = float(run.checkpoint.get("elapsed", 0.0))
@@ -517,8 +518,9 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _check_folder(cfg: Any, out: Path, resume: bool) -> None:
-    """UserError unless the folder's state fits the request (new run / --resume)."""
+def _check_folder(cfg: Any, out: Path, resume: bool, device: torch.device | str = "cpu") -> dict[str, Any] | None:
+    """UserError unless the folder's state fits the request (new run / --resume); the checkpoint it
+    read (on `device`) when it resumes from one, else None."""
     ckpt_path, final = out / "checkpoint.pt", out / "final.pt"
     for name in RUN_FILES:
         if (out / name).exists() and not (out / name).is_file():
@@ -533,13 +535,13 @@ def _check_folder(cfg: Any, out: Path, resume: bool) -> None:
                 raise UserError(
                     f"{out} already holds a run ({path.name}); pass --resume to continue it or choose another --out"
                 )
-        return
+        return None
     if not ckpt_path.exists():
         if not (out / "config.yaml").is_file():
             raise UserError(f"--resume: {out} holds no run to resume (no checkpoint.pt, no config.yaml)")
         compare_configs(read_yaml(out / "config.yaml"), cfg, out)
-        return  # started but never checkpointed: start again from iteration 0
-    ckpt = checkpoint.load(ckpt_path)
+        return None  # started but never checkpointed: start again from iteration 0
+    ckpt = checkpoint.load(ckpt_path, map_location=device)
     if "iteration" not in ckpt or "optimizer" not in ckpt:
         raise UserError(f"{ckpt_path} is a weights file, not a training checkpoint; cannot resume from it")
     compare_configs(ckpt["config"], cfg, out)
@@ -549,6 +551,7 @@ def _check_folder(cfg: Any, out: Path, resume: bool) -> None:
             f"--resume: the run in {out} reached iteration {reached}; train.max_iters={cfg.train.max_iters} "
             f"is below it (give train.max_iters >= {reached})"
         )
+    return ckpt
 
 
 def config_diff(saved: dict[str, Any], cfg: Any, *, allowed: frozenset[str] = RESUMABLE_KEYS) -> str | None:
