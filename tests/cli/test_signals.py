@@ -63,3 +63,87 @@ def test_a_signal_during_evaluate_is_one_line(slow_evaluation, sig, line, code):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-3000:]
     assert err.strip().splitlines() == [line], err[-3000:]
+
+
+@pytest.fixture(scope="module")
+def folder_evaluation(tmp_path_factory) -> list[str]:
+    """An `evaluate` of a JPEG folder through DataLoader workers: 1,200 images, a few seconds."""
+    import torch
+    from PIL import Image
+
+    w = tmp_path_factory.mktemp("workers")
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    for name in classes:
+        (w / "val" / name).mkdir(parents=True)
+        for i in range(400):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(w / "val" / name / f"{i}.JPEG")
+    meta = {"dataset": "imagefolder", "classes": classes, "num_classes": 3, "in_channels": 3, "image_size": 32,
+            "mean": torch.full((3, 32, 32), 0.5), "std": None, "model": "cifar_resnet20",
+            "model_options": {"num_classes": 3}}  # fmt: skip
+    net = create_model("cifar_resnet20", num_classes=3)
+    save_atomic({"model": net.state_dict(), "config": {"data": {"dir": str(w)}}, "meta": meta}, w / "ck.pt")
+    return ["evaluate", "--checkpoint", str(w / "ck.pt"), "--device", "cpu", "--workers", "2", "--batch-size", "4"]
+
+
+@pytest.mark.parametrize("attempt", range(3))  # the signal reaches the workers and the command in either order
+def test_sigterm_to_the_whole_group_with_data_workers_is_one_line(folder_evaluation, attempt):
+    # What a job scheduler's cancel, `timeout` or a terminal does: the signal reaches every process of
+    # the group, the DataLoader workers too; the command must still say one line, not a worker's error.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnetlab", *folder_evaluation],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    first = proc.stdout.readline()
+    assert first.startswith("data:"), (first, proc.communicate()[1])
+    time.sleep(0.5 + 0.3 * attempt)  # workers are running
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines() == ["terminated"], err[-3000:]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_whole_group_during_training_with_data_workers_checkpoints(tmp_path, sig, code):
+    # The ImageNet recipe reads files through DataLoader workers; a scheduler's cancel (SIGTERM) or a
+    # terminal's Ctrl-C (SIGINT) reaches them too. The run must still finish its step, checkpoint and
+    # say one line; `--resume` continues it.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from test_imagenet import write_tree
+
+    tree = write_tree(tmp_path / "tree")
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "imagenet-resnet18", "--out", str(out), "--device", "cpu", "--set"]
+    argv += ["data.name=imagefolder", f"data.dir={tree}", "data.crop=32", "data.scale_min=36", "data.scale_max=48"]
+    argv += ["data.mean_samples=20", "data.workers=2", "train.batch_size=4", "train.eval_batch_size=6"]
+    argv += ["train.max_iters=100000", "train.eval_every=2", "train.checkpoint_every=100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "resnetlab", *argv]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, **pipes, start_new_session=True)
+    deadline = time.time() + 120
+    for line in proc.stdout:  # training has started: its workers are feeding it
+        if line.startswith("iter 4:"):
+            break
+        assert time.time() < deadline, line
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err and "Exception" not in err, err[-3000:]
+    reached = torch_load_iteration(out / "checkpoint.pt")
+    assert reached >= 4
+    argv[argv.index("train.max_iters=100000")] = f"train.max_iters={reached + 2}"
+    done = subprocess.run([*cmd[:3], *argv, "--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch_load_iteration(out / "final.pt") == reached + 2
+
+
+def torch_load_iteration(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, weights_only=True, map_location="cpu")["iteration"])

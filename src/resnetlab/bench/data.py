@@ -39,6 +39,7 @@ from resnetlab.data.imagenet import ImageFolderEvalSource, ImageFolderTrainSourc
 from resnetlab.data.images import IMAGENET_EIGVAL, IMAGENET_EIGVEC, TrainRecipe, scan_split, split_classes
 from resnetlab.data.ondevice import FloatScratch, Normalizer
 from resnetlab.errors import UserError
+from resnetlab.utils.loader import quiet_worker
 
 VIEWS = ("train", "center", "10crop")
 PIPELINE_NAMES = {"workers": "ours", "device": "ours-device", "dali": "ours-dali"}  # by data.decode / data.loader
@@ -135,7 +136,10 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
             )
             # every batch full (images/s counts batch_size per step); workers live for the round
             source.loader = DataLoader(
-                **_loader_kwargs(source.loader), sampler=_Cycle(len(samples), False), drop_last=True
+                **_loader_kwargs(source.loader),
+                sampler=_Cycle(len(samples), False),
+                drop_last=True,
+                worker_init_fn=quiet_worker,
             )
             return (x for x, _ in _endless(source.batches))
 
@@ -146,6 +150,7 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
     def make() -> Iterator:
         loader = DataLoader(
             _ProtocolViews(samples, "10crop", CROP),
+            worker_init_fn=quiet_worker,
             batch_size=spec.batch_size,
             num_workers=spec.workers,
             collate_fn=_collate,
@@ -257,6 +262,7 @@ def reference(view: str, spec: DataSpec) -> Callable[[], Iterator]:
     def make() -> Iterator:
         loader = DataLoader(
             dataset,
+            worker_init_fn=quiet_worker,
             batch_size=spec.batch_size,
             sampler=_Cycle(len(dataset), view == "train"),  # shuffled each pass for training, as shuffle=True
             drop_last=True,

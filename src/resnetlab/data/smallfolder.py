@@ -32,6 +32,7 @@ from resnetlab.data.imagenet import resolve_workers
 from resnetlab.data.images import Sample, center_view, read_bytes
 from resnetlab.data.ondevice import image_stats
 from resnetlab.errors import UserError
+from resnetlab.utils.loader import quiet_worker
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
@@ -94,6 +95,7 @@ def decode_images(
     named); images of different or non-square sizes without `image_size` are refused in one line."""
     loader = DataLoader(
         _Decoded(samples, image_size=image_size, channels=channels),
+        worker_init_fn=quiet_worker,
         batch_size=256,
         num_workers=min(resolve_workers(workers), os.cpu_count() or 1),  # None (data.workers' default): per core
         collate_fn=_collate,

@@ -31,6 +31,7 @@ from resnetlab.data.order import IterationSampler
 from resnetlab.detection.config import DetDataConfig
 from resnetlab.detection.synthetic import SHAPE_CLASSES, write_shapes
 from resnetlab.errors import UserError
+from resnetlab.utils.loader import quiet_worker
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -316,6 +317,7 @@ def train_loader(dataset: DetectionSet, order: TrainOrder, workers: int) -> Data
     # Own generator: creating the loader must not draw from the global RNG (resume replays that RNG).
     return DataLoader(
         dataset,
+        worker_init_fn=quiet_worker,
         batch_sampler=order,
         num_workers=workers,
         collate_fn=collate,
@@ -328,6 +330,7 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int, indices: Sequen
     subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
     return DataLoader(
         subset,
+        worker_init_fn=quiet_worker,
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,

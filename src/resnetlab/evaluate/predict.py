@@ -22,6 +22,7 @@ from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models
 from resnetlab.evaluate.protocols import ensemble_probs
 from resnetlab.utils.device import resolve_device
+from resnetlab.utils.loader import quiet_worker
 from resnetlab.utils.progress import progress
 
 
@@ -143,7 +144,11 @@ def predict(
         resize = crop  # CIFAR-size models: the whole image at the training size, no 256/224 margin
     grey = models[0].meta.get("in_channels", 3) == 1
     loader = DataLoader(
-        _Views(paths, crop, resize, grey), batch_size=batch_size, num_workers=workers, collate_fn=_collate
+        _Views(paths, crop, resize, grey),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=quiet_worker,
     )
     rows: list[dict[str, Any]] = [{"image": p, "top": [], "error": None} for p in paths]
     for views, ok, failed in progress(loader, total=len(loader), desc="predict", unit="batch", quiet=quiet):

@@ -33,6 +33,7 @@ from resnetlab.evaluate.protocols import (
     topk_correct,
 )
 from resnetlab.utils.device import resolve_device
+from resnetlab.utils.loader import quiet_worker
 from resnetlab.utils.progress import progress
 
 NAMED = 10  # skipped or doubly-reached files named in the result (the count covers them all)
@@ -115,6 +116,7 @@ def _evaluate_images(
     per_batch = 1 if protocol == "multiscale" else batch_size  # whole images differ in size
     loader = DataLoader(
         _ProtocolViews(samples, protocol, models[0].image_size),
+        worker_init_fn=quiet_worker,
         batch_size=per_batch,
         num_workers=workers,
         collate_fn=_collate,

@@ -1,0 +1,19 @@
+"""DataLoader workers that leave SIGTERM and SIGINT to the command.
+
+A job scheduler's cancel, `timeout` and a terminal's Ctrl-C signal the whole process group, the
+DataLoader workers too. torch's workers die on a SIGTERM that their parent did not send and stop on
+Ctrl-C, so the command lost its data in the middle of a step: training could not finish the step and
+checkpoint, and the command's SIGCHLD handler raised a worker error (a traceback) while it unwound.
+With `quiet_worker` as `worker_init_fn` the workers ignore both; the command stops as it would with
+`--workers 0` and shuts its workers down (they also end when the command dies: torch's watchdog).
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+def quiet_worker(worker_id: int) -> None:
+    """`worker_init_fn` for every DataLoader of ours (it runs after torch set its worker handlers)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
