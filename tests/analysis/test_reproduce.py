@@ -343,3 +343,88 @@ def test_the_budget_stops_worker_processes(tmp_path):
     assert all((j.out_dir / "checkpoint.pt").is_file() for j in started)  # their SIGTERM path ran
     assert (started[0].out_dir / "started").read_text() == ""  # no flags: TF32 is train.tf32 in the config
     assert all(j.state() == "resume" for j in started)
+
+
+CPU_WORKER = """
+import json, os, sys, time
+from pathlib import Path
+out = Path(sys.argv[2])
+start = time.time()
+time.sleep(1.0)
+seen = {"argv": sys.argv[3:], "omp": os.environ.get("OMP_NUM_THREADS"), "mkl": os.environ.get("MKL_NUM_THREADS")}
+(out / "seen.json").write_text(json.dumps({**seen, "start": start, "end": time.time()}))
+(out / "final.pt").write_bytes(b"")
+"""
+
+
+def test_cpu_procs_run_workers_at_once_with_their_threads(tmp_path):
+    """--procs 2 --threads 3: two CPU workers at a time (their lifetimes overlap, never three), each
+    told train.device=cpu in its job.yaml and 3 threads (environment and flag), logged as [cpu i]."""
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config, device="auto")
+    (tmp_path / "worker.py").write_text(CPU_WORKER)
+    lines = []
+    run_jobs(jobs, procs=2, threads=3, worker=(sys.executable, str(tmp_path / "worker.py")), log=lines.append)
+    assert all(j.state() == "done" for j in jobs)
+    seen = [json.loads((j.out_dir / "seen.json").read_text()) for j in jobs]
+    assert all(s["argv"] == ["--threads", "3"] and s["omp"] == "3" and s["mkl"] == "3" for s in seen)
+    spans = [(s["start"], s["end"]) for s in seen]
+    assert spans[1][0] < spans[0][1]  # the second started before the first ended
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) == 2
+    assert jobs[0].cfg.train.device == "auto"  # planned for auto, told cpu
+    assert all("device: cpu" in (j.out_dir / "job.yaml").read_text() for j in jobs)
+    started = [line.split("]")[0] + "]" for line in lines if line.endswith("(train)")]
+    assert sorted(set(started)) == ["[cpu 0]", "[cpu 1]"] and len(started) == 4
+    assert not any("[gpu" in line for line in lines)
+
+
+def test_cpu_procs_default_threads_share_the_usable_cores(tmp_path, monkeypatch):
+    """Without --threads: usable cores // procs, at least 1 (8 cores, 3 processes: 2 threads each)."""
+    import os
+
+    jobs = plan("bf16-check", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    (tmp_path / "worker.py").write_text(CPU_WORKER)
+    worker = (sys.executable, str(tmp_path / "worker.py"))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    run_jobs(jobs, procs=3, worker=worker, log=lambda _: None)
+    assert [json.loads((j.out_dir / "seen.json").read_text())["omp"] for j in jobs] == ["2", "2"]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    more = plan("bf16-check", out=tmp_path / "one-core", schedule_name="short", iters=8, config_fn=tiny_config)
+    run_jobs(more, procs=2, worker=worker, log=lambda _: None)
+    assert [json.loads((j.out_dir / "seen.json").read_text())["argv"] for j in more] == [["--threads", "1"]] * 2
+
+
+def test_procs_are_for_the_cpu_and_threads_apply_in_process(tmp_path):
+    jobs = plan("bf16-check", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    with pytest.raises(UserError, match="--procs 2 runs on the CPU; on GPUs use --jobs-per-gpu"):
+        run_jobs(jobs, gpus=1, procs=2, log=lambda _: None)
+    with pytest.raises(UserError, match="--threads must be >= 1"):
+        run_jobs(jobs, threads=0, log=lambda _: None)
+    # --threads without --procs: the runs in this process get that many intra-op threads, then torch's again.
+    before, seen = torch.get_num_threads(), []
+    trainer = StubTrainer()
+
+    def train(cfg, out_dir, *, resume=False):
+        seen.append(torch.get_num_threads())
+        return trainer(cfg, out_dir, resume=resume)
+
+    run_jobs(jobs, threads=before + 1, train_fn=train, log=lambda _: None)
+    assert seen == [before + 1, before + 1] and torch.get_num_threads() == before
+
+
+def test_nets_trains_and_reports_only_those(tmp_path):
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config,
+                nets=["resnet20", "plain20"])  # fmt: skip
+    assert [j.name for j in jobs] == ["plain20-seed0", "resnet20-seed0"]  # the grid's order
+    trainer = StubTrainer()
+    run_jobs(jobs, train_fn=trainer, log=lambda _: None)
+    assert [c[0] for c in trainer.calls] == ["plain20-seed0", "resnet20-seed0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain20-seed0", "resnet20-seed0"]
+    rows = report(jobs, tmp_path, dataset="cifar10", device=torch.device("cpu"), responses=False, log=lambda _: None)
+    assert [r.label for r in rows] == ["plain-20", "ResNet-20"]
+    assert (tmp_path / "curves.png").is_file() and "plain-56" not in (tmp_path / "table.md").read_text()
+    (job,) = plan("table6", out=tmp_path / "t6", with_1202=True, config_fn=tiny_config, nets=["resnet1202"])
+    assert job.name == "resnet1202-seed0"
+    with pytest.raises(UserError) as e:
+        plan("degradation", out=tmp_path, config_fn=tiny_config, nets=["resnet20", "resnet19"])
+    names = "plain20, plain56, resnet20, resnet56"
+    assert str(e.value) == f"--nets resnet19: not in degradation, whose networks are {names}"

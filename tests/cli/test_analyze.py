@@ -3,6 +3,7 @@
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -78,3 +79,71 @@ def test_reproduce_rejects_unknown_grid(capsys):
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "table7"])
     assert e.value.code == 2
+
+
+def one_line_error(capsys, *fragments: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert all(f in err for f in fragments), err
+    return err
+
+
+@pytest.mark.parametrize(
+    "flags, typed", [(["--procs", "2"], "--procs 2"), (["--threads", "1"], "--threads 1")], ids=["procs", "threads"]
+)
+def test_reproduce_cpu_flags_on_cuda_are_refused(tmp_path, capsys, monkeypatch, flags, typed):
+    """On a GPU machine (--device auto resolves to cuda), --procs / --threads: one line naming what was
+    typed and what to use instead, nothing written."""
+    import resnetlab.utils.device
+
+    monkeypatch.setattr(resnetlab.utils.device, "resolve_device", lambda name="auto": torch.device("cuda"))
+    assert main(["reproduce", "degradation", "--out", str(tmp_path / "rep"), *flags]) == 2
+    one_line_error(capsys, typed, "--device auto is cuda", "--device cpu", "--jobs-per-gpu")
+    assert not (tmp_path / "rep").exists()
+
+
+def test_reproduce_unknown_net_is_one_line(tmp_path, capsys):
+    assert main(["reproduce", "degradation", "--out", str(tmp_path / "rep"), "--nets", "resnet20", "resnet19"]) == 2
+    one_line_error(capsys, "--nets resnet19", "plain20, plain56, resnet20, resnet56")
+    assert not (tmp_path / "rep").exists()
+
+
+def jpeg_folder(root, size=16, train=4, test=2):
+    """A two-class ImageFolder (train/ + test/, CIFAR-10's JPEG layout) of `size`-pixel noise images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("test", test)):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                    root / split / cls / f"{i}.jpg"
+                )
+    return root
+
+
+def test_reproduce_procs_end_to_end(tmp_path, capsys):
+    """The real worker, two CPU processes of one thread: `--nets` trains two of the degradation grid's
+    runs and reports them; the same command without --nets trains the other two and reports all four."""
+    data, out = jpeg_folder(tmp_path / "jpeg"), tmp_path / "rep"
+    argv = ["reproduce", "degradation", "--dataset", "imagefolder", "--data-dir", str(data), "--out", str(out)]
+    argv += ["--schedule", "short", "--iters", "4", "--eval-every", "2", "--device", "cpu", "--max-images", "4"]
+    argv += ["--procs", "2", "--threads", "1", "--quiet"]
+    argv += ["--set", "train.batch_size=4", "train.eval_batch_size=8", "data.workers=0"]
+    assert main([*argv, "--nets", "resnet20", "plain20"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["plain20-seed0", "resnet20-seed0"]
+    assert [json.loads(line)["iter"] for line in (out / "plain20-seed0" / "metrics.jsonl").open()] == [2, 4]
+    assert [r["label"] for r in json.loads((out / "responses.json").read_text())] == ["plain-20", "ResNet-20"]
+    assert main(argv) == 0
+    runs = ["plain20-seed0", "plain56-seed0", "resnet20-seed0", "resnet56-seed0"]
+    assert all((out / run / "final.pt").is_file() for run in runs)
+    for run in runs:  # each trained by a worker with one intra-op thread, told so in its job.yaml
+        assert "intra-op threads: 1" in (out / run / "train.log").read_text()
+        assert yaml.safe_load((out / run / "job.yaml").read_text())["train"]["device"] == "cpu"
+    table = (out / "table.md").read_text()
+    assert all(f"| {label} |" in table for label in ("plain-20", "plain-56", "ResNet-20", "ResNet-56"))
+    assert len(json.loads((out / "responses.json").read_text())) == 4 and (out / "curves.png").is_file()
+    commands = (out / "commands.txt").read_text().splitlines()
+    assert commands[0].endswith("--procs 2 --threads 1 --nets resnet20 plain20") and len(commands) == 2
+    assert "--procs 2 --threads 1" in commands[1] and "--nets" not in commands[1]

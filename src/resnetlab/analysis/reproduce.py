@@ -22,6 +22,10 @@ computation (`resnetlab.train.batched.train_batched`), each still in its own ord
 are formed in grid order, so the same command forms the same groups again; a group resumes together
 when its runs are at the same point (the same checkpoint iteration, or all new), otherwise its runs
 go one by one, and the log says so. A group is one job for the budget and for `jobs_per_gpu`.
+
+Several runs at once on the CPU (`procs=N`): on a small shared CPU, N processes of a few intra-op
+threads each finish a grid sooner than one run after another with all cores. They are the same worker
+processes as the GPUs' (`_run_parallel`), each slot a CPU slot instead of a GPU.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from resnetlab.config import Config, apply_overrides, dump, list_presets, load_c
 from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import read_weights
 from resnetlab.train.lifecycle import PLACE_KEYS, config_diff
+from resnetlab.utils.device import usable_cores
 
 TrainFn = Callable[..., Any]  # run_training(cfg, out_dir, *, resume=False)
 BatchedFn = Callable[..., list[Any]]  # train_batched(cfgs, out_dirs, *, resume=False)
@@ -128,11 +133,13 @@ def plan(
     config_fn: Callable[[str, int], Config] = base_config,
     rerun_changed: bool = False,
     data_dir: str | Path | None = None,
+    nets: list[str] | None = None,
 ) -> list[Job]:
     """Every run of grid `grid`, with its resolved config and folder (nothing is started).
     `rerun_changed`: a job whose folder holds a run of another recipe moves to `<folder>-rN`, the
     first such folder that is free or holds this recipe. `data_dir`: data.dir (required for
-    `imagefolder`, which also gets the CIFAR recipe and the folder's evaluation split)."""
+    `imagefolder`, which also gets the CIFAR recipe and the folder's evaluation split). `nets`: only
+    these networks of the grid (`<kind><depth>`, e.g. resnet20), in the grid's order."""
     if grid not in GRIDS:
         raise UserError(f"unknown experiment {grid!r}; choose from {', '.join(GRIDS)}")
     if dataset not in DATASETS:
@@ -143,6 +150,12 @@ def plan(
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     networks = GRIDS[grid] + ([("resnet", 1202)] if grid == "table6" and with_1202 else [])
+    if nets is not None:
+        names = [f"{kind}{depth}" for kind, depth in networks]
+        unknown = [n for n in nets if n not in names]
+        if unknown:
+            raise UserError(f"--nets {' '.join(unknown)}: not in {grid}, whose networks are {', '.join(names)}")
+        networks = [net for net, name in zip(networks, names) if name in nets]
     milestones, total = schedule(schedule_name, iters)
     # The paper evaluates often enough for smooth curves; a short run keeps ~16 points per curve.
     every = eval_every or (1000 if total == PAPER_ITERS else max(1, total // 16))
@@ -205,6 +218,8 @@ def run_jobs(
     batched_fn: BatchedFn | None = None,
     gpus: int = 0,
     jobs_per_gpu: int = 1,
+    procs: int = 1,
+    threads: int | None = None,
     batch_runs: int = 1,
     log: Callable = print,
     worker: tuple[str, ...] = WORKER,
@@ -215,6 +230,10 @@ def run_jobs(
     at a time on each GPU, when that makes more than one at a time. Small CIFAR nets leave a large GPU
     mostly idle between their kernels, so several runs sharing one GPU can finish a grid sooner.
 
+    `procs=N` (CPU runs, `gpus=0`): N worker subprocesses at once, each with `threads` intra-op
+    threads (default: the usable cores // N, at least 1). With `procs=1` the runs stay in this
+    process, with `threads` intra-op threads when given (else torch's default).
+
     `batch_runs=K`: up to K runs whose networks stack train as one computation (`batch_groups`), with
     `batched_fn` (default `train_batched`) in this process or one worker given all their CONFIG OUT_DIR
     pairs; such a group counts as one job for `jobs_per_gpu` and the budget.
@@ -223,6 +242,12 @@ def run_jobs(
     budget ([] once the grid is done); the same call later resumes them."""
     if jobs_per_gpu < 1:
         raise UserError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
+    if procs < 1:
+        raise UserError(f"--procs must be >= 1, got {procs}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    if procs > 1 and gpus >= 1:
+        raise UserError(f"--procs {procs} runs on the CPU; on GPUs use --jobs-per-gpu N (runs sharing each GPU)")
     if batch_runs < 1:
         raise UserError(f"--batch-runs must be >= 1, got {batch_runs}")
     if budget_s is not None and budget_s <= 0:
@@ -245,7 +270,13 @@ def run_jobs(
     deadline = time.monotonic() + budget_s if budget_s is not None else None
     with _stop_flag() as stop:
         if gpus >= 1 and gpus * jobs_per_gpu > 1:
-            slots = [gpu for gpu in range(gpus) for _ in range(jobs_per_gpu)]
+            slots = [Slot("gpu", gpu) for gpu in range(gpus) for _ in range(jobs_per_gpu)]
+            return _run_parallel(units, slots, log, worker, deadline, stop)
+        if procs > 1:
+            threads = threads or max(1, usable_cores() // procs)
+            if units:
+                log(f"[cpu]    {procs} runs at once, {threads} intra-op thread(s) each ({usable_cores()} usable cores)")
+            slots = [Slot("cpu", i, threads) for i in range(procs)]
             return _run_parallel(units, slots, log, worker, deadline, stop)
         if todo and train_fn is None:
             from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
@@ -256,7 +287,7 @@ def run_jobs(
                 return _stopped([job for u in units[i - 1 :] for job in u], log)
             resume = unit[0].state() == "resume"  # a group's runs are all at the same point (batch_groups)
             log(f"[{'resume' if resume else 'train'}] {_label(unit)} ({i}/{len(units)})")
-            with _sigterm_at(deadline):
+            with _sigterm_at(deadline), _intra_op_threads(threads):
                 if len(unit) == 1:
                     summaries = [train_fn(unit[0].cfg, unit[0].out_dir, resume=resume)]
                 else:
@@ -370,61 +401,105 @@ def _sigterm_at(deadline: float | None) -> Iterator[None]:
         timer.join()
 
 
+@contextlib.contextmanager
+def _intra_op_threads(threads: int | None) -> Iterator[None]:
+    """`torch.set_num_threads(threads)` for the block (nothing when None)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where `_run_parallel` starts a worker: GPU `index` (CUDA_VISIBLE_DEVICES, train.device=cuda) or
+    CPU slot `index` (train.device=cpu, `threads` intra-op threads)."""
+
+    kind: str  # "gpu" | "cpu"
+    index: int
+    threads: int = 1  # CPU slots only
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.index}"  # the log's [gpu 0] / [cpu 1]
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.kind == "gpu" else "cpu"
+
+    def env(self) -> dict[str, str]:
+        if self.kind == "gpu":
+            return {"CUDA_VISIBLE_DEVICES": str(self.index)}
+        # For the libraries' own pools (OpenMP, MKL) and the run's data-loading processes too.
+        return {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+
+    def flags(self) -> list[str]:
+        # The worker also sets torch's count: OMP_NUM_THREADS alone is capped at the cores torch sees.
+        return [] if self.kind == "gpu" else ["--threads", str(self.threads)]
+
+
 def _run_parallel(
     units: list[list[Job]],
-    slot_gpus: list[int],
+    slots: list[Slot],
     log: Callable,
     worker: tuple[str, ...],
     deadline: float | None = None,
     stop: threading.Event | None = None,
 ) -> list[Job]:
     """A small pool: each free slot takes the next unit (one job, or a batched group) as a `worker`
-    subprocess on the slot's GPU. At `deadline` (or on `stop`) no unit starts and the running ones get
-    SIGTERM (they checkpoint and exit 143); returns the jobs left unfinished then."""
+    subprocess on the slot's GPU or CPU threads. At `deadline` (or on `stop`) no unit starts and the
+    running ones get SIGTERM (they checkpoint and exit 143); returns the jobs left unfinished then."""
     pending, running, failed, left = list(units), {}, [], []
     ending = None  # when the budget (or a SIGTERM) stopped the grid
     while pending or running:
         if ending is None and ((deadline is not None and time.monotonic() >= deadline) or (stop and stop.is_set())):
             ending, left = time.monotonic(), [job for unit in pending for job in unit]
             pending.clear()
-            for unit, proc, _, gpu in running.values():
-                log(f"[gpu {gpu}] {_label(unit)}: budget reached, stopping it (it checkpoints)")
+            for unit, proc, _, slot in running.values():
+                log(f"[{slot}] {_label(unit)}: budget reached, stopping it (it checkpoints)")
                 proc.send_signal(signal.SIGTERM)
-        for slot, gpu in enumerate(slot_gpus):
-            if slot not in running and pending:
+        for i, slot in enumerate(slots):
+            if i not in running and pending:
                 unit = pending.pop(0)
                 cmd = [*worker]
                 for job in unit:
                     job.out_dir.mkdir(parents=True, exist_ok=True)
                     job_cfg = job.out_dir / "job.yaml"
-                    dump(apply_overrides(job.cfg, ["train.device=cuda"]), job_cfg)
+                    dump(apply_overrides(job.cfg, [f"train.device={slot.device}"]), job_cfg)
                     cmd += [str(job_cfg), str(job.out_dir)]
                 if unit[0].state() == "resume":  # a group's runs are all at the same point (batch_groups)
                     cmd.append("--resume")
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+                cmd += slot.flags()
+                env = {**os.environ, **slot.env()}
                 log_path = unit[0].out_dir / "train.log"
                 for job in unit[1:]:  # one process, one log: the others' train.log points to it
                     with open(job.out_dir / "train.log", "a") as f:
                         f.write(f"trained batched with {_label(unit)}: its log is {log_path}\n")
                 log_file = open(log_path, "a")  # closed when the unit ends
-                log(f"[gpu {gpu}] {_label(unit)} ({'resume' if '--resume' in cmd else 'train'})")
+                log(f"[{slot}] {_label(unit)} ({'resume' if '--resume' in cmd else 'train'})")
                 proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-                running[slot] = (unit, proc, log_file, gpu)
+                running[i] = (unit, proc, log_file, slot)
         time.sleep(2 if ending is None else 0.2)
-        for slot, (unit, proc, log_file, gpu) in list(running.items()):
+        for i, (unit, proc, log_file, slot) in list(running.items()):
             if ending is not None and time.monotonic() > ending + KILL_AFTER_S and proc.poll() is None:
-                log(f"[gpu {gpu}] {_label(unit)}: no exit {KILL_AFTER_S:.0f} s after SIGTERM: killed, checkpoint kept")
+                log(f"[{slot}] {_label(unit)}: no exit {KILL_AFTER_S:.0f} s after SIGTERM: killed, checkpoint kept")
                 proc.kill()
                 proc.wait()
             if proc.poll() is not None:
                 log_file.close()
-                del running[slot]
+                del running[i]
                 if ending is not None:
                     left += [job for job in unit if job.state() != "done"]  # stopped by the budget: checkpointed
                 elif proc.returncode:
                     failed += [job.name for job in unit]
                     where = unit[0].out_dir / "train.log"
-                    log(f"[gpu {gpu}] {_label(unit)} failed (exit {proc.returncode}); see {where}")
+                    log(f"[{slot}] {_label(unit)} failed (exit {proc.returncode}); see {where}")
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
     return _stopped(left, log) if left else []

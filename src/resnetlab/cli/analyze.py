@@ -55,12 +55,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a grid of the paper (table6, fig6-plain, degradation, cifar-section), write its table and figures",
         description=(
             "Skips finished runs (final.pt), resumes interrupted ones (checkpoint.pt). One run per GPU when "
-            f"several are visible, one after another otherwise. --schedule short: the paper's schedule / "
+            "several are visible, one after another otherwise (--procs N: N at once on the CPU). "
+            "--schedule short: the paper's schedule / "
             f"{SHORT_FACTOR} (milestones at 1/2 and 3/4 of --iters, default {64000 // SHORT_FACTOR}). "
             "--budget-s stops the grid cleanly (runs checkpoint, exit 124); the same command resumes it."
         ),
     )
     rep.add_argument("name", choices=list(GRIDS), metavar="NAME", help=" | ".join(GRIDS))
+    rep.add_argument(
+        "--nets",
+        nargs="+",
+        default=None,
+        metavar="NET",
+        help="only these networks of the grid, e.g. resnet20 plain20 (trained and in the table and figures)",
+    )
     rep.add_argument("--seeds", type=POSITIVE, default=1, help="runs per network (seeds 0..N-1)")
     rep.add_argument("--dataset", choices=DATASETS, default="cifar10", help="imagefolder: needs --data-dir")
     rep.add_argument(
@@ -76,6 +84,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     rep.add_argument(
         "--jobs-per-gpu", type=POSITIVE, default=1, metavar="N", help="runs sharing each GPU at once (default 1)"
+    )
+    rep.add_argument(
+        "--procs",
+        type=POSITIVE,
+        default=1,
+        metavar="N",
+        help="CPU: N runs at once, each in its own process (default 1: one after another in this process); "
+        "on a GPU use --jobs-per-gpu",
+    )
+    rep.add_argument(
+        "--threads",
+        type=POSITIVE,
+        default=None,
+        metavar="T",
+        help="CPU: intra-op threads per run (default with --procs N: usable cores // N, at least 1; without: torch's)",
     )
     rep.add_argument(
         "--batch-runs",
@@ -183,8 +206,16 @@ def _reproduce(args: argparse.Namespace) -> int:
         overrides=overrides,
         rerun_changed=args.rerun_changed,
         data_dir=args.data_dir,
+        nets=args.nets,
     )
     device = resolve_device(args.device)
+    cpu_only = [f"--procs {args.procs}"] if args.procs > 1 else []
+    cpu_only += [f"--threads {args.threads}"] if args.threads is not None else []
+    if cpu_only and device.type == "cuda":
+        raise UserError(
+            f"{' '.join(cpu_only)} is for runs on the CPU, and --device {args.device} is {device} here; "
+            "add --device cpu, or on a GPU use --jobs-per-gpu N (runs sharing each GPU)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "commands.txt", "a") as f:
         f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
@@ -200,6 +231,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         jobs,
         gpus=gpus,
         jobs_per_gpu=args.jobs_per_gpu,
+        procs=args.procs,
+        threads=args.threads,
         batch_runs=args.batch_runs,
         train_fn=train_fn,
         batched_fn=batched_fn,
@@ -234,6 +267,12 @@ def _command_line(args: argparse.Namespace) -> str:
     words += [w for kv in args.set for w in ("--set", kv)]
     if args.jobs_per_gpu != 1:
         words += ["--jobs-per-gpu", str(args.jobs_per_gpu)]
+    if args.procs != 1:
+        words += ["--procs", str(args.procs)]
+    if args.threads is not None:
+        words += ["--threads", str(args.threads)]
+    if args.nets:
+        words += ["--nets", *args.nets]
     if args.batch_runs != 1:
         words += ["--batch-runs", str(args.batch_runs)]
     words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses + ["--no-tf32"] * args.no_tf32

@@ -19,7 +19,6 @@ depends on where the stream started, on the number of workers, or on the number 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from resnetlab.data.ondevice import FloatScratch, Normalizer, fit_stats
 from resnetlab.data.order import IterationSampler, mix_seed
 from resnetlab.data.summary import small_for_imagenet, summarize
 from resnetlab.errors import UserError
+from resnetlab.utils.device import usable_cores
 from resnetlab.utils.loader import quiet_worker
 
 _MEAN = 13  # seed stream of the mean sample (held-out images: folders.py; training: data.order)
@@ -162,12 +162,11 @@ MAX_AUTO_WORKERS = 8  # past this, more JPEG decoders rarely feed one device fas
 
 def resolve_workers(setting: int | None) -> int:
     """`data.workers`: a number as given (0: load in the training process); None: one worker per core
-    this process may run on (`os.sched_getaffinity`: taskset, cgroups' cpusets), at most 8, so that the
+    this process may run on (`usable_cores`: taskset, cgroups' cpusets), at most 8, so that the
     default never asks for more processes than there are cores (the DataLoader warns then)."""
     if setting is not None:
         return setting
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(MAX_AUTO_WORKERS, cores)
+    return min(MAX_AUTO_WORKERS, usable_cores())
 
 
 def _loader(dataset: Dataset, workers: int, device: torch.device, persistent: bool = True, **kw) -> DataLoader:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from resnetlab.errors import UserError
@@ -18,3 +20,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device cuda requested but no CUDA GPU is available; use --device cpu")
     return device
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (`os.sched_getaffinity`: taskset, cgroups' cpusets), not the
+    machine's: what a default number of workers or threads is sized from."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
