@@ -428,3 +428,29 @@ def test_nets_trains_and_reports_only_those(tmp_path):
         plan("degradation", out=tmp_path, config_fn=tiny_config, nets=["resnet20", "resnet19"])
     names = "plain20, plain56, resnet20, resnet56"
     assert str(e.value) == f"--nets resnet19: not in degradation, whose networks are {names}"
+
+
+def test_a_worker_error_is_one_line_in_the_runs_log(tmp_path):
+    # The worker's stderr is the run's train.log: a run folder in use (another process holds its lock,
+    # as when a grid is started twice) is the same one line as `resnetlab train` prints, no traceback.
+    import fcntl
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (tmp_path / "c.yaml").write_text("train: {max_iters: 1}\n")
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("pid 1 on elsewhere\n")
+        lock.flush()
+        done = subprocess.run(
+            [sys.executable, "-m", "resnetlab.analysis.worker", str(tmp_path / "c.yaml"), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: --out {out} is in use by pid 1 on elsewhere; wait for that run to end or choose another --out"
+    ]

@@ -40,4 +40,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from resnetlab.cli import guarded  # errors as one line in the run's train.log, as `resnetlab` prints them
+
+    raise SystemExit(guarded(main))

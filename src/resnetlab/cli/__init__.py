@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 from resnetlab import __version__
 from resnetlab.cli.args import Parser
@@ -69,26 +70,37 @@ def _terminate(signum: int, frame: object, *, owner: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     installed = threading.current_thread() is threading.main_thread()  # only there can Python set handlers
     if installed:
         previous = signal.signal(signal.SIGTERM, functools.partial(_terminate, owner=os.getpid()))
     try:
-        return _main(argv, debug)
+        return _main(argv)
     finally:
         if installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def _main(argv: list[str] | None, debug: bool) -> int:
-    try:
+def _main(argv: list[str] | None) -> int:
+    args = None
+
+    def command() -> int:
+        nonlocal args
         parser = build_parser()
         args = parser.parse_args(argv)
-        debug = debug or args.debug
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
         return int(args.func(args) or 0)
+
+    return guarded(command, debug=lambda: bool(getattr(args, "debug", False)))
+
+
+def guarded(command: Callable[[], int], debug: Callable[[], bool] = lambda: False) -> int:
+    """`command()`'s exit code, every error one line on stderr (the module docstring's rules), also in
+    the processes `resnetlab` starts (`python -m resnetlab.analysis.worker`). The traceback of an
+    unexpected error is shown when `debug()` (`--debug`) or RESNETLAB_DEBUG is set."""
+    try:
+        return command()
     except UserError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -99,7 +111,7 @@ def _main(argv: list[str] | None, debug: bool) -> int:
         print("terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     except Exception as e:  # the last resort: a bug or a case nobody checked, still one line
-        if debug:
+        if debug() or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
         print(
             f"error: {type(e).__name__}: {_one_line(e)[:500]} (unexpected; `resnetlab --debug ...` or "
