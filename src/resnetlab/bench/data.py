@@ -39,7 +39,7 @@ from resnetlab.data.imagenet import ImageFolderEvalSource, ImageFolderTrainSourc
 from resnetlab.data.images import IMAGENET_EIGVAL, IMAGENET_EIGVEC, TrainRecipe, scan_split, split_classes
 from resnetlab.data.ondevice import FloatScratch, Normalizer
 from resnetlab.errors import UserError
-from resnetlab.utils.loader import quiet_worker
+from resnetlab.utils.loader import data_loader
 
 VIEWS = ("train", "center", "10crop")
 PIPELINE_NAMES = {"workers": "ours", "device": "ours-device", "dali": "ours-dali"}  # by data.decode / data.loader
@@ -135,11 +135,10 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
                 skip_corrupt=True,
             )
             # every batch full (images/s counts batch_size per step); workers live for the round
-            source.loader = DataLoader(
+            source.loader = data_loader(
                 **_loader_kwargs(source.loader),
                 sampler=_Cycle(len(samples), False),
                 drop_last=True,
-                worker_init_fn=quiet_worker,
             )
             return (x for x, _ in _endless(source.batches))
 
@@ -148,9 +147,8 @@ def ours(view: str, spec: DataSpec, decode: str) -> Callable[[], Iterator]:
     from resnetlab.evaluate.run import _collate, _ProtocolViews  # the evaluation's own 10-crop dataset
 
     def make() -> Iterator:
-        loader = DataLoader(
+        loader = data_loader(
             _ProtocolViews(samples, "10crop", CROP),
-            worker_init_fn=quiet_worker,
             batch_size=spec.batch_size,
             num_workers=spec.workers,
             collate_fn=_collate,
@@ -260,9 +258,8 @@ def reference(view: str, spec: DataSpec) -> Callable[[], Iterator]:
     dataset = _SkippingImageFolder(folder, reference_transform(view))
 
     def make() -> Iterator:
-        loader = DataLoader(
+        loader = data_loader(
             dataset,
-            worker_init_fn=quiet_worker,
             batch_size=spec.batch_size,
             sampler=_Cycle(len(dataset), view == "train"),  # shuffled each pass for training, as shuffle=True
             drop_last=True,

@@ -47,7 +47,7 @@ from resnetlab.data.order import IterationSampler, mix_seed
 from resnetlab.data.summary import small_for_imagenet, summarize
 from resnetlab.errors import UserError
 from resnetlab.utils.device import usable_cores
-from resnetlab.utils.loader import quiet_worker
+from resnetlab.utils.loader import data_loader
 
 _MEAN = 13  # seed stream of the mean sample (held-out images: folders.py; training: data.order)
 
@@ -170,9 +170,8 @@ def resolve_workers(setting: int | None) -> int:
 
 
 def _loader(dataset: Dataset, workers: int, device: torch.device, persistent: bool = True, **kw) -> DataLoader:
-    return DataLoader(
+    return data_loader(
         dataset,
-        worker_init_fn=quiet_worker,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=persistent and workers > 0,
@@ -330,13 +329,12 @@ def compute_stats(
     views = _Views(mean_sample(samples, count), crop=crop, view="center", skip_corrupt=skip_corrupt)
     # generator: the workers' seeds must not draw from the global RNG, which then initialises the weights
     # (a run would otherwise start from other weights when the mean is cached).
-    loader = DataLoader(
+    loader = data_loader(
         views,
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
         generator=torch.Generator(),
-        worker_init_fn=quiet_worker,
     )
     s = torch.zeros(3, crop, crop, dtype=torch.float64)
     s2 = torch.zeros(3, 1, 1, dtype=torch.float64)

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from resnetlab.data.cache import cache_path, cached, fingerprint, remove_stale
 from resnetlab.data.imagenet import resolve_workers
 from resnetlab.data.images import Sample, center_view, read_bytes
 from resnetlab.data.ondevice import image_stats
 from resnetlab.errors import UserError
-from resnetlab.utils.loader import quiet_worker
+from resnetlab.utils.loader import data_loader
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
@@ -93,9 +93,8 @@ def decode_images(
 
     An unreadable file stops with a one-line error naming it (or, with skip_corrupt, is left out and
     named); images of different or non-square sizes without `image_size` are refused in one line."""
-    loader = DataLoader(
+    loader = data_loader(
         _Decoded(samples, image_size=image_size, channels=channels),
-        worker_init_fn=quiet_worker,
         batch_size=256,
         num_workers=min(resolve_workers(workers), os.cpu_count() or 1),  # None (data.workers' default): per core
         collate_fn=_collate,

@@ -31,7 +31,7 @@ from resnetlab.data.order import IterationSampler
 from resnetlab.detection.config import DetDataConfig
 from resnetlab.detection.synthetic import SHAPE_CLASSES, write_shapes
 from resnetlab.errors import UserError
-from resnetlab.utils.loader import quiet_worker
+from resnetlab.utils.loader import data_loader
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -315,9 +315,8 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor],
 
 def train_loader(dataset: DetectionSet, order: TrainOrder, workers: int) -> DataLoader:
     # Own generator: creating the loader must not draw from the global RNG (resume replays that RNG).
-    return DataLoader(
+    return data_loader(
         dataset,
-        worker_init_fn=quiet_worker,
         batch_sampler=order,
         num_workers=workers,
         collate_fn=collate,
@@ -328,9 +327,8 @@ def train_loader(dataset: DetectionSet, order: TrainOrder, workers: int) -> Data
 
 def eval_loader(dataset: Dataset, batch_size: int, workers: int, indices: Sequence[int] | None = None) -> DataLoader:
     subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
-    return DataLoader(
+    return data_loader(
         subset,
-        worker_init_fn=quiet_worker,
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,

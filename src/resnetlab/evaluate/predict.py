@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from resnetlab.data.images import IMG_EXTENSIONS, center_view, find_images, read_image
 from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models
 from resnetlab.evaluate.protocols import ensemble_probs
 from resnetlab.utils.device import resolve_device
-from resnetlab.utils.loader import quiet_worker
+from resnetlab.utils.loader import data_loader
 from resnetlab.utils.progress import progress
 
 
@@ -143,12 +143,11 @@ def predict(
     if models[0].dataset not in IMAGE_DATASETS or models[0].meta.get("recipe") == "cifar":
         resize = crop  # CIFAR-size models: the whole image at the training size, no 256/224 margin
     grey = models[0].meta.get("in_channels", 3) == 1
-    loader = DataLoader(
+    loader = data_loader(
         _Views(paths, crop, resize, grey),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
-        worker_init_fn=quiet_worker,
     )
     rows: list[dict[str, Any]] = [{"image": p, "top": [], "error": None} for p in paths]
     for views, ok, failed in progress(loader, total=len(loader), desc="predict", unit="batch", quiet=quiet):

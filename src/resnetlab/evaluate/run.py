@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from resnetlab.config import Config, from_dict
 from resnetlab.data.folders import eval_folder
@@ -33,7 +33,7 @@ from resnetlab.evaluate.protocols import (
     topk_correct,
 )
 from resnetlab.utils.device import resolve_device
-from resnetlab.utils.loader import quiet_worker
+from resnetlab.utils.loader import data_loader
 from resnetlab.utils.progress import progress
 
 NAMED = 10  # skipped or doubly-reached files named in the result (the count covers them all)
@@ -114,9 +114,8 @@ def _evaluate_images(
     if not samples:
         raise UserError(f"{root} has no images")
     per_batch = 1 if protocol == "multiscale" else batch_size  # whole images differ in size
-    loader = DataLoader(
+    loader = data_loader(
         _ProtocolViews(samples, protocol, models[0].image_size),
-        worker_init_fn=quiet_worker,
         batch_size=per_batch,
         num_workers=workers,
         collate_fn=_collate,

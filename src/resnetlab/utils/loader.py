@@ -11,9 +11,18 @@ With `quiet_worker` as `worker_init_fn` the workers ignore both; the command sto
 from __future__ import annotations
 
 import signal
+from typing import Any
+
+from torch.utils.data import DataLoader
 
 
 def quiet_worker(worker_id: int) -> None:
     """`worker_init_fn` for every DataLoader of ours (it runs after torch set its worker handlers)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def data_loader(*args: Any, **kwargs: Any) -> DataLoader:
+    """torch's `DataLoader(...)` with `quiet_worker` as its `worker_init_fn`: every loader of ours is
+    made here (tests/test_loaders.py checks that no other module calls DataLoader itself)."""
+    return DataLoader(*args, worker_init_fn=quiet_worker, **kwargs)
