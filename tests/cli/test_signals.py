@@ -45,19 +45,20 @@ def slow_evaluation(tmp_path_factory) -> list[str]:
     return ["evaluate", "--checkpoint", str(w / "fm.pt"), "--device", "cpu", "--workers", "0", "--batch-size", "50"]
 
 
-@pytest.mark.parametrize("sig, line, code", [(signal.SIGTERM, "terminated", 143), (signal.SIGINT, "interrupted", 130)])
-def test_a_signal_during_evaluate_is_one_line(slow_evaluation, sig, line, code):
+def evaluating(argv: list[str], **popen: bool) -> subprocess.Popen:
+    """`python -m resnetlab ARGV` started and half a second into its evaluation."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "resnetlab", *slow_evaluation],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    cmd = [sys.executable, "-m", "resnetlab", *argv]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
     first = proc.stdout.readline()  # "data: ..." once the command runs (torch imported, handler set)
     assert first.startswith("data:"), (first, proc.communicate()[1])
-    time.sleep(0.5)  # inside the evaluation
+    time.sleep(0.5)  # inside the evaluation (its loader workers running, where it has them)
+    return proc
+
+
+@pytest.mark.parametrize("sig, line, code", [(signal.SIGTERM, "terminated", 143), (signal.SIGINT, "interrupted", 130)])
+def test_a_signal_during_evaluate_is_one_line(slow_evaluation, sig, line, code):
+    proc = evaluating(slow_evaluation)
     assert proc.poll() is None, "the evaluation ended before the signal: make it longer"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -89,18 +90,7 @@ def folder_evaluation(tmp_path_factory) -> list[str]:
 def test_sigterm_to_the_whole_group_with_data_workers_is_one_line(folder_evaluation):
     # What a job scheduler's cancel, `timeout` or a terminal does: the signal reaches every process of
     # the group, the DataLoader workers too; the command must still say one line, not a worker's error.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "resnetlab", *folder_evaluation],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    first = proc.stdout.readline()
-    assert first.startswith("data:"), (first, proc.communicate()[1])
-    time.sleep(0.5)  # workers are running
+    proc = evaluating(folder_evaluation, start_new_session=True)  # its own group, the workers in it
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]

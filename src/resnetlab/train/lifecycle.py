@@ -410,7 +410,8 @@ class _Claim:
         if self.out in self.created:
             shutil.rmtree(self.out, ignore_errors=True)
         else:  # a folder that was there: only the entries this run added go
-            for name in {*RUN_ENTRIES, LOCK if self.made_lock else ""} - self.found - {""}:
+            added = [name for name in RUN_ENTRIES if name not in self.found] + [LOCK] * self.made_lock
+            for name in added:
                 path = self.out / name
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         _remove_empty(self.created)
