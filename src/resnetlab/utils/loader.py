@@ -11,6 +11,7 @@ With `quiet_worker` as `worker_init_fn` the workers ignore both; the command sto
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -20,6 +21,15 @@ def quiet_worker(worker_id: int) -> None:
     """`worker_init_fn` for every DataLoader of ours (it runs after torch set its worker handlers)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = _quiet_when_the_command_left
+
+
+def _quiet_when_the_command_left(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+    """A worker hands each batch's shared memory over a connection (multiprocessing's resource sharer
+    thread, which reports its errors through sys.excepthook): a command that stops in the middle of a
+    hand-over resets it (ConnectionError), which is no error of the worker's. Anything else is printed."""
+    if not issubclass(kind, ConnectionError):
+        sys.__excepthook__(kind, error, tb)
 
 
 def data_loader(*args: Any, **kwargs: Any) -> DataLoader:
