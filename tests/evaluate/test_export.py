@@ -162,3 +162,38 @@ def test_a_failed_export_leaves_nothing_and_makes_no_folder(tmp_path, tree, writ
     with pytest.raises(UserError, match=r"is a folder; name the file to write, e.g. --out .*model.pt2"):
         export_checkpoint(ck, "pt2", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("fmt", ["weights", "weights-fp16"])
+def test_weights_export_drops_the_training_state_and_evaluates_as_the_original(tmp_path, tree, write_ck, fmt):
+    """The slim file holds the original's weights (rounded to fp16 for weights-fp16), its meta and
+    config, no optimizer; it rebuilds through load_model and computes what the original computes."""
+    from resnetlab.utils.checkpoint import load, save_atomic
+
+    ck = write_ck(tmp_path / "c.pt", tree, model="cifar_resnet20", classes=CLASSES10)
+    full = load(ck)
+    full.pop("format")
+    momentum = {k: torch.randn_like(v) for k, v in full["model"].items() if v.is_floating_point()}
+    save_atomic({**full, "optimizer": {"state": momentum}, "iteration": 7}, ck)  # as training writes it
+    out = export_checkpoint(ck, fmt, tmp_path / "slim.pt")
+
+    stored = torch.load(out, map_location="cpu", weights_only=True)
+    assert "optimizer" not in stored and "iteration" not in stored
+    assert stored["meta"]["model"] == "cifar_resnet20" and torch.equal(stored["meta"]["mean"], full["meta"]["mean"])
+    half = fmt == "weights-fp16"
+    for k, v in full["model"].items():
+        expected = v.to(torch.float16) if half and v.dtype == torch.float32 else v
+        assert stored["model"][k].dtype == expected.dtype and torch.equal(stored["model"][k], expected), k
+    assert out.stat().st_size < ck.stat().st_size * (0.3 if half else 0.55)  # no momentum; fp16 halves again
+
+    original, slim = (load_model(p, torch.device("cpu")).model for p in (ck, out))
+    assert all(p.dtype == torch.float32 for p in slim.parameters())  # fp16 storage, fp32 compute
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = original(x), slim(x)
+    if half:  # weights rounded to 11 significant bits: logits move by ~1e-3 of their range, not more
+        assert not torch.equal(a, b)
+        assert (a - b).abs().max() < 1e-2 * a.abs().max()
+        assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.95
+    else:
+        assert torch.equal(a, b)

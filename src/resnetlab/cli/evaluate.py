@@ -115,10 +115,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_import)
 
     p = subparsers.add_parser(
-        "export", help="export a checkpoint to ONNX, TorchScript or torch.export .pt2 (dynamic batch)"
+        "export",
+        help="export a checkpoint to ONNX, TorchScript or torch.export .pt2 (dynamic batch), or to its "
+        "weights alone (weights: fp32, weights-fp16: half the file) for evaluate / predict / train.init_from",
     )
     p.add_argument("--checkpoint", required=True, metavar="CK")
-    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2"))
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2", "weights", "weights-fp16"))
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--image-size", type=POSITIVE, metavar="S", help="input height = width (default: training crop)")
     p.set_defaults(func=run_export)
@@ -238,5 +240,5 @@ def run_export(args: argparse.Namespace) -> int:
     from resnetlab.evaluate import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.format, args.out, image_size=args.image_size)
-    print(f"wrote {out} ({args.format}, dynamic batch)")
+    print(f"wrote {out} ({args.format}{'' if args.format.startswith('weights') else ', dynamic batch'})")
     return 0
