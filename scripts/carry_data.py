@@ -48,6 +48,7 @@ import sys
 import tarfile
 import tempfile
 import unicodedata
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -363,31 +364,40 @@ def _rmdir(folder: Path) -> None:
 
 def _check_members(folder: Path, parts: list[str], target: Path, check_member, tar_kind) -> None:
     """Refuse (CarryError) before anything is written: a member archive.safe_extract refuses (a link, a
-    path leaving TARGET), one named like the `.carried` record, one whose path crosses another's (a
-    file in one part where another has a folder), and one that would replace what TARGET holds: a
+    path leaving TARGET), one under the name of the `.carried` record, one whose path crosses another's
+    (a file in one part where another has a folder), and one that would replace what TARGET holds: a
     folder, a file with other bytes (the same bytes are a part cut short, unpacked again), or a file
     or link on its way."""
     kinds: dict[str, str] = {}  # every path the parts make, relative to TARGET: "file" or "dir"
     where = target.resolve()
     for name in parts:
-        with tarfile.open(folder / name, "r:gz") as tar:
-            for m in tar:
-                kind = tar_kind(m)
-                check_member(m.name, kind, where)
-                rel = os.path.normpath(m.name)
-                if rel == ".":
-                    continue
-                if rel == MARKER:
-                    raise CarryError(f"{folder / name}: a member named {MARKER} would overwrite the unpacking record")
-                steps = rel.split("/")
-                for i in range(len(steps)):
-                    sub, want = "/".join(steps[: i + 1]), kind if i == len(steps) - 1 else "dir"
-                    if sub in kinds:
-                        if kinds[sub] != want:
-                            raise CarryError(f"{folder}: {shown(sub)} is both a file and a folder in the parts")
-                        continue  # checked already
-                    kinds[sub] = want
-                    _check_existing(target / sub, want, tar, m if want == "file" else None, folder / name)
+        part = folder / name
+        try:
+            with tarfile.open(part, "r:gz") as tar:
+                for m in tar:
+                    check_member(m.name, tar_kind(m), where)  # after it, a member is a file or a folder
+                    _check_path(m, tar, part, target, kinds)
+        except (tarfile.TarError, EOFError, zlib.error) as e:  # the MANIFEST's digest, yet not a tar.gz
+            raise CarryError(f"{part}: not a carry_data part ({e.__class__.__name__}: {e})") from None
+
+
+def _check_path(m: tarfile.TarInfo, tar: tarfile.TarFile, part: Path, target: Path, kinds: dict[str, str]) -> None:
+    """Member `m` and each folder on its way against the parts seen so far (`kinds`) and TARGET."""
+    rel = os.path.normpath(m.name)
+    if rel == ".":
+        return
+    steps = rel.split("/")
+    if steps[0] == MARKER:
+        raise CarryError(f"{part}: a member {shown(rel)} would overwrite the record {MARKER} of the parts unpacked")
+    for i in range(len(steps)):
+        sub = "/".join(steps[: i + 1])
+        want = ("dir" if m.isdir() else "file") if i == len(steps) - 1 else "dir"
+        if sub in kinds:
+            if kinds[sub] != want:
+                raise CarryError(f"{part.parent}: {shown(sub)} is both a file and a folder in the parts")
+            continue  # checked already
+        kinds[sub] = want
+        _check_existing(target / sub, want, tar, m if want == "file" else None, part)
 
 
 def _check_existing(dest: Path, want: str, tar: tarfile.TarFile, member: tarfile.TarInfo | None, part: Path) -> None:

@@ -233,7 +233,7 @@ def test_the_marker_is_neither_packed_nor_overwritten_by_a_member(tmp_path):
     digest = hashlib.sha256(buf.getvalue()).hexdigest()
     (evil / "MANIFEST").write_text(f"{digest}  evil.tar.gz\n{digest}  part-00\n")
     before = listing(tmp_path / "data")
-    refused(run(tmp_path, "unpack", str(evil), str(tmp_path / "data")), "a member named .carried")
+    refused(run(tmp_path, "unpack", str(evil), str(tmp_path / "data")), "a member .carried would overwrite the record")
     assert listing(tmp_path / "data") == before
 
 
@@ -335,3 +335,13 @@ def test_a_full_disk_is_reported_as_such_and_loses_nothing(tmp_path, small_disk)
     before = listing(small_disk)
     refused(run(here, "unpack", "big", str(small_disk / "data" / "sub")), "no space left on the device to extract")
     assert listing(small_disk) == before
+
+
+def test_a_part_that_is_not_a_tar_gz_is_one_line(tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "part-00").write_bytes(b"\x1f\x8b\x08 not a whole gzip stream")
+    digest = hashlib.sha256((folder / "part-00").read_bytes()).hexdigest()
+    (folder / "MANIFEST").write_text(f"{digest}  odd.tar.gz\n{digest}  part-00\n")  # the digests match
+    refused(run(tmp_path, "unpack", str(folder), str(tmp_path / "data")), "part-00: not a carry_data part")
+    assert not (tmp_path / "data").exists()
