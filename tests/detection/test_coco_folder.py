@@ -1,7 +1,7 @@
 """Your own COCO-format folder through the CLI (docs/detection.md): ROOT/<split>/*.jpg and
 ROOT/annotations/instances_<split>.json, written here by hand in COCO's own conventions (boxes
 [x, y, w, h], category ids with gaps, a crowd box, a grey JPEG, an image without objects), trained and
-evaluated by `resnetlab detect` in real processes; nothing is downloaded (data.download stays false)."""
+evaluated by `resnetlab detect` in real processes; nothing is downloaded (data.download=false)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
     out = root.parent / "run"
     train = resnetlab(
         "detect", "train", "--preset", "shapes-cifar-c4", "--out", str(out), "--device", "cpu", "--quiet", "--set",
-        "data.name=coco", f"data.dir={root}", "data.train=[train]", "data.test=val", "model.freeze_bn=false",
+        "data.name=coco", f"data.dir={root}", "data.train=[train]", "data.test=val", "data.download=false",
+        "model.freeze_bn=false",
         "train.max_iters=2", "train.batch_size=2", "train.eval_every=2", "train.checkpoint_every=2",
     )  # fmt: skip
     assert train.returncode == 0 and "Traceback" not in train.stderr, train.stdout + train.stderr
