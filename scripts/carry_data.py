@@ -16,7 +16,17 @@ can be unpacked alone and the unpacking is idempotent: `TARGET/.carried` records
 part unpacked, and a part already there is skipped. Before anything is written, every part and the
 joined archive are checked against the MANIFEST (a mismatch is one line, exit 2); each part is then
 extracted by `resnetlab.data.archive.safe_extract`, which refuses a link, a special file or a path
-leaving TARGET. gzip at level 1: the 60,000 CIFAR-10 JPEGs share their JPEG headers and tables and
+leaving TARGET.
+
+Nothing of the user's is deleted or replaced. `pack` writes the new parts into a hidden folder beside
+`.carry/NAME` and swaps them in only once the MANIFEST is written (a failed pack leaves the previous
+one as it was; a killed one leaves `.carry/.NAME.new-*`, which can go). `unpack` lists every member of
+every part still to unpack before it writes anything, and refuses (leaving TARGET as it was) one that
+would land on a folder, under a file, on a file with other bytes, or on the `.carried` record. A name
+that would not come back the same (a control character such as a newline, bytes that are not UTF-8)
+is refused at pack time. resnetlab's own caches in the folder (`.resnetlab-*.pt`, rebuilt from the
+images wherever they are used, 65 MB for 21k images) and an earlier unpack's `.carried` are left out,
+and `pack` says so. gzip at level 1: the 60,000 CIFAR-10 JPEGs share their JPEG headers and tables and
 the tar headers compress away (93 MB of tar -> 20 MB); Imagenette's larger JPEGs barely shrink.
 
 `pack` needs only Python's standard library; `unpack` the project's data/archive.py (found from here)
@@ -26,12 +36,19 @@ and tqdm, which it imports: the project's Python (on the lent machine /opt/torch
 from __future__ import annotations
 
 import argparse
+import errno
 import gzip
 import hashlib
 import json
+import math
 import os
+import re
+import shutil
 import sys
 import tarfile
+import tempfile
+import unicodedata
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +57,11 @@ PART_BYTES = 60_000_000  # carry_wheels.sh's PART_BYTES
 MARKER = ".carried"  # in TARGET: "<sha256>  part-NN" for every part unpacked there
 BLOCK = tarfile.BLOCKSIZE  # 512
 END = 2 * BLOCK + tarfile.RECORDSIZE  # a tar's end-of-archive blocks, at most, with its record padding
+SMALLEST = 2 * END + 2048  # the smallest --part-mib, in bytes
+PART = re.compile(r"part-\d{2}")
+# resnetlab's caches beside the data (data/cache.py: `.resnetlab-*.pt`) and save_atomic's temp files of
+# them (`.<name>.<random>.tmp`): derived from the images, and one is larger than a part.
+CACHE = re.compile(r"\.?\.resnetlab-.*\.(pt|tmp)")
 
 
 class CarryError(Exception):
@@ -54,18 +76,39 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _files(folder: Path) -> list[Path]:
-    """Every file under `folder`, sorted; a link or a special file is refused (it is not data, and a
-    link could name something outside the folder)."""
-    found = []
+def _plain(text: str) -> bool:
+    """No control character or line separator (a newline, a tab), and no bytes that are not UTF-8
+    (os.fsdecode's surrogates): a name that tar, a terminal and a one-line message all keep as it is."""
+    return not any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in text)
+
+
+def shown(text: object) -> str:
+    """`text` on one printable line: a name that is not `_plain` in repr form."""
+    text = str(text)
+    return text if _plain(text) else repr(text)
+
+
+def _files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(every file under `folder` to pack, sorted; the files left out: resnetlab's caches, the
+    `.carried` record). A link, a special file or a name that would not come back the same is refused
+    (a link could name something outside the folder)."""
+    found, left_out = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for name in [*dirnames, *filenames]:
             path = Path(dirpath) / name
+            if not _plain(name):
+                raise CarryError(
+                    f"{shown(path)}: a name with a control character or bytes that are not UTF-8 would not "
+                    "unpack under the same name; rename it"
+                )
             if path.is_symlink() or not (path.is_dir() or path.is_file()):
-                raise CarryError(f"{path}: a link or special file; only plain files and folders are packed")
-        found += [Path(dirpath) / n for n in sorted(filenames)]
-    return found
+                raise CarryError(f"{shown(path)}: a link or special file; only plain files and folders are packed")
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            top_marker = name == MARKER and Path(dirpath) == folder
+            (left_out if top_marker or CACHE.fullmatch(name) else found).append(path)
+    return found, left_out
 
 
 def _tar_bytes(name: str, size: int) -> int:
@@ -113,39 +156,98 @@ class _Part:
         self.raw.close()
         return self.path.stat().st_size
 
+    def abort(self) -> None:
+        """Close without the errors of a full disk: the part is removed with its folder."""
+        for f in (self.tar, self.gz, self.raw):
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass
 
-def pack(folder: Path, name: str, part_bytes: int = PART_BYTES, *, carry: Path = CARRY) -> list[dict]:
-    """FOLDER's files into carry/NAME/part-NN (each <= part_bytes on disk) and carry/NAME/MANIFEST.
-    Returns one {"part", "files", "bytes"} per part."""
+
+def pack(folder: Path, name: str, part_bytes: int = PART_BYTES, *, carry: Path = CARRY) -> dict:
+    """FOLDER's files into carry/NAME/part-NN (each <= part_bytes on disk) and carry/NAME/MANIFEST,
+    written beside an earlier pack of NAME and swapped in once complete. Returns {"parts": one
+    {"part", "files", "bytes"} per part, "left_out": the files not packed (caches, a `.carried`)}."""
     if not folder.is_dir():
-        raise CarryError(f"{folder}: not a folder")
-    if not name or "/" in name or name.startswith("."):
+        raise CarryError(f"{shown(folder)}: not a folder")
+    if not name or "/" in name or name.startswith(".") or not _plain(name):
         raise CarryError(f"pack NAME: {name!r} is not a plain folder name (it becomes .carry/NAME)")
-    files = _files(folder)
-    if not files:
-        raise CarryError(f"{folder}: no files to pack")
     out = carry / name
-    out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("part-*"), out / "MANIFEST"]:  # an earlier pack of the same name
-        old.unlink(missing_ok=True)
+    if out.is_symlink() or out.exists() and not out.is_dir():
+        raise CarryError(f"{out}: not a folder of parts; move it away or pack under another NAME")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if not (PART.fullmatch(p.name) or p.name == "MANIFEST"))
+        if others:  # carry_wheels.sh's files, or the user's: not ours to replace
+            raise CarryError(f"{out} holds {shown(others[0])}, not a pack's; pack under another NAME or move it away")
+    files, left_out = _files(folder)
+    if not files:
+        raise CarryError(f"{shown(folder)}: no files to pack")
+    carry.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=carry))
+    try:
+        parts = _write_parts(folder, files, new, name, part_bytes)
+        os.chmod(new, 0o777 & ~_umask())  # mkdtemp's 0700 -> an ordinary folder's mode
+        if out.is_dir():  # the previous pack goes only once the new one is whole
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=carry))
+            os.replace(out, old / name)
+            try:
+                os.replace(new, out)
+            except OSError:
+                os.replace(old / name, out)
+                raise
+            shutil.rmtree(old)
+        else:
+            os.replace(new, out)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CarryError(
+                f"{carry}: no space left on the device while packing ({e.strerror}); the previous pack of "
+                f"{name}, if any, is as it was: free some space and pack again"
+            ) from None
+        raise
+    finally:
+        shutil.rmtree(new, ignore_errors=True)  # gone already when swapped in
+    return {"parts": parts, "left_out": left_out}
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _add(part: _Part | None, parts: list[dict], path: Path, member: str, out: Path, part_bytes: int) -> _Part:
+    """`path` as `member` into the open part, or into a new one when it would not fit (the closed part
+    joins `parts`). Returns the part it went into."""
+    size = path.stat().st_size
+    more = _tar_bytes(member, size)
+    if part is not None and not part.fits(more, part_bytes):
+        parts.append({"part": part.path.name, "files": part.files, "bytes": part.close()})
+        part = None
+    if part is None:
+        if len(parts) == 100:
+            raise CarryError(f"more than 100 parts of {part_bytes} bytes; pack a larger --part-mib")
+        part = _Part(out / f"part-{len(parts):02d}")
+        if not part.fits(more, part_bytes):
+            part.abort()
+            raise CarryError(f"{shown(path)}: {size} bytes do not fit in a part of {part_bytes} bytes (--part-mib)")
+    part.add(path, member, size)
+    return part
+
+
+def _write_parts(folder: Path, files: list[Path], out: Path, name: str, part_bytes: int) -> list[dict]:
+    """`files` into out/part-NN and out/MANIFEST."""
     parts: list[dict] = []
     part = None
-    for path in files:
-        member = path.relative_to(folder).as_posix()
-        size = path.stat().st_size
-        more = _tar_bytes(member, size)
-        if part is not None and not part.fits(more, part_bytes):
-            parts.append({"part": part.path.name, "files": part.files, "bytes": part.close()})
-            part = None
-        if part is None:
-            if len(parts) == 100:
-                raise CarryError(f"{folder}: more than 100 parts of {part_bytes} bytes; pack a larger --part-mib")
-            part = _Part(out / f"part-{len(parts):02d}")
-            if not part.fits(more, part_bytes):
-                part.close()
-                raise CarryError(f"{path}: {size} bytes do not fit in a part of {part_bytes} bytes (--part-mib)")
-        part.add(path, member, size)
-    parts.append({"part": part.path.name, "files": part.files, "bytes": part.close()})
+    try:
+        for path in files:
+            part = _add(part, parts, path, path.relative_to(folder).as_posix(), out, part_bytes)
+        parts.append({"part": part.path.name, "files": part.files, "bytes": part.close()})
+    except BaseException:
+        if part is not None:
+            part.abort()
+        raise
     joined = hashlib.sha256()
     lines = []
     for p in parts:
@@ -162,11 +264,17 @@ def read_manifest(folder: Path) -> tuple[tuple[str, str], list[tuple[str, str]]]
     manifest = folder / "MANIFEST"
     if not manifest.is_file():
         raise CarryError(f"no {manifest}: carry it with the parts (`parts` lists them)")
+    try:
+        text = manifest.read_bytes().decode()
+    except UnicodeDecodeError:
+        raise CarryError(f"{manifest}: not a carry_data manifest (not UTF-8 text)") from None
     entries = []
-    for line in manifest.read_text().splitlines():
+    for line in text.splitlines():
         digest, _, name = line.partition("  ")
-        if len(digest) != 64 or not name or "/" in name:
+        if not re.fullmatch(r"[0-9a-f]{64}", digest) or not name or "/" in name or not _plain(name):
             raise CarryError(f"{manifest}: not a carry_data manifest (line {line[:80]!r})")
+        if name.startswith("part-") and not PART.fullmatch(name):
+            raise CarryError(f"{manifest}: not a carry_data manifest (part {name[:80]!r})")
         entries.append((digest, name))
     joined = [e for e in entries if not e[1].startswith("part-")]
     parts = [e for e in entries if e[1].startswith("part-")]
@@ -195,7 +303,7 @@ def check(folder: Path) -> list[tuple[str, str]]:
 
 
 def _archive():
-    """(safe_extract, UserError) of resnetlab.data.archive, loaded from its file: importing it as
+    """(safe_extract, its member checks, UserError) of resnetlab.data.archive, loaded from its file: importing it as
     `resnetlab.data.archive` would run data/__init__.py, which imports torch (seconds) for nothing."""
     import importlib.util
 
@@ -205,42 +313,148 @@ def _archive():
     spec = importlib.util.spec_from_file_location("_carry_archive", ROOT / "src" / "resnetlab" / "data" / "archive.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.safe_extract, UserError
+    return module.safe_extract, module._check_member, module._tar_kind, UserError
 
 
 def unpack(folder: Path, target: Path) -> dict:
-    """Check every part, then extract those not yet recorded in TARGET/.carried, recording each."""
+    """Check every part, and every member of the parts not yet recorded in TARGET/.carried against
+    what TARGET holds; then extract those parts, recording each. A refusal leaves TARGET as it was."""
     parts = check(folder)
-    safe_extract, UserError = _archive()
-
-    target.mkdir(parents=True, exist_ok=True)
+    safe_extract, check_member, tar_kind, UserError = _archive()
+    if target.exists() and not target.is_dir():
+        raise CarryError(f"{shown(target)}: not a folder to unpack into")
     marker = target / MARKER
-    done = set(marker.read_text().splitlines()) if marker.is_file() else set()
-    unpacked, skipped = [], []
-    for digest, name in parts:
-        line = f"{digest}  {name}"
-        if line in done:
-            skipped.append(name)
-            continue
+    if marker.exists() and not marker.is_file():
+        raise CarryError(f"{shown(marker)}: not carry_data's record of the parts unpacked here; move it away")
+    # a damaged record costs only a re-check: a part it does not name is unpacked again over its own files
+    done = set(marker.read_bytes().decode(errors="replace").splitlines()) if marker.is_file() else set()
+    todo = [(digest, name) for digest, name in parts if f"{digest}  {name}" not in done]
+    try:
+        _check_members(folder, [name for _, name in todo], target, check_member, tar_kind)
+    except UserError as e:
+        raise CarryError(shown(e)) from None
+
+    created = [d for d in (target, *target.parents) if not d.exists()]
+    target.mkdir(parents=True, exist_ok=True)
+    unpacked = []
+    for digest, name in todo:
         try:
             safe_extract(folder / name, target)
         except UserError as e:
-            raise CarryError(str(e)) from None
+            if not unpacked:
+                for d in created:  # only the empty folders made above: the target is as it was
+                    _rmdir(d)
+                raise CarryError(shown(e)) from None
+            raise CarryError(f"{shown(e)} ({len(unpacked)} part(s) unpacked and recorded: unpack again)") from None
         with open(marker, "a") as f:
-            f.write(line + "\n")
+            f.write(f"{digest}  {name}\n")
             f.flush()
             os.fsync(f.fileno())
         unpacked.append(name)
+    skipped = [name for _, name in parts if name not in unpacked]
     return {"target": str(target), "unpacked": unpacked, "skipped": skipped}
 
 
+def _rmdir(folder: Path) -> None:
+    try:
+        folder.rmdir()  # never anything in it
+    except OSError:
+        pass
+
+
+def _check_members(folder: Path, parts: list[str], target: Path, check_member, tar_kind) -> None:
+    """Refuse (CarryError) before anything is written: a member archive.safe_extract refuses (a link, a
+    path leaving TARGET), one under the name of the `.carried` record, one whose path crosses another's
+    (a file in one part where another has a folder), and one that would replace what TARGET holds: a
+    folder, a file with other bytes (the same bytes are a part cut short, unpacked again), or a file
+    or link on its way."""
+    kinds: dict[str, str] = {}  # every path the parts make, relative to TARGET: "file" or "dir"
+    where = target.resolve()
+    for name in parts:
+        part = folder / name
+        try:
+            with tarfile.open(part, "r:gz") as tar:
+                for m in tar:
+                    check_member(m.name, tar_kind(m), where)  # after it, a member is a file or a folder
+                    _check_path(m, tar, part, target, kinds)
+        except (tarfile.TarError, EOFError, zlib.error) as e:  # the MANIFEST's digest, yet not a tar.gz
+            raise CarryError(f"{part}: not a carry_data part ({e.__class__.__name__}: {e})") from None
+
+
+def _check_path(m: tarfile.TarInfo, tar: tarfile.TarFile, part: Path, target: Path, kinds: dict[str, str]) -> None:
+    """Member `m` and each folder on its way against the parts seen so far (`kinds`) and TARGET."""
+    rel = os.path.normpath(m.name)
+    if rel == ".":
+        return
+    steps = rel.split("/")
+    if steps[0] == MARKER:
+        raise CarryError(f"{part}: a member {shown(rel)} would overwrite the record {MARKER} of the parts unpacked")
+    for i in range(len(steps)):
+        sub = "/".join(steps[: i + 1])
+        want = ("dir" if m.isdir() else "file") if i == len(steps) - 1 else "dir"
+        if sub in kinds:
+            if kinds[sub] != want:
+                raise CarryError(f"{part.parent}: {shown(sub)} is both a file and a folder in the parts")
+            continue  # checked already
+        kinds[sub] = want
+        _check_existing(target / sub, want, tar, m if want == "file" else None, part)
+
+
+def _check_existing(dest: Path, want: str, tar: tarfile.TarFile, member: tarfile.TarInfo | None, part: Path) -> None:
+    """Refuse a member `want` ("file" or "dir") at `dest` when TARGET holds something it would replace."""
+    if not (dest.exists() or dest.is_symlink()):
+        return
+    if dest.is_symlink() or (want == "dir") != dest.is_dir() or not (dest.is_dir() or dest.is_file()):
+        held = "link" if dest.is_symlink() else "folder" if dest.is_dir() else "file" if dest.is_file() else "special"
+        raise CarryError(
+            f"{shown(dest)} is a {held}; {part.name} has a {'folder' if want == 'dir' else 'file'} there: "
+            "nothing was unpacked (unpack into another folder, or move it away)"
+        )
+    if member is not None and not _same_bytes(dest, tar, member):
+        raise CarryError(
+            f"{shown(dest)} exists with other bytes than {part.name}'s: nothing was unpacked (unpack into another "
+            "folder, or move it away)"
+        )
+
+
+def _same_bytes(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bool:
+    if path.stat().st_size != member.size:
+        return False
+    h = hashlib.sha256()
+    with tar.extractfile(member) as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest() == sha256(path)
+
+
+class _Parser(argparse.ArgumentParser):
+    """One-line errors (argparse's own are the usage block plus a line), as resnetlab's CLI has them
+    (cli/args.py, which `pack` cannot import: it runs on the standard library alone)."""
+
+    def error(self, message: str) -> None:
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def part_mib(text: str) -> int:
+    """--part-mib: a finite number of MiB, at least SMALLEST bytes; the part's size in bytes."""
+    allowed = f"a number of MiB from {SMALLEST / 2**20:.3f} up"
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = math.nan
+    if not (math.isfinite(mib) and mib * 2**20 >= SMALLEST):
+        raise argparse.ArgumentTypeError(f"{shown(repr(text)[:60])} is not {allowed}")
+    return int(mib * 2**20)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     pk = sub.add_parser("pack", help="FOLDER -> .carry/NAME/part-NN + MANIFEST")
     pk.add_argument("folder", type=Path)
     pk.add_argument("name")
-    pk.add_argument("--part-mib", type=float, default=PART_BYTES / 2**20, help="largest part (default 57.2)")
+    pk.add_argument("--part-mib", type=part_mib, default=PART_BYTES, help="largest part in MiB (default 57.2)")
     ps = sub.add_parser("parts", help="the carry list of each call, one per part")
     ps.add_argument("name")
     up = sub.add_parser("unpack", help="check every part, then unpack into TARGET (parts done are skipped)")
@@ -249,15 +463,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "pack":
-            limit = int(args.part_mib * 2**20)
-            if limit < 2 * END + 2048:
-                raise CarryError(f"--part-mib {args.part_mib}: too small for a part (at least {2 * END + 2048} bytes)")
-            parts = pack(args.folder, args.name, limit)
-            for part in parts:
+            res = pack(args.folder, args.name, args.part_mib)
+            for part in res["parts"]:
                 print(json.dumps(part))
-            files, size = sum(q["files"] for q in parts), sum(q["bytes"] for q in parts)
-            where = CARRY / args.name
-            print(f"carry_data: {files} files of {args.folder} in {len(parts)} part(s), {size / 1e6:.1f} MB: {where}")
+            if left := res["left_out"]:
+                kinds = sorted({MARKER if q.name == MARKER else "resnetlab's caches .resnetlab-*.pt" for q in left})
+                print(f"carry_data: left out {len(left)} file(s) that are not data: {', '.join(kinds)}")
+            files, size = sum(q["files"] for q in res["parts"]), sum(q["bytes"] for q in res["parts"])
+            what = f"{files} files of {args.folder} in {len(res['parts'])} part(s), {size / 1e6:.1f} MB"
+            print(f"carry_data: {what}: {CARRY / args.name}")
         elif args.cmd == "parts":
             folder = CARRY / args.name
             _, parts = read_manifest(folder)
@@ -268,9 +482,16 @@ def main(argv: list[str] | None = None) -> int:
             res = unpack(folder, args.target)
             n, skipped = len(res["unpacked"]), len(res["skipped"])
             print(f"carry_data: unpacked {n} part(s), skipped {skipped} already there: {args.target}")
-    except (CarryError, OSError) as e:
+    except CarryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        where = f"{shown(e.filename)}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (a pack is swapped in only when whole; unpack records each part)", file=sys.stderr)
+        return 130
     return 0
 
 

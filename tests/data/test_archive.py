@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -82,6 +83,19 @@ def test_safe_extract_corrupt_archive(tmp_path):
     bad.write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(UserError, match="cannot extract"):
         safe_extract(bad, tmp_path / "out")
+
+
+def test_safe_extract_on_a_full_disk_blames_the_disk_not_the_archive(tmp_path, monkeypatch):
+    # ENOSPC raised where tarfile writes a member's bytes (a real full disk: tests/scripts/test_carry_data.py).
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    archive = _tar(tmp_path / "ok.tar.gz", [_file("a.txt", b"hello")])
+    monkeypatch.setattr(tarfile, "copyfileobj", full)
+    with pytest.raises(UserError) as e:
+        safe_extract(archive, tmp_path / "out")
+    assert "no space left on the device" in str(e.value) and "fetch it again" not in str(e.value)
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_download_file_url_and_failure(tmp_path):

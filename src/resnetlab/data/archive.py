@@ -8,6 +8,7 @@ plain file or folder, or whose path leaves the target folder (on top of tarfile'
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -146,5 +147,11 @@ def safe_extract(archive: str | Path, target: str | Path) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
     except _FILTER_ERRORS as e:
         raise UserError(f"{archive}: refusing to extract: {e}") from None
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk, not the archive: fetching again would not help
+            raise UserError(
+                f"{target}: no space left on the device to extract {archive} ({e.strerror}); free some and try again"
+            ) from None
+        raise UserError(f"{archive}: cannot extract ({e.__class__.__name__}: {e}); delete it, fetch it again") from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
         raise UserError(f"{archive}: cannot extract ({e.__class__.__name__}: {e}); delete it, fetch it again") from None
