@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab.analysis.reproduce import Job, plan, report, run_jobs, schedule
+from resnetlab.analysis.report import report
 from resnetlab.config import Config, DataConfig, ModelConfig, dump, to_dict
-from resnetlab.errors import UserError
+from resnetlab.errors import Terminated, UserError
 from resnetlab.models import create_model
+from resnetlab.runner.plan import Job, plan, schedule
+from resnetlab.runner.pool import run_jobs
 from resnetlab.utils.checkpoint import save_atomic
 
 
@@ -98,17 +100,21 @@ def test_skips_finished_and_resumes_killed(tmp_path):
     assert (tmp_path / "curves.png").is_file() and (tmp_path / "table.csv").is_file()
 
 
-def test_an_interrupted_run_stops_the_grid(tmp_path):
+@pytest.mark.parametrize("sig, raised", [("SIGTERM", Terminated), ("SIGINT", KeyboardInterrupt)])
+def test_an_interrupted_run_stops_the_grid(tmp_path, sig, raised):
+    """A run that took a signal itself (checkpointed, returned) stops the grid with what the command's
+    own handler raises: `terminated` 143 / `interrupted` 130, as every command (not a budget stop)."""
     jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
-    calls = []
+    calls, lines = [], []
 
-    def sigterm(cfg, out_dir, *, resume=False):
+    def stopped(cfg, out_dir, *, resume=False):
         calls.append(out_dir)
-        return {"interrupted": "SIGTERM"}
+        return {"interrupted": sig}
 
-    with pytest.raises(UserError, match="interrupted"):
-        run_jobs(jobs, train_fn=sigterm, log=lambda _: None)
+    with pytest.raises(raised):
+        run_jobs(jobs, train_fn=stopped, log=lines.append)
     assert len(calls) == 1
+    assert lines[-1].startswith(f"[stop]   {sig}: 4 run(s) unfinished (checkpointed): plain20-seed0, ")
 
 
 FAKE_WORKER = """
@@ -238,7 +244,7 @@ def test_cifar_section_is_table6_and_fig6_in_one_grid(tmp_path):
 
 
 def test_folder_data_overrides(tmp_path):
-    from resnetlab.analysis.reproduce import data_overrides
+    from resnetlab.runner.plan import data_overrides
 
     assert data_overrides("cifar10", None) == ["data.name=cifar10"]
     assert data_overrides("fashion-mnist", tmp_path) == ["data.name=fashion-mnist", f"data.dir={tmp_path}"]
@@ -302,9 +308,9 @@ class SlowTrainer(StubTrainer):
 def test_the_budget_stops_a_run_cleanly_and_the_grid_resumes(tmp_path, monkeypatch, late):
     """late=0.5: the first SIGTERM comes before the run set its handler up (it is taken by the grid's),
     the next one, a moment later, stops the run."""
-    from resnetlab.analysis import reproduce
+    from resnetlab.runner import stop
 
-    monkeypatch.setattr(reproduce, "RESIGNAL_S", 0.2)
+    monkeypatch.setattr(stop, "RESIGNAL_S", 0.2)
     jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
     trainer = SlowTrainer(late=late)
     lines = []
@@ -339,7 +345,7 @@ def test_the_budget_stops_worker_processes(tmp_path):
     left = run_jobs(jobs, gpus=1, jobs_per_gpu=2, worker=worker, log=lambda _: None, budget_s=3)
     assert sorted(j.name for j in left) == sorted(j.name for j in jobs)  # no failure raised
     started = [j for j in jobs if (j.out_dir / "started").is_file()]
-    assert [j.name for j in started] == ["plain20-seed0", "plain56-seed0"]  # two slots; then no new start
+    assert [j.name for j in started] == ["plain56-seed0", "resnet56-seed0"]  # two slots, the longest; then none
     assert all((j.out_dir / "checkpoint.pt").is_file() for j in started)  # their SIGTERM path ran
     assert (started[0].out_dir / "started").read_text() == ""  # no flags: TF32 is train.tf32 in the config
     assert all(j.state() == "resume" for j in started)
@@ -430,9 +436,11 @@ def test_nets_trains_and_reports_only_those(tmp_path):
     assert str(e.value) == f"--nets resnet19: not in degradation, whose networks are {names}"
 
 
-def test_a_worker_error_is_one_line_in_the_runs_log(tmp_path):
+@pytest.mark.parametrize("module", ["resnetlab.runner.worker", "resnetlab.analysis.worker"])
+def test_a_worker_error_is_one_line_in_the_runs_log(tmp_path, module):
     # The worker's stderr is the run's train.log: a run folder in use (another process holds its lock,
     # as when a grid is started twice) is the same one line as `resnetlab train` prints, no traceback.
+    # The old module name stays: older grids' commands.txt and running pools name it.
     import fcntl
     import subprocess
     import sys
@@ -445,7 +453,7 @@ def test_a_worker_error_is_one_line_in_the_runs_log(tmp_path):
         lock.write("pid 1 on elsewhere\n")
         lock.flush()
         done = subprocess.run(
-            [sys.executable, "-m", "resnetlab.analysis.worker", str(tmp_path / "c.yaml"), str(out)],
+            [sys.executable, "-m", module, str(tmp_path / "c.yaml"), str(out)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -1,0 +1,99 @@
+"""Why a grid stops before it is done, and how its runs are told: one `Stop` per `run_jobs` call.
+
+The causes: the wall-clock budget (`--budget-s`), SIGTERM (`kill`, a job scheduler) and SIGINT
+(Ctrl-C). The first one wins and is the grid's answer: a budget stop returns the unfinished jobs (the
+CLI says so and exits 124); a signal stop raises what the command's own handler would have raised
+(`Terminated`: `terminated`, exit 143; `KeyboardInterrupt`: `interrupted`, exit 130). Either way no run
+starts after it, and the runs in progress get SIGTERM: each checkpoints at its next step and returns,
+so the same command resumes the grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from resnetlab.errors import Terminated
+
+# The budget's SIGTERM again after this long, until the run in progress returns. Short: a first signal
+# that comes while a run (or a batched group) is still opening is taken by the grid's handler, and a
+# run that then trained on unsignalled would outlive the budget (a repeat only sets flags again).
+RESIGNAL_S = 0.5
+SIGNALS = ("SIGTERM", "SIGINT")
+
+
+class Stop:
+    """The first cause that stops the grid: None (none yet), "budget", "SIGTERM" or "SIGINT"."""
+
+    def __init__(self, budget_s: float | None = None) -> None:
+        self.deadline = time.monotonic() + budget_s if budget_s is not None else None
+        self.reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def due(self) -> bool:
+        """True once the grid must stop (a signal came, or the budget is spent)."""
+        if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.request("budget")
+        return self.reason is not None
+
+    def end(self, left: list[Any], log: Callable) -> list[Any]:
+        """The grid's answer once it stopped with `left` (jobs) unfinished: returns them for the
+        budget, raises for a signal (after a line saying that the same command resumes them)."""
+        names = ", ".join(j.name for j in left)
+        if self.reason not in SIGNALS:
+            log(f"[budget] stopped with {len(left)} run(s) unfinished: {names}")
+            return left
+        log(f"[stop]   {self.reason}: {len(left)} run(s) unfinished (checkpointed): {names}; run the same command")
+        raise Terminated if self.reason == "SIGTERM" else KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def catching_signals(stop: Stop) -> Iterator[None]:
+    """While the grid runs, SIGTERM and SIGINT that reach it outside a run (between runs in this process,
+    or the parent of worker processes) become `stop.request(name)`; a run in this process takes them with
+    its own handler while it trains and reports them in its summary. Repeats only set the flag again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.request(signal.Signals(signum).name))
+                for sig in (signal.SIGTERM, signal.SIGINT)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def sigterm_at_deadline(stop: Stop) -> Iterator[None]:
+    """For a run in this process: at `stop.deadline`, the budget stops the grid and SIGTERM goes to this
+    process every RESIGNAL_S s until the block ends, so the run checkpoints and returns (a first signal
+    that came before the run set its handler up is taken by `catching_signals`; the next reaches the run)."""
+    if stop.deadline is None:
+        yield
+        return
+    done = threading.Event()
+
+    def fire() -> None:
+        if done.wait(max(0.0, stop.deadline - time.monotonic())):
+            return
+        stop.request("budget")  # before the signal: the run's SIGTERM is the budget's, not a user's
+        while not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.wait(RESIGNAL_S)
+
+    timer = threading.Thread(target=fire, name="grid-budget", daemon=True)
+    timer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        timer.join()
