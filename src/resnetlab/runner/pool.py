@@ -1,7 +1,7 @@
 """Running a grid's jobs: in this process one after another, or N worker processes at once.
 
 - In this process (the CPU, or one GPU): the jobs in the grid's order, each `run_training` (or
-  `train_batched` for a batched group) with the budget's SIGTERM armed around it.
+  `train_batched` for a batched group), told to stop by SIGTERM when the grid must (`stop.told_to_the_run`).
 - Worker processes (several GPUs, `jobs_per_gpu` > 1, or `procs=N` on the CPU): a small pool of slots,
   each running one job at a time as `python -m resnetlab.runner.worker CONFIG.yaml OUT_DIR ...`. The
   jobs start **longest first** (depth x iterations left, a resumed run counting only what it has left):
@@ -33,7 +33,7 @@ from typing import Any
 from resnetlab.config import apply_overrides, dump
 from resnetlab.errors import UserError
 from resnetlab.runner.plan import Job
-from resnetlab.runner.stop import Stop, catching_signals, sigterm_at_deadline
+from resnetlab.runner.stop import Stop, catching_signals, told_to_the_run
 from resnetlab.utils.device import usable_cores
 
 TrainFn = Callable[..., Any]  # run_training(cfg, out_dir, *, resume=False)
@@ -133,7 +133,7 @@ def _run_here(
             return stop.end(_unfinished(units[i:]), log)
         resume = unit[0].state() == "resume"  # a group's runs are all at the same point (batch_groups)
         log(f"[{'resume' if resume else 'train'}] {_label(unit)} ({i + 1}/{len(units)})")
-        with sigterm_at_deadline(stop), _intra_op_threads(threads):
+        with told_to_the_run(stop), _intra_op_threads(threads):
             if len(unit) == 1:
                 summaries = [train_fn(unit[0].cfg, unit[0].out_dir, resume=resume)]
             else:

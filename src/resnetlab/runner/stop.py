@@ -24,6 +24,7 @@ from resnetlab.errors import Terminated
 # that comes while a run (or a batched group) is still opening is taken by the grid's handler, and a
 # run that then trained on unsignalled would outlive the budget (a repeat only sets flags again).
 RESIGNAL_S = 0.5
+WATCH_S = 0.1  # how often a run's watcher looks at the grid's budget and flag
 SIGNALS = ("SIGTERM", "SIGINT")
 
 
@@ -58,8 +59,9 @@ class Stop:
 @contextlib.contextmanager
 def catching_signals(stop: Stop) -> Iterator[None]:
     """While the grid runs, SIGTERM and SIGINT that reach it outside a run (between runs in this process,
-    or the parent of worker processes) become `stop.request(name)`; a run in this process takes them with
-    its own handler while it trains and reports them in its summary. Repeats only set the flag again."""
+    while a run sets up, or the parent of worker processes) become `stop.request(name)`; a run in this
+    process takes them with its own handler while it trains and reports them in its summary. Repeats only
+    set the flag again."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -73,27 +75,25 @@ def catching_signals(stop: Stop) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sigterm_at_deadline(stop: Stop) -> Iterator[None]:
-    """For a run in this process: at `stop.deadline`, the budget stops the grid and SIGTERM goes to this
-    process every RESIGNAL_S s until the block ends, so the run checkpoints and returns (a first signal
-    that came before the run set its handler up is taken by `catching_signals`; the next reaches the run)."""
-    if stop.deadline is None:
-        yield
-        return
+def told_to_the_run(stop: Stop) -> Iterator[None]:
+    """Around a run in this process: once the grid must stop (the budget is spent, or a signal reached
+    the grid's handler because the run had not set its own up yet), SIGTERM to this process every
+    RESIGNAL_S s until the block ends, so the run checkpoints and returns (the first may again fall to
+    the grid's handler; a later one reaches the run)."""
     done = threading.Event()
 
-    def fire() -> None:
-        if done.wait(max(0.0, stop.deadline - time.monotonic())):
-            return
-        stop.request("budget")  # before the signal: the run's SIGTERM is the budget's, not a user's
+    def watch() -> None:
+        while not done.wait(WATCH_S):
+            if stop.due():
+                break
         while not done.is_set():
             os.kill(os.getpid(), signal.SIGTERM)
             done.wait(RESIGNAL_S)
 
-    timer = threading.Thread(target=fire, name="grid-budget", daemon=True)
-    timer.start()
+    watcher = threading.Thread(target=watch, name="grid-stop", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
         done.set()
-        timer.join()
+        watcher.join()

@@ -1,0 +1,102 @@
+"""How a grid stops early: the budget, or a signal (SIGTERM, Ctrl-C) that the run in progress takes
+itself or that reaches the grid first (between runs, while a run sets up, the parent of workers).
+A budget stop returns the unfinished runs; a signal stop raises what the command's handler raises."""
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from resnetlab.errors import Terminated, UserError
+from resnetlab.runner.plan import plan
+from resnetlab.runner.pool import run_jobs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runner_stubs import SlowTrainer, tiny_config  # noqa: E402
+
+
+@pytest.mark.parametrize("sig, raised", [("SIGTERM", Terminated), ("SIGINT", KeyboardInterrupt)])
+def test_an_interrupted_run_stops_the_grid(tmp_path, sig, raised):
+    """A run that took a signal itself (checkpointed, returned) stops the grid with what the command's
+    own handler raises: `terminated` 143 / `interrupted` 130, as every command (not a budget stop)."""
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    calls, lines = [], []
+
+    def stopped(cfg, out_dir, *, resume=False):
+        calls.append(out_dir)
+        return {"interrupted": sig}
+
+    with pytest.raises(raised):
+        run_jobs(jobs, train_fn=stopped, log=lines.append)
+    assert len(calls) == 1
+    assert lines[-1].startswith(f"[stop]   {sig}: 4 run(s) unfinished (checkpointed): plain20-seed0, ")
+
+
+@pytest.mark.parametrize("late", [0.0, 0.5])
+def test_the_budget_stops_a_run_cleanly_and_the_grid_resumes(tmp_path, monkeypatch, late):
+    """late=0.5: the first SIGTERM comes before the run set its handler up (it is taken by the grid's),
+    the next one, a moment later, stops the run."""
+    from resnetlab.runner import stop
+
+    monkeypatch.setattr(stop, "RESIGNAL_S", 0.2)
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    trainer = SlowTrainer(late=late)
+    lines = []
+    left = run_jobs(jobs, train_fn=trainer, log=lines.append, budget_s=0.3)
+    assert [j.name for j in left] == [j.name for j in jobs] and trainer.calls == [("plain20-seed0", False)]
+    assert "[budget] stopped with 4 run(s) unfinished" in lines[-1]
+    assert jobs[0].state() == "resume"
+    assert run_jobs(jobs, train_fn=trainer, log=lambda _: None) == []  # the next window
+    assert trainer.calls[1] == ("plain20-seed0", True) and all(j.state() == "done" for j in jobs)
+    with pytest.raises(UserError, match="--budget-s must be > 0"):
+        run_jobs(jobs, train_fn=trainer, log=lambda _: None, budget_s=0)
+
+
+STOPPABLE_WORKER = """
+import signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[2])
+def stop(*_):
+    (out / "checkpoint.pt").write_bytes(b"")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+(out / "started").write_text(" ".join(sys.argv[3:]))
+time.sleep(60)
+(out / "final.pt").write_bytes(b"")
+"""
+
+
+def test_the_budget_stops_worker_processes(tmp_path):
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    (tmp_path / "worker.py").write_text(STOPPABLE_WORKER)
+    worker = (sys.executable, str(tmp_path / "worker.py"))
+    left = run_jobs(jobs, gpus=1, jobs_per_gpu=2, worker=worker, log=lambda _: None, budget_s=3)
+    assert sorted(j.name for j in left) == sorted(j.name for j in jobs)  # no failure raised
+    started = [j for j in jobs if (j.out_dir / "started").is_file()]
+    assert [j.name for j in started] == ["plain56-seed0", "resnet56-seed0"]  # two slots, the longest; then none
+    assert all((j.out_dir / "checkpoint.pt").is_file() for j in started)  # their SIGTERM path ran
+    assert (started[0].out_dir / "started").read_text() == ""  # no flags: TF32 is train.tf32 in the config
+    assert all(j.state() == "resume" for j in started)
+
+
+@pytest.mark.parametrize("sig, raised", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
+def test_a_signal_while_a_run_sets_up_still_stops_it(tmp_path, monkeypatch, sig, raised):
+    """The signal comes 0.1 s into a run that sets its handler up at 0.5 s (reading data, building the
+    net): the grid's handler takes it, and the run is told again once it listens, instead of training
+    to its end. No other run starts; the signal's answer is raised."""
+    from resnetlab.runner import stop
+
+    monkeypatch.setattr(stop, "RESIGNAL_S", 0.2)
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    trainer = SlowTrainer(late=0.5)
+    timer = threading.Timer(0.1, lambda: os.kill(os.getpid(), sig))
+    timer.start()
+    lines = []
+    with pytest.raises(raised):
+        run_jobs(jobs, train_fn=trainer, log=lines.append)
+    timer.join()
+    assert trainer.calls == [("plain20-seed0", False)] and jobs[0].state() == "resume"
+    assert lines[-1].startswith(f"[stop]   {sig.name}: 4 run(s) unfinished (checkpointed): plain20-seed0,")
