@@ -6,11 +6,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from resnetlab.errors import Terminated, UserError
+from resnetlab.runner import pool
 from resnetlab.runner.plan import plan
 from resnetlab.runner.pool import run_jobs
 
@@ -82,11 +84,12 @@ def test_the_budget_stops_worker_processes(tmp_path):
     assert all(j.state() == "resume" for j in started)
 
 
-@pytest.mark.parametrize("sig, raised", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
-def test_a_signal_while_a_run_sets_up_still_stops_it(tmp_path, monkeypatch, sig, raised):
-    """The signal comes 0.1 s into a run that sets its handler up at 0.5 s (reading data, building the
+def test_a_sigterm_while_a_run_sets_up_still_stops_it(tmp_path, monkeypatch):
+    """SIGTERM comes 0.1 s into a run that sets its handler up at 0.5 s (reading data, building the
     net): the grid's handler takes it, and the run is told again once it listens, instead of training
-    to its end. No other run starts; the signal's answer is raised."""
+    to its end. No other run starts; `Terminated` is raised. (Ctrl-C there is Python's KeyboardInterrupt
+    at once: nothing has trained yet.)"""
+    sig, raised = signal.SIGTERM, Terminated
     from resnetlab.runner import stop
 
     monkeypatch.setattr(stop, "RESIGNAL_S", 0.2)
@@ -100,3 +103,31 @@ def test_a_signal_while_a_run_sets_up_still_stops_it(tmp_path, monkeypatch, sig,
     timer.join()
     assert trainer.calls == [("plain20-seed0", False)] and jobs[0].state() == "resume"
     assert lines[-1].startswith(f"[stop]   {sig.name}: 4 run(s) unfinished (checkpointed): plain20-seed0,")
+
+
+@pytest.mark.parametrize("sig, raised", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
+def test_a_signal_to_the_parent_of_workers_stops_them_and_is_raised(tmp_path, monkeypatch, sig, raised):
+    """`kill` or Ctrl-C reaches the grid's process (its workers sit in their own sessions): no run starts
+    after it, each running worker gets one SIGTERM and checkpoints, and the signal's answer is raised:
+    not the budget's return (before: `[budget]` and a TypeError in the CLI)."""
+    monkeypatch.setattr(pool, "POLL_S", 0.05)
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    (tmp_path / "worker.py").write_text(STOPPABLE_WORKER)
+    worker = (sys.executable, str(tmp_path / "worker.py"))
+    first = [j.out_dir / "started" for j in jobs if j.depth == 56]  # the longest, started first
+
+    def signal_once_started() -> None:
+        while not all(p.is_file() for p in first):
+            time.sleep(0.05)
+        os.kill(os.getpid(), sig)
+
+    timer = threading.Thread(target=signal_once_started, daemon=True)
+    timer.start()
+    lines = []
+    with pytest.raises(raised):
+        run_jobs(jobs, procs=2, threads=1, worker=worker, log=lines.append)
+    timer.join()
+    assert sorted(j.name for j in jobs if (j.out_dir / "started").is_file()) == ["plain56-seed0", "resnet56-seed0"]
+    assert all((p.parent / "checkpoint.pt").is_file() for p in first)  # their SIGTERM path ran
+    assert not any("budget" in line for line in lines)
+    assert lines[-1].startswith(f"[stop]   {sig.name}: 4 run(s) unfinished (checkpointed): ")

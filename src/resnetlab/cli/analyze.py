@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "several are visible, one after another otherwise (--procs N: N at once on the CPU, the longest first). "
             "--schedule short: the paper's schedule / "
             f"{SHORT_FACTOR} (milestones at 1/2 and 3/4 of --iters, default {64000 // SHORT_FACTOR}). "
-            "--budget-s stops the grid cleanly (runs checkpoint, exit 124); the same command resumes it."
+            "--budget-s stops the grid cleanly (runs checkpoint, exit 124), as SIGTERM and Ctrl-C do (exit 143, "
+            "130); the same command resumes it."
         ),
     )
     rep.add_argument("name", choices=list(GRIDS), metavar="NAME", help=" | ".join(GRIDS))

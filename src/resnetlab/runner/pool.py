@@ -101,17 +101,18 @@ def run_jobs(
             todo.append(job)
     units = batch_groups(todo, batch_runs, log) if batch_runs > 1 else [[job] for job in todo]
     stop = Stop(budget_s)
-    with catching_signals(stop):
-        if gpus >= 1 and gpus * jobs_per_gpu > 1:
-            slots = [Slot("gpu", gpu) for gpu in range(gpus) for _ in range(jobs_per_gpu)]
-            return _run_parallel(longest_first(units, log), slots, log, worker, stop)
-        if procs > 1:
-            threads = threads or max(1, usable_cores() // procs)
-            if units:
-                log(f"[cpu]    {procs} runs at once, {threads} intra-op thread(s) each ({usable_cores()} usable cores)")
-            slots = [Slot("cpu", i, threads) for i in range(procs)]
-            return _run_parallel(longest_first(units, log), slots, log, worker, stop)
-        return _run_here(units, train_fn, batched_fn, threads, log, stop)
+    if gpus >= 1 and gpus * jobs_per_gpu > 1:
+        slots = [Slot("gpu", gpu) for gpu in range(gpus) for _ in range(jobs_per_gpu)]
+    elif procs > 1:
+        threads = threads or max(1, usable_cores() // procs)
+        if units:
+            log(f"[cpu]    {procs} runs at once, {threads} intra-op thread(s) each ({usable_cores()} usable cores)")
+        slots = [Slot("cpu", i, threads) for i in range(procs)]
+    else:
+        with catching_signals(stop, ctrl_c=False):
+            return _run_here(units, train_fn, batched_fn, threads, log, stop)
+    with catching_signals(stop, ctrl_c=True):
+        return _run_parallel(longest_first(units, log), slots, log, worker, stop)
 
 
 def _run_here(

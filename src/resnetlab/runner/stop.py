@@ -57,16 +57,19 @@ class Stop:
 
 
 @contextlib.contextmanager
-def catching_signals(stop: Stop) -> Iterator[None]:
-    """While the grid runs, SIGTERM and SIGINT that reach it outside a run (between runs in this process,
-    while a run sets up, or the parent of worker processes) become `stop.request(name)`; a run in this
-    process takes them with its own handler while it trains and reports them in its summary. Repeats only
-    set the flag again."""
+def catching_signals(stop: Stop, *, ctrl_c: bool) -> Iterator[None]:
+    """While the grid runs, a SIGTERM that reaches it outside a run (between runs in this process, while
+    a run sets up, or the parent of worker processes) becomes `stop.request("SIGTERM")`; a run in this
+    process takes it with its own handler while it trains and reports it in its summary. Repeats only
+    set the flag again. `ctrl_c`: SIGINT too (the parent of workers, which must stop them before it
+    ends); in this process Ctrl-C keeps Python's KeyboardInterrupt outside a run, and a second Ctrl-C
+    during a run ends it at once, as in `train`."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    signals = (signal.SIGTERM, signal.SIGINT) if ctrl_c else (signal.SIGTERM,)
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.request(signal.Signals(signum).name))
-                for sig in (signal.SIGTERM, signal.SIGINT)}  # fmt: skip
+                for sig in signals}  # fmt: skip
     try:
         yield
     finally:
@@ -76,7 +79,7 @@ def catching_signals(stop: Stop) -> Iterator[None]:
 
 @contextlib.contextmanager
 def told_to_the_run(stop: Stop) -> Iterator[None]:
-    """Around a run in this process: once the grid must stop (the budget is spent, or a signal reached
+    """Around a run in this process: once the grid must stop (the budget is spent, or a SIGTERM reached
     the grid's handler because the run had not set its own up yet), SIGTERM to this process every
     RESIGNAL_S s until the block ends, so the run checkpoints and returns (the first may again fall to
     the grid's handler; a later one reaches the run)."""
