@@ -313,11 +313,9 @@ def test_nets_trains_and_reports_only_those(tmp_path):
     assert str(e.value) == f"--nets resnet19: not in degradation, whose networks are {names}"
 
 
-@pytest.mark.parametrize("module", ["resnetlab.runner.worker", "resnetlab.analysis.worker"])
-def test_a_worker_error_is_one_line_in_the_runs_log(tmp_path, module):
+def test_a_worker_error_is_one_line_in_the_runs_log(tmp_path):
     # The worker's stderr is the run's train.log: a run folder in use (another process holds its lock,
     # as when a grid is started twice) is the same one line as `resnetlab train` prints, no traceback.
-    # The old module name stays: older grids' commands.txt and running pools name it.
     import fcntl
     import subprocess
     import sys
@@ -330,7 +328,7 @@ def test_a_worker_error_is_one_line_in_the_runs_log(tmp_path, module):
         lock.write("pid 1 on elsewhere\n")
         lock.flush()
         done = subprocess.run(
-            [sys.executable, "-m", module, str(tmp_path / "c.yaml"), str(out)],
+            [sys.executable, "-m", "resnetlab.runner.worker", str(tmp_path / "c.yaml"), str(out)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -339,3 +337,13 @@ def test_a_worker_error_is_one_line_in_the_runs_log(tmp_path, module):
     assert done.stderr.strip().splitlines() == [
         f"error: --out {out} is in use by pid 1 on elsewhere; wait for that run to end or choose another --out"
     ]
+
+
+def test_the_workers_old_name_still_runs_it():
+    # Older grids' commands.txt, and pools started before the move, run `-m resnetlab.analysis.worker`.
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "resnetlab.analysis.worker", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m resnetlab.runner.worker"), done.stderr
