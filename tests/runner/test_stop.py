@@ -131,3 +131,26 @@ def test_a_signal_to_the_parent_of_workers_stops_them_and_is_raised(tmp_path, mo
     assert all((p.parent / "checkpoint.pt").is_file() for p in first)  # their SIGTERM path ran
     assert not any("budget" in line for line in lines)
     assert lines[-1].startswith(f"[stop]   {sig.name}: 4 run(s) unfinished (checkpointed): ")
+
+
+def test_an_error_of_the_pool_itself_stops_its_workers_first(tmp_path, monkeypatch):
+    """Workers sit in their own sessions, so nothing else would stop them: when the pool fails (here it
+    cannot start the second run once the first is training), each running worker gets SIGTERM and
+    checkpoints before the error goes up, instead of training on alone."""
+    monkeypatch.setattr(pool, "POLL_S", 0.05)
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    (tmp_path / "worker.py").write_text(STOPPABLE_WORKER)
+    first = next(j for j in jobs if j.name == "plain56-seed0")  # the longest: started first
+    real_start = pool._start
+
+    def start(unit, slot, worker, log):
+        if unit[0] is first:
+            return real_start(unit, slot, worker, log)
+        while not (first.out_dir / "started").is_file():  # the first worker is training
+            time.sleep(0.05)
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(pool, "_start", start)
+    with pytest.raises(OSError, match="no space left"):
+        run_jobs(jobs, procs=2, threads=1, worker=(sys.executable, str(tmp_path / "worker.py")), log=lambda _: None)
+    assert (first.out_dir / "checkpoint.pt").is_file()  # its SIGTERM path ran before the error went up
