@@ -281,7 +281,9 @@ def _start(unit: list[Job], slot: Slot, worker: tuple[str, ...], log: Callable) 
     return _Running(unit, proc, log_file, slot)
 
 
-def _run_parallel(units: list[list[Job]], slots: list[Slot], log: Callable, worker: tuple[str, ...], stop: Stop):
+def _run_parallel(
+    units: list[list[Job]], slots: list[Slot], log: Callable, worker: tuple[str, ...], stop: Stop
+) -> list[Job]:
     """A small pool: each free slot takes the next unit (one job, or a batched group) as a `worker`
     subprocess on the slot's GPU or CPU threads. Once `stop` is due no unit starts and the running ones
     get SIGTERM (they checkpoint and exit 143); then `stop.end` says what is left."""
@@ -319,7 +321,8 @@ def _run_parallel(units: list[list[Job]], slots: list[Slot], log: Callable, work
                         log(f"[{r.slot}] {_label(r.unit)} failed (exit {r.proc.returncode}); see {where}")
     finally:
         for r in running.values():  # only on an error of the pool itself: its workers checkpoint and stop
-            r.proc.send_signal(signal.SIGTERM)
+            if ending is None:  # one SIGTERM each: a second would end a run before it saved
+                r.proc.send_signal(signal.SIGTERM)
             try:
                 r.proc.wait(KILL_AFTER_S)
             except subprocess.TimeoutExpired:
