@@ -72,6 +72,12 @@ CASES = [
     ("reproduce --procs 0", ["reproduce", "degradation", "--procs", "0", "--out", "{w}/rep"], "--procs"),
     ("reproduce --threads 0", ["reproduce", "degradation", "--threads", "0", "--out", "{w}/rep"], "--threads"),
     ("reproduce --nets unknown", ["reproduce", "degradation", "--nets", "resnet19", "--out", "{w}/rep"], "resnet19"),
+    (
+        "reproduce --jobs-per-gpu on the CPU",  # was silently one run at a time
+        ["reproduce", "degradation", "--jobs-per-gpu", "2", "--device", "cpu", "--out", "{w}/rep"],
+        "--jobs-per-gpu 2 is for runs sharing the GPUs of --device auto or cuda, and --device cpu is cpu here; "
+        "on the CPU use --procs N",
+    ),
     ("info plain18 --shortcut B", ["info", "plain18", "--shortcut", "B"], "--shortcut"),
     ("info --input-size -1", ["info", "resnet18", "--input-size", "-1"], "--input-size"),
     ("info unknown model", ["info", "resnet19"], "resnet19"),

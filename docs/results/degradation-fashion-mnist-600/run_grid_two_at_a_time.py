@@ -3,8 +3,9 @@
 import os
 import subprocess
 
-from resnetlab.analysis.reproduce import WORKER, plan
 from resnetlab.config import dump
+from resnetlab.runner.plan import plan  # resnetlab.analysis.reproduce when this ran
+from resnetlab.runner.pool import WORKER
 
 jobs = plan(
     "degradation",

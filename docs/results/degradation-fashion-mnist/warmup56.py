@@ -1,5 +1,6 @@
 # ResNet-56 of the same grid, with the paper's 110-layer warm-up (lr 0.01 until training error < 80%).
-from resnetlab.analysis.reproduce import plan, run_jobs
+from resnetlab.runner.plan import plan  # resnetlab.analysis.reproduce when this ran
+from resnetlab.runner.pool import run_jobs
 
 jobs = plan(
     "degradation",

@@ -1,8 +1,7 @@
 """Analyses of the paper: error curves (figs. 1/4/6), layer responses (fig. 7), table 6, and the
-`reproduce` runner that trains the grids behind them.
+report of a finished `reproduce` grid (`report`). The runner that trains the grids is `resnetlab.runner`.
 
-The names below are imported on first use (PEP 562), so `resnetlab.analysis.grids` can be read by
-the CLI without importing torch.
+The names below are imported on first use (PEP 562): importing the package imports no torch.
 """
 
 from __future__ import annotations

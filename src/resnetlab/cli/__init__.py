@@ -4,7 +4,8 @@ Every handler returns an exit code. Every error is one line on stderr, never a t
 flag (argparse) or a `UserError` is `error: <message>`, exit 2; any other exception is
 `error: <Type>: <message>` plus how to see the traceback (`--debug` or RESNETLAB_DEBUG=1), exit 1;
 Ctrl-C is `interrupted`, exit 130; SIGTERM is `terminated`, exit 143 (training checkpoints first
-and says so itself).
+and says so itself). The rules live in `resnetlab.errors.guarded`, which the worker processes of
+`reproduce` apply too; `main` adds the SIGTERM handler that raises `Terminated`.
 """
 
 from __future__ import annotations
@@ -13,22 +14,18 @@ import argparse
 import functools
 import importlib
 import os
-import re
 import signal
-import sys
 import threading
-from collections.abc import Callable
 
 from resnetlab import __version__
 from resnetlab.cli.args import Parser
-from resnetlab.errors import UserError
+from resnetlab.errors import DEBUG_ENV, Terminated, guarded
+
+__all__ = ["DEBUG_ENV", "Terminated", "build_parser", "guarded", "main"]
 
 # Modules under resnetlab.cli, in the order their commands appear in `--help`. Their top level and
 # `register` import no torch: `--help` answers at once; each handler imports what it needs.
 COMMAND_MODULES = ["info", "train", "config", "evaluate", "analyze", "bench", "detect"]
-
-
-DEBUG_ENV = "RESNETLAB_DEBUG"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,21 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"resnetlab.cli.{name}").register(sub)
     return parser
-
-
-def _one_line(e: BaseException) -> str:
-    """The message on one line, without terminal escapes (some libraries colour theirs). An error
-    re-raised from a DataLoader worker carries the worker's traceback: only its last line is kept."""
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
-    if "Original Traceback" in text:
-        last = text.strip().splitlines()[-1]
-        text = re.sub(r"^[\w.]*(UserError): ", "", last)
-    return " ".join(text.split()) or type(e).__name__
-
-
-class Terminated(BaseException):
-    """SIGTERM (what `kill` and job schedulers send) arrived: unwinds like Ctrl-C's KeyboardInterrupt,
-    so `finally` blocks and temp-file clean-ups run, then `main` says so in one line."""
 
 
 def _terminate(signum: int, frame: object, *, owner: int) -> None:
@@ -93,29 +75,3 @@ def _main(argv: list[str] | None) -> int:
         return int(args.func(args) or 0)
 
     return guarded(command, debug=lambda: bool(getattr(args, "debug", False)))
-
-
-def guarded(command: Callable[[], int], debug: Callable[[], bool] = lambda: False) -> int:
-    """`command()`'s exit code, every error one line on stderr (the module docstring's rules), also in
-    the processes `resnetlab` starts (`python -m resnetlab.analysis.worker`). The traceback of an
-    unexpected error is shown when `debug()` (`--debug`) or RESNETLAB_DEBUG is set."""
-    try:
-        return command()
-    except UserError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except Exception as e:  # the last resort: a bug or a case nobody checked, still one line
-        if debug() or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-            raise
-        print(
-            f"error: {type(e).__name__}: {_one_line(e)[:500]} (unexpected; `resnetlab --debug ...` or "
-            f"{DEBUG_ENV}=1 shows the traceback)",
-            file=sys.stderr,
-        )
-        return 1

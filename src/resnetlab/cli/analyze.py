@@ -9,8 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from resnetlab.analysis.grids import DATASETS, GRIDS, SHORT_FACTOR  # data only: no torch import at --help
 from resnetlab.cli.args import POSITIVE, Overrides, add_device_and_quiet, float_in
+from resnetlab.runner.grids import DATASETS, GRIDS, SHORT_FACTOR  # data only: no torch import at --help
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,10 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a grid of the paper (table6, fig6-plain, degradation, cifar-section), write its table and figures",
         description=(
             "Skips finished runs (final.pt), resumes interrupted ones (checkpoint.pt). One run per GPU when "
-            "several are visible, one after another otherwise (--procs N: N at once on the CPU). "
+            "several are visible, one after another otherwise (--procs N: N at once on the CPU, the longest first). "
             "--schedule short: the paper's schedule / "
             f"{SHORT_FACTOR} (milestones at 1/2 and 3/4 of --iters, default {64000 // SHORT_FACTOR}). "
-            "--budget-s stops the grid cleanly (runs checkpoint, exit 124); the same command resumes it."
+            "--budget-s stops the grid cleanly (runs checkpoint, exit 124), as SIGTERM and Ctrl-C do (exit 143, "
+            "130); the same command resumes it."
         ),
     )
     rep.add_argument("name", choices=list(GRIDS), metavar="NAME", help=" | ".join(GRIDS))
@@ -83,7 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--out", default=None, help="default runs/reproduce/NAME-DATASET-SCHEDULE")
     rep.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     rep.add_argument(
-        "--jobs-per-gpu", type=POSITIVE, default=1, metavar="N", help="runs sharing each GPU at once (default 1)"
+        "--jobs-per-gpu",
+        type=POSITIVE,
+        default=1,
+        metavar="N",
+        help="runs sharing each GPU at once (default 1); refused on the CPU, where --procs N runs N at once",
     )
     rep.add_argument(
         "--procs",
@@ -183,8 +188,10 @@ def _responses(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
-    from resnetlab.analysis.reproduce import plan, report, run_jobs
+    from resnetlab.analysis.report import report
     from resnetlab.errors import UserError
+    from resnetlab.runner.plan import plan
+    from resnetlab.runner.pool import run_jobs
     from resnetlab.utils.device import resolve_device
 
     out = Path(args.out or f"runs/reproduce/{args.name}-{args.dataset}-{args.schedule}")
@@ -216,10 +223,20 @@ def _reproduce(args: argparse.Namespace) -> int:
             f"{' '.join(cpu_only)} is for runs on the CPU, and --device {args.device} is {device} here; "
             "add --device cpu, or on a GPU use --jobs-per-gpu N (runs sharing each GPU)"
         )
+    gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and device.type == "cuda" else 0
+    if args.jobs_per_gpu != 1 and gpus == 0:  # it would be ignored: one run at a time
+        instead = (
+            "on the CPU use --procs N"
+            if device.type != "cuda"
+            else "use --device cuda (CUDA_VISIBLE_DEVICES picks GPUs)"
+        )
+        raise UserError(
+            f"--jobs-per-gpu {args.jobs_per_gpu} is for runs sharing the GPUs of --device auto or cuda, and "
+            f"--device {args.device} is {device} here; {instead}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "commands.txt", "a") as f:
         f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
-    gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and device.type == "cuda" else 0
     train_fn = batched_fn = None
     if args.quiet:
         from resnetlab.train import run_training
@@ -238,7 +255,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         batched_fn=batched_fn,
         budget_s=args.budget_s,
     )
-    if left:
+    if left:  # only the budget returns unfinished runs; a signal raises (`resnetlab.runner.stop`)
         print(
             f"--budget-s {args.budget_s:g} reached: {len(left)} of {len(jobs)} runs unfinished (checkpointed); "
             "the same command resumes them (report when all are done)"

@@ -8,39 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab.analysis.reproduce import Job, plan, report, run_jobs, schedule
-from resnetlab.config import Config, DataConfig, ModelConfig, dump, to_dict
+from resnetlab.analysis.report import report
+from resnetlab.config import DataConfig
 from resnetlab.errors import UserError
-from resnetlab.models import create_model
-from resnetlab.utils.checkpoint import save_atomic
+from resnetlab.runner.plan import Job, plan, schedule
+from resnetlab.runner.pool import run_jobs
 
-
-def tiny_config(kind, depth):
-    return Config(model=ModelConfig(name=f"cifar_{kind}{depth}"))
-
-
-class StubTrainer:
-    """Stands in for run_training: records calls, writes the files a run leaves; `kill` names runs
-    that die after their first checkpoint (once)."""
-
-    def __init__(self, kill=()):
-        self.calls, self.kill = [], set(kill)
-
-    def __call__(self, cfg, out_dir, *, resume=False):
-        out_dir = Path(out_dir)
-        self.calls.append((out_dir.name, resume))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dump(cfg, out_dir / "config.yaml")
-        meta = {"model": cfg.model.name, "model_options": {"num_classes": 10, "in_channels": 1}}
-        save_atomic({"model": {}, "config": to_dict(cfg), "meta": meta}, out_dir / "checkpoint.pt")
-        if out_dir.name in self.kill:
-            self.kill.discard(out_dir.name)
-            raise KeyboardInterrupt  # killed mid-run: checkpoint.pt but no final.pt
-        seed = cfg.train.seed
-        rows = [{"iter": cfg.train.max_iters, "train_error": 1.0 + seed, "test_error": 10.0 + seed}]
-        (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        model = create_model(cfg.model.name, num_classes=10, in_channels=1)
-        save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "meta": meta}, out_dir / "final.pt")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runner_stubs import StubTrainer, tiny_config  # noqa: E402
 
 
 def test_short_schedule_keeps_the_paper_shape():
@@ -96,19 +71,6 @@ def test_skips_finished_and_resumes_killed(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| ResNet-56 | 56 | 0.85M | 2 | 1.00 (1.50 ± 0.71) | 10.00 (10.50 ± 0.71) | 6.97 | 0.85M |" in table
     assert (tmp_path / "curves.png").is_file() and (tmp_path / "table.csv").is_file()
-
-
-def test_an_interrupted_run_stops_the_grid(tmp_path):
-    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
-    calls = []
-
-    def sigterm(cfg, out_dir, *, resume=False):
-        calls.append(out_dir)
-        return {"interrupted": "SIGTERM"}
-
-    with pytest.raises(UserError, match="interrupted"):
-        run_jobs(jobs, train_fn=sigterm, log=lambda _: None)
-    assert len(calls) == 1
 
 
 FAKE_WORKER = """
@@ -238,7 +200,7 @@ def test_cifar_section_is_table6_and_fig6_in_one_grid(tmp_path):
 
 
 def test_folder_data_overrides(tmp_path):
-    from resnetlab.analysis.reproduce import data_overrides
+    from resnetlab.runner.plan import data_overrides
 
     assert data_overrides("cifar10", None) == ["data.name=cifar10"]
     assert data_overrides("fashion-mnist", tmp_path) == ["data.name=fashion-mnist", f"data.dir={tmp_path}"]
@@ -264,85 +226,6 @@ def test_folder_data_overrides(tmp_path):
         assert jobs[0].cfg.data.recipe == "cifar" and jobs[0].cfg.data.eval_split == "test"
         jobs = plan("cifar-section", **folder, overrides=["data.val_split=5000"])
         assert jobs[0].cfg.data.val_split == 5000 and jobs[0].cfg.data.eval_split == "val"  # not set: held out
-
-
-class SlowTrainer(StubTrainer):
-    """A run that trains until SIGTERM, as the real loop does: its handler (set up `late` s after the
-    run starts) asks for a stop, the run checkpoints and returns {"interrupted": "SIGTERM"}."""
-
-    def __init__(self, late=0.0):
-        super().__init__()
-        self.late, self.stopped = late, False
-
-    def __call__(self, cfg, out_dir, *, resume=False):
-        import signal
-        import time
-
-        if self.stopped:  # the next window: every run finishes at once
-            return super().__call__(cfg, out_dir, resume=resume)
-        self.calls.append((Path(out_dir).name, resume))
-        self.stopped = True
-        time.sleep(self.late)
-        stop = []
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-        try:
-            t0 = time.monotonic()
-            while not stop:
-                assert time.monotonic() - t0 < 30, "no SIGTERM came"
-                time.sleep(0.01)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        dump(cfg, Path(out_dir) / "config.yaml")
-        (Path(out_dir) / "checkpoint.pt").write_bytes(b"")
-        return {"interrupted": "SIGTERM"}
-
-
-@pytest.mark.parametrize("late", [0.0, 0.5])
-def test_the_budget_stops_a_run_cleanly_and_the_grid_resumes(tmp_path, monkeypatch, late):
-    """late=0.5: the first SIGTERM comes before the run set its handler up (it is taken by the grid's),
-    the next one, a moment later, stops the run."""
-    from resnetlab.analysis import reproduce
-
-    monkeypatch.setattr(reproduce, "RESIGNAL_S", 0.2)
-    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
-    trainer = SlowTrainer(late=late)
-    lines = []
-    left = run_jobs(jobs, train_fn=trainer, log=lines.append, budget_s=0.3)
-    assert [j.name for j in left] == [j.name for j in jobs] and trainer.calls == [("plain20-seed0", False)]
-    assert "[budget] stopped with 4 run(s) unfinished" in lines[-1]
-    assert jobs[0].state() == "resume"
-    assert run_jobs(jobs, train_fn=trainer, log=lambda _: None) == []  # the next window
-    assert trainer.calls[1] == ("plain20-seed0", True) and all(j.state() == "done" for j in jobs)
-    with pytest.raises(UserError, match="--budget-s must be > 0"):
-        run_jobs(jobs, train_fn=trainer, log=lambda _: None, budget_s=0)
-
-
-STOPPABLE_WORKER = """
-import signal, sys, time
-from pathlib import Path
-out = Path(sys.argv[2])
-def stop(*_):
-    (out / "checkpoint.pt").write_bytes(b"")
-    sys.exit(143)
-signal.signal(signal.SIGTERM, stop)
-(out / "started").write_text(" ".join(sys.argv[3:]))
-time.sleep(60)
-(out / "final.pt").write_bytes(b"")
-"""
-
-
-def test_the_budget_stops_worker_processes(tmp_path):
-    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
-    (tmp_path / "worker.py").write_text(STOPPABLE_WORKER)
-    worker = (sys.executable, str(tmp_path / "worker.py"))
-    left = run_jobs(jobs, gpus=1, jobs_per_gpu=2, worker=worker, log=lambda _: None, budget_s=3)
-    assert sorted(j.name for j in left) == sorted(j.name for j in jobs)  # no failure raised
-    started = [j for j in jobs if (j.out_dir / "started").is_file()]
-    assert [j.name for j in started] == ["plain20-seed0", "plain56-seed0"]  # two slots; then no new start
-    assert all((j.out_dir / "checkpoint.pt").is_file() for j in started)  # their SIGTERM path ran
-    assert (started[0].out_dir / "started").read_text() == ""  # no flags: TF32 is train.tf32 in the config
-    assert all(j.state() == "resume" for j in started)
 
 
 CPU_WORKER = """
@@ -445,7 +328,7 @@ def test_a_worker_error_is_one_line_in_the_runs_log(tmp_path):
         lock.write("pid 1 on elsewhere\n")
         lock.flush()
         done = subprocess.run(
-            [sys.executable, "-m", "resnetlab.analysis.worker", str(tmp_path / "c.yaml"), str(out)],
+            [sys.executable, "-m", "resnetlab.runner.worker", str(tmp_path / "c.yaml"), str(out)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -454,3 +337,13 @@ def test_a_worker_error_is_one_line_in_the_runs_log(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: --out {out} is in use by pid 1 on elsewhere; wait for that run to end or choose another --out"
     ]
+
+
+def test_the_workers_old_name_still_runs_it():
+    # Older grids' commands.txt, and pools started before the move, run `-m resnetlab.analysis.worker`.
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "resnetlab.analysis.worker", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m resnetlab.runner.worker"), done.stderr

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab.analysis.reproduce import batch_groups, plan, report, run_jobs
+from resnetlab.analysis.report import report
 from resnetlab.config import load_config
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
+from resnetlab.runner.plan import plan
+from resnetlab.runner.pool import batch_groups, run_jobs
 from resnetlab.utils import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
@@ -82,10 +84,10 @@ def test_batched_grid_gives_the_separate_grids_results_in_ordinary_folders(tmp_p
 
 
 def test_the_budget_stops_a_batched_group_and_the_group_resumes(tmp_path, fake_data, monkeypatch):
-    from resnetlab.analysis import reproduce
+    from resnetlab.runner import stop
     from resnetlab.train import run_training
 
-    monkeypatch.setattr(reproduce, "RESIGNAL_S", 0.2)
+    monkeypatch.setattr(stop, "RESIGNAL_S", 0.2)
     monkeypatch.setenv("FAKE_SLEEP", "0.05")  # 0.1 s an iteration for the pair: the budget ends it mid-way
     jobs = grid(tmp_path / "g", iters=40, eval_every=10)
     left = run_jobs(jobs, batch_runs=2, log=lambda _: None, budget_s=1.5)
@@ -173,8 +175,8 @@ def test_a_batched_group_is_one_worker_and_one_job_per_slot(tmp_path):
 
 
 def test_the_worker_trains_a_pair_as_one_group(tmp_path, fake_data, monkeypatch):
-    from resnetlab.analysis import worker
     from resnetlab.config import dump
+    from resnetlab.runner import worker
     from resnetlab.train import batched
 
     with pytest.raises(SystemExit) as e:

@@ -1,6 +1,6 @@
 """The experiment grids of the paper that `resnetlab reproduce NAME` trains, as data.
 
-Kept apart from `reproduce.py` (which needs torch) so the CLI can list them without importing torch.
+Kept apart from the plan and the pool (which need torch) so the CLI can list them without importing torch.
 """
 
 from __future__ import annotations
