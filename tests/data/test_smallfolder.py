@@ -149,12 +149,24 @@ def test_folder_trains_like_the_builtin_path_and_evaluates_by_split(twin, tmp_pa
     assert err.startswith("error: --split test: cifar10 checkpoints") and "\n" not in err
 
 
-def test_decoded_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path, monkeypatch):
+def user_caches(xdg: Path, pattern: str = "decoded-*.pt") -> list[Path]:
+    return sorted((xdg / "resnetlab" / "folders").glob(f"*/{pattern}"))
+
+
+@pytest.fixture
+def xdg(tmp_path, monkeypatch) -> Path:
+    """The user cache folder of this test ($XDG_CACHE_HOME)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg"
+
+
+def test_decoded_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path, monkeypatch, xdg):
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2])
     cfg = folder_cfg(folder, "train.batch_size=4")
     first = build_data(cfg, CPU)
-    caches = sorted(p.name for p in folder.glob(".resnetlab-decoded-*.pt"))
-    assert [n.split("-")[2] for n in caches] == ["test", "train"]
+    caches = [p.name for p in user_caches(xdg)]
+    assert [n.split("-")[1] for n in caches] == ["test", "train"]
+    assert not [p for p in folder.rglob("*") if p.name.startswith(".")]  # the data folder is the user's
 
     real = smallfolder.decode_images
     calls = []
@@ -170,22 +182,21 @@ def test_decoded_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path, m
     assert calls == [1]  # train decoded afresh, test still cached
     expected, _ = pil_split(folder, "train")
     assert torch.equal(repainted.train.images, torch.from_numpy(expected))
-    assert sorted(p.name for p in folder.glob(".resnetlab-decoded-train-*.pt")) != [caches[1]]
-    assert len(list(folder.glob(".resnetlab-decoded-train-*.pt"))) == 1  # the stale one is gone
+    assert [p.name for p in user_caches(xdg, "decoded-train-*.pt")] != [caches[1]]
+    assert len(user_caches(xdg, "decoded-train-*.pt")) == 1  # the stale one is gone
 
     write_jpeg(folder / "train" / CLASSES[0] / "0009.jpg", np.random.default_rng(7))  # one more image
     added = build_data(cfg, CPU)
     assert len(added.train) == 9 and added.summary["splits"]["train"]["images"] == 9
 
 
-def test_cache_goes_to_the_user_cache_dir_when_the_folder_is_read_only(tmp_path, monkeypatch):
-    from resnetlab.data import cache
-
+@pytest.mark.parametrize("place", ["user", "data", "none"])
+def test_data_cache_says_where_the_cache_goes(tmp_path, xdg, place):
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2])
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
-    build_data(folder_cfg(folder, "train.batch_size=4"), CPU)
-    assert not list(folder.glob(".resnetlab-*")) and len(list((tmp_path / "xdg" / "resnetlab").glob("*.pt"))) == 2
+    build_data(folder_cfg(folder, "train.batch_size=4", f"data.cache={place}"), CPU)
+    beside = sorted(p.name.split("-")[2] for p in folder.glob(".resnetlab-decoded-*.pt"))
+    assert beside == (["test", "train"] if place == "data" else [])
+    assert len(user_caches(xdg)) == (2 if place == "user" else 0)
 
 
 def test_mixed_sizes_are_refused_in_one_line(tmp_path):
@@ -268,7 +279,7 @@ def test_builtin_summary_warns_about_folder_keys(cifar10_dir):
     assert [w.split("=")[0] for w in s["warnings"]] == ["data.crop", "data.eval_split"]
 
 
-def test_imagenet_mean_cache_follows_the_pixels(tmp_path):
+def test_imagenet_mean_cache_follows_the_pixels(tmp_path, xdg):
     """Issue 22: repainting every image (same names, sizes and count) must not reuse the old mean."""
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2], splits=(("train", 4), ("val", 1)))
     cfg = folder_cfg(
@@ -282,14 +293,14 @@ def test_imagenet_mean_cache_follows_the_pixels(tmp_path):
     samples = [(str(p), 0) for p in sorted((folder / "train").rglob("*.jpg"))]
     fresh, _ = compute_stats(samples, crop=32, count=10000, per="pixel", workers=0, skip_corrupt=False)
     assert not torch.equal(before, after) and torch.equal(after, fresh)
-    assert len(list(folder.glob(".resnetlab-mean-*.pt"))) == 1
+    assert len(list((tmp_path / "xdg").rglob("mean-*.pt"))) == 1
 
 
 def test_unreadable_image_is_named_or_left_out(tmp_path):
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2])
     bad = folder / "train" / CLASSES[0] / "0001.jpg"
     bad.write_bytes(bad.read_bytes()[:30])  # cut short
-    with pytest.raises(UserError, match=f"cannot read image {bad}: corrupt or not an image") as e:
+    with pytest.raises(UserError, match=rf"cannot read image {bad} \(\w+\): corrupt or not an image") as e:
         build_data(folder_cfg(folder, "train.batch_size=4"), CPU)
     assert "data.skip_corrupt=true" in str(e.value)
     b = build_data(folder_cfg(folder, "train.batch_size=4", "data.skip_corrupt=true"), CPU)
