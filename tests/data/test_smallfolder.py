@@ -314,3 +314,75 @@ def test_the_default_data_workers_decodes_the_folder(tmp_path):
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2])
     b = build_data(folder_cfg(folder, "train.batch_size=4", "data.workers=null"), CPU)
     assert b.train.images.shape[1:] == (3, 32, 32)
+
+
+# ---- pixels, refusals and warnings of the decode (issue 27) --------------------------------------
+
+
+def test_16_bit_and_float_images_decode_by_their_range_as_predict_reads_them(tmp_path):
+    """A folder of 16-bit grey PNGs and float TIFFs: each pixel scaled by its range (v / 257, f * 255,
+    rounded; computed here with numpy), not clipped to white or cut to black, and the same values
+    `predict` reads (`read_image`)."""
+    from resnetlab.data.images import read_image
+
+    g = np.random.default_rng(0)
+    expected = {}
+    for split, n in (("train", 3), ("test", 1)):
+        for c in ("deep", "float"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                if c == "deep":
+                    v = g.integers(0, 65536, size=(32, 32)).astype(np.uint16)
+                    path = tmp_path / split / c / f"{i}.png"
+                    Image.fromarray(v).save(path)
+                    expected[str(path)] = np.rint(v / 257.0).astype(np.uint8)
+                else:
+                    f = g.random((32, 32), dtype=np.float32)
+                    path = tmp_path / split / c / f"{i}.tif"
+                    Image.fromarray(f).save(path)
+                    expected[str(path)] = np.rint(f.astype(np.float64) * 255.0).astype(np.uint8)
+    b = build_data(folder_cfg(tmp_path, "train.batch_size=2"), CPU)
+    assert b.in_channels == 1
+    paths = sorted(str(p) for p in (tmp_path / "train").rglob("*.*"))
+    for x, path in zip(b.train.images, paths, strict=True):
+        assert torch.equal(x[0], torch.from_numpy(expected[path])), path
+        assert torch.equal(x, read_image(path, channels=1)), path
+
+
+def bomb_png(path: Path, side: int = 20000) -> None:
+    """The header of a side x side 8-bit grey PNG (and an empty image stream): PIL refuses it on
+    opening, as a possible decompression bomb, whatever the file holds."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
+def test_a_decompression_bomb_is_named_as_such(tmp_path, recipe):
+    folder = write_folder(tmp_path / "f", classes=CLASSES[:2], splits=(("train", 2), ("test", 1)))
+    bomb = folder / "train" / CLASSES[1] / "huge.png"
+    bomb_png(bomb)
+    extra = ["train.batch_size=2", f"data.recipe={recipe}", "data.crop=32", "data.scale_min=32", "data.mean_samples=8"]
+    with pytest.raises(UserError) as e:
+        build_data(folder_cfg(folder, *extra), CPU)
+    msg = str(e.value)
+    assert f"cannot read image {bomb}: 400,000,000 pixels" in msg and "decompression-bomb" in msg, msg
+    assert "corrupt or not an image" not in msg and "\n" not in msg
+
+
+def test_large_images_under_the_cifar_recipe_are_warned_about(tmp_path):
+    """A CIFAR preset on 96-pixel images trains at 96x96 without a word before; now the start says
+    what was found and what to set. Resized with data.image_size, nothing to say."""
+    folder = write_folder(tmp_path / "f", classes=CLASSES[:2], size=(96, 96), splits=(("train", 2), ("test", 1)))
+    b = build_data(folder_cfg(folder, "train.batch_size=2"), CPU)
+    [warning] = b.summary["warnings"]
+    assert warning.startswith("the training images are 96x96, large for the CIFAR recipe: cifar_resnet20")
+    assert "data.image_size=32" in warning and "data.recipe=imagenet" in warning
+    assert b.summary["recipe"] == "cifar" and b.summary["input_size"] == [3, 96, 96]
+    assert build_data(folder_cfg(folder, "train.batch_size=2", "data.image_size=32"), CPU).summary["warnings"] == []

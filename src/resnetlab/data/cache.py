@@ -35,6 +35,7 @@ import torch
 
 from resnetlab.config import user_cache_dir
 from resnetlab.errors import UserError
+from resnetlab.utils.checkpoint import _Sink
 from resnetlab.utils.files import make_ordinary
 
 try:
@@ -146,19 +147,25 @@ def write_cache(value: dict[str, Any], path: Path, key: str) -> bool:
         with os.fdopen(fd, "wb") as f:
             if fcntl is not None:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            torch.save({"key": key, **value}, f)
+            sink = _Sink(f)  # keeps the OSError of a failed write, which torch's zip writer turns into a RuntimeError
+            try:
+                torch.save({"key": key, **value}, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
             f.flush()
             os.fsync(f.fileno())
             make_ordinary(f.fileno())
             os.replace(tmp, path)  # still locked: the lock ends with the writer, after the rename
         return True
-    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+    except OSError as e:
         if tmp is not None:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        reason = e.strerror or str(e)
         warn(
             f"cannot write the cache {path} ({reason}); the run goes on with what it computed in memory, and the "
             "next run computes it again (data.cache=none stops trying)",
