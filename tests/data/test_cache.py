@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.data.test_smallfolder import CLASSES, folder_cfg, pil_split, user_caches, write_folder
 
 from resnetlab.data import build_data, cache
-from tests.data.test_smallfolder import CLASSES, folder_cfg, pil_split, user_caches, write_folder
 
 CPU = torch.device("cpu")
 
