@@ -300,7 +300,7 @@ def test_unreadable_image_is_named_or_left_out(tmp_path):
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2])
     bad = folder / "train" / CLASSES[0] / "0001.jpg"
     bad.write_bytes(bad.read_bytes()[:30])  # cut short
-    with pytest.raises(UserError, match=rf"cannot read image {bad} \(\w+\): corrupt or not an image") as e:
+    with pytest.raises(UserError, match=f"cannot read image {bad}: corrupt or not an image") as e:
         build_data(folder_cfg(folder, "train.batch_size=4"), CPU)
     assert "data.skip_corrupt=true" in str(e.value)
     b = build_data(folder_cfg(folder, "train.batch_size=4", "data.skip_corrupt=true"), CPU)

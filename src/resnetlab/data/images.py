@@ -128,8 +128,8 @@ def decode_image(
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's; still the fast one
             warnings.simplefilter("ignore", DeprecationWarning)
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB), full
-    except RuntimeError as e:  # decode_jpeg: corrupt data
-        raise UserError(f"cannot read image {name} ({type(e).__name__}): corrupt or not an image") from None
+    except RuntimeError:  # decode_jpeg: corrupt data
+        raise UserError(f"cannot read image {name}: corrupt or not an image") from None
 
 
 @contextlib.contextmanager
@@ -143,8 +143,8 @@ def open_pil(data: bytes, name: str) -> Iterator[Image.Image]:
             yield im
     except Image.DecompressionBombError as e:
         raise UserError(_bomb(name, e)) from None
-    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError, truncated data, a bad header
-        raise UserError(f"cannot read image {name} ({type(e).__name__}): corrupt or not an image") from None
+    except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError, truncated data, a bad header
+        raise UserError(f"cannot read image {name}: corrupt or not an image") from None
 
 
 def _bomb(name: str, e: Exception) -> str:
