@@ -24,12 +24,17 @@ import yaml
 from resnetlab.errors import UserError
 
 
+def user_cache_dir() -> Path:
+    """The user's cache folder for resnetlab: `$XDG_CACHE_HOME/resnetlab`, default ~/.cache/resnetlab."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "resnetlab"
+
+
 def default_data_dir() -> str:
     """`$RESNETLAB_DATA`, else the user cache dir (`$XDG_CACHE_HOME/resnetlab/data`)."""
     if os.environ.get("RESNETLAB_DATA"):
         return os.environ["RESNETLAB_DATA"]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "resnetlab", "data")
+    return str(user_cache_dir() / "data")
 
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -71,6 +76,9 @@ class DataConfig:
     loader: Literal["torch", "dali"] = "torch"  # dali: NVIDIA DALI, extra [dali] (CPU-only mode without a GPU)
     skip_corrupt: bool = False  # True: skip unreadable images and count them; False: stop and name it
     mean_samples: int = 10000  # training images sampled to compute the mean
+    # where a folder's decoded images (CIFAR recipe) and mean (ImageNet recipe) are cached: user: the user
+    # cache folder ($XDG_CACHE_HOME/resnetlab/folders); data: beside the images in data.dir; none: not cached
+    cache: Literal["user", "data", "none"] = "user"
 
 
 @dataclass(frozen=True)

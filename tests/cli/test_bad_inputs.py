@@ -246,6 +246,38 @@ CASES = [
         ["export", "--checkpoint", "{w}/fm.pt", "--format", "onnx", "--out", "{w}/nodir/x.onnx"],
         "nodir does not exist",
     ),  # fmt: skip
+    # issue 27: a decompression bomb named as one; checkpoints of small-image folders (the CIFAR recipe)
+    (
+        "20000x20000 PNG (ImageNet recipe)",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/bomb", "--workers", "0"],
+        "b0.png: 400,000,000 pixels",
+    ),  # fmt: skip
+    (
+        "20000x20000 PNG (CIFAR recipe)",
+        ["evaluate", "--checkpoint", "{w}/small.pt", "--data-dir", "{w}/bomb", "--split", "val", "--workers", "0"],
+        "b0.png: 400,000,000 pixels",
+    ),  # fmt: skip
+    (
+        "20000x20000 PNG (train)",
+        TRAIN + ["data.name=imagefolder", "data.dir={w}/bombtree", "data.workers=0"],
+        "huge.png: 400,000,000 pixels",
+    ),  # fmt: skip
+    (
+        "small-folder checkpoint, corrupt image",
+        ["evaluate", "--checkpoint", "{w}/small.pt", "--data-dir", "{w}/corrupt", "--split", "val", "--workers", "0"],
+        "corrupt or not an image (--skip-corrupt skips it)",
+    ),  # fmt: skip
+    (
+        "small-folder checkpoint, images not square",
+        ["evaluate", "--checkpoint", "{w}/small.pt", "--data-dir", "{w}/tree", "--split", "test", "--workers", "0"],
+        "a0.jpg is 40x30, not square); {w}/small.pt was trained on 32x32 images",
+    ),  # fmt: skip
+    (
+        "small-folder checkpoint, 48-pixel images",
+        ["evaluate", "--checkpoint", "{w}/small.pt", "--data-dir", "{w}/sq48", "--split", "val", "--workers", "0"],
+        "holds 48x48 images, but {w}/small.pt was trained on 32x32",
+    ),  # fmt: skip
+    ("data.cache unknown", TRAIN + ["data.cache=elsewhere"], "data.cache: 'elsewhere' is not one of"),
     (
         "COCO json without annotations",
         [
@@ -388,6 +420,22 @@ def _world(w: Path) -> None:
         (w / kind / "val" / "b").mkdir(parents=True)
         (w / kind / "val" / "b" / "b0.jpg").write_bytes(blob)
 
+    # issue 27: a 20000x20000 PNG header (refused by PIL on opening), small-image folders and a checkpoint
+    # trained on one with the CIFAR recipe
+    from tests.data.test_smallfolder import bomb_png
+
+    _jpeg(w / "bomb" / "val" / "a" / "a0.jpg", 32, 32)
+    bomb_png(w / "bomb" / "val" / "b" / "b0.png")
+    for split in ("train", "val"):
+        for c in "ab":
+            _jpeg(w / "bombtree" / split / c / f"{c}0.jpg", 32, 32)
+            _jpeg(w / "small32" / split / c / f"{c}0.jpg", 32, 32)
+            _jpeg(w / "sq48" / split / c / f"{c}0.jpg", 48, 48)
+    bomb_png(w / "bombtree" / "train" / "b" / "huge.png")
+    small = {**folder, "mean": torch.zeros(3, 32, 32), "recipe": "cifar"}
+    small_config = {"data": {"name": "imagefolder", "recipe": "cifar", "eval_split": "val"}}
+    _checkpoint(w / "small.pt", "cifar_resnet20", small, small_config, num_classes=2)
+
     (w / "coco" / "annotations").mkdir(parents=True)
     _jpeg(w / "coco" / "val2017" / "1.jpg")
     (w / "coco" / "annotations" / "instances_val2017.json").write_text(
@@ -483,3 +531,25 @@ def test_a_failed_torchvision_download_leaves_no_cache_folder(world, tmp_path):
     lines = r.stderr.splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "cannot fetch" in lines[0], r.stderr[-3000:]
     assert not home.exists() and _snapshot(w) == before
+
+
+def test_a_cache_that_cannot_be_written_is_one_warning_not_an_error(world, tmp_path):
+    """The user cache folder cannot be made ($XDG_CACHE_HOME is a file): `train` and `evaluate` of a
+    small-image folder compute in memory, say so in one warning line and succeed."""
+    w, env = world
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    env = {**env, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    sets = ["data.name=imagefolder", f"data.dir={w / 'small32'}", "data.workers=0", "train.batch_size=2"]
+    commands = [
+        ["evaluate", "--checkpoint", str(w / "small.pt"), "--data-dir", str(w / "small32"), "--workers", "0"],
+        [*TRAIN[:3], "--out", str(tmp_path / "run"), "--device", "cpu", "--set", *sets, "train.max_iters=1"],
+    ]
+    before = _snapshot(w)
+    for argv in commands:
+        r = subprocess.run(
+            [sys.executable, "-m", "resnetlab", *argv], cwd=w, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: cannot write the cache")]
+        assert len(warnings) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert _snapshot(w) == before and (tmp_path / "run" / "final.pt").is_file()

@@ -312,3 +312,94 @@ def test_predict_refuses_a_float_image_outside_0_1_in_its_row(setup, tmp_path, c
     assert main(["predict", str(tmp_path / "f.tif"), "--checkpoint", str(ck), "--workers", "0", "--json"]) == 1
     row = json.loads(capsys.readouterr().out)[0]
     assert row["error"].startswith("cannot read: mode F (32-bit float pixels from 0 to 300)") and row["top"] == []
+
+
+# ---- checkpoints of small-image folders (the CIFAR recipe, issue 27) -----------------------------
+
+
+def _small_checkpoint(path: Path, channels: int, classes=("a", "b")) -> None:
+    """A cifar_resnet20 as `train` saves it for a small-image folder under the CIFAR recipe."""
+    torch.manual_seed(channels)
+    net = create_model("cifar_resnet20", num_classes=len(classes), in_channels=channels)
+    mean = torch.rand(channels, 32, 32, generator=torch.Generator().manual_seed(1))
+    meta = {"dataset": "imagefolder", "classes": list(classes), "num_classes": len(classes), "in_channels": channels,
+            "image_size": 32, "mean": mean, "std": None, "recipe": "cifar", "model": "cifar_resnet20",
+            "model_options": {"num_classes": len(classes), "in_channels": channels}}  # fmt: skip
+    config = {"data": {"name": "imagefolder", "recipe": "cifar", "eval_split": "test"}}
+    save_atomic({"model": net.state_dict(), "config": config, "meta": meta}, path)
+
+
+def _small_tree(root: Path, mode: str = "RGB", per_class: int = 3) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = g.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).convert(mode).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _error_by_hand(ck: Path, tree: Path, split: str, mode: str) -> float:
+    """Top-1 error (%) of the checkpoint on tree/split, each file read by PIL and converted to `mode`
+    (L for a grey network, RGB else) and normalised with the checkpoint's mean: a loop written here."""
+    import numpy as np
+    from PIL import Image
+
+    obj = torch.load(ck, weights_only=True)
+    meta = obj["meta"]
+    net = create_model("cifar_resnet20", **meta["model_options"])
+    net.load_state_dict(obj["model"])
+    net.eval()
+    wrong = total = 0
+    for label, c in enumerate(meta["classes"]):
+        for path in sorted((tree / split / c).iterdir()):
+            with Image.open(path) as im:
+                a = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+            x = torch.from_numpy(a.reshape(32, 32, -1)).permute(2, 0, 1) - meta["mean"]
+            with torch.no_grad():
+                wrong += int(net(x[None]).argmax(1).item() != label)
+            total += 1
+    return 100.0 * wrong / total
+
+
+@pytest.mark.parametrize("net, images", [(1, "RGB"), (3, "L"), (3, "RGB")])
+def test_a_small_folder_checkpoint_is_tested_on_its_split_with_its_channels(tmp_path, capsys, monkeypatch, net, images):
+    """Only the evaluated folder is decoded (a corrupt training image does not matter), with the
+    checkpoint's channels (a grey network on RGB files, or the reverse, as training converts them),
+    by --workers processes; the error is the one a plain loop over the files gives."""
+    from resnetlab.data import smallfolder
+
+    tree = _small_tree(tmp_path / "tree", images)
+    (tree / "train" / "a" / "0.png").write_bytes(b"broken")
+    ck = tmp_path / "ck.pt"
+    _small_checkpoint(ck, net)
+    calls = []
+    real = smallfolder.decode_images
+    monkeypatch.setattr(
+        smallfolder, "decode_images", lambda s, **k: calls.append((len(s), k["workers"])) or real(s, **k)
+    )
+    argv = ["evaluate", "--checkpoint", str(ck), "--data-dir", str(tree), "--split", "test", "--workers", "0"]
+    assert main([*argv, "--json", "--device", "cpu"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert calls == [(6, 0)] and r["images"] == 6 and r["split"] == "test"
+    assert r["top1_error"] == pytest.approx(_error_by_hand(ck, tree, "test", "L" if net == 1 else "RGB"))
+
+
+def test_a_small_folder_checkpoint_takes_skip_corrupt_and_names_its_own_flags(tmp_path, capsys):
+    tree = _small_tree(tmp_path / "tree")
+    bad = tree / "test" / "b" / "1.png"
+    bad.write_bytes(b"broken")
+    ck = tmp_path / "ck.pt"
+    _small_checkpoint(ck, 3)
+    argv = ["evaluate", "--checkpoint", str(ck), "--data-dir", str(tree), "--split", "test", "--workers", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot read image {bad}") and err.endswith("(--skip-corrupt skips it)"), err
+    assert "data." not in err and "\n" not in err
+    assert main([*argv, "--skip-corrupt", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["images"] == 5 and r["skipped"] == 1 and r["skipped_files"] == [str(bad)]

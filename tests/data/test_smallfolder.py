@@ -149,12 +149,24 @@ def test_folder_trains_like_the_builtin_path_and_evaluates_by_split(twin, tmp_pa
     assert err.startswith("error: --split test: cifar10 checkpoints") and "\n" not in err
 
 
-def test_decoded_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path, monkeypatch):
+def user_caches(xdg: Path, pattern: str = "decoded-*.pt") -> list[Path]:
+    return sorted((xdg / "resnetlab" / "folders").glob(f"*/{pattern}"))
+
+
+@pytest.fixture
+def xdg(tmp_path, monkeypatch) -> Path:
+    """The user cache folder of this test ($XDG_CACHE_HOME)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg"
+
+
+def test_decoded_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path, monkeypatch, xdg):
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2])
     cfg = folder_cfg(folder, "train.batch_size=4")
     first = build_data(cfg, CPU)
-    caches = sorted(p.name for p in folder.glob(".resnetlab-decoded-*.pt"))
-    assert [n.split("-")[2] for n in caches] == ["test", "train"]
+    caches = [p.name for p in user_caches(xdg)]
+    assert [n.split("-")[1] for n in caches] == ["test", "train"]
+    assert not [p for p in folder.rglob("*") if p.name.startswith(".")]  # the data folder is the user's
 
     real = smallfolder.decode_images
     calls = []
@@ -170,22 +182,21 @@ def test_decoded_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path, m
     assert calls == [1]  # train decoded afresh, test still cached
     expected, _ = pil_split(folder, "train")
     assert torch.equal(repainted.train.images, torch.from_numpy(expected))
-    assert sorted(p.name for p in folder.glob(".resnetlab-decoded-train-*.pt")) != [caches[1]]
-    assert len(list(folder.glob(".resnetlab-decoded-train-*.pt"))) == 1  # the stale one is gone
+    assert [p.name for p in user_caches(xdg, "decoded-train-*.pt")] != [caches[1]]
+    assert len(user_caches(xdg, "decoded-train-*.pt")) == 1  # the stale one is gone
 
     write_jpeg(folder / "train" / CLASSES[0] / "0009.jpg", np.random.default_rng(7))  # one more image
     added = build_data(cfg, CPU)
     assert len(added.train) == 9 and added.summary["splits"]["train"]["images"] == 9
 
 
-def test_cache_goes_to_the_user_cache_dir_when_the_folder_is_read_only(tmp_path, monkeypatch):
-    from resnetlab.data import cache
-
+@pytest.mark.parametrize("place", ["user", "data", "none"])
+def test_data_cache_says_where_the_cache_goes(tmp_path, xdg, place):
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2])
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
-    build_data(folder_cfg(folder, "train.batch_size=4"), CPU)
-    assert not list(folder.glob(".resnetlab-*")) and len(list((tmp_path / "xdg" / "resnetlab").glob("*.pt"))) == 2
+    build_data(folder_cfg(folder, "train.batch_size=4", f"data.cache={place}"), CPU)
+    beside = sorted(p.name.split("-")[2] for p in folder.glob(".resnetlab-decoded-*.pt"))
+    assert beside == (["test", "train"] if place == "data" else [])
+    assert len(user_caches(xdg)) == (2 if place == "user" else 0)
 
 
 def test_mixed_sizes_are_refused_in_one_line(tmp_path):
@@ -268,7 +279,7 @@ def test_builtin_summary_warns_about_folder_keys(cifar10_dir):
     assert [w.split("=")[0] for w in s["warnings"]] == ["data.crop", "data.eval_split"]
 
 
-def test_imagenet_mean_cache_follows_the_pixels(tmp_path):
+def test_imagenet_mean_cache_follows_the_pixels(tmp_path, xdg):
     """Issue 22: repainting every image (same names, sizes and count) must not reuse the old mean."""
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2], splits=(("train", 4), ("val", 1)))
     cfg = folder_cfg(
@@ -282,7 +293,7 @@ def test_imagenet_mean_cache_follows_the_pixels(tmp_path):
     samples = [(str(p), 0) for p in sorted((folder / "train").rglob("*.jpg"))]
     fresh, _ = compute_stats(samples, crop=32, count=10000, per="pixel", workers=0, skip_corrupt=False)
     assert not torch.equal(before, after) and torch.equal(after, fresh)
-    assert len(list(folder.glob(".resnetlab-mean-*.pt"))) == 1
+    assert len(list((tmp_path / "xdg").rglob("mean-*.pt"))) == 1
 
 
 def test_unreadable_image_is_named_or_left_out(tmp_path):
@@ -303,3 +314,77 @@ def test_the_default_data_workers_decodes_the_folder(tmp_path):
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2])
     b = build_data(folder_cfg(folder, "train.batch_size=4", "data.workers=null"), CPU)
     assert b.train.images.shape[1:] == (3, 32, 32)
+
+
+# ---- pixels, refusals and warnings of the decode (issue 27) --------------------------------------
+
+
+def test_16_bit_and_float_images_decode_by_their_range_as_predict_reads_them(tmp_path):
+    """A folder of 16-bit grey PNGs and float TIFFs: each pixel scaled by its range (v / 257, f * 255,
+    rounded; computed here with numpy), not clipped to white or cut to black, and the same values
+    `predict` reads (`read_image`)."""
+    from resnetlab.data.images import read_image
+
+    g = np.random.default_rng(0)
+    expected = {}
+    for split, n in (("train", 3), ("test", 1)):
+        for c in ("deep", "float"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                if c == "deep":
+                    v = g.integers(0, 65536, size=(32, 32)).astype(np.uint16)
+                    path = tmp_path / split / c / f"{i}.png"
+                    Image.fromarray(v).save(path)
+                    expected[str(path)] = np.rint(v / 257.0).astype(np.uint8)
+                else:
+                    f = g.random((32, 32), dtype=np.float32)
+                    path = tmp_path / split / c / f"{i}.tif"
+                    Image.fromarray(f).save(path)
+                    expected[str(path)] = np.rint(f.astype(np.float64) * 255.0).astype(np.uint8)
+    b = build_data(folder_cfg(tmp_path, "train.batch_size=2"), CPU)
+    assert b.in_channels == 1
+    paths = sorted(str(p) for p in (tmp_path / "train").rglob("*.*"))
+    for x, path in zip(b.train.images, paths, strict=True):
+        assert torch.equal(x[0], torch.from_numpy(expected[path])), path
+        assert torch.equal(x, read_image(path, channels=1)), path
+
+
+def bomb_png(path: Path, side: int = 20000) -> None:
+    """The header of a side x side 8-bit grey PNG (and an empty image stream): PIL refuses it on
+    opening, as a possible decompression bomb, whatever the file holds."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
+def test_a_decompression_bomb_is_named_as_such(tmp_path, recipe):
+    folder = write_folder(tmp_path / "f", classes=CLASSES[:2], splits=(("train", 2), ("test", 1)))
+    bomb = folder / "train" / CLASSES[1] / "huge.png"
+    bomb_png(bomb)
+    extra = ["train.batch_size=2", f"data.recipe={recipe}", "data.crop=32", "data.scale_min=32", "data.mean_samples=8"]
+    with pytest.raises(UserError) as e:
+        build_data(folder_cfg(folder, *extra), CPU)
+    msg = str(e.value)
+    assert f"cannot read image {bomb}: 400,000,000 pixels" in msg and "decompression-bomb" in msg, msg
+    assert "corrupt or not an image" not in msg and "\n" not in msg
+
+
+def test_large_images_under_the_cifar_recipe_are_warned_about(tmp_path):
+    """A CIFAR preset on 96-pixel images trains at 96x96 without a word before; now the start says
+    what was found and what to set. Resized with data.image_size, nothing to say."""
+    folder = write_folder(tmp_path / "f", classes=CLASSES[:2], size=(96, 96), splits=(("train", 2), ("test", 1)))
+    b = build_data(folder_cfg(folder, "train.batch_size=2"), CPU)
+    [warning] = b.summary["warnings"]
+    assert warning.startswith("the training images are 96x96, large for the CIFAR recipe: cifar_resnet20")
+    assert "data.image_size=32" in warning and "data.recipe=imagenet" in warning
+    assert b.summary["recipe"] == "cifar" and b.summary["input_size"] == [3, 96, 96]
+    assert build_data(folder_cfg(folder, "train.batch_size=2", "data.image_size=32"), CPU).summary["warnings"] == []

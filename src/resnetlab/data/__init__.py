@@ -63,7 +63,7 @@ def build_data(
 def _small_folder(cfg: Config, device: torch.device, *, rank: int, world_size: int, stats: tuple | None) -> DataBundle:
     """An ImageFolder tree of small images, decoded once (cached) into the built-in datasets' tensor."""
     from resnetlab.data.folders import read_splits
-    from resnetlab.data.smallfolder import decoded_split
+    from resnetlab.data.smallfolder import decoded_split, large_for_cifar
 
     d = cfg.data
     if d.image_size < 0:
@@ -73,6 +73,7 @@ def _small_folder(cfg: Config, device: torch.device, *, rank: int, world_size: i
         "image_size": d.image_size,
         "workers": d.workers,
         "skip_corrupt": d.skip_corrupt,
+        "cache": d.cache,
         "rank": rank,
         "world_size": world_size,
     }
@@ -96,8 +97,10 @@ def _small_folder(cfg: Config, device: torch.device, *, rank: int, world_size: i
     left_out = (
         f"{len(skipped)} unreadable images left out (data.skip_corrupt=true), e.g. {skipped[0]}" if skipped else None
     )
+    large = large_for_cifar(x.shape[-1], image_size=d.image_size, model=cfg.model.name, nbytes=x.nbytes)
     root, name = str(splits.root), splits.eval_name
-    return _on_device(cfg, device, train, test, splits.classes, True, name, root, rank, world_size, stats, left_out)
+    warnings = [left_out, large]
+    return _on_device(cfg, device, train, test, splits.classes, True, name, root, rank, world_size, stats, warnings)
 
 
 def _on_device(
@@ -112,7 +115,7 @@ def _on_device(
     rank: int,
     world_size: int,
     stats: tuple | None,
-    warning: str | None = None,
+    warnings: list[str | None] = (),
 ) -> DataBundle:
     """The CIFAR recipe on uint8 splits (N, C, H, W): held on the device, augmented there (sec. 4.2)."""
     d = cfg.data
@@ -159,7 +162,7 @@ def _on_device(
         input_size=(c, h, w),
         iters_per_epoch=train_source.iters_per_epoch,
         flip=flip,
-        extra_warnings=[warning],
+        extra_warnings=warnings,
     )
     return DataBundle(train_source, test_source, len(classes), c, h, list(classes), meta, summary)
 

@@ -1,14 +1,21 @@
 """Caches of what is computed from a folder of images (the decoded small-image tensor, the ImageNet
-mean), keyed by everything they depend on.
+mean), keyed by everything they depend on, checked before use, and never in the way.
 
 The key is `fingerprint(root, samples, settings)`: a hash of the sorted relative paths, sizes,
 modification times (ns) and labels of the files, the settings the result was computed with, and
 `VERSION` (the format of what is cached). A repainted image (same name, same size, new pixels) has
 a new mtime, an added or removed file changes the list, so a changed folder is never served from a
-stale cache. A cache lives beside the data when that folder is writable (`.resnetlab-*.pt`), else
-under the user's cache dir (`$XDG_CACHE_HOME/resnetlab`, default ~/.cache/resnetlab). It is a plain
-tensor file (read with weights_only=True), written atomically (temp file + rename); a damaged one
-is recomputed.
+stale cache.
+
+Where (`data.cache`): "user" (the default) in the user's cache folder, `user_cache_dir()/folders/
+NAME-HASH/` (HASH: of the data folder's resolved path), since a dataset folder is the user's, often
+shared or read-only; "data" beside the images (`DIR/.resnetlab-*.pt`), only when asked; "none": never.
+
+A cache is an optimisation: one that cannot be written (a full disk, a folder of another user) is
+computed in memory with one warning; one that cannot be read, or does not hold what it claims (its
+stored key is not this folder's, a key missing, labels that are not the file list's) is recomputed.
+It is a plain tensor file (read with weights_only=True), written to a temp file that its writer holds
+locked and then renamed; a run removes the temp files of writers that died (kill -9) on its way.
 """
 
 from __future__ import annotations
@@ -16,16 +23,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from resnetlab.config import user_cache_dir
 from resnetlab.errors import UserError
-from resnetlab.utils.checkpoint import save_atomic
+from resnetlab.utils.checkpoint import _Sink
+from resnetlab.utils.files import make_ordinary
 
-VERSION = 2  # bump when what a cache holds changes (2: the decoded split carries its statistics)
+try:
+    import fcntl
+except ImportError:  # Windows: temp files are then removed by age alone
+    fcntl = None
+
+__all__ = ["PLACES", "cache_path", "cached", "fingerprint", "remove_stale", "user_cache_dir"]
+
+VERSION = 3  # bump when what a cache holds changes (3: the key stored inside, checked on reading)
+PLACES = ("user", "data", "none")
+_DATA_PREFIX = ".resnetlab-"  # the name of a cache beside the data (hidden in the user's folder)
+_ORPHAN_AGE_S = 3600  # without file locks: a temp file this old is an orphan
 
 
 def fingerprint(root: str | Path, samples: list[tuple[str, int]], settings: dict[str, Any]) -> str:
@@ -45,55 +68,163 @@ def fingerprint(root: str | Path, samples: list[tuple[str, int]], settings: dict
     return h.hexdigest()
 
 
-def user_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/resnetlab, default ~/.cache/resnetlab."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "resnetlab"
-
-
-def cache_path(root: str | Path, name: str) -> Path:
-    """Where the cache `name` goes: beside the data (`root/name`) when root is writable, else in the
-    user's cache dir under a name that also says which folder it is for."""
+def cache_path(root: str | Path, name: str, place: str = "user") -> Path | None:
+    """Where the cache `name` of the data folder `root` goes (see the module doc); None for "none"."""
+    if place not in PLACES:
+        raise UserError(f"data.cache={place!r}: must be one of {', '.join(PLACES)}")
+    if place == "none":
+        return None
     root = Path(root)
-    if os.access(root, os.W_OK):
-        return root / name
-    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    return user_cache_dir() / f"{tag}{name}"
+    if place == "data":
+        return root / f"{_DATA_PREFIX}{name}"
+    resolved = root.resolve()
+    tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", resolved.name)[:40] or "root"
+    return user_cache_dir() / "folders" / f"{label}-{tag}" / name
 
 
-def cached(path: Path, compute: Callable[[], dict[str, Any]], *, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """The dict of tensors in `path`, else `compute()` written there atomically. Under torchrun, rank 0
-    computes and writes first; the others then read its file (or compute the same themselves when it
-    could not be written)."""
+def cached(
+    path: Path | None,
+    compute: Callable[[], dict[str, Any]],
+    *,
+    key: str,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """The dict of tensors cached at `path` if it was stored under `key` and `check(value)` finds
+    nothing wrong (it returns what is wrong, or None); else `compute()`, written there. Under
+    torchrun, rank 0 computes and writes first; the others then read its file (or compute the same
+    themselves when it could not be written). `path` None (data.cache=none): computed, never stored."""
     distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and rank != 0:
         torch.distributed.barrier()  # wait for rank 0's cache
-    value = read_cache(path)
+    value = None
+    if path is not None:
+        if rank == 0:
+            remove_orphans(path.parent)
+        value = read_cache(path, key, check)
     if value is None:
         value = compute()
-        try:
-            save_atomic(value, path)
-        except OSError:
-            pass  # a read-only or full disk: the next run computes it again
+        if path is not None and rank == 0:
+            write_cache(value, path, key)
     if distributed and rank == 0:
         torch.distributed.barrier()
     return value
 
 
-def read_cache(path: Path) -> dict[str, Any] | None:
-    """The cached dict, or None when there is none or it is unreadable (it is then recomputed)."""
-    if not path.is_file():
-        return None
+def read_cache(
+    path: Path, key: str, check: Callable[[dict[str, Any]], str | None] | None = None
+) -> dict[str, Any] | None:
+    """The cached dict, or None when there is none, it is unreadable, or it does not hold what it
+    claims (then said once on stderr; it is recomputed and replaced)."""
     try:
         value = torch.load(path, weights_only=True)
-    except Exception:
+    except FileNotFoundError:
         return None
-    return value if isinstance(value, dict) else None
+    except Exception:  # damaged, truncated, not ours, not readable by us: recomputed
+        return None
+    if not isinstance(value, dict) or value.pop("key", None) != key:
+        wrong = "it was not made from this folder's files and settings"
+    else:
+        wrong = check(value) if check is not None else None
+    if wrong:
+        warn(f"ignored the cache {path}: {wrong}; computing it afresh", kind=f"bad {path}")
+        return None
+    return value
+
+
+def write_cache(value: dict[str, Any], path: Path, key: str) -> bool:
+    """Write `value` (with `key`) to `path` atomically; a failure (a full disk, a read-only or foreign
+    folder) is one warning, not an error: the run goes on with what it computed. True if written.
+
+    The temp file (`.NAME.<random>.tmp` beside `path`) is held under an exclusive lock until it is
+    renamed, so that `remove_orphans` can tell a live writer's temp file from a dead one's."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            sink = _Sink(f)  # keeps the OSError of a failed write, which torch's zip writer turns into a RuntimeError
+            try:
+                torch.save({"key": key, **value}, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
+            f.flush()
+            os.fsync(f.fileno())
+            make_ordinary(f.fileno())
+            os.replace(tmp, path)  # still locked: the lock ends with the writer, after the rename
+        return True
+    except OSError as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        reason = e.strerror or str(e)
+        warn(
+            f"cannot write the cache {path} ({reason}); the run goes on with what it computed in memory, and the "
+            "next run computes it again (data.cache=none stops trying)",
+            kind="write",
+        )
+        return False
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_orphans(folder: Path) -> None:
+    """Delete the temp files of cache writers that died (kill -9, power loss) in `folder`: those no
+    live writer holds locked (`write_cache`), or without file locks those older than an hour. Files
+    that cannot be opened or deleted (another user's) are left alone."""
+    try:
+        names = [e.name for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        if not re.fullmatch(r"\.(\.resnetlab-|decoded-|mean-).*\.pt\..+\.tmp", name):
+            continue  # not one of ours
+        tmp = folder / name
+        try:
+            if fcntl is None:
+                if tmp.stat().st_mtime < time.time() - _ORPHAN_AGE_S:
+                    tmp.unlink()
+                continue
+            with open(tmp, "rb") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer
+                tmp.unlink()
+        except OSError:
+            continue
 
 
 def remove_stale(path: Path, prefix: str) -> None:
     """Delete the other caches `prefix*.pt` beside `path` (older fingerprints of the same folder and
-    settings), so a folder that keeps changing does not pile up decoded copies of itself."""
-    for old in path.parent.glob(f"{prefix}*.pt"):
-        if old != path:
-            old.unlink(missing_ok=True)
+    settings), so a folder that keeps changing does not pile up decoded copies of itself. One that
+    cannot be deleted (another user's) stays."""
+    try:
+        old = [p for p in path.parent.glob(f"{prefix}*.pt") if p != path]
+    except OSError:
+        return
+    for p in old:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str, *, kind: str) -> None:
+    """`warning: message` on stderr, once per process for each kind."""
+    if kind not in _warned:
+        _warned.add(kind)
+        print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -18,13 +18,11 @@ depends on where the stream started, on the number of workers, or on the number 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -37,6 +35,7 @@ from resnetlab.data.images import (
     center_view,
     decode_image,
     lighting_shift,
+    open_pil,
     read_bytes,
     resized_crop,
     resized_size,
@@ -96,16 +95,15 @@ class _Views(Dataset):
             path, label = self.samples[(index + k) % len(self.samples)]
             try:
                 data = read_bytes(path)
-                with Image.open(io.BytesIO(data)) as im:  # the header only
+                with open_pil(data, path) as im:  # the header only
                     full, plain_jpeg = (im.height, im.width), im.format == "JPEG" and im.mode in ("RGB", "L")
                 if self.encoded and plain_jpeg:
                     return data, full, label, skipped, None
                 img, full = decode_image(data, path, at_least=resized_size(full, shorter))
                 return img, full, label, skipped, None
-            except (UserError, OSError, ValueError, Image.DecompressionBombError) as e:
+            except UserError as e:  # its one line says why: corrupt, a decompression bomb, not a regular file
                 if not self.skip_corrupt:
-                    why = str(e) if isinstance(e, UserError) else f"cannot read image {path}: corrupt or not an image"
-                    return None, (0, 0), label, skipped, why
+                    return None, (0, 0), label, skipped, str(e)
                 skipped.append(path)
         return None, (0, 0), self.samples[index][1], skipped, None
 
@@ -353,22 +351,34 @@ def compute_stats(
     return (mean_pixel if per == "pixel" else mean_channel).float(), std.float()
 
 
-def _cached_stats(root: Path, samples: list[Sample], *, rank: int, world_size: int, **kw: Any) -> tuple[Tensor, Tensor]:
-    """`compute_stats`, cached (`.resnetlab-mean-*.pt` beside the data when that folder is writable,
-    `data/cache.py`): 10,000 ImageNet JPEGs take minutes to decode, and every process and every resume
-    wants them. The key is the fingerprint of the sampled files (paths, sizes, mtimes, labels) and of
-    the settings: a repainted or replaced image, or another number of training images (which changes
-    the sample), is computed afresh."""
+def _cached_stats(
+    root: Path, samples: list[Sample], *, rank: int, world_size: int, cache: str = "user", **kw: Any
+) -> tuple[Tensor, Tensor]:
+    """`compute_stats`, cached (`data/cache.py`; `cache`: data.cache): 10,000 ImageNet JPEGs take
+    minutes to decode, and every process and every resume wants them. The key is the fingerprint of
+    the sampled files (paths, sizes, mtimes, labels) and of the settings: a repainted or replaced
+    image, or another number of training images (which changes the sample), is computed afresh. A
+    cache whose mean or std is not a finite tensor of the settings' shape is computed afresh too."""
     settings = {"what": "mean", "per": kw["per"], "crop": kw["crop"], "count": kw["count"], "images": len(samples)}
-    key = fingerprint(root, mean_sample(samples, kw["count"]), settings)[:16]
-    path = cache_path(root, f".resnetlab-mean-{kw['per']}-{kw['crop']}-{kw['count']}-{key}.pt")
+    key = fingerprint(root, mean_sample(samples, kw["count"]), settings)
+    path = cache_path(root, f"mean-{kw['per']}-{kw['crop']}-{kw['count']}-{key[:16]}.pt", cache)
 
     def compute() -> dict[str, Tensor]:
         mean, std = compute_stats(samples, **kw)
-        remove_stale(path, path.name.removesuffix(f"{key}.pt"))
+        if path is not None:
+            remove_stale(path, path.name.removesuffix(f"{key[:16]}.pt"))
         return {"mean": mean, "std": std}
 
-    stats = cached(path, compute, rank=rank, world_size=world_size)
+    def check(value: dict) -> str | None:
+        crop = kw["crop"]
+        shapes = {"mean": (3, crop, crop) if kw["per"] == "pixel" else (3, 1, 1), "std": (3, 1, 1)}
+        for name, shape in shapes.items():
+            t = value.get(name)
+            if not isinstance(t, Tensor) or not t.is_floating_point() or t.shape != shape or not t.isfinite().all():
+                return f"its {name} is not a finite tensor of shape {shape}"
+        return None
+
+    stats = cached(path, compute, key=key, check=check, rank=rank, world_size=world_size)
     return stats["mean"], stats["std"]
 
 
@@ -394,7 +404,9 @@ def build_imagefolder(
         mean, std = fit_stats(*stats, channels=3, size=d.crop, adapt=t.init_channels == "adapt")
     else:
         opts = {"crop": d.crop, "count": d.mean_samples, "per": d.mean, "workers": workers}
-        mean, std = _cached_stats(root, train, rank=rank, world_size=world_size, skip_corrupt=d.skip_corrupt, **opts)
+        mean, std = _cached_stats(
+            root, train, rank=rank, world_size=world_size, skip_corrupt=d.skip_corrupt, cache=d.cache, **opts
+        )
         std = std if d.normalize_std else None
     normalizer = Normalizer(mean, std, device)
     recipe = TrainRecipe(

@@ -8,10 +8,13 @@ geometry of a view (`resized_size`, `resized_crop`, `center_view`, `test_resize`
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import stat
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +44,10 @@ Sample = tuple[str, int]  # (path, class index)
 # ---- files and views ----------------------------------------------------------------------------
 
 
-def read_image(path: str) -> Tensor:
-    """Decode an image file to uint8 RGB (3, H, W); an unreadable file is a UserError naming it."""
-    return decode_image(read_bytes(path), path)[0]
+def read_image(path: str, *, channels: int = 3) -> Tensor:
+    """Decode an image file to uint8 (channels, H, W), RGB or grey (`pil_array`); an unreadable file
+    is a UserError naming it."""
+    return decode_image(read_bytes(path), path, channels=channels)[0]
 
 
 MAX_IMAGE_BYTES = 256 * 2**20  # the largest sane image file (a 16k x 16k 8-bit RGB PNG stored raw is 768 MiB,
@@ -98,57 +102,90 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "a special file")
 
 
-def decode_image(data: bytes, name: str, *, at_least: tuple[int, int] | None = None) -> tuple[Tensor, tuple[int, int]]:
-    """Encoded bytes -> (uint8 RGB (3, h, w), the full (H, W) of the file).
+def decode_image(
+    data: bytes, name: str, *, at_least: tuple[int, int] | None = None, channels: int = 3
+) -> tuple[Tensor, tuple[int, int]]:
+    """Encoded bytes -> (uint8 (channels, h, w), RGB or grey, the full (H, W) of the file).
 
-    RGB and grayscale JPEGs go through `torchvision.io.decode_jpeg` (libjpeg-turbo straight into a
-    tensor: measured faster than PIL + conversion, benchmarks/README.md). When `at_least` = (h, w)
-    allows it, the JPEG is decoded at 1/2, 1/4 or 1/8 size in the DCT domain (PIL `draft`), which
-    costs a fraction of a full decode; the result is never smaller than `at_least`, so it is still
-    downscaled (antialiased) afterwards. Everything else (PNG, CMYK JPEGs, ...) goes through PIL, as
-    torchvision's ImageFolder reads it. The tensor has channels-last strides (as decoded), which is
-    what the fast uint8 resize kernels want. A file neither can decode is a UserError naming it.
+    RGB and grayscale JPEGs wanted as RGB go through `torchvision.io.decode_jpeg` (libjpeg-turbo
+    straight into a tensor: measured faster than PIL + conversion, benchmarks/README.md). When
+    `at_least` = (h, w) allows it, the JPEG is decoded at 1/2, 1/4 or 1/8 size in the DCT domain (PIL
+    `draft`), which costs a fraction of a full decode; the result is never smaller than `at_least`, so
+    it is still downscaled (antialiased) afterwards. Everything else (PNG, CMYK JPEGs, grey output,
+    ...) goes through PIL and `pil_array`, the one mode-aware conversion every reader shares. The
+    tensor has channels-last strides (as decoded), which is what the fast uint8 resize kernels want.
+    A file neither can decode is a UserError naming it (`open_pil`).
     """
+    with open_pil(data, name) as im:  # reads the header only
+        full = (im.height, im.width)
+        jpeg = im.format == "JPEG"
+        reduce = _dct_reduction(full, at_least) if jpeg else 1
+        if not (jpeg and im.mode in ("RGB", "L") and reduce == 1 and channels == 3):
+            if reduce > 1:
+                im.draft(im.mode if channels == 1 else "RGB", (at_least[1], at_least[0]))
+            return torch.from_numpy(pil_array(im, name, grey=channels == 1)).permute(2, 0, 1), full
     try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            full = (im.height, im.width)
-            jpeg = im.format == "JPEG"
-            reduce = _dct_reduction(full, at_least) if jpeg else 1
-            if not (jpeg and im.mode in ("RGB", "L") and reduce == 1):
-                if reduce > 1:
-                    im.draft("RGB", (at_least[1], at_least[0]))
-                return torch.from_numpy(_rgb_array(im, name)).permute(2, 0, 1), full
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's; still the fast one
             warnings.simplefilter("ignore", DeprecationWarning)
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB), full
-    except (OSError, RuntimeError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # PIL: UnidentifiedImageError / OSError (truncated); decode_jpeg: RuntimeError (corrupt data)
-        raise UserError(f"cannot read image {name} ({type(e).__name__}): corrupt or not an image") from None
+    except RuntimeError:  # decode_jpeg: corrupt data
+        raise UserError(f"cannot read image {name}: corrupt or not an image") from None
 
 
-def _rgb_array(im: Image.Image, name: str) -> np.ndarray:
-    """A PIL image -> uint8 (H, W, 3), scaled by the range its mode really has. PIL's convert("RGB")
-    clips 16-bit grey (mode I;16, or I from a 16-bit PNG) at 255 and truncates float pixels (mode F)
-    to 0 or 1: a white image, a black one, and a confident prediction on either. 16-bit values are
-    divided by 257 (65535 -> 255), floats in [0, 1] multiplied by 255; any other integer or float
-    image is refused in one line naming the file, its mode and its range."""
+@contextlib.contextmanager
+def open_pil(data: bytes, name: str) -> Iterator[Image.Image]:
+    """PIL's image of `data` (the header read; pixels are decoded when asked for, inside the block).
+    A failure to open or decode it there is a one-line UserError naming `name`: an image over PIL's
+    decompression-bomb limit says so (it is refused, not broken); anything else is "corrupt or not an
+    image". Every reader of image files opens them here (both recipes, evaluate, predict)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            yield im
+    except Image.DecompressionBombError as e:
+        raise UserError(_bomb(name, e)) from None
+    except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError, truncated data, a bad header
+        raise UserError(f"cannot read image {name}: corrupt or not an image") from None
+
+
+def _bomb(name: str, e: Exception) -> str:
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(e))
+    size = f"{int(found[1]):,} pixels, over the {int(found[2]):,}" if found else "more pixels than the"
+    return (
+        f"cannot read image {name}: {size} PIL decodes at most (its decompression-bomb guard); "
+        "refused unread, not corrupt: shrink the image or leave it out"
+    )
+
+
+def is_grey(mode: str) -> bool:
+    """A PIL mode without colour: 1-bit, 8-bit (with alpha), 16/32-bit integer, 32-bit float."""
+    return mode in ("1", "L", "LA", "La", "F") or mode.startswith("I")
+
+
+def pil_array(im: Image.Image, name: str, *, grey: bool = False) -> np.ndarray:
+    """A PIL image -> uint8 (H, W, 3), or (H, W, 1) with `grey`, scaled by the range its mode really
+    has. PIL's convert("RGB") or ("L") clips 16-bit grey (mode I;16, or I from a 16-bit PNG) at 255 and
+    truncates float pixels (mode F) to 0 or 1: a white image, a black one, and a confident prediction
+    on either. 16-bit values are divided by 257 (65535 -> 255), floats in [0, 1] multiplied by 255;
+    any other integer or float image is refused in one line naming the file, its mode and its range.
+    Colour to grey is PIL's ITU-R 601-2 luma (convert("L")), for training, evaluate and predict alike."""
     mode = im.mode
     if not (mode.startswith("I") or mode == "F"):
-        return np.array(im.convert("RGB"))  # 8-bit modes (and 16-bit RGB PNGs, which PIL reads as RGB >> 8)
+        a = np.array(im.convert("L" if grey else "RGB"))  # 8-bit modes (16-bit RGB PNGs PIL reads as RGB >> 8)
+        return a[..., None] if grey else a
     a = np.asarray(im)
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     sixteen = mode.startswith("I;16") or (mode == "I" and im.format in ("PNG", "PPM") and lo >= 0 and hi <= 65535)
     if sixteen:
-        grey = np.rint(a.astype(np.float64) / 257.0)
+        scaled = np.rint(a.astype(np.float64) / 257.0)
     elif mode == "F" and np.isfinite(a).all() and lo >= 0.0 and hi <= 1.0:
-        grey = np.rint(a.astype(np.float64) * 255.0)
+        scaled = np.rint(a.astype(np.float64) * 255.0)
     else:
         kind = "32-bit float" if mode == "F" else "integer"
         raise UserError(
             f"cannot read image {name}: mode {mode} ({kind} pixels from {lo:g} to {hi:g}) has no known 8-bit "
             "range (read: 8-bit, 16-bit integer, float in [0, 1]); save it as 8-bit"
         )
-    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    return np.repeat(scaled.astype(np.uint8)[..., None], 1 if grey else 3, axis=2)
 
 
 def _dct_reduction(full: tuple[int, int], at_least: tuple[int, int] | None) -> int:

@@ -4,42 +4,55 @@ The folder is decoded once into the uint8 tensor (N, C, H, W) the built-in CIFAR
 goes through the same on-device path (`ondevice.py`): per-pixel mean, pad 4 + random 32x32 crop +
 flip per image on the device, `data.val_split` held out, the test on the original images. Decoding
 is cached (`cache.py`) under a key of the file list (paths, sizes, mtimes, labels) and of the decode
-settings, so a changed folder is decoded afresh and an unchanged one starts in about a second.
+settings, so a changed folder is decoded afresh and an unchanged one starts in about a second; it is
+used only if it holds this file list's labels and tensors of the shapes it claims.
 
 Images must all have one square size (CIFAR's 32x32, Tiny ImageNet's 64x64, ...), or `data.image_size`
 says the side to resize every image to once, when decoding: shorter side to that size (antialiased;
 a large JPEG is first decoded reduced in the DCT domain, to no less than twice that size), then the
 central square. Channels: grey when every
 image of the training folder is grey (1 channel, as MNIST), else RGB (grey images replicated), or
-those of the weights a fine-tuned network starts from.
+those of the weights a fine-tuned network starts from (or of the checkpoint `evaluate` tests). Pixels
+are read as `predict` and the ImageNet recipe read them (`images.pil_array`: 16-bit and float images
+by their real range).
 """
 
 from __future__ import annotations
 
-import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from resnetlab.data.cache import cache_path, cached, fingerprint, remove_stale
 from resnetlab.data.imagenet import resolve_workers
-from resnetlab.data.images import Sample, center_view, read_bytes
+from resnetlab.data.images import Sample, center_view, is_grey, open_pil, pil_array, read_bytes
 from resnetlab.data.ondevice import image_stats
 from resnetlab.errors import UserError
 from resnetlab.utils.loader import data_loader
 
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+CIFAR_SIDE = 32  # the side the CIFAR recipe and its networks were made for (sec. 4.2)
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What a refusal tells the user to do, in the terms of the command that runs (train's data.*
+    keys, evaluate's flags)."""
+
+    skip: str = "set data.skip_corrupt=true to skip such files"
+    size: str = "set data.image_size=N to resize every image to NxN once when decoding, or data.recipe=imagenet"
+
+
+TRAIN_HINTS = Hints()
 
 
 class _Decoded(Dataset):
-    """Item i: (uint8 (C, H, W), None) or (None, (path, the reason read_bytes gave or None)).
-    channels None: 1 for a grey image, 3 else."""
+    """Item i: (uint8 (C, H, W), None) or (None, (path, the one-line reason it cannot be read)).
+    channels None: 1 for a grey image, 3 else. Pixels as every reader has them (`pil_array`)."""
 
     def __init__(self, samples: list[Sample], *, image_size: int, channels: int | None):
         self.samples, self.image_size, self.channels = samples, image_size, channels
@@ -47,22 +60,17 @@ class _Decoded(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[Tensor | None, tuple[str, str | None] | None]:
+    def __getitem__(self, i: int) -> tuple[Tensor | None, tuple[str, str] | None]:
         path = self.samples[i][0]
         try:
-            data = read_bytes(path)
-        except UserError as e:  # not a regular file, unreadable: read_bytes says which, in one line
-            return None, (path, str(e))
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                grey = self.channels == 1 or (self.channels is None and im.mode in GREY_MODES)
-                mode = "L" if grey else "RGB"
+            data = read_bytes(path)  # a regular file only, size-capped
+            with open_pil(data, path) as im:  # corrupt, or a decompression bomb: one line saying which
+                grey = self.channels == 1 or (self.channels is None and is_grey(im.mode))
                 if self.image_size:  # a large JPEG decoded at 1/2..1/8 size, still >= 2x the target side
                     im.draft(im.mode, (2 * self.image_size, 2 * self.image_size))
-                x = torch.from_numpy(np.array(im.convert(mode)))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            return None, (path, None)
-        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (H, W) or (H, W, 3) -> (C, H, W)
+                x = torch.from_numpy(pil_array(im, path, grey=grey)).permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
+        except UserError as e:
+            return None, (path, str(e))
         if self.image_size:
             x = center_view(x, self.image_size, resize=self.image_size)
         return x.contiguous(), None
@@ -88,6 +96,7 @@ def decode_images(
     workers: int | None = 0,
     skip_corrupt: bool = False,
     folder: Path | str = "",
+    hints: Hints = TRAIN_HINTS,
 ) -> tuple[Tensor, Tensor, list[str]]:
     """(images uint8 (N, C, S, S), labels int64 (N,), unreadable paths skipped) of `samples`, in order.
 
@@ -106,22 +115,18 @@ def decode_images(
         start += len(errors)
         bad = [error for error in errors if error is not None]
         if bad and not skip_corrupt:
-            path, reason = bad[0]
-            hint = "set data.skip_corrupt=true to skip such files"
-            raise UserError(
-                f"{reason} ({hint})" if reason else f"cannot read image {path}: corrupt or not an image ({hint})"
-            )
+            raise UserError(f"{bad[0][1]} ({hints.skip})")
         skipped += [path for path, _ in bad]
         if not rows:
             continue
         first = first or (samples[rows[0]][0], images[0].shape[-2:])
         for row, x in zip(rows, images if isinstance(images, list) else images[:1]):
             if x.shape[-2:] != first[1] or x.shape[-1] != x.shape[-2]:
-                _refuse_size(folder, first, (samples[row][0], x.shape[-2:]))
+                _refuse_size(folder, first, (samples[row][0], x.shape[-2:]), hints)
         if isinstance(images, list):  # sizes agree, channels not: cannot happen after _collate
             images = torch.stack(images)
         if images.shape[-2:] != first[1]:
-            _refuse_size(folder, first, (samples[rows[0]][0], images.shape[-2:]))
+            _refuse_size(folder, first, (samples[rows[0]][0], images.shape[-2:]), hints)
         parts.append(images)
         kept += rows
     if not parts:
@@ -132,13 +137,10 @@ def decode_images(
     return torch.cat(parts), labels, skipped
 
 
-def _refuse_size(folder, first: tuple[str, torch.Size], other: tuple[str, torch.Size]) -> None:
+def _refuse_size(folder, first: tuple[str, torch.Size], other: tuple[str, torch.Size], hints: Hints) -> None:
     (a, (ha, wa)), (b, (hb, wb)) = first, other
     what = f"{b} is {wb}x{hb}, not square" if hb != wb else f"{a} is {wa}x{ha} but {b} is {wb}x{hb}"
-    raise UserError(
-        f"{folder}: the CIFAR recipe needs images of one square size ({what}); set data.image_size=N to "
-        "resize every image to NxN once when decoding, or data.recipe=imagenet"
-    )
+    raise UserError(f"{folder}: the CIFAR recipe needs images of one square size ({what}); {hints.size}")
 
 
 def decoded_split(
@@ -150,14 +152,19 @@ def decoded_split(
     channels: int | None,
     workers: int | None,
     skip_corrupt: bool,
+    cache: str = "user",
+    hints: Hints = TRAIN_HINTS,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, Any]:
-    """`decode_images` of one split of the tree at `root`, through the decoded cache (see module doc):
-    {"images", "labels", "skipped", and the split's `image_stats`: "mean_pixel", "mean_channel", "std"}."""
+    """`decode_images` of one split of the tree at `root`, through the decoded cache (`cache.py`;
+    `cache`: data.cache): {"images", "labels", "skipped", and the split's `image_stats`: "mean_pixel",
+    "mean_channel", "std"}. A cache is used only if it holds this list's labels, in order, and tensors
+    of the shapes it claims."""
     settings = {"what": "decoded", "image_size": image_size, "channels": channels, "skip_corrupt": skip_corrupt}
-    key = fingerprint(root, samples, settings)[:16]
-    path = cache_path(root, f".resnetlab-decoded-{split}-{image_size}-{channels or 'auto'}-{key}.pt")
+    key = fingerprint(root, samples, settings)
+    stem = f"decoded-{split}-{image_size}-{channels or 'auto'}-"
+    path = cache_path(root, f"{stem}{key[:16]}.pt", cache)
 
     def compute() -> dict:
         images, labels, skipped = decode_images(
@@ -167,11 +174,56 @@ def decoded_split(
             workers=workers,
             skip_corrupt=skip_corrupt,
             folder=root / split,
+            hints=hints,
         )
-        remove_stale(path, path.name.removesuffix(f"{key}.pt"))
+        if path is not None:
+            remove_stale(path, path.name.removesuffix(f"{key[:16]}.pt"))
         # The split's statistics too: on 50,000 images they cost as much as the rest of a cached start.
         (mean_pixel, std), (mean_channel, _) = image_stats(images, per="pixel"), image_stats(images, per="channel")
         stats = {"mean_pixel": mean_pixel, "mean_channel": mean_channel, "std": std}
         return {"images": images, "labels": labels, "skipped": skipped, **stats}
 
-    return cached(path, compute, rank=rank, world_size=world_size)
+    def check(value: dict) -> str | None:
+        return _check_decoded(value, samples, channels=channels, image_size=image_size)
+
+    return cached(path, compute, key=key, check=check, rank=rank, world_size=world_size)
+
+
+def _check_decoded(value: dict, samples: list[Sample], *, channels: int | None, image_size: int) -> str | None:
+    """What is wrong with a decoded cache of `samples`, or None: the images, the labels of the files
+    not skipped (in the list's order), the statistics, their types and shapes."""
+    images, labels, skipped = value.get("images"), value.get("labels"), value.get("skipped")
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        return "it holds no uint8 image tensor (N, C, H, W)"
+    if not isinstance(skipped, list) or not all(isinstance(p, str) for p in skipped):
+        return "it holds no list of the files left out"
+    left_out = set(skipped)
+    expected = [label for path, label in samples if path not in left_out]
+    if len(expected) + len(left_out) != len(samples):
+        return "it leaves out files that are not in the folder"
+    if len(images) != len(expected):
+        return f"it holds {len(images)} images, the folder {len(expected)}"
+    if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.tolist() != expected:
+        return "its labels are not those of the folder's files"
+    c, h, w = images.shape[1:]
+    if c not in (1, 3) or (channels and c != channels) or (image_size and (h, w) != (image_size, image_size)):
+        return f"its images are {c}x{h}x{w}"
+    shapes = {"mean_pixel": (c, h, w), "mean_channel": (c, 1, 1), "std": (c, 1, 1)}
+    for name, shape in shapes.items():
+        t = value.get(name)
+        if not isinstance(t, Tensor) or not t.is_floating_point() or t.shape != shape or not t.isfinite().all():
+            return f"its {name} is not a finite tensor of shape {shape}"
+    return None
+
+
+def large_for_cifar(side: int, *, image_size: int, model: str, nbytes: int) -> str | None:
+    """A warning when the CIFAR recipe is about to train on large images as they are (data.image_size
+    not given): a network made for 32x32 inputs then runs at the images' size."""
+    if image_size or side <= 2 * CIFAR_SIDE:
+        return None
+    return (
+        f"the training images are {side}x{side}, large for the CIFAR recipe: {model} trains on them as they are, "
+        f"at about {(side / CIFAR_SIDE) ** 2:.0f}x the compute of a 32x32 image, and the decoded images take "
+        f"{nbytes / 2**30:.1f} GiB; set data.image_size=32 to resize them once when decoding, or use the ImageNet "
+        "recipe (data.recipe=imagenet with an ImageNet network, e.g. model.name=resnet18)"
+    )

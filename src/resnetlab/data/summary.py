@@ -23,7 +23,7 @@ from resnetlab.errors import UserError
 # Keys that only one recipe reads. The built-in datasets run the CIFAR recipe on the device.
 IMAGENET_ONLY = ("scale_min", "scale_max", "crop", "lighting", "decode", "loader", "mean_samples")
 CIFAR_ONLY = ("pad", "image_size")
-FOLDER_ONLY = ("recipe", "image_size", "eval_split", "workers", "skip_corrupt")
+FOLDER_ONLY = ("recipe", "image_size", "eval_split", "workers", "skip_corrupt", "cache")
 FOLDERS = ("imagenet", "imagefolder")
 
 

@@ -102,12 +102,11 @@ class _Views(Dataset):
         if not Path(path).exists():
             return None, i, "does not exist"
         try:
-            img = read_image(path)  # a regular file only (a FIFO is refused, never waited on), by its real range
+            # a regular file only (a FIFO is refused, never waited on), by its real range, grey as training makes it
+            img = read_image(path, channels=1 if self.grey else 3)
         except UserError as e:
             why = re.sub(r"^ \(\w+\)", "", str(e).removeprefix(f"cannot read image {path}")).removeprefix(": ")
             return None, i, f"cannot read: {why}"
-        if self.grey:
-            img = img.float().mean(0, keepdim=True).round().to(torch.uint8)  # grey models (MNIST)
         return center_view(img, self.crop, self.resize), i, None
 
 

@@ -2,8 +2,9 @@
 
 ImageNet / ImageFolder checkpoints read DIR/<split>/CLASS/*.JPEG (DIR = data_dir/imagenet for
 "imagenet", data_dir for "imagefolder"; split: --split, else the checkpoint's data.eval_split, else
-val). The CIFAR / MNIST family, and ImageFolder checkpoints trained with the CIFAR recipe, are tested
-the paper's way, on the single original image, through `resnetlab.data.build_data`.
+val). The CIFAR / MNIST family are tested the paper's way, on the single original image, through
+`resnetlab.data.build_data`; ImageFolder checkpoints trained with the CIFAR recipe too, on the decoded
+images of their split alone (`_evaluate_small_folder`).
 """
 
 from __future__ import annotations
@@ -153,17 +154,87 @@ def _evaluate_images(
     }
 
 
+def _evaluate_small_folder(
+    models: list[LoadedModel],
+    *,
+    data_dir: str,
+    split: str,
+    batch_size: int,
+    workers: int,
+    skip_corrupt: bool,
+    device: torch.device,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """An ImageFolder checkpoint trained with the CIFAR recipe: the single original image of each file
+    of `split` (sec. 4.2), decoded as training decoded its evaluated folder (`smallfolder.decoded_split`,
+    through the same cache), with the checkpoint's channels (grey or RGB files converted as training
+    converts them) and its data.image_size. Only that folder is read: the model brings its own
+    normalisation, so train/ is not needed. `workers` and `skip_corrupt` are evaluate's flags."""
+    from resnetlab.data.smallfolder import Hints, decoded_split
+
+    model = models[0]
+    data = (from_dict(model.config) if model.config else Config()).data
+    root = eval_folder(_image_root(model, data_dir), split, key="--split")
+    mapping = class_mapping(split_classes(root), model)
+    twice: list[str] = []
+    samples = scan_split(root, mapping, twice=twice)
+    if not samples:
+        raise UserError(f"{root} has no images")
+    size = model.image_size
+    hints = Hints(
+        skip="--skip-corrupt skips it",
+        size=f"{model.path} was trained on {size}x{size} images (data.image_size={data.image_size})",
+    )
+    decoded = decoded_split(
+        root.parent,
+        split,
+        samples,
+        image_size=data.image_size,
+        channels=int(model.meta.get("in_channels") or 3),
+        workers=workers,
+        skip_corrupt=skip_corrupt,
+        cache=data.cache,
+        hints=hints,
+    )
+    x, y = decoded["images"], decoded["labels"]
+    if x.shape[-2:] != (size, size):
+        raise UserError(
+            f"{root} holds {x.shape[-1]}x{x.shape[-2]} images, but {model.path} was trained on {size}x{size} "
+            f"images with the CIFAR recipe; it is tested on images of that size"
+        )
+    top1 = top5 = 0
+    confusion = torch.zeros(model.num_classes, model.num_classes, dtype=torch.int64)
+    starts = range(0, len(x), batch_size)
+    for i in progress(starts, total=len(starts), desc="evaluate", unit="batch", quiet=quiet):
+        probs = ensemble_probs(models, x[i : i + batch_size, None].to(device)).cpu()  # each model's normalisation
+        labels = y[i : i + batch_size]
+        a, b = topk_correct(probs, labels)
+        top1, top5 = top1 + a, top5 + b
+        confusion += confusion_counts(probs, labels)
+    skipped = list(decoded["skipped"])
+    return {
+        "images": len(x),
+        "top1": top1,
+        "top5": top5,
+        "skipped": len(skipped),
+        "skipped_files": skipped[:NAMED],
+        "counted_once": len(twice),
+        "counted_once_files": twice[:NAMED],
+        "root": str(root),
+        "confusion": confusion,
+    }
+
+
 def _evaluate_small(
     models: list[LoadedModel],
     *,
     data_dir: str,
     device: torch.device,
-    split: str = "val",
     quiet: bool = False,
     given: bool = False,
 ) -> dict[str, Any]:
-    """CIFAR / MNIST family and small-image folders: the single original test image (sec. 4.2), via the
-    data contract (a folder's `split` folder is the evaluated one). `given`: data_dir is the user's
+    """CIFAR / MNIST family: the single original test image (sec. 4.2), via the data contract.
+    `given`: data_dir is the user's
     --data-dir, which is read, never downloaded or unpacked into unless it holds the data set already
     (its files, or their archive or .gz files)."""
     try:
@@ -171,12 +242,10 @@ def _evaluate_small(
     except ImportError:
         raise UserError("resnetlab.data.build_data is not available in this install") from None
     cfg = from_dict(models[0].config) if models[0].config else Config()
-    data = dataclasses.replace(cfg.data, val_split=0, augment=False, dir=data_dir, eval_split=split)
+    data = dataclasses.replace(cfg.data, val_split=0, augment=False, dir=data_dir)
     if given:
         _check_holds(cfg.data.name, data_dir)
         data = dataclasses.replace(data, download=False)
-    if _cifar_recipe(models[0]):
-        data = dataclasses.replace(data, recipe="cifar")
     bundle = build_data(dataclasses.replace(cfg, data=data), device)
     # The bundle's batches are normalised with its own mean; undo that, then apply each model's own.
     mean = bundle.meta["mean"].to(device)
@@ -266,7 +335,16 @@ def evaluate_checkpoints(
                 f"{models[0].path} was trained with the CIFAR recipe: it is tested on the single original image "
                 "(sec. 4.2); use --protocol center"
             )
-        r = _evaluate_small(models, data_dir=data_dir, device=dev, split=split, quiet=quiet, given=given)
+        r = _evaluate_small_folder(
+            models,
+            data_dir=data_dir,
+            split=split,
+            batch_size=batch_size,
+            workers=workers,
+            skip_corrupt=skip_corrupt,
+            device=dev,
+            quiet=quiet,
+        )
     elif models[0].dataset in IMAGE_DATASETS:
         r = _evaluate_images(
             models,
