@@ -121,8 +121,12 @@ def decode_image(data: bytes, name: str, *, at_least: tuple[int, int] | None = N
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's; still the fast one
             warnings.simplefilter("ignore", DeprecationWarning)
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB), full
-    except (OSError, RuntimeError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # PIL: UnidentifiedImageError / OSError (truncated); decode_jpeg: RuntimeError (corrupt data)
+    except UserError:
+        raise
+    except Exception as e:
+        # PIL: UnidentifiedImageError / OSError (truncated); decode_jpeg: RuntimeError (corrupt data). A
+        # format PIL half-recognises raises what its plugin happens to raise (a SPIDER image from a
+        # stack: AttributeError): whatever the decoder raised, the file is unreadable, not our bug.
         raise UserError(f"cannot read image {name} ({type(e).__name__}): corrupt or not an image") from None
 
 
