@@ -102,7 +102,7 @@ class _Views(Dataset):
                     return data, full, label, skipped, None
                 img, full = decode_image(data, path, at_least=resized_size(full, shorter))
                 return img, full, label, skipped, None
-            except (UserError, OSError, ValueError, Image.DecompressionBombError) as e:
+            except Exception as e:  # whatever PIL raised, the file is unreadable (images.decode_image)
                 if not self.skip_corrupt:
                     why = str(e) if isinstance(e, UserError) else f"cannot read image {path}: corrupt or not an image"
                     return None, (0, 0), label, skipped, why

@@ -60,7 +60,7 @@ class _Decoded(Dataset):
                 if self.image_size:  # a large JPEG decoded at 1/2..1/8 size, still >= 2x the target side
                     im.draft(im.mode, (2 * self.image_size, 2 * self.image_size))
                 x = torch.from_numpy(np.array(im.convert(mode)))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except Exception:  # whatever PIL raised, the file is unreadable (images.decode_image)
             return None, (path, None)
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (H, W) or (H, W, 3) -> (C, H, W)
         if self.image_size:
