@@ -8,6 +8,7 @@ from the hostile pickle). The inputs are tiny and written once for the whole tab
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import struct
@@ -25,6 +26,8 @@ from resnetlab.utils.checkpoint import save_atomic
 
 TRAIN = ["train", "--preset", "cifar10-resnet20", "--out", "{w}/run", "--device", "cpu", "--set"]
 FM = ["data.name=fashion-mnist", "data.dir={w}/fm", "data.download=false", "train.batch_size=8"]
+SPIDER = ["data.name=imagefolder", "data.dir={w}/spider", "data.workers=2", "data.mean_samples=4", "train.batch_size=4"]
+SPIDER += ["train.max_iters=2", "train.eval_every=2"]
 
 # Nine nested aliases of nine items: 300 bytes that expand to 9**9 strings (~9 GB, 40 s before issue 22).
 BOMB = (
@@ -240,6 +243,25 @@ CASES = [
         ["export", "--checkpoint", "{w}/fm.pt", "--format", "onnx", "--out", "{w}/nodir/x.onnx"],
         "nodir does not exist",
     ),  # fmt: skip
+    # issue 27: an image in an old format that PIL half-recognises (a SPIDER image from a stack, named
+    # .jpg: PIL raises AttributeError) is an unreadable file, through DataLoader workers too; before,
+    # the command said "unexpected" and never exited (the workers ignore SIGTERM)
+    (
+        "SPIDER image, evaluate with workers",
+        ["evaluate", "--checkpoint", "{w}/folder.pt", "--data-dir", "{w}/spider", "--workers", "2"],
+        "b1.jpg (AttributeError): corrupt or not an image",
+    ),  # fmt: skip
+    ("SPIDER image, predict", ["predict", "{w}/spider/val/b", "--checkpoint", "{w}/folder.pt"], "could not be read", 1),
+    (
+        "SPIDER image, train (CIFAR recipe) with workers",
+        TRAIN + [*SPIDER, "data.recipe=cifar"],
+        "b1.jpg: corrupt or not an image",
+    ),  # fmt: skip
+    (
+        "SPIDER image, train (ImageNet recipe) with workers",
+        TRAIN + [*SPIDER, "data.recipe=imagenet", "data.crop=32", "data.scale_min=32", "data.scale_max=40"],
+        "b1.jpg: corrupt or not an image",
+    ),  # fmt: skip
     (
         "COCO json without annotations",
         [
@@ -310,6 +332,19 @@ def _jpeg(path: Path, w: int = 40, h: int = 30) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
 
 
+def spider_stack_member() -> bytes:
+    """A SPIDER image (the electron-microscopy format of 1978, which PIL reads without a magic number)
+    that is one image of a stack saved alone (header word 27, its number in the stack, is 1): PIL
+    recognises it and then raises AttributeError ('SpiderImageFile' object has no attribute 'stkoffset')."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.float32)).save(buf, format="SPIDER")  # little-endian floats
+    data = bytearray(buf.getvalue())
+    data[26 * 4 : 27 * 4] = struct.pack("<f", 1.0)
+    return bytes(data)
+
+
 def _checkpoint(path: Path, model: str, meta: dict, config: dict, weights_of: str | None = None, **options) -> None:
     net = create_model(weights_of or model, **options)
     full = {"model": model, "model_options": options, "num_classes": options["num_classes"], **meta}
@@ -375,6 +410,10 @@ def _world(w: Path) -> None:
     ramp = np.linspace(0, 1000, 12, dtype=np.float32).reshape(3, 4)
     Image.fromarray(ramp).save(w / "floattiff" / "val" / "b" / "b0.tif")
     (w / "twoclasses" / "val" / "b" / "a0.jpg").symlink_to(w / "twoclasses" / "val" / "a" / "a0.jpg")
+    for split in ("train", "val"):  # 32 px, square: either recipe reads them; b1.jpg is the SPIDER image
+        for name in ("a0", "a1", "b0"):
+            _jpeg(w / "spider" / split / name[0] / f"{name}.jpg", 32, 32)
+        (w / "spider" / split / "b" / "b1.jpg").write_bytes(spider_stack_member())
     for split in ("train", "test"):  # a tree with test/ but no val/
         _jpeg(w / "tree" / split / "a" / "a0.jpg")
     for kind, blob in (("corrupt", (w / "good.jpg").read_bytes()[:40]), ("zero", b"")):

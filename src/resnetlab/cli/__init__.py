@@ -48,11 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line(e: BaseException) -> str:
     """The message on one line, without terminal escapes (some libraries colour theirs). An error
-    re-raised from a DataLoader worker carries the worker's traceback: only its last line is kept."""
+    re-raised from a DataLoader worker carries the worker's traceback: only its last line is kept,
+    without its type (the type is the same, and the caller names it)."""
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]
-        text = re.sub(r"^[\w.]*(UserError): ", "", last)
+        text = re.sub(rf"^(?:[\w.]*\.)?(?:UserError|{re.escape(type(e).__name__)}): ", "", last)
     return " ".join(text.split()) or type(e).__name__
 
 

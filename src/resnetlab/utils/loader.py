@@ -6,12 +6,21 @@ Ctrl-C, so the command lost its data in the middle of a step: training could not
 checkpoint, and the command's SIGCHLD handler raised a worker error (a traceback) while it unwound.
 With `quiet_worker` as `worker_init_fn` the workers ignore both; the command stops as it would with
 `--workers 0` and shuts its workers down (they also end when the command dies: torch's watchdog).
+
+Workers that ignore SIGTERM change how the command exits, on any path. A loader's iterator that is
+still alive at exit (an error's traceback holds it; torch's re-raised worker errors are a reference
+cycle, so it lives until the garbage collector runs) keeps its workers running, and multiprocessing's
+exit handler stops daemonic children with SIGTERM and then waits for them: forever.
+`_kill_workers_at_exit` runs before that handler and ends them with SIGKILL instead.
 """
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 import sys
+import threading
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -35,4 +44,35 @@ def _quiet_when_the_command_left(kind: type[BaseException], error: BaseException
 def data_loader(*args: Any, **kwargs: Any) -> DataLoader:
     """torch's `DataLoader(...)` with `quiet_worker` as its `worker_init_fn`: every loader of ours is
     made here (tests/test_loaders.py checks that no other module calls DataLoader itself)."""
+    _register_exit_once()
     return DataLoader(*args, worker_init_fn=quiet_worker, **kwargs)
+
+
+_registered = threading.Lock()
+_exit_registered = False
+
+
+def _register_exit_once() -> None:
+    # atexit runs its callbacks last registered, first run: registered here, after torch imported
+    # multiprocessing (whose exit handler registers at import), ours runs before multiprocessing's.
+    global _exit_registered
+    with _registered:
+        if not _exit_registered:
+            atexit.register(_kill_workers_at_exit)
+            _exit_registered = True
+
+
+def _kill_workers_at_exit() -> None:
+    """End every daemonic child still alive (in this package only DataLoader workers are: no other
+    code of ours starts multiprocessing children) with SIGKILL, which they cannot ignore, and reap it:
+    what multiprocessing's exit handler does next with SIGTERM, which they ignore."""
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    if not children:
+        return
+    if threading.current_thread() is threading.main_thread():
+        # torch's SIGCHLD handler would raise "DataLoader worker ... killed by signal" for each of them
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for p in children:
+        p.kill()
+    for p in children:
+        p.join()
