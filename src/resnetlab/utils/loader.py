@@ -12,6 +12,10 @@ still alive at exit (an error's traceback holds it; torch's re-raised worker err
 cycle, so it lives until the garbage collector runs) keeps its workers running, and multiprocessing's
 exit handler stops daemonic children with SIGTERM and then waits for them: forever.
 `_kill_workers_at_exit` runs before that handler and ends them with SIGKILL instead.
+
+A signal that arrives while the workers are forked runs the command's handler inside an at-fork
+callback (logging's), which reports the exception it raises as "ignored": the stop was lost and the
+command ran on. SIGTERM and SIGINT are held while a loader starts its workers, and arrive after.
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+STOPS = {signal.SIGTERM, signal.SIGINT}
+
 
 def quiet_worker(worker_id: int) -> None:
     """`worker_init_fn` for every DataLoader of ours (it runs after torch set its worker handlers)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # held while the command forked it (`_Loader`)
     sys.excepthook = _quiet_when_the_command_left
 
 
@@ -45,7 +52,16 @@ def data_loader(*args: Any, **kwargs: Any) -> DataLoader:
     """torch's `DataLoader(...)` with `quiet_worker` as its `worker_init_fn`: every loader of ours is
     made here (tests/test_loaders.py checks that no other module calls DataLoader itself)."""
     _register_exit_once()
-    return DataLoader(*args, worker_init_fn=quiet_worker, **kwargs)
+    return _Loader(*args, worker_init_fn=quiet_worker, **kwargs)
+
+
+class _Loader(DataLoader):
+    def __iter__(self):  # starts the workers (on the first call, with persistent workers)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile arrives now
 
 
 _registered = threading.Lock()
