@@ -90,6 +90,9 @@ CASES = [
         "--threshold",
     ),  # fmt: skip
     ("missing checkpoint", ["evaluate", "--checkpoint", "{w}/nope.pt"], "nope.pt"),
+    # issue 27: a terminal escape typed in a path is shown escaped; it was removed, and the line named
+    # fm.pt, which exists, as missing
+    ("checkpoint typed with an escape", ["evaluate", "--checkpoint", "{w}/fm\x1b[0m.pt"], "fm\\x1b[0m.pt does not"),
     ("truncated checkpoint", ["evaluate", "--checkpoint", "{w}/truncated.pt"], "truncated"),
     ("checkpoint of another model", ["evaluate", "--checkpoint", "{w}/other.pt"], "cifar_resnet32"),
     (

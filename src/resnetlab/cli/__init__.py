@@ -22,6 +22,7 @@ from collections.abc import Callable
 from resnetlab import __version__
 from resnetlab.cli.args import Parser
 from resnetlab.errors import UserError
+from resnetlab.utils.text import printable
 
 # Modules under resnetlab.cli, in the order their commands appear in `--help`. Their top level and
 # `register` import no torch: `--help` answers at once; each handler imports what it needs.
@@ -47,14 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(e: BaseException) -> str:
-    """The message on one line, without terminal escapes (some libraries colour theirs). An error
-    re-raised from a DataLoader worker carries the worker's traceback: only its last line is kept,
-    without its type (the type is the same, and the caller names it)."""
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
+    """The message on one line, its lines joined by spaces and every other character a terminal would
+    act on written escaped (`printable`: ESC as \\x1b), not removed: a path typed with an escape in it
+    must not be shown as another path, one that may exist. An error re-raised from a DataLoader
+    worker carries the worker's traceback: only its last line is kept, without its type (the type is
+    the same, and the caller names it)."""
+    text = str(e)
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]
         text = re.sub(rf"^(?:[\w.]*\.)?(?:UserError|{re.escape(type(e).__name__)}): ", "", last)
-    return " ".join(text.split()) or type(e).__name__
+    return printable(" ".join(text.split())) or type(e).__name__
 
 
 class Terminated(BaseException):
