@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.util  # registers multiprocessing's exit handler: before ours (atexit)
 import signal
 import sys
 import threading
@@ -50,8 +51,7 @@ def _quiet_when_the_command_left(kind: type[BaseException], error: BaseException
 
 def data_loader(*args: Any, **kwargs: Any) -> DataLoader:
     """torch's `DataLoader(...)` with `quiet_worker` as its `worker_init_fn`: every loader of ours is
-    made here (tests/test_loaders.py checks that no other module calls DataLoader itself)."""
-    _register_exit_once()
+    made here (tests/utils/test_loader.py checks that no other module calls DataLoader itself)."""
     return _Loader(*args, worker_init_fn=quiet_worker, **kwargs)
 
 
@@ -62,20 +62,6 @@ class _Loader(DataLoader):
             return super().__iter__()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile arrives now
-
-
-_registered = threading.Lock()
-_exit_registered = False
-
-
-def _register_exit_once() -> None:
-    # atexit runs its callbacks last registered, first run: registered here, after torch imported
-    # multiprocessing (whose exit handler registers at import), ours runs before multiprocessing's.
-    global _exit_registered
-    with _registered:
-        if not _exit_registered:
-            atexit.register(_kill_workers_at_exit)
-            _exit_registered = True
 
 
 def _kill_workers_at_exit() -> None:
@@ -92,3 +78,7 @@ def _kill_workers_at_exit() -> None:
         p.kill()
     for p in children:
         p.join()
+
+
+# atexit runs the callback registered last first: ours, then multiprocessing's (imported above).
+atexit.register(_kill_workers_at_exit)
