@@ -531,3 +531,21 @@ def test_a_failed_torchvision_download_leaves_no_cache_folder(world, tmp_path):
     lines = r.stderr.splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "cannot fetch" in lines[0], r.stderr[-3000:]
     assert not home.exists() and _snapshot(w) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
+def test_skip_corrupt_skips_the_spider_image_and_trains(world, tmp_path, recipe):
+    """With data.skip_corrupt the SPIDER image is left out and named, under both recipes, with workers
+    (before: "unexpected" and a command that never exited)."""
+    w, env = world
+    argv = [*TRAIN, *SPIDER, f"data.recipe={recipe}", "data.skip_corrupt=true", "train.batch_size=2"]
+    argv = [a.replace("{w}", str(w)) for a in argv if a != "train.batch_size=4"]
+    argv[argv.index("{w}/run".replace("{w}", str(w)))] = str(tmp_path / "run")
+    if recipe == "imagenet":
+        argv += ["data.crop=32", "data.scale_min=32", "data.scale_max=40"]
+    r = subprocess.run(
+        [sys.executable, "-m", "resnetlab", *argv], cwd=w, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "b1.jpg" in r.stdout and (tmp_path / "run" / "final.pt").exists()
