@@ -240,8 +240,14 @@ def test_every_size_count_and_depth_has_a_real_upper_bound():
             "data.eval_split: must be one folder name (no '/', not empty, '.' or '..'), got 'val/b'",
         ),
         ("data.eval_split=..", "data.eval_split: must be one folder name"),
-        ("data.dir=/tmp/" + "d" * 256, "data.dir: must be a path whose every name is at most 255 bytes, got '/tmp/ddd"),
-        ("train.init_from=" + "w/" * 2100, "train.init_from: must be a path whose every name is at most 255 bytes"),
+        (
+            "data.dir=/tmp/" + "d" * 256,
+            "data.dir: must be a path of at most 4095 bytes, each name in it at most 255, got '/tmp/ddd",
+        ),
+        (
+            "train.init_from=" + "w/" * 2100,
+            "train.init_from: must be a path of at most 4095 bytes, each name in it at most 255",
+        ),
     ],
 )
 def test_file_names_a_file_system_cannot_hold_are_refused_at_load(override, message):

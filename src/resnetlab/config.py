@@ -331,7 +331,9 @@ def _name_problem(key: str, value: str) -> str | None:
     if key in NAME_KEYS and ("/" in value or value in ("", ".", "..")):
         return "must be one folder name (no '/', not empty, '.' or '..')"
     if len(value.encode()) > PATH_MAX or any(len(n.encode()) > NAME_MAX for n in names):
-        return f"must be a {'path whose every name is' if key in PATH_KEYS else 'name of'} at most {NAME_MAX} bytes"
+        if key in PATH_KEYS:
+            return f"must be a path of at most {PATH_MAX} bytes, each name in it at most {NAME_MAX}"
+        return f"must be a name of at most {NAME_MAX} bytes"
     return None
 
 
