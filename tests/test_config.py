@@ -226,7 +226,7 @@ def test_every_size_count_and_depth_has_a_real_upper_bound():
             high = int(rng.high) if float(rng.high).is_integer() else rng.high
             if not rng.high_open:
                 with pytest.raises(
-                    UserError, match=rf"^{key.strip('[]')}: must be in [[(].*, {high}\](?: \(or null\))?, got "
+                    UserError, match=rf"^{key.strip('[]')}: must be in [(\[].*, {high}\](?: \(or null\))?, got "
                 ):
                     apply_overrides(base, [_set(key, str(high + 1))])
 
