@@ -74,7 +74,7 @@ def test_override_values_are_parsed_as_yaml_and_typed():
         ("train.channels_last=1", ["train.channels_last", "true or false"]),
         ("model.shortcut=D", ["model.shortcut", "'A'"]),
         ("optim.milestones=[48000,32000]", ["optim.milestones", "increasing"]),
-        ("train.batch_size=0", ["train.batch_size", ">= 1"]),
+        ("train.batch_size=0", ["train.batch_size", "in [1, 65536]"]),
         ("optim.lr=-0.1", ["optim.lr", "> 0"]),
     ],
 )
@@ -206,8 +206,56 @@ def test_no_number_key_takes_a_negative_or_huge_value():
                 apply_overrides(base, [_set(key, "-1")])
         for key in _number_keys(root, int):
             if key != "train.seed":
-                with pytest.raises(UserError, match=rf"^{key.strip('[]')}: must be <= 2147483647"):
+                with pytest.raises(UserError, match=rf"^{key.strip('[]')}: must be (<= 2147483647|in \[)"):
                     apply_overrides(base, [_set(key, "1e20")])
+
+
+def test_every_size_count_and_depth_has_a_real_upper_bound():
+    """Each key with a bound below 2**31 - 1, in each tree that has it: one past the bound is refused in
+    one line naming the key and the range, the bound itself loads. `data.pad=2147483647` overflowed,
+    `data.image_size=2147483647` asked for a 2**62-pixel tensor, both as "unexpected" errors."""
+    from resnetlab.config import INT_LIMIT, RANGES
+
+    bounded = {key: rng for key, rng in RANGES.items() if rng.high is not None and rng.high < INT_LIMIT}
+    assert {"data.pad", "data.image_size", "data.crop", "data.workers", "model.depth", "train.batch_size"} <= set(
+        bounded
+    )
+    for root, base in _trees():
+        for key in set(bounded) & set(_number_keys(root, int) + _number_keys(root, float)):
+            rng = bounded[key.strip("[]")]
+            high = int(rng.high) if float(rng.high).is_integer() else rng.high
+            if not rng.high_open:
+                with pytest.raises(
+                    UserError, match=rf"^{key.strip('[]')}: must be in [(\[].*, {high}\](?: \(or null\))?, got "
+                ):
+                    apply_overrides(base, [_set(key, str(high + 1))])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.eval_split=" + "v" * 300, "data.eval_split: must be a name of at most 255 bytes, got 'vvvv"),
+        (
+            "data.eval_split=val/b",
+            "data.eval_split: must be one folder name (no '/', not empty, '.' or '..'), got 'val/b'",
+        ),
+        ("data.eval_split=..", "data.eval_split: must be one folder name"),
+        (
+            "data.dir=/tmp/" + "d" * 256,
+            "data.dir: must be a path of at most 4095 bytes, each name in it at most 255, got '/tmp/ddd",
+        ),
+        (
+            "train.init_from=" + "w/" * 2100,
+            "train.init_from: must be a path of at most 4095 bytes, each name in it at most 255",
+        ),
+    ],
+)
+def test_file_names_a_file_system_cannot_hold_are_refused_at_load(override, message):
+    with pytest.raises(UserError) as e:
+        apply_overrides(Config(), [override])
+    assert str(e.value).startswith(message)
+    name = "d" * 255  # the longest a file system holds: loads
+    assert apply_overrides(Config(), [f"data.dir=/tmp/{name}", f"data.eval_split={name}"]).data.eval_split == name
 
 
 @pytest.mark.parametrize(
@@ -223,7 +271,7 @@ def test_no_number_key_takes_a_negative_or_huge_value():
         ("optim.plateau_threshold=-0.1", "optim.plateau_threshold: must be >= 0, got -0.1"),
         ("optim.milestones=[400,400]", "optim.milestones: must be strictly increasing, got [400, 400]"),
         ("optim.milestones=[0,400]", "optim.milestones: must be >= 1, got 0"),
-        ("data.workers=-5", "data.workers: must be >= 0 (or null), got -5"),
+        ("data.workers=-5", "data.workers: must be in [0, 256] (or null), got -5"),
         ("data.mean_samples=-1", "data.mean_samples: must be >= 1, got -1"),
         ("train.seed=4294967296", "train.seed: must be in [0, 4294967295], got 4294967296"),
         ("train.max_iters=1e20", "train.max_iters: must be <= 2147483647, got 100000000000000000000"),

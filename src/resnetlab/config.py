@@ -291,14 +291,29 @@ INT_LIMIT = 2**31 - 1  # no count or size of a config is larger; 1e20 would pass
 
 # The natural range of number keys, by `section.key` in every config tree (detection shares the names).
 # A number key not listed here, a new one included, must be >= 0 (no count, size, rate or factor of
-# either tree is negative); every integer is at most INT_LIMIT, every float finite (`_check`).
+# either tree is negative); every integer is at most INT_LIMIT, every float finite (`_check`). Sizes,
+# processes and depths have a real upper bound: 2**31 - 1 passed and overflowed a tensor's size or
+# never ended deep inside a run.
+MAX_SIDE = 4096  # pixels: an image side to resize to or crop (the paper's largest is 640, its multi-scale test)
+MAX_BATCH = 65536  # the largest batch ResNet-50 has been trained with (Ying et al. 2018: 64k on a TPU pod)
 RANGES: dict[str, Range] = {
     **{key: Range(1) for key in TRAIN_COUNTS},
+    "train.batch_size": Range(1, MAX_BATCH),
+    "train.eval_batch_size": Range(1, MAX_BATCH),
     "train.seed": Range(0, 2**32 - 1),  # what torch and numpy seeding accept
-    "model.depth": Range(1),
-    "data.scale_min": Range(1),
-    "data.scale_max": Range(1),
-    "data.crop": Range(1),
+    "model.depth": Range(1, 2000),  # the paper's deepest is 1202
+    "model.pool_size": Range(0, 64),  # detection: RoI side (14)
+    "model.anchor_sizes": Range(0, MAX_SIDE),
+    "data.scale_min": Range(1, MAX_SIDE),
+    "data.scale_max": Range(1, MAX_SIDE),
+    "data.crop": Range(1, MAX_SIDE),
+    "data.min_size": Range(0, MAX_SIDE),  # detection (600)
+    "data.max_size": Range(0, MAX_SIDE),  # detection (1000)
+    "data.image_size": Range(0, 1024),  # CIFAR recipe: the whole split stays decoded on the device at this side
+    "data.pad": Range(0, 256),  # CIFAR recipe: 4 in the paper; a pad past the image's side crops padding only
+    "data.workers": Range(0, 256),  # DataLoader processes
+    "data.shapes_images": Range(0, 100_000),  # detection's synthetic set, generated in memory
+    "data.shapes_size": Range(0, 1024),
     "data.mean_samples": Range(1),
     "optim.lr": Range(0, low_open=True),
     "optim.momentum": Range(0, 1, high_open=True),
@@ -311,14 +326,38 @@ RANGES: dict[str, Range] = {
 }
 
 
+# String keys that name files: a path (each name in it) or one folder name below data.dir. Checked
+# against what a file system holds, so that a name too long is one line here, not ENAMETOOLONG (exit 1)
+# deep inside a run.
+PATH_KEYS = ("data.dir", "train.init_from", "model.pretrained")
+NAME_KEYS = ("data.eval_split",)
+NAME_MAX, PATH_MAX = 255, 4095  # bytes (Linux, macOS)
+
+
+def _name_problem(key: str, value: str) -> str | None:
+    names = value.split("/") if key in PATH_KEYS else [value]
+    if key in NAME_KEYS and ("/" in value or value in ("", ".", "..")):
+        return "must be one folder name (no '/', not empty, '.' or '..')"
+    if len(value.encode()) > PATH_MAX or any(len(n.encode()) > NAME_MAX for n in names):
+        if key in PATH_KEYS:
+            return f"must be a path of at most {PATH_MAX} bytes, each name in it at most {NAME_MAX}"
+        return f"must be a name of at most {NAME_MAX} bytes"
+    return None
+
+
 def check_ranges(cfg: Any) -> None:
     """UserError for the first number of a config tree (list items included) outside its range
-    (`RANGES`, else >= 0; integers at most INT_LIMIT)."""
+    (`RANGES`, else >= 0; integers at most INT_LIMIT), or the first file name too long for a file
+    system (`PATH_KEYS`, `NAME_KEYS`)."""
     for section, section_tp in _section_types(type(cfg)).items():
         values = getattr(cfg, section)
         for name, tp in _section_types(section_tp).items():
             key, value = f"{section}.{name}", getattr(values, name)
             rng = RANGES.get(key, Range(0))
+            if isinstance(value, str) and (key in PATH_KEYS or key in NAME_KEYS):
+                problem = _name_problem(key, value)
+                if problem:
+                    raise UserError(f"{key}: {problem}, got {shown(value)}")
             for v in value if isinstance(value, tuple) else (value,):
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     continue

@@ -15,6 +15,8 @@ import signal
 import sys
 from collections.abc import Callable
 
+from resnetlab.utils.text import printable
+
 DEBUG_ENV = "RESNETLAB_DEBUG"
 
 
@@ -28,13 +30,16 @@ class Terminated(BaseException):
 
 
 def one_line(e: BaseException) -> str:
-    """The message on one line, without terminal escapes (some libraries colour theirs). An error
-    re-raised from a DataLoader worker carries the worker's traceback: only its last line is kept."""
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
+    """The message on one line, its lines joined by spaces and every other character a terminal would
+    act on written escaped (`printable`: ESC as \\x1b), not removed: a path typed with an escape in it
+    must not be shown as another path, one that may exist. An error re-raised from a DataLoader
+    worker carries the worker's traceback: only its last line is kept, without its type (the type is
+    the same, and the caller names it)."""
+    text = str(e)
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]
-        text = re.sub(r"^[\w.]*(UserError): ", "", last)
-    return " ".join(text.split()) or type(e).__name__
+        text = re.sub(rf"^(?:[\w.]*\.)?(?:UserError|{re.escape(type(e).__name__)}): ", "", last)
+    return printable(" ".join(text.split())) or type(e).__name__
 
 
 def guarded(command: Callable[[], int], debug: Callable[[], bool] = lambda: False) -> int:

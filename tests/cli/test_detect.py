@@ -55,3 +55,24 @@ def test_errors_are_one_line(run, tmp_path, capsys):
     assert "presets: " in capsys.readouterr().err
     assert main(["detect", "train", "--preset", "shapes-cifar-c4", "--out", str(run / "run")]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("terminal, flags", [(False, []), (True, ["--quiet"])])
+def test_evaluate_draws_no_bar_in_a_log_or_with_quiet(run, capsys, monkeypatch, terminal, flags):
+    # the bar was raw tqdm: drawn into a redirected stderr, and with --quiet (detect train's evaluations)
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    capsys.readouterr()
+    argv = ["detect", "evaluate", "--checkpoint", str(run / "run" / "final.pt"), "--device", "cpu", *flags]
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_evaluate_draws_its_bar_on_a_terminal(run, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    capsys.readouterr()
+    assert main(["detect", "evaluate", "--checkpoint", str(run / "run" / "final.pt"), "--device", "cpu"]) == 0
+    assert "detect" in capsys.readouterr().err

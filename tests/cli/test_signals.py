@@ -3,6 +3,7 @@ a real `resnetlab evaluate` process, signalled while it evaluates."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import struct
@@ -45,11 +46,19 @@ def slow_evaluation(tmp_path_factory) -> list[str]:
     return ["evaluate", "--checkpoint", str(w / "fm.pt"), "--device", "cpu", "--workers", "0", "--batch-size", "50"]
 
 
-def evaluating(argv: list[str], **popen: bool) -> subprocess.Popen:
-    """`python -m resnetlab ARGV` started and half a second into its evaluation."""
+def default_sigint() -> None:
+    """`preexec_fn` of every command these tests signal: SIGINT as a terminal leaves it. Started with
+    SIGINT ignored (`make test &`, nohup, a CI runner), Python installs no KeyboardInterrupt handler
+    and the command would never see the test's SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def evaluating(argv: list[str], *, lead: list[str] | None = None, **popen: bool) -> subprocess.Popen:
+    """`python -m resnetlab ARGV` (or `python LEAD ARGV`) started and half a second into its evaluation."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "resnetlab", *argv]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    cmd = [sys.executable, *(lead or ["-m", "resnetlab"]), *argv]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, **pipes, preexec_fn=default_sigint, **popen)
     first = proc.stdout.readline()  # "data: ..." once the command runs (torch imported, handler set)
     assert first.startswith("data:"), (first, proc.communicate()[1])
     time.sleep(0.5)  # inside the evaluation (its loader workers running, where it has them)
@@ -97,6 +106,41 @@ def test_sigterm_to_the_whole_group_with_data_workers_is_one_line(folder_evaluat
     assert err.strip().splitlines() == ["terminated"], err[-3000:]
 
 
+# The command with an error planted in its DataLoader workers: reading any image file raises LookupError.
+PLANTED = """
+import sys
+import resnetlab.data.images
+
+def planted(*args, **kwargs):
+    raise LookupError("planted in a worker")
+
+resnetlab.data.images.read_bytes = planted
+from resnetlab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_unexpected_error_in_a_data_worker_ends_the_command_within_seconds(folder_evaluation):
+    # A worker's error re-raised in the command is a reference cycle (torch's ExceptionWrapper): the
+    # loader outlives it until exit, and multiprocessing's exit handler waited forever on workers that
+    # ignore SIGTERM (the command printed its one line and never exited).
+    proc = evaluating(folder_evaluation, lead=["-c", PLANTED], start_new_session=True)
+    try:
+        err = ""
+        while not err.startswith("error:") and proc.poll() is None:
+            err = proc.stderr.readline()
+        said = time.monotonic()
+        rest = proc.communicate(timeout=60)[1]
+        assert time.monotonic() - said < 15
+        assert proc.returncode == 1 and "error: LookupError: planted in a worker (unexpected" in err, err + rest
+        assert rest == "", rest
+        with pytest.raises(ProcessLookupError):  # no worker is left in its process group
+            os.killpg(proc.pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
 def test_a_signal_to_the_whole_group_during_training_with_data_workers_checkpoints(tmp_path, sig, code):
     # The ImageNet recipe reads files through DataLoader workers; a scheduler's cancel (SIGTERM) or a
@@ -114,7 +158,7 @@ def test_a_signal_to_the_whole_group_during_training_with_data_workers_checkpoin
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "resnetlab", *argv]
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc = subprocess.Popen(cmd, env=env, **pipes, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, **pipes, start_new_session=True, preexec_fn=default_sigint)
     deadline = time.time() + 120
     for line in proc.stdout:  # training has started: its workers are feeding it
         if line.startswith("iter 4:"):

@@ -266,6 +266,42 @@ def test_rgb_weights_on_grey_images_through_the_cli(tmp_path):
     assert final["meta"]["in_channels"] == 1 and final["meta"]["mean"].shape[0] == 1
 
 
+def test_grey_weights_on_rgb_images_through_the_cli(tmp_path):
+    """Grey weights (a 1-channel network of ours) on a folder of RGB images under the CIFAR recipe:
+    refused in one line naming train.init_channels, as docs/finetune.md says (the images were decoded
+    as grey to fit the weights, silently); with adapt, conv1's filter is spread over R, G, B / 3."""
+    from PIL import Image
+
+    from resnetlab.models import create_model
+    from resnetlab.utils.checkpoint import save_atomic
+
+    rng = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in "ab":
+            (tmp_path / "rgb" / split / c).mkdir(parents=True)
+            for i in range(3):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "rgb" / split / c / f"{i}.png")
+    net = create_model("cifar_resnet20", num_classes=10, in_channels=1)
+    meta = {"dataset": "fashion-mnist", "classes": [str(i) for i in range(10)], "num_classes": 10, "in_channels": 1,
+            "image_size": 28, "mean": torch.full((1, 28, 28), 0.3), "std": None, "model": "cifar_resnet20",
+            "model_options": {"num_classes": 10, "in_channels": 1}}  # fmt: skip
+    save_atomic({"model": net.state_dict(), "config": {}, "meta": meta}, tmp_path / "grey.pt")
+    argv = ["train", "--preset", "cifar10-resnet20", "--device", "cpu", "--set", "data.name=imagefolder"]
+    argv += [f"data.dir={tmp_path / 'rgb'}", "data.workers=0", f"train.init_from={tmp_path / 'grey.pt'}"]
+    argv += ["train.freeze=[stem]", *ONE_ITER]
+    refused = resnetlab(*argv, "--out", str(tmp_path / "a"))
+    assert refused.returncode == 2 and not (tmp_path / "a").exists(), refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert "trained on 1-channel images, the data has 3" in line and "train.init_channels=adapt" in line
+    run = resnetlab(*argv, "train.init_channels=adapt", "--out", str(tmp_path / "run"))
+    assert run.returncode == 0, run.stderr
+    assert "conv1 adapted" in run.stdout
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    torch.testing.assert_close(final["model"]["conv1.weight"], net.conv1.weight.detach().repeat(1, 3, 1, 1) / 3)
+    assert final["meta"]["in_channels"] == 3 and final["meta"]["mean"].shape[0] == 3
+
+
 # ---- the progress bar: a terminal only, never with --quiet --------------------------------------------
 
 

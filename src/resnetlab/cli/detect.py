@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from resnetlab.cli.args import NON_NEGATIVE, Overrides, float_in
+from resnetlab.cli.args import NON_NEGATIVE, Overrides, add_device_and_quiet, float_in
 from resnetlab.errors import UserError
 
 
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set", nargs="+", action=Overrides, default=[], metavar="K=V", help="data.* overrides (data.dir, data.test)"
     )
     e.add_argument("--max-images", type=NON_NEGATIVE, default=0, help="only the first N test images (0: all)")
-    e.add_argument("--device", default="auto")
+    add_device_and_quiet(e)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.set_defaults(func=_evaluate)
 
@@ -91,7 +91,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, classes=tuple(ckpt["meta"]["classes"])))
     test_set = build_detection_set(cfg.data, [cfg.data.test], train=False)
     metrics = evaluate_detector(
-        model, test_set, device=device, batch_size=cfg.train.eval_batch_size, workers=0, max_images=args.max_images
+        model,
+        test_set,
+        device=device,
+        batch_size=cfg.train.eval_batch_size,
+        workers=0,
+        max_images=args.max_images,
+        quiet=args.quiet,
     )
     metrics = {"test": test_set.names[0], "backbone": ckpt["meta"]["detector"]["backbone"], **metrics}
     if args.json:

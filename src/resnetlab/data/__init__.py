@@ -77,8 +77,9 @@ def _small_folder(cfg: Config, device: torch.device, *, rank: int, world_size: i
         "rank": rank,
         "world_size": world_size,
     }
-    channels = None if stats is None else int(stats[0].shape[0])  # fine-tuning: the weights' channels
-    decoded = decoded_split(splits.root, "train", splits.train, channels=channels, **opts)
+    # The images' own channels, also when fine-tuning: weights of another channel count are refused or
+    # adapted (train.init_channels) by `fit_stats`, not met by decoding RGB images as grey or the reverse
+    decoded = decoded_split(splits.root, "train", splits.train, channels=None, **opts)
     x, y, skipped = decoded["images"], decoded["labels"], list(decoded["skipped"])
     if splits.held_out is not None:
         keep, held = (torch.tensor(i, dtype=torch.int64) for i in splits.held_out)

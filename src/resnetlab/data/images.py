@@ -128,7 +128,7 @@ def decode_image(
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's; still the fast one
             warnings.simplefilter("ignore", DeprecationWarning)
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB), full
-    except RuntimeError:  # decode_jpeg: corrupt data
+    except Exception:  # decode_jpeg: RuntimeError on corrupt data; whatever it raises, the file is unreadable
         raise UserError(f"cannot read image {name}: corrupt or not an image") from None
 
 
@@ -143,7 +143,12 @@ def open_pil(data: bytes, name: str) -> Iterator[Image.Image]:
             yield im
     except Image.DecompressionBombError as e:
         raise UserError(_bomb(name, e)) from None
-    except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError, truncated data, a bad header
+    except UserError:  # pil_array's refusal of a pixel range, already one line
+        raise
+    except Exception:
+        # UnidentifiedImageError, truncated data, a bad header; a format PIL half-recognises raises what
+        # its plugin happens to raise (a SPIDER image from a stack: AttributeError). Whatever it is, the
+        # file is unreadable, not our bug.
         raise UserError(f"cannot read image {name}: corrupt or not an image") from None
 
 

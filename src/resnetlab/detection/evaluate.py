@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from resnetlab.detection.data import DetectionSet, eval_loader
 from resnetlab.detection.metrics import coco_metrics, voc_ap_per_class
+from resnetlab.utils.progress import progress
 
 # Tables 7 and 8 (mAP %, Faster R-CNN): baseline VGG-16 -> ResNet-101.
 PAPER = {
@@ -40,17 +40,19 @@ def detect_all(
     max_images: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    quiet: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """(detections, ground truths) on the CPU, one per image, in dataset order.
 
     With several processes each runs every world_size-th image and all of them get the whole list.
+    A progress bar on a terminal, without `quiet` (`utils.progress`: none in a log).
     """
     was_training = model.training
     model.eval()
     n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     dets, gts = [], []
     loader = eval_loader(dataset, batch_size, workers, indices=range(rank, n, world_size))
-    for images, targets in tqdm(loader, desc="detect", unit="batch", leave=False, dynamic_ncols=True):
+    for images, targets in progress(loader, total=len(loader), desc="detect", unit="batch", quiet=quiet):
         outputs = model([im.to(device, non_blocking=True).float().div_(255) for im in images])
         for out, t in zip(outputs, targets):
             dets.append({k: v.detach().cpu() for k, v in out.items()})

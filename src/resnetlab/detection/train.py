@@ -269,6 +269,7 @@ def _evaluate_and_log(s: _Training, run: Run, it: int, lr: float) -> dict[str, A
         max_images=t.eval_max_images,
         rank=run.info.rank,
         world_size=run.info.world_size,
+        quiet=run.quiet or not run.is_main,
     )
     row = {
         "iter": it,

@@ -100,9 +100,7 @@ def _export_weights(ckpt: str | Path, out: Path, *, half: bool) -> None:
     the file; a CIFAR ResNet-56 is 1.7 MB); loading copies them back into the fp32 model, so the
     network computes in fp32 with weights rounded to fp16. The meta (mean, std) stays fp32."""
     source = load(ckpt)
-    state = {
-        k: v.half() if half and v.is_floating_point() else v for k, v in source["model"].items()
-    }
+    state = {k: v.half() if half and v.is_floating_point() else v for k, v in source["model"].items()}
     meta = {**source["meta"], "weights_dtype": "fp16" if half else "fp32"}
     save_atomic({"model": state, "config": source.get("config") or {}, "meta": meta}, out)
 

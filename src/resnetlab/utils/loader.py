@@ -6,21 +6,38 @@ Ctrl-C, so the command lost its data in the middle of a step: training could not
 checkpoint, and the command's SIGCHLD handler raised a worker error (a traceback) while it unwound.
 With `quiet_worker` as `worker_init_fn` the workers ignore both; the command stops as it would with
 `--workers 0` and shuts its workers down (they also end when the command dies: torch's watchdog).
+
+Workers that ignore SIGTERM change how the command exits, on any path. A loader's iterator that is
+still alive at exit (an error's traceback holds it; torch's re-raised worker errors are a reference
+cycle, so it lives until the garbage collector runs) keeps its workers running, and multiprocessing's
+exit handler stops daemonic children with SIGTERM and then waits for them: forever.
+`_kill_workers_at_exit` runs before that handler and ends them with SIGKILL instead.
+
+A signal that arrives while the workers are forked runs the command's handler inside an at-fork
+callback (logging's), which reports the exception it raises as "ignored": the stop was lost and the
+command ran on. SIGTERM and SIGINT are held while a loader starts its workers, and arrive after.
 """
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers multiprocessing's exit handler: before ours (atexit)
 import signal
 import sys
+import threading
 from typing import Any
 
 from torch.utils.data import DataLoader
+
+STOPS = {signal.SIGTERM, signal.SIGINT}
 
 
 def quiet_worker(worker_id: int) -> None:
     """`worker_init_fn` for every DataLoader of ours (it runs after torch set its worker handlers)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # held while the command forked it (`_Loader`)
     sys.excepthook = _quiet_when_the_command_left
 
 
@@ -34,5 +51,34 @@ def _quiet_when_the_command_left(kind: type[BaseException], error: BaseException
 
 def data_loader(*args: Any, **kwargs: Any) -> DataLoader:
     """torch's `DataLoader(...)` with `quiet_worker` as its `worker_init_fn`: every loader of ours is
-    made here (tests/test_loaders.py checks that no other module calls DataLoader itself)."""
-    return DataLoader(*args, worker_init_fn=quiet_worker, **kwargs)
+    made here (tests/utils/test_loader.py checks that no other module calls DataLoader itself)."""
+    return _Loader(*args, worker_init_fn=quiet_worker, **kwargs)
+
+
+class _Loader(DataLoader):
+    def __iter__(self):  # starts the workers (on the first call, with persistent workers)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile arrives now
+
+
+def _kill_workers_at_exit() -> None:
+    """End every daemonic child still alive (in this package only DataLoader workers are: no other
+    code of ours starts multiprocessing children) with SIGKILL, which they cannot ignore, and reap it:
+    what multiprocessing's exit handler does next with SIGTERM, which they ignore."""
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    if not children:
+        return
+    if threading.current_thread() is threading.main_thread():
+        # torch's SIGCHLD handler would raise "DataLoader worker ... killed by signal" for each of them
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for p in children:
+        p.kill()
+    for p in children:
+        p.join()
+
+
+# atexit runs the callback registered last first: ours, then multiprocessing's (imported above).
+atexit.register(_kill_workers_at_exit)
