@@ -46,7 +46,7 @@ from resnetlab.data.ondevice import FloatScratch, Normalizer, fit_stats
 from resnetlab.data.order import IterationSampler, mix_seed
 from resnetlab.data.summary import small_for_imagenet, summarize
 from resnetlab.errors import UserError
-from resnetlab.utils.device import usable_cores
+from resnetlab.utils.device import resolve_workers
 from resnetlab.utils.loader import data_loader
 
 _MEAN = 13  # seed stream of the mean sample (held-out images: folders.py; training: data.order)
@@ -155,18 +155,6 @@ def _collate(items):
         blob = torch.frombuffer(bytearray(b"".join(it[5][0] for it in todo)), dtype=torch.uint8)
         encoded = (blob, [(o, n, *it[5][1:]) for o, n, it in zip(offsets, lengths, todo)])
     return imgs, labels, alphas, skipped, errors, encoded
-
-
-MAX_AUTO_WORKERS = 8  # past this, more JPEG decoders rarely feed one device faster
-
-
-def resolve_workers(setting: int | None) -> int:
-    """`data.workers`: a number as given (0: load in the training process); None: one worker per core
-    this process may run on (`usable_cores`: taskset, cgroups' cpusets), at most 8, so that the
-    default never asks for more processes than there are cores (the DataLoader warns then)."""
-    if setting is not None:
-        return setting
-    return min(MAX_AUTO_WORKERS, usable_cores())
 
 
 def _loader(dataset: Dataset, workers: int, device: torch.device, persistent: bool = True, **kw) -> DataLoader:

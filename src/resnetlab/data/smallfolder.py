@@ -28,10 +28,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from resnetlab.data.cache import cache_path, cached, fingerprint, remove_stale
-from resnetlab.data.imagenet import resolve_workers
 from resnetlab.data.images import Sample, center_view, read_bytes
 from resnetlab.data.ondevice import image_stats
 from resnetlab.errors import UserError
+from resnetlab.utils.device import resolve_workers
 from resnetlab.utils.loader import data_loader
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
