@@ -9,8 +9,8 @@ import torch
 from resnetlab.detection.config import list_detection_presets, load_detection_config
 from resnetlab.detection.train import load_detector, run_detection_training
 from resnetlab.errors import UserError
-from resnetlab.train import lifecycle
 from resnetlab.train.lifecycle import progress_bar
+from resnetlab.train.lifecycle import run as lifecycle_run
 
 
 def tiny_config(data_dir, **train):
@@ -72,7 +72,7 @@ def test_sigterm_then_resume_is_exact(tmp_path, monkeypatch):
         bar.update = update_then_signal
         return bar
 
-    monkeypatch.setattr(lifecycle, "progress_bar", term_after_3)  # the bar of `Run.steps`
+    monkeypatch.setattr(lifecycle_run, "progress_bar", term_after_3)  # the bar of `Run.steps`
     stopped = run_detection_training(full, tmp_path / "b")
     monkeypatch.undo()
     assert stopped["stopped"] == "SIGTERM" and stopped["iterations"] == 3 and stopped["exit_code"] == 143

@@ -297,7 +297,7 @@ def test_data_workers_default_follows_the_cores(monkeypatch):
     import os
 
     from resnetlab.config import DataConfig
-    from resnetlab.data.imagenet import resolve_workers
+    from resnetlab.utils.device import resolve_workers
 
     assert DataConfig().workers is None
     for cores, expected in ((1, 1), (2, 2), (8, 8), (64, 8)):

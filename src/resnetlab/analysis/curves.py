@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from resnetlab.analysis.runs import Run  # noqa: E402
+from resnetlab.analysis.runs import RunRecord  # noqa: E402
 
 
 def depth_colours(depths: list[int]) -> dict[int, tuple]:
@@ -23,7 +23,7 @@ def depth_colours(depths: list[int]) -> dict[int, tuple]:
     return {d: cmap(i % 10) for i, d in enumerate(sorted(set(depths)))}
 
 
-def plot_curves(runs: list[Run], out: str | Path, *, title: str | None = None) -> Path:
+def plot_curves(runs: list[RunRecord], out: str | Path, *, title: str | None = None) -> Path:
     """Write the figure to `out` (format from its suffix) and return the path."""
     kinds = [k for k in ("plain", "resnet") if any(r.kind == k for r in runs)]
     colours = depth_colours([r.depth for r in runs])

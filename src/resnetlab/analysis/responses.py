@@ -8,10 +8,6 @@ test set, i.e. all N x C x H x W values pooled together, and report their popula
 This is the "std of the layer's response" in the paper's fig. 7: one number per layer, not an average
 of per-channel stds. We accumulate per-channel sums of y and y^2 in float64 (exact enough for 10k
 images, and the per-channel split keeps each float64 sum small) and pool the channels at the end.
-
-The statistics are computed INSIDE a forward hook on the BN module: in a block the ReLU after `bn1`
-is in-place, so a stored reference to the BN output would be overwritten by its ReLU'd values.
-The model code is not changed; hooks are removed afterwards.
 """
 
 from __future__ import annotations
@@ -92,6 +88,8 @@ def layer_responses(
     """
     layers = layers if layers is not None else response_layers(model)
     meters = {name: ResponseMeter() for name, _ in layers}
+    # Measured inside the hook: the ReLU after `bn1` is in-place, so a stored reference to the BN
+    # output would hold its ReLU'd values by the time the forward ends.
     handles = [
         module.register_forward_hook(lambda _m, _inp, out, meter=meters[name]: meter.update(out))
         for name, module in layers

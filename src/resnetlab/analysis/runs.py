@@ -28,7 +28,9 @@ def model_label(kind: str, depth: int) -> str:
 
 
 @dataclass(frozen=True)
-class Run:
+class RunRecord:
+    """A training run folder as analysis reads it: which network, and its evaluations."""
+
     path: Path
     kind: str  # "resnet" | "plain"
     depth: int
@@ -64,7 +66,7 @@ def read_metrics(path: Path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     metrics_path, config_path = run_dir / "metrics.jsonl", run_dir / "config.yaml"
     if not metrics_path.is_file():
@@ -76,4 +78,4 @@ def load_run(run_dir: str | Path) -> Run:
     metrics = read_metrics(metrics_path)
     if not metrics:
         raise UserError(f"{metrics_path}: no evaluations yet")
-    return Run(run_dir, kind, depth, metrics)
+    return RunRecord(run_dir, kind, depth, metrics)

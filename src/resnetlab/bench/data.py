@@ -1,26 +1,10 @@
 """`resnetlab bench data`: images/s of the ImageNet input, ours against the usual torchvision pipeline.
 
-What is timed is the whole input of one batch, as training or testing sees it: read the files, decode,
-the view (training: shorter side drawn in [256, 480], random 224 crop, flip, PCA lighting; test: shorter
-side 256 and the central crop, or the ten crops), batch, copy to the device, per-pixel mean (the float
-work). One step = the next batch ready on the device.
-
-Ours: `resnetlab.data.imagenet`'s sources (`data.decode=workers`: decode + geometry in the DataLoader
-workers; `device`: the workers read and draw, the device decodes and crops). 10-crop: the evaluation's
-dataset (`resnetlab.evaluate.run`). Reference: torchvision `ImageFolder` + `transforms.v2` of the
-paper's recipe on PIL images (RandomShortestSize(256..480), RandomCrop(224), RandomHorizontalFlip,
-PILToTensor, ToDtype(float32, scale), PCA lighting, Normalize; test: Resize(256), CenterCrop(224) or
-TenCrop(224)), `DataLoader` with the same workers and batch size, pinned memory on CUDA.
-
-Images/s = the images of a round's timed batches / their total time (never batch / median batch time:
-with W workers the batches arrive in bursts of W, so most steps take no time and one waits for the
-whole burst); the timed window spans at least 4 bursts. Epochs do not restart the DataLoaders (the
-samplers cycle), so no pipeline stalls at an epoch's end on a small tree.
-
-Rounds: every round times each view's pipelines back to back, the order reversed every other round;
-each pipeline gets fresh DataLoader workers per round, which stop at its end (so none works on a
-queue while the other is timed) and live through epoch ends within it; untimed warm-up batches
-first. The load average is read before and after each round.
+What is timed is the whole input of one batch as training or testing sees it (read, decode, view,
+batch, copy to the device, mean), ours (`resnetlab.data.imagenet`, the evaluation's 10-crop dataset)
+against torchvision `ImageFolder` + `transforms.v2` of the paper's recipe, in alternating rounds with
+fresh workers each. Images/s = the timed batches' images / their total time, never batch / median
+batch time (W workers deliver in bursts of W). Method and figures: benchmarks/README.md.
 """
 
 from __future__ import annotations

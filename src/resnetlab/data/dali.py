@@ -1,22 +1,11 @@
 """NVIDIA DALI as the ImageFolder training loader (`data.loader: dali`, `pip install 'resnetlab[dali]'`).
 
-Written against DALI's documented Python API (`pipeline_def`, `fn.readers.file`,
-`fn.decoders.image(device="mixed")`, `fn.resize(resize_shorter=...)`, `fn.crop_mirror_normalize`,
-`nvidia.dali.plugin.pytorch.DALIGenericIterator`). On a CUDA device the decoding is "mixed" (nvjpeg,
-the hardware JPEG engines where the GPU has them) and the rest runs on the GPU; on the CPU the same
-pipeline runs in DALI's CPU-only mode (`device_id=None`), which is how this project's tests run it
-(tests/data/test_dali.py, when DALI is installed; benchmarks/README.md has its figures).
-
-The recipe is the paper's, as DALI's own ImageNet examples write it: shorter side drawn uniformly in
-[scale_min, scale_max], a random crop x crop window, a horizontal flip with probability 1/2, all on
-the GPU; PCA lighting and the mean are this package's usual device half (`Normalizer`, `lighting_shift`).
-Departures from `data.loader: torch`, all named:
-- order and augmentation come from DALI's reader shuffle and its random generators (seeded with
-  train.seed and the rank), not from (seed, iteration): a resumed run sees a different order;
-- a file that is not an image (by its first bytes) or a JPEG cut short (no end-of-image marker) is
-  left out and counted with data.skip_corrupt=true, else refused with one line naming it; an image
-  damaged otherwise (e.g. a bad Huffman table) stops the run with one line, as DALI neither skips
-  nor names it.
+Written against DALI's documented Python API. On a CUDA device decoding is "mixed" (nvjpeg) and the
+rest runs on the GPU; on the CPU the same pipeline runs in DALI's CPU-only mode, which is how the
+tests run it. The recipe is the paper's (shorter side in [scale_min, scale_max], random crop, flip);
+PCA lighting and the mean are this package's usual device half (`Normalizer`, `lighting_shift`).
+Departures from `data.loader: torch` (order and draws are DALI's, so a resume is not exact; which
+damaged files it can skip): docs/evaluate.md.
 """
 
 from __future__ import annotations

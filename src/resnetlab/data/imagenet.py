@@ -1,19 +1,10 @@
 """ImageNet and any ImageFolder tree (`DIR/train/CLASS/*.JPEG`, `DIR/val/CLASS/*.JPEG`), sec. 3.4.
 
-Too large for the device, so it goes through the standard DataLoader with torchvision's ImageFolder
-scan and loader (PIL). Workers do the geometry on uint8 images and ship
-uint8 (4x less to copy than float); the float work (÷255, colour noise, mean subtraction) runs on the
-training device, one batch at a time.
-
-Training augmentation (sec. 3.4, as in fb.resnet.torch / the Caffe release):
-  shorter side resized to a random size in [scale_min, scale_max] = [256, 480], random crop x crop
-  (224), horizontal flip with probability 1/2, AlexNet PCA lighting noise with std `lighting`
-  (ImageNet's RGB eigenvalues/eigenvectors), then the mean subtracted (per pixel by default).
-Test view (the "center" protocol): shorter side round(crop * 256 / 224) (256 for 224), central crop.
-
-Determinism (what makes resume exact): the order of epoch e is a permutation seeded with (seed, e);
-the draws of image j of global iteration i come from a generator seeded with (seed, i, j). Nothing
-depends on where the stream started, on the number of workers, or on the number of processes.
+Too large for the device, so it goes through the standard DataLoader. Workers do the geometry on
+uint8 images (shorter side drawn in [scale_min, scale_max], random crop, flip; test: the central crop)
+and ship uint8; the float work (÷255, PCA lighting, mean subtraction) runs on the training device.
+The order of epoch e is seeded with (seed, e), the draws of image j of iteration i with (seed, i, j):
+nothing depends on where the stream started or on the number of workers or processes (exact resume).
 """
 
 from __future__ import annotations
@@ -45,7 +36,7 @@ from resnetlab.data.ondevice import FloatScratch, Normalizer, fit_stats
 from resnetlab.data.order import IterationSampler, mix_seed
 from resnetlab.data.summary import small_for_imagenet, summarize
 from resnetlab.errors import UserError
-from resnetlab.utils.device import usable_cores
+from resnetlab.utils.device import resolve_workers
 from resnetlab.utils.loader import data_loader
 
 _MEAN = 13  # seed stream of the mean sample (held-out images: folders.py; training: data.order)
@@ -153,18 +144,6 @@ def _collate(items):
         blob = torch.frombuffer(bytearray(b"".join(it[5][0] for it in todo)), dtype=torch.uint8)
         encoded = (blob, [(o, n, *it[5][1:]) for o, n, it in zip(offsets, lengths, todo)])
     return imgs, labels, alphas, skipped, errors, encoded
-
-
-MAX_AUTO_WORKERS = 8  # past this, more JPEG decoders rarely feed one device faster
-
-
-def resolve_workers(setting: int | None) -> int:
-    """`data.workers`: a number as given (0: load in the training process); None: one worker per core
-    this process may run on (`usable_cores`: taskset, cgroups' cpusets), at most 8, so that the
-    default never asks for more processes than there are cores (the DataLoader warns then)."""
-    if setting is not None:
-        return setting
-    return min(MAX_AUTO_WORKERS, usable_cores())
 
 
 def _loader(dataset: Dataset, workers: int, device: torch.device, persistent: bool = True, **kw) -> DataLoader:

@@ -29,10 +29,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from resnetlab.data.cache import cache_path, cached, fingerprint, remove_stale
-from resnetlab.data.imagenet import resolve_workers
 from resnetlab.data.images import Sample, center_view, is_grey, open_pil, pil_array, read_bytes
 from resnetlab.data.ondevice import image_stats
 from resnetlab.errors import UserError
+from resnetlab.utils.device import resolve_workers
 from resnetlab.utils.loader import data_loader
 
 CIFAR_SIDE = 32  # the side the CIFAR recipe and its networks were made for (sec. 4.2)

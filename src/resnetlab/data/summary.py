@@ -1,6 +1,6 @@
 """What a run's data is and which recipe runs on it: said once at the start of `train` and kept in
 the run folder (`data.json`), so a folder of 32 px images is never trained on the ImageNet recipe
-without a word (issue 21).
+without a word.
 
 `summarize(...)` -> {"dataset", "dir", "recipe", "recipe_reason", "splits": {"train": {"images",
 "classes"}, "test" | "val": {...}}, "eval_split", "input_size": [C, H, W], "augmentation", "mean",

@@ -1,16 +1,9 @@
 """Faster R-CNN (Ren et al. 2015) with our ResNets as the backbone, as in sec. 4.3 / appendix A.
 
 Everything detection-specific is torchvision's (`FasterRCNN`, RPN, RoI heads, box coder, NMS, RoI
-pooling, FPN); this file only cuts our classification networks into the pieces it takes:
-
-  arch="c4"   the paper's form. conv1..conv4_x (stem + layer1..layer3) is the shared feature map at
-              stride 16; RoI pooling (14x14) on it; conv5_x (layer4, stride 2) runs on every region,
-              then global average pooling, then the classifier and box regressor:
-              (R, 1024, 14, 14) -> conv5_x -> (R, 2048, 7, 7) -> pool -> (R, 2048)   (ResNet-50/101)
-  arch="fpn"  the modern option (Lin et al. 2017, not in the paper): C2..C5 into a feature pyramid.
-  vgg16       the paper's baseline: conv5_3 (stride 16, the last max pool dropped), RoI pooling
-              7x7, fc6/fc7 as the per-region head.
-
+pooling, FPN); this file only cuts our classification networks into the pieces it takes: arch="c4"
+(the paper's: conv1..conv4_x shared at stride 16, conv5_x per region), "fpn" (Lin et al. 2017, not
+in the paper), or the vgg16 baseline (docs/detection.md has the table).
 `build_detector(**kwargs)` takes only plain values, so the same kwargs stored in a checkpoint's meta
 rebuild the model: `build_detector(**ckpt["meta"]["detector"])`.
 """

@@ -88,7 +88,7 @@ def _glob(pattern: str) -> list[str]:
     return found
 
 
-class _Views(Dataset):
+class _CenterViews(Dataset):
     """Item i: (the centre view uint8 (C, crop, crop) or None, i, error or None)."""
 
     def __init__(self, paths: list[str], crop: int, resize: int | None, grey: bool):
@@ -143,7 +143,7 @@ def predict(
         resize = crop  # CIFAR-size models: the whole image at the training size, no 256/224 margin
     grey = models[0].meta.get("in_channels", 3) == 1
     loader = data_loader(
-        _Views(paths, crop, resize, grey),
+        _CenterViews(paths, crop, resize, grey),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,

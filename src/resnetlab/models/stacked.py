@@ -1,8 +1,7 @@
 """K networks of one architecture computed as one wide network (grouped convolutions), weights shared.
 
-`stack_models(models)` returns a network whose input is (N, K*C, H, W), model k's batch in the
-channel group k*C..(k+1)*C, and whose output is (N, K, num_classes), model k's logits in column k.
-Every layer works per group, so the K computations never mix:
+`stack_models(models)`: input (N, K*C, H, W), model k's batch in channel group k; output
+(N, K, num_classes), model k's logits in column k. Every layer works per group, so the K never mix:
 
   Conv2d(C_in, C_out, groups=g)  ->  Conv2d(K*C_in, K*C_out, groups=K*g), weights concatenated
   BatchNorm2d(C)                 ->  BatchNorm2d(K*C): statistics are per channel, so per model
@@ -10,17 +9,7 @@ Every layer works per group, so the K computations never mix:
   Linear(C, O)                   ->  K matrix products at once (`GroupedLinear`)
   a residual / plain block mix   ->  the shortcut times a 0/1 mask per channel group (`MaskedShortcut`)
 
-ReLU, max and average pooling act per channel and stay as they are. The network is a copy of one of
-the models with those layers swapped, so its forward is the model's own code (`ResNet.forward`,
-`BasicBlock.branch`, ...), not a second version of it.
-
-Afterwards each model's parameters and buffers are views into the wide network's, and so are their
-gradients (allocated once; backward accumulates into them in place). Each model therefore still
-works as an ordinary network on its own weights: evaluation, `state_dict` (copies, so a saved file
-holds that model alone), `load_state_dict`, and an optimizer of its own, whose `step()` updates the
-shared storage. Rules that follow: never `.to()` a model or the wide network afterwards (it would
-replace the shared storage; move the models first), and zero gradients through `zero_grads(wide)`, not
-`optimizer.zero_grad()` (which drops a model's views of them).
+ReLU and pooling act per channel and stay; the forward is the model's own code, not a second version.
 """
 
 from __future__ import annotations
@@ -100,6 +89,12 @@ class MaskedShortcut(nn.Module):
 def stack_models(models: Sequence[nn.Module], *, memory_format: torch.memory_format = torch.contiguous_format):
     """One wide network computing `models` side by side (see the module docstring); the models'
     parameters, buffers and gradients become views into it. Move the models to their device first.
+
+    Each model still works as an ordinary network on its own weights: evaluation, `state_dict`
+    (copies, so a saved file holds that model alone), `load_state_dict`, and an optimizer of its own,
+    whose `step()` updates the shared storage. Never `.to()` a model or the wide network afterwards (it
+    would replace the shared storage), and zero gradients through `zero_grads(wide)`, not
+    `optimizer.zero_grad()` (which drops a model's views of them).
 
     Raises ValueError for models that cannot be stacked: different layer shapes, devices or dtypes,
     or a layer this module has no grouped twin for."""

@@ -10,7 +10,7 @@ GRIDS: dict[str, list[tuple[str, int]]] = {
     "fig6-plain": [("plain", d) for d in (20, 32, 44, 56)],
     "degradation": [("plain", 20), ("plain", 56), ("resnet", 20), ("resnet", 56)],
     # Sec. 4.2 in one command: table 6's ResNets (110 with its warm-up) and fig. 6's plain nets.
-    # Issue 23: is bf16 within seed noise of fp32? The 20-layer pair, a short schedule, two seeds.
+    # Is bf16 within seed noise of fp32? The 20-layer pair, a short schedule, two seeds.
     "bf16-check": [("resnet", 20), ("plain", 20)],
     "cifar-section": [("resnet", d) for d in (20, 32, 44, 56, 110)] + [("plain", d) for d in (20, 32, 44, 56)],
 }

@@ -1,4 +1,4 @@
-"""Device chosen at run time: never a hard-coded `.cuda()`."""
+"""Device and cores chosen at run time: never a hard-coded `.cuda()`, never the machine's core count."""
 
 from __future__ import annotations
 
@@ -26,3 +26,15 @@ def usable_cores() -> int:
     """The cores this process may run on (`os.sched_getaffinity`: taskset, cgroups' cpusets), not the
     machine's: what a default number of workers or threads is sized from."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+MAX_AUTO_WORKERS = 8  # past this, more JPEG decoders rarely feed one device faster
+
+
+def resolve_workers(setting: int | None) -> int:
+    """`data.workers`: a number as given (0: load in the training process); None: one worker per core
+    this process may run on (`usable_cores`: taskset, cgroups' cpusets), at most 8, so that the
+    default never asks for more processes than there are cores (the DataLoader warns then)."""
+    if setting is not None:
+        return setting
+    return min(MAX_AUTO_WORKERS, usable_cores())

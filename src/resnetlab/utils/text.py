@@ -1,6 +1,10 @@
-"""Text from outside (class folder names, file names) made safe to print on a terminal."""
+"""Text for the terminal: names from outside (class folders, files) made safe to print, and values
+shortened for an error message."""
 
 from __future__ import annotations
+
+import reprlib
+from typing import Any
 
 
 def printable(text: str) -> str:
@@ -10,3 +14,18 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring = 3, 8, 8, 8, 80
+
+
+def cut(text: str, limit: int = 80) -> str:
+    """`text` shortened to `limit` characters with "..." (what the user typed can be any size)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` for an error message, at most 80 characters: reprlib stops at a few items per
+    level, so a value of any size (aliases expanded) costs no more to show than a small one."""
+    return cut(_REPR.repr(value))

@@ -1,0 +1,120 @@
+"""Does the folder hold the run that was asked for (a new run, or `--resume` with the same config)?
+And, once the checkpoint is restored, bringing the folder to the iteration the run resumes from."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnetlab.config import dump, flat_diff, from_dict, read_yaml, to_dict
+from resnetlab.errors import UserError
+from resnetlab.utils import checkpoint
+
+# Keys that change where and how a run is carried out or reported, never its result: `reproduce`
+# reuses a finished run whose config differs from the requested one in these keys only.
+PLACE_KEYS = frozenset(
+    {
+        "train.device",
+        "train.compile",
+        "train.compile_mode",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.eval_batch_size",
+        "data.dir",
+        "data.download",
+        "data.workers",
+    }
+)
+# Keys that may differ between a run and its `--resume`: those above, and how long it runs and how
+# often it evaluates. Anything else is a different run.
+RESUMABLE_KEYS = PLACE_KEYS | {"train.max_iters", "train.eval_every", "train.eval_max_images"}
+
+# The files of a run: each must be a file where it exists (a folder in its place is one line).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "final.pt")
+
+
+def check_folder(cfg: Any, out: Path, resume: bool, device: torch.device | str = "cpu") -> dict[str, Any] | None:
+    """UserError unless the folder's state fits the request (new run / --resume); the checkpoint it
+    read (on `device`) when it resumes from one, else None."""
+    ckpt_path, final = out / "checkpoint.pt", out / "final.pt"
+    for name in RUN_FILES:
+        if (out / name).exists() and not (out / name).is_file():
+            raise UserError(
+                f"{out / name} is not a file (a run writes its {name} there); move it away or choose another --out"
+            )
+    if (out / "tb").exists() and not (out / "tb").is_dir():
+        raise UserError(f"{out / 'tb'} is not a folder (a run writes TensorBoard events there); move it away")
+    if not resume:
+        for path in (ckpt_path, final):
+            if path.exists():
+                raise UserError(
+                    f"{out} already holds a run ({path.name}); pass --resume to continue it or choose another --out"
+                )
+        return None
+    if not ckpt_path.exists():
+        if not (out / "config.yaml").is_file():
+            raise UserError(f"--resume: {out} holds no run to resume (no checkpoint.pt, no config.yaml)")
+        compare_configs(read_yaml(out / "config.yaml"), cfg, out)
+        return None  # started but never checkpointed: start again from iteration 0
+    ckpt = checkpoint.load(ckpt_path, map_location=device)
+    if "iteration" not in ckpt or "optimizer" not in ckpt:
+        raise UserError(f"{ckpt_path} is a weights file, not a training checkpoint; cannot resume from it")
+    compare_configs(ckpt["config"], cfg, out)
+    reached = int(ckpt["iteration"])
+    if cfg.train.max_iters < reached:
+        raise UserError(
+            f"--resume: the run in {out} reached iteration {reached}; train.max_iters={cfg.train.max_iters} "
+            f"is below it (give train.max_iters >= {reached})"
+        )
+    return ckpt
+
+
+def config_diff(saved: dict[str, Any], cfg: Any, *, allowed: frozenset[str] = RESUMABLE_KEYS) -> str | None:
+    """None if the stored config `saved` and `cfg` agree outside `allowed`, else the differences in
+    one line: `optim.lr: 0.1 there, 0.2 now; train.seed: 0 there, 3 now`."""
+    try:  # through the loader: old key names migrate, keys added since take their defaults
+        saved = to_dict(from_dict(saved, base=type(cfg)()))
+    except UserError:
+        pass  # a key that no longer exists: compare as stored (it shows in the diff)
+    diff = [(k, a, b) for k, a, b in flat_diff(saved, to_dict(cfg)) if k not in allowed]
+    return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff) or None
+
+
+def compare_configs(saved: dict[str, Any], cfg: Any, out: Path) -> None:
+    """UserError with a one-line diff if `saved` and `cfg` differ outside RESUMABLE_KEYS."""
+    changes = config_diff(saved, cfg)
+    if changes:
+        raise UserError(
+            f"{out} holds a different run: {changes} (on --resume only {', '.join(sorted(RESUMABLE_KEYS))} "
+            "may change; choose another --out for a new run)"
+        )
+
+
+def prepare_folder(cfg: Any, out: Path, start_iter: int) -> None:
+    """config.yaml, metrics.jsonl up to `start_iter`, no final.pt unless the run is already done, no
+    temp file of a killed checkpoint write."""
+    checkpoint.remove_stale_temps(out, ("checkpoint.pt", "final.pt"))
+    tmp = out / ".config.yaml.tmp"
+    dump(cfg, tmp)
+    os.replace(tmp, out / "config.yaml")
+    truncate_metrics(out / "metrics.jsonl", start_iter)
+    if start_iter < cfg.train.max_iters:
+        (out / "final.pt").unlink(missing_ok=True)
+
+
+def truncate_metrics(path: Path, upto_iter: int) -> None:
+    """Drop rows logged after iteration `upto_iter` (they will be redone), and any torn last line."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["iter"] <= upto_iter:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line half-written when the process died
+    path.write_text("".join(line + "\n" for line in keep))
