@@ -342,3 +342,15 @@ def test_a_long_value_is_cut_in_the_message():
         with pytest.raises(UserError) as e:
             apply_overrides(Config(), [override])
         assert len(str(e.value)) < 200 and "..." in str(e.value), str(e.value)[:300]
+
+
+def test_where_the_cache_lives_is_a_place_not_a_recipe():
+    """A run cached beside its data and resumed (or reused by `reproduce`) with the cache elsewhere,
+    or none, trains on the same pixels: data.cache is no part of the recipe; data.pad is."""
+    from resnetlab.config import to_dict
+    from resnetlab.train.lifecycle import PLACE_KEYS, config_diff
+
+    stored = to_dict(load_config("cifar10-resnet20", ["data.cache=data"]))
+    for now in ("user", "none"):
+        assert config_diff(stored, load_config("cifar10-resnet20", [f"data.cache={now}"]), allowed=PLACE_KEYS) is None
+    assert "data.pad" in config_diff(stored, load_config("cifar10-resnet20", ["data.pad=2"]), allowed=PLACE_KEYS)

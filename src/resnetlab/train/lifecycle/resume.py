@@ -27,6 +27,7 @@ PLACE_KEYS = frozenset(
         "data.dir",
         "data.download",
         "data.workers",
+        "data.cache",  # where decoded images are kept changes no result
     }
 )
 # Keys that may differ between a run and its `--resume`: those above, and how long it runs and how
