@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import pytest
 import torch
@@ -190,6 +191,27 @@ def test_a_signal_stops_every_run_and_resume_finishes_them(tmp_path, fake_data, 
     for a, b in zip(outs, straight):
         x, y = checkpoint.load(a / "final.pt")["model"], checkpoint.load(b / "final.pt")["model"]
         assert all(torch.equal(x[key], y[key]) for key in x)
+
+
+def test_a_second_ctrl_c_stops_batched_runs_at_once(tmp_path, fake_data, cfgs, monkeypatch):
+    """Each of the K runs sets a SIGINT handler over the previous run's; the second Ctrl-C must not meet
+    the next run's flag (K + 1 Ctrl-Cs) but Python's KeyboardInterrupt, also in the last evaluation."""
+    from resnetlab.train import loop
+
+    evaluate, pressed = loop.evaluate_and_log, []
+
+    def interrupted_twice(*args, **kwargs):  # the first run's last evaluation: Ctrl-C, Ctrl-C
+        while len(pressed) < 2:
+            pressed.append(os.kill(os.getpid(), signal.SIGINT))
+            time.sleep(0.05)  # the handler runs before the next signal
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_and_log", interrupted_twice)
+    outs, before = [tmp_path / f"run{k}" for k in range(3)], signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train_batched(cfgs("train.max_iters=2", "train.eval_every=2"), outs)
+    assert not any((out / "final.pt").exists() for out in outs)
+    assert signal.getsignal(signal.SIGINT) is before  # every run's handler is gone again
 
 
 @pytest.mark.parametrize(
