@@ -5,7 +5,7 @@ For each K in --ks and each mode, K runs of --model (seeds 0..K-1; with --plain-
 is the plain twin) train on CIFAR-shaped synthetic data through our real pieces (`DeviceTrainSource`
 per run, SGD with momentum and weight decay, batch --batch-size each):
   batched     one process, the K networks stacked into one grouped network (`stack_models`) and one
-              `make_batched_step` per iteration: what `train_batched` runs
+              `make_train_step` (K runs) per iteration: what `train_batched` runs
   sequential  one process, K ordinary `make_train_step`s in turn: the throughput of K separate runs one
               after another (K = 1: one run alone, the baseline)
   processes   K processes, one run each, timed over the same wall-clock window (start together after
@@ -38,7 +38,6 @@ from resnetlab.bench.pipelines import cifar_train_source
 from resnetlab.bench.timing import make_clock, summarize, synchronize, time_steps
 from resnetlab.models import create_model
 from resnetlab.models.stacked import stack_models
-from resnetlab.train.batched import make_batched_step
 from resnetlab.train.step import compile_model, make_sgd, make_train_step
 from resnetlab.utils.device import resolve_device
 
@@ -73,7 +72,7 @@ def batched_iteration(args, models, sources, device):
     wide = stack_models(models, memory_format=fmt)
     net = compile_model(wide, args.compile_mode) if args.compile else wide
     net.train()
-    step = make_batched_step(
+    step = make_train_step(
         net, [sgd(m) for m in models], device=device, precision=args.precision, channels_last=args.channels_last
     )
     streams = [s.batches(0) for s in sources]

@@ -345,7 +345,9 @@ def test_progress_bar_on_a_terminal_only_and_never_with_quiet(tmp_path):
     assert logged.returncode == 0, logged.stderr
     assert BAR not in logged.stderr and "\r" not in logged.stderr + logged.stdout  # a log file gets no bar
     assert "iter 10: test error" in logged.stdout  # the evaluation lines are still there
+    log_lines = [line.split(":")[0] for line in logged.stdout.splitlines() if line.endswith(" s/it")]
+    assert log_lines == ["iter 5", "iter 10"], logged.stdout  # train.log_every=5: a log file shows progress
     code, shown = on_a_terminal(fake_train_cmd(tmp_path / "tty"))
-    assert code == 0 and BAR in shown and "iter 10: test error" in shown
+    assert code == 0 and BAR in shown and "iter 10: test error" in shown and " s/it" not in shown
     code, quiet = on_a_terminal(fake_train_cmd(tmp_path / "quiet", "--quiet"))
-    assert code == 0 and BAR not in quiet and "iter 10: test error" in quiet
+    assert code == 0 and BAR not in quiet and "iter 10: test error" in quiet and "iter 5: loss" in quiet

@@ -151,14 +151,13 @@ def test_bad_config_values_are_user_errors(tmp_path, fake_data, tiny_cfg, overri
 def test_train_tf32_is_recorded_and_applied_where_the_device_is_set_up(
     tmp_path, fake_data, tiny_cfg, monkeypatch, tf32
 ):
-    """Both loops hand train.tf32 to `configure_device` (which sets it on CUDA, not on the CPU), and the
-    run's config.yaml records it."""
+    """One run and K runs hand train.tf32 to `configure_device` (which sets it on CUDA, not on the CPU),
+    and the run's config.yaml records it."""
     import resnetlab.train.batched as batched
     import resnetlab.train.loop as loop
 
     calls = []
-    for module in (loop, batched):
-        monkeypatch.setattr(module, "configure_device", lambda device, *, tf32: calls.append((device.type, tf32)))
+    monkeypatch.setattr(loop, "configure_device", lambda device, *, tf32: calls.append((device.type, tf32)))
     cfg = tiny_cfg("train.max_iters=1", f"train.tf32={str(tf32).lower()}")
     run_training(cfg, tmp_path / "run")
     batched.train_batched([cfg, tiny_cfg("train.max_iters=1", "train.seed=1", f"train.tf32={tf32}")],
@@ -200,9 +199,9 @@ def test_skipped_files_are_named_the_first_time_they_appear(tmp_path, fake_data,
     assert rows[1]["skipped_files_new"] == 1 and rows[1]["skipped_files"] == ["/data/train/dog/\x1b[2Jbroken.jpg"]
     assert "skipped_files" not in rows[2]  # nothing new: not named again
     out = capsys.readouterr().out
-    first = next(line for line in out.splitlines() if line.startswith("iter 4:"))
+    first = next(line for line in out.splitlines() if line.startswith("iter 4: test error"))
     assert first.endswith(f"12 unreadable images skipped (first seen: {', '.join(sorted(bad)[:3])} and 9 more)")
-    second = next(line for line in out.splitlines() if line.startswith("iter 8:"))
+    second = next(line for line in out.splitlines() if line.startswith("iter 8: test error"))
     assert "(first seen: /data/train/dog/" in second and "\x1b" not in second  # escaped for the terminal
-    third = next(line for line in out.splitlines() if line.startswith("iter 12:"))
+    third = next(line for line in out.splitlines() if line.startswith("iter 12: test error"))
     assert third.endswith("14 unreadable images skipped")

@@ -8,9 +8,11 @@ Run as a script it is the `resnetlab` CLI with this source in place of `build_da
 Environment knobs for tests: FAKE_SLEEP (seconds per batch, to make a run slow enough to kill),
 FAKE_NAN_AT (an iteration whose batch is NaN, to make the loss non-finite), FAKE_HOLD_AT and
 FAKE_HOLD_FILE (the batch of that iteration waits until the file exists: a run held mid-way),
+FAKE_EVAL_SLEEP (seconds per evaluation batch: an evaluation long enough to signal in its middle),
 FAKE_SLOW_SAVE (seconds that torch.save pauses half-way through a file: a checkpoint write long
-enough to kill in its middle), FAKE_START_TOGETHER=DIR:N (`run_training` starts once N processes
-have reached it: a race for one folder, every command-line step before it already done).
+enough to kill in its middle), FAKE_SIGINT (the Ctrl-C disposition, see the end),
+FAKE_START_TOGETHER=DIR:N (`run_training` starts once N processes have reached it: a race for one
+folder, every command-line step before it already done).
 """
 
 from __future__ import annotations
@@ -70,7 +72,10 @@ class FakeTest:
         return len(self.y)
 
     def batches(self):
+        sleep = float(os.environ.get("FAKE_EVAL_SLEEP", 0))
         for i in range(0, len(self.y), self.batch_size):
+            if sleep:
+                time.sleep(sleep)
             yield self.x[i : i + self.batch_size].to(self.device), self.y[i : i + self.batch_size].to(self.device)
 
 
@@ -149,6 +154,13 @@ def install() -> None:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # FAKE_SIGINT: the Ctrl-C disposition the command starts with, set here rather than inherited from
+    # whoever started the test: "default" (a terminal's foreground process), "ignore" (a shell script's `&`).
+    disposition = {"default": signal.default_int_handler, "ignore": signal.SIG_IGN}
+    if os.environ.get("FAKE_SIGINT"):
+        signal.signal(signal.SIGINT, disposition[os.environ["FAKE_SIGINT"]])
     torch.set_num_threads(1)
     install()
     from resnetlab.cli import main

@@ -7,17 +7,18 @@ a function of the iteration, and everything else that changes (weights, optimize
 RNGs) is in the checkpoint. With `torchrun`, each process trains on its share of the global batch
 under DistributedDataParallel; rank 0 alone evaluates and writes files.
 
-The per-run steps are public because `train/batched.py` (K runs as one computation) calls them for
-each of its runs instead of copying them: `Training` (what a run trains with and has measured, and its
-checkpoint state), `LossWindow` (losses read off the device only when due), `set_lr`, `log_training`,
-`evaluate_and_log`, `run_summary`, `eval_fields` (the test/train errors a run records at its end) and
-`print_summary`. Only the step differs between the two loops.
+The same loop trains K runs that share a shape as one computation (`train_runs`; the door with its
+checks is `batched.train_batched`): each run has its own folder, data, model, optimizer, schedule
+and meters, the K networks are stacked into one (`models.stacked`) and one step trains them all.
+K = 1 is the ordinary run: one network, no stacking.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ from resnetlab.config import Config, model_options
 from resnetlab.data.summary import summary_lines
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
+from resnetlab.models.stacked import stack_models
 from resnetlab.train import finetune
-from resnetlab.train.lifecycle import NonFiniteLoss, Run, open_run, seed_everything
+from resnetlab.train.lifecycle import Due, NonFiniteLoss, Run, open_run, seed_everything
 from resnetlab.train.schedule import LRSchedule
 from resnetlab.train.step import (
+    TrainStep,
     compile_model,
     configure_device,
     evaluate_error,
@@ -41,25 +44,12 @@ from resnetlab.train.step import (
     make_train_step,
 )
 from resnetlab.utils import distributed as dist
-from resnetlab.utils.meters import Average, Throughput
+from resnetlab.utils.meters import Average, LossWindow, Throughput
 from resnetlab.utils.text import printable
 
 NAMED_SKIPPED = 10  # unreadable files named per metrics.jsonl row (all are counted), as `evaluate --json`
 
-__all__ = [
-    "LossWindow",
-    "NonFiniteLoss",
-    "Training",
-    "build_classifier",
-    "build_data",
-    "eval_fields",
-    "evaluate_and_log",
-    "log_training",
-    "print_summary",
-    "run_summary",
-    "run_training",
-    "set_lr",
-]
+__all__ = ["NonFiniteLoss", "build_data", "run_training", "train_runs"]
 
 
 def build_data(cfg: Config, device: torch.device, *, rank: int, world_size: int, stats=None):
@@ -76,53 +66,101 @@ def run_training(cfg: Config, out_dir: str | Path, *, resume: bool = False, quie
     out_dir.
 
     `resume=True` continues from `out_dir/checkpoint.pt` (or starts if the run never checkpointed).
-    `quiet=True`: no progress bar (none is drawn off a terminal either); evaluation lines as always.
+    `quiet=True`: no progress bar (none is drawn off a terminal either); a log line every
+    `train.log_every` iterations instead, and the evaluation lines as always.
     Raises `UserError` for bad configs, a non-finite loss, or an `out_dir` holding another run.
     """
-    with open_run(cfg, out_dir, resume=resume, quiet=quiet) as run:
-        return _train(cfg, run)
+    return train_runs([cfg], [out_dir], resume=resume, quiet=quiet)[0]
 
 
-def _train(cfg: Config, run: Run) -> dict[str, Any]:
-    t, world = cfg.train, run.info.world_size
+def train_runs(
+    cfgs: Sequence[Config], out_dirs: Sequence[str | Path], *, resume: bool = False, quiet: bool = False
+) -> list[dict[str, Any]]:
+    """`run_training`'s loop over K runs at once (K = 1: `run_training`), run k written into `out_dirs[k]`;
+    their summaries. K > 1: call `batched.train_batched`, which checks first that the runs can share it."""
+    with contextlib.ExitStack() as stack:
+        runs = [stack.enter_context(open_run(c, o, resume=resume, quiet=quiet)) for c, o in zip(cfgs, out_dirs)]
+        return _train(list(cfgs), runs)
+
+
+def _train(cfgs: list[Config], runs: list[Run]) -> list[dict[str, Any]]:
+    t, world, k = cfgs[0].train, runs[0].info.world_size, len(runs)
     if t.batch_size % world:
         raise UserError(f"train.batch_size {t.batch_size} is not divisible by the {world} processes")
-    s = _build(cfg, run)  # data, model, optimizer, schedule, train step; the checkpoint's state loaded
-    window, throughput = LossWindow(run.device, world), Throughput()
-    batches = s.data.train.batches(run.start_iter)
-    it = run.start_iter
-    with run.steps():
+    if k > 1 and runs[0].info.enabled:
+        raise UserError("batched runs train in one process: start them without torchrun")
+    if len({run.start_iter for run in runs}) > 1:
+        at = ", ".join(f"{run.out} at {run.start_iter}" for run in runs)
+        raise UserError(f"batched runs resume together, but their checkpoints differ ({at}); resume them one by one")
+    states, step = _build(cfgs, runs)  # data, models, optimizers, schedules, the step; checkpoints loaded
+    windows = [LossWindow(run.device, world) for run in runs]
+    throughput = Throughput()
+    streams = [s.data.train.batches(run.start_iter) for s, run in zip(states, runs)]
+    it = runs[0].start_iter
+    with contextlib.ExitStack() as bars:
+        for run in runs:
+            bars.enter_context(run.steps(desc=run.out.name if k > 1 else None))
+            if k > 1:
+                run.bar = _Labelled(run.bar, run.out.name)
         while it < t.max_iters:
-            x, y = next(batches)
-            lr = set_lr(s, it, run)
-            loss, errors = s.step(x, y)
-            window.add(loss, errors, y.numel())
-            throughput.add(y.numel() * world)
+            batches = [next(stream) for stream in streams]
+            lrs = [set_lr(s, it, run) for s, run in zip(states, runs)]
+            losses, errors = step([x for x, _ in batches], [y for _, y in batches])  # (K,) each
+            for window, loss, wrong, (_, y) in zip(windows, losses, errors, batches):
+                window.add(loss, wrong, y.numel())
+            throughput.add(sum(y.numel() for _, y in batches) * world)
             it += 1
-            due = run.after_step(it)
+            due = _after_step(runs, it)
             if due.log or due.eval or due.checkpoint:  # read the losses off the device only here
-                first = it - window.count + 1
-                losses, n_err, n_img = window.drain()
-                run.check_finite(losses, first)
-                for meter in (s.recent, s.since_eval):
-                    meter.add(sum(losses), n_err, n_img, len(losses))
+                for s, run, window in zip(states, runs, windows):
+                    first = it - window.count + 1
+                    values, wrong, images = window.drain()
+                    _check_finite(run, values, first, named=k > 1)
+                    for meter in (s.recent, s.since_eval):
+                        meter.add(sum(values), wrong, images, len(values))
             if due.log:
-                log_training(s, run, it, lr, throughput.rate())
+                rate = throughput.rate() / k  # each run's own images/s, as a run alone reports it
+                for s, run, lr in zip(states, runs, lrs):
+                    log_training(s, run, it, lr, rate)
             if due.eval:
-                evaluate_and_log(s, run, it, lr)
+                for s, run, lr in zip(states, runs, lrs):
+                    evaluate_and_log(s, run, it, lr)
                 throughput.rate()  # leave evaluation out of images/s
             if due.checkpoint:
-                run.save_checkpoint(s.state(run), it)
+                for s, run in zip(states, runs):
+                    run.save_checkpoint(s.state(run), it)
             if due.stop:
                 break
-    summary = run_summary(s, run, it)
-    run.end(it, {**run.record(s.model, s.meta), **eval_fields(s.last_eval)})
-    if run.is_main and not run.stopped:
-        print_summary(summary, cfg)
-    return summary
+    summaries = [run_summary(s, run, it) for s, run in zip(states, runs)]
+    for s, run in zip(states, runs):
+        run.end(it, {**run.record(s.model, s.meta), **eval_fields(s.last_eval)})
+    for summary, cfg, run in zip(summaries, cfgs, runs):
+        if run.is_main and not run.stopped:
+            print_summary(summary, cfg)
+    return summaries
 
 
-# ---- the steps of a run (shared with train/batched.py) -------------------------------------------
+def _after_step(runs: list[Run], it: int) -> Due:
+    """`Run.after_step` of every run: the cadence is shared (train.* agree); a signal is seen by one
+    run's handler, and every run stops with it."""
+    dues = [run.after_step(it) for run in runs]
+    stopped = next((run.stopped for run in runs if run.stopped), None)
+    for run in runs:
+        run.stopped = stopped
+    return dataclasses.replace(dues[0], checkpoint=dues[0].checkpoint or stopped is not None, stop=stopped is not None)
+
+
+def _check_finite(run: Run, values: list[float], first: int, *, named: bool) -> None:
+    """`Run.check_finite`; with K runs the message names the run (all stop with it)."""
+    try:
+        run.check_finite(values, first)
+    except NonFiniteLoss as e:
+        if not named:
+            raise
+        raise NonFiniteLoss(f"{run.out}: {e}; the other batched runs stopped with it, their checkpoints kept") from None
+
+
+# ---- the steps of a run ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -131,12 +169,11 @@ class Training:
 
     cfg: Config
     data: Any
-    model: nn.Module  # the bare network (weights, evaluation); `step` runs its DDP / compiled wrapper
+    model: nn.Module  # the bare network (weights, evaluation); the step runs its DDP / compiled / stacked form
     meta: dict[str, Any]
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
     scaler: Any
-    step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     recent: Average = field(default_factory=Average)  # training stats since the last log
     since_eval: Average = field(default_factory=Average)  # ... since the last evaluation
     last_eval: dict[str, Any] | None = None
@@ -168,42 +205,62 @@ class Training:
         self.last_eval, self.best = ckpt["last_eval"], ckpt["best"]
 
 
-def _build(cfg: Config, run: Run) -> Training:
-    """Data, model, optimizer, schedule and train step of `cfg`, in `run.checkpoint`'s state if resumed."""
-    t, info, device = cfg.train, run.info, run.device
-    seed_everything(t.seed)
+def _build(cfgs: list[Config], runs: list[Run]) -> tuple[list[Training], TrainStep]:
+    """Each run's data, model, optimizer and schedule (in its checkpoint's state if resumed), and the
+    train step over them: one network, or K stacked into one (`models.stacked`) that the step runs."""
+    t, device = cfgs[0].train, runs[0].device
+    configure_device(device, tf32=t.tf32)  # CUDA: cuDNN benchmark mode, TF32 as train.tf32 says
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    parts = []
+    for cfg, run in zip(cfgs, runs):
+        seed_everything(cfg.train.seed)  # per run: the seed, its data, then its model's initial weights
+        data, model, meta = _build_model(cfg, run)
+        parts.append((data, model.to(device, memory_format=memory_format), meta))
+    train_model = parts[0][1]
+    if len(runs) > 1:  # before the optimizers: theirs are the models' views of the shared weights
+        try:
+            train_model = stack_models([model for _, model, _ in parts], memory_format=memory_format)
+        except ValueError as e:
+            names = ", ".join(cfg.model.name for cfg in cfgs)
+            raise UserError(f"these runs cannot be trained batched ({names}): {e}") from None
+    states = []
+    for cfg, run, (data, model, meta) in zip(cfgs, runs, parts):
+        o = cfg.optim
+        optimizer = make_sgd(
+            model, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, backbone_lr_mult=o.backbone_lr_mult
+        )
+        schedule = LRSchedule.from_config(o, batch_size=t.batch_size)
+        s = Training(cfg, data, model, meta, optimizer, schedule, make_grad_scaler(t.precision, device))
+        if run.checkpoint is not None:  # copies into the views, i.e. into the wide network, when stacked
+            run.restore(model, optimizer, s.load_state_dict)  # then, and only then, the folder is prepared
+        states.append(s)
+    train_model = runs[0].parallel(train_model)  # DistributedDataParallel under torchrun (one run only)
+    if t.compile:
+        train_model = compile_model(train_model, t.compile_mode)
+    train_model.train()
+    optimizers, scalers = [s.optimizer for s in states], [s.scaler for s in states]
+    kw = {"device": device, "precision": t.precision, "channels_last": t.channels_last}
+    return states, make_train_step(train_model, optimizers, scaler=scalers, **kw)
+
+
+def _build_model(cfg: Config, run: Run) -> tuple[Any, nn.Module, dict[str, Any]]:
+    """The run's data and its network, fine-tuning's weights and frozen layers applied; what was found
+    printed (and written as data.json)."""
     # train.init_from: weights to start from and their normalisation; a resumed run has both in its checkpoint.
     source = finetune.read_source(cfg) if run.checkpoint is None else None
     stats = finetune.source_stats(source) if source else finetune.resumed_stats(cfg, run.checkpoint)
-    data = build_data(cfg, device, rank=info.rank, world_size=info.world_size, stats=stats)
+    info = run.info
+    data = build_data(cfg, run.device, rank=info.rank, world_size=info.world_size, stats=stats)
     model, meta = build_classifier(cfg, data)
-    if info.is_main and getattr(data, "summary", None):  # what was found, which recipe runs (issue 21)
+    if info.is_main and getattr(data, "summary", None):  # what was found, which recipe runs
         print("\n".join(summary_lines(data.summary)))
         (run.out / "data.json").write_text(json.dumps(data.summary, indent=1) + "\n")
     report = _loader_line(cfg, data)
     report += finetune.init_model(model, source, classes=data.classes, cfg=cfg) if source else []
-    report += finetune.freeze(model, t.freeze)  # not in the checkpoint: applied to resumed runs too
+    report += finetune.freeze(model, cfg.train.freeze)  # not in the checkpoint: applied to resumed runs too
     if info.is_main and report:
         print("\n".join(report))
-    configure_device(device, tf32=t.tf32)  # CUDA: cuDNN benchmark mode, TF32 as train.tf32 says
-    model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
-    o = cfg.optim
-    optimizer = make_sgd(
-        model, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, backbone_lr_mult=o.backbone_lr_mult
-    )
-    schedule = LRSchedule.from_config(o, batch_size=t.batch_size)
-    s = Training(cfg, data, model, meta, optimizer, schedule, make_grad_scaler(t.precision, device))
-    if run.checkpoint is not None:
-        run.restore(model, optimizer, s.load_state_dict)  # then, and only then, the folder is prepared
-
-    train_model = run.parallel(model)
-    if t.compile:
-        train_model = compile_model(train_model, t.compile_mode)
-    train_model.train()
-    s.step = make_train_step(
-        train_model, optimizer, device=device, precision=t.precision, channels_last=t.channels_last, scaler=s.scaler
-    )
-    return s
+    return data, model, meta
 
 
 def _loader_line(cfg: Config, data) -> list[str]:
@@ -227,10 +284,16 @@ def set_lr(s: Training, it: int, run: Run) -> float:
 
 
 def log_training(s: Training, run: Run, it: int, lr: float, rate: float) -> None:
-    """Training loss / error over the iterations since the last log: progress bar and TensorBoard."""
+    """Training loss / error over the iterations since the last log: progress bar (or, where none is
+    drawn, a line: a log file still shows the run moving) and TensorBoard."""
     # Sec. 4.2 warm-up: "until the training error is below 80%", over the recent iterations.
     s.schedule.observe_train_error(it, s.recent.error)
     run.bar.set_postfix(loss=f"{s.recent.loss:.3f}", err=f"{s.recent.error:.1f}%", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+    if run.is_main and run.bar.disable:
+        seconds = s.cfg.train.batch_size / max(rate, 1e-9)  # rate: this run's images/s since the last log
+        run.bar.write(
+            f"iter {it}: loss {s.recent.loss:.4f}, train error {s.recent.error:.2f}%, lr {lr:.3g}, {seconds:.3f} s/it"
+        )
     run.log(it, {"train/loss": s.recent.loss, "train/error": s.recent.error, "lr": lr, "images_per_s": rate})
     s.recent.reset()
 
@@ -325,37 +388,6 @@ def check_input_fits(name: str, options: dict[str, Any], size: int, dataset: str
             ) from None
 
 
-class LossWindow:
-    """Per-iteration losses and error counts of the iterations not yet read, kept on the device so the
-    loop never waits for it; `drain` reads them (summed over processes) and checks the losses."""
-
-    def __init__(self, device: torch.device, world_size: int) -> None:
-        self.device, self.world_size = device, world_size
-        self.losses: list[torch.Tensor] = []
-        self.errors = torch.zeros((), dtype=torch.float64, device=device)
-        self.images = 0
-
-    @property
-    def count(self) -> int:
-        return len(self.losses)
-
-    def add(self, loss: torch.Tensor, errors: torch.Tensor, images: int) -> None:
-        self.losses.append(loss.float())
-        self.errors += errors
-        self.images += images
-
-    def drain(self) -> tuple[list[float], int, int]:
-        """(per-iteration mean losses, errors, images) over all processes since the last drain."""
-        if not self.losses:
-            return [], 0, 0
-        packed = torch.cat([torch.stack(self.losses).double(), self.errors.view(1)])  # (iters + 1,)
-        values = dist.all_reduce_sum(packed).tolist()
-        result = ([v / self.world_size for v in values[:-1]], round(values[-1]), self.images * self.world_size)
-        self.losses, self.images = [], 0
-        self.errors.zero_()
-        return result
-
-
 def _evaluate(model: nn.Module, test, device: torch.device, cfg: Config, info: dist.DistInfo) -> float:
     """Error (%) of the whole evaluated split (test or val), computed on rank 0 and shared with the others."""
     error = None
@@ -397,3 +429,16 @@ def print_summary(summary: dict[str, Any], cfg: Config) -> None:
         )
     lines.append(f"run: {summary['out_dir']} (final.pt, metrics.jsonl, tb/)")
     print("\n".join(lines))
+
+
+class _Labelled:
+    """A run's progress bar whose `write` lines name the run (K runs write to one terminal)."""
+
+    def __init__(self, bar: Any, label: str) -> None:
+        self._bar, self._label = bar, label
+
+    def write(self, line: str) -> None:
+        self._bar.write(f"{self._label}: {line}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar, name)

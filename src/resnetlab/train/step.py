@@ -1,11 +1,12 @@
 """One training step (forward, loss, backward, SGD update) and the precision it runs in.
 
-The step exists once: the training loop and the benchmarks both call `make_train_step`.
+The step exists once, for one run or K runs stacked into one network: the training loop and the
+benchmarks both call `make_train_step`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,10 @@ from torch import nn
 
 from resnetlab.config import COMPILE_MODES
 from resnetlab.errors import UserError
+from resnetlab.models.stacked import zero_grads
 
-TrainStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# step(x, y) -> (loss, errors) for one run; step(xs, ys) -> (losses, errors), each (K,), for K runs.
+TrainStep = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -86,12 +89,12 @@ def make_sgd(
 
 def make_train_step(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
     *,
     device: torch.device,
     precision: str = "fp32",
     channels_last: bool = True,
-    scaler: torch.amp.GradScaler | None = None,
+    scaler: torch.amp.GradScaler | None | Sequence[torch.amp.GradScaler | None] = None,
 ) -> TrainStep:
     """Return `step(x, y) -> (loss, errors)` for one batch: forward under autocast, cross-entropy,
     backward, optimizer step (through `scaler` for fp16; one is made when not given; pass your own
@@ -101,33 +104,60 @@ def make_train_step(
     wrapped in DistributedDataParallel or torch.compile. `loss` (mean over the batch, fp32) and `errors`
     (count of misclassified images) are detached device tensors: reading them is left to the caller,
     so the step itself never waits for the device.
+
+    K runs at once: `optimizer` (and `scaler`, if given) the K runs' sequences and, for K > 1, `model`
+    from `models.stacked.stack_models` over their K networks (maybe compiled). Then the step is
+    `step(xs, ys) -> (losses, errors)`: K batches, xs[k] (N, C, H, W) and ys[k] (N,), and (K,) tensors
+    back. The backward pass is of the sum of the runs' mean losses (each scaled by its own scaler for
+    fp16): the runs' weights are disjoint, so each run's gradient is that of its own loss.
     """
+    runs = list(optimizer) if isinstance(optimizer, Sequence) else None
+    optimizers = runs if runs is not None else [optimizer]
+    scalers = list(scaler) if isinstance(scaler, Sequence) else [scaler] * len(optimizers)
     dtype = autocast_dtype(precision, device)
     if scaler is None:
-        scaler = make_grad_scaler(precision, device)
+        scalers = [make_grad_scaler(precision, device) for _ in optimizers]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if len(optimizers) > 1 and any(p.grad is None for p in model.parameters()):
+        raise ValueError("a step of K runs needs the network from stack_models (its gradients are shared)")
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if device.type == "cuda":
             # A new iteration for CUDA-graph trees (compile mode "reduce-overhead"); a no-op otherwise.
             torch.compiler.cudagraph_mark_step_begin()
-        x = x.to(device, memory_format=memory_format, non_blocking=True)  # (N, C, H, W)
-        y = y.to(device, non_blocking=True)  # (N,)
+        # K x (N, C, H, W) -> (N, K*C, H, W): run k's batch is channel group k of the stacked network.
+        x = xs[0] if len(xs) == 1 else torch.cat([x.to(device, non_blocking=True) for x in xs], dim=1)
+        x = x.to(device, memory_format=memory_format, non_blocking=True)
+        y = torch.stack([y.to(device, non_blocking=True) for y in ys], dim=1)  # (N, K)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x)  # (N, num_classes)
-            loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            logits = model(x).reshape(len(y), len(ys), -1)  # (N, K, num_classes); one network: K = 1
+            # The loss in fp32 under autocast; otherwise in the weights' own dtype (float64 in the tests).
+            logits = logits.float() if dtype is not None else logits
+            losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)  # (K,)
+        if len(optimizers) == 1:
+            optimizers[0].zero_grad(set_to_none=True)
         else:
-            loss.backward()
-            optimizer.step()
-        errors = (logits.argmax(dim=1) != y).sum()
-        return loss.detach(), errors
+            zero_grads(model)  # the runs' gradients are views of the wide ones: zeroed in place, never dropped
+        if scalers[0] is None:
+            losses.sum().backward()
+            for opt in optimizers:
+                opt.step()
+        else:
+            torch.stack([s.scale(loss) for s, loss in zip(scalers, losses)]).sum().backward()
+            for opt, s in zip(optimizers, scalers):
+                s.step(opt)
+                s.update()
+        errors = (logits.argmax(dim=2) != y).sum(0)  # (K,)
+        return losses.detach(), errors
 
-    return step
+    if runs is not None:
+        return step
+
+    def one_run(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, errors = step([x], [y])
+        return loss[0], errors[0]
+
+    return one_run
 
 
 @torch.inference_mode()

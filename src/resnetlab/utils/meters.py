@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 
+import torch
+
+from resnetlab.utils import distributed as dist
+
 
 class Average:
     """Mean loss and error (%) over a span of iterations: `add(loss_sum, errors, images, iters)`.
@@ -61,3 +65,34 @@ class Throughput:
         value = self.images / max(now - self.start, 1e-9)
         self.start, self.images = now, 0
         return value
+
+
+class LossWindow:
+    """Per-iteration losses and error counts of the iterations not yet read, kept on the device so the
+    loop never waits for it; `drain` reads them (summed over processes) and checks the losses."""
+
+    def __init__(self, device: torch.device, world_size: int) -> None:
+        self.device, self.world_size = device, world_size
+        self.losses: list[torch.Tensor] = []
+        self.errors = torch.zeros((), dtype=torch.float64, device=device)
+        self.images = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.losses)
+
+    def add(self, loss: torch.Tensor, errors: torch.Tensor, images: int) -> None:
+        self.losses.append(loss.float())
+        self.errors += errors
+        self.images += images
+
+    def drain(self) -> tuple[list[float], int, int]:
+        """(per-iteration mean losses, errors, images) over all processes since the last drain."""
+        if not self.losses:
+            return [], 0, 0
+        packed = torch.cat([torch.stack(self.losses).double(), self.errors.view(1)])  # (iters + 1,)
+        values = dist.all_reduce_sum(packed).tolist()
+        result = ([v / self.world_size for v in values[:-1]], round(values[-1]), self.images * self.world_size)
+        self.losses, self.images = [], 0
+        self.errors.zero_()
+        return result

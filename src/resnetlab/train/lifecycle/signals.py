@@ -23,7 +23,7 @@ class StopSignal:
 
     With many processes each rank posts its flag (the signal number, 0 for none) in an asynchronous
     all-reduce (max) on a CPU-side gloo group and reads the result one step later, so no step waits on
-    it and every rank stops at the same iteration. A second Ctrl-C falls through to Python's default.
+    it and every rank stops at the same iteration. A second one falls through to Python's default.
     """
 
     def __init__(self, info: dist.DistInfo) -> None:
@@ -39,7 +39,18 @@ class StopSignal:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = max(self.signum, signum)
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        signal.signal(signum, self._second(signum))
+
+    def _second(self, signum: int) -> Any:
+        """What a second signal meets: the handler below every run's (K runs in one process each set
+        one: the next one down would only set its flag again), and for a Ctrl-C that was ignored before
+        (a process a shell started with `&`), Python's own: a second Ctrl-C stops at once."""
+        previous = self._previous.get(signum)
+        while isinstance(getattr(previous, "__self__", None), StopSignal):
+            previous = previous.__self__._previous.get(signum)
+        if previous in (None, signal.SIG_IGN):
+            return signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        return previous
 
     def poll(self) -> str | None:
         agreed = self.signum
