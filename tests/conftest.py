@@ -1,9 +1,14 @@
 """Every test's caches go to a folder of the test session, never the user's ~/.cache/resnetlab
-(data.cache's default); the default data folder stays what it was."""
+(data.cache's default); the default data folder stays what it was. `tmpfs`: a small real file system,
+for a disk that fills up."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +26,26 @@ def _session_cache_dir(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture
+def tmpfs(tmp_path) -> Iterator[Callable[[str, str], Path]]:
+    """`tmpfs(size, name)`: a tmpfs of `size` ("64k", "1m") mounted at tmp_path/name, unmounted after
+    the test: a real ENOSPC from the kernel, through every layer that writes. Mounting needs root (as on
+    the project's machines); the test is skipped where `mount` is refused, never faked."""
+    mounts: list[Path] = []
+
+    def make(size: str, name: str = "disk") -> Path:
+        mount = tmp_path / name
+        mount.mkdir()
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("mounting a small tmpfs needs root")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()})")
+        mounts.append(mount)
+        return mount
+
+    yield make
+    for mount in mounts:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -40,20 +40,9 @@ def temps(folder: Path) -> list[Path]:
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs (root only; skipped where mounting is not permitted): a decoded cache of a few
-    images does not fit."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()})")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
+def full_disk(tmpfs):
+    """A 64 KiB tmpfs: a decoded cache of a few images does not fit."""
+    return tmpfs("64k", "full")
 
 
 def test_a_full_disk_is_one_warning_and_the_run_goes_on(tmp_path, monkeypatch, capsys, full_disk):
