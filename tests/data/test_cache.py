@@ -164,9 +164,14 @@ def _kill_during_writes(tmp_path: Path, moments: list[float]) -> tuple[Path, int
 
 
 def test_kill_9_during_the_first_cache_write_leaves_no_temp_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    xdg, left = _kill_during_writes(tmp_path, [0.0, 0.01])
-    assert left >= 1  # a kill did land in a write
+    # On a loaded machine the poll can miss a write's short window: try again (a new folder each
+    # time) until a kill lands in one, as the test needs, then check what the normal run left.
+    for attempt in range(5):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / f"{attempt}" / "xdg"))
+        xdg, left = _kill_during_writes(tmp_path / f"{attempt}", [0.0, 0.01])
+        if left:
+            break
+    assert left >= 1, "no kill landed in a cache write in 5 tries"
     assert temps(xdg) == [] and len(user_caches(xdg)) == 2
 
 
