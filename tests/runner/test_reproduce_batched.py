@@ -34,17 +34,6 @@ def tiny_config(kind, depth):
     )
 
 
-@pytest.fixture
-def fake_data(monkeypatch):
-    import resnetlab.train.loop as loop
-
-    monkeypatch.setattr(loop, "build_data", train_fake_data.build_fake_data)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def grid(out, iters=8, **kw):
     return plan("degradation", out=out, schedule_name="short", iters=iters, device="cpu", config_fn=tiny_config, **kw)
 

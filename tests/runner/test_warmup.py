@@ -16,7 +16,6 @@ from resnetlab.runner.plan import plan
 from resnetlab.runner.pool import run_jobs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-import train_fake_data  # noqa: E402
 
 
 def test_only_the_deepest_jobs_warm_up_also_in_a_short_schedule(tmp_path):
@@ -26,17 +25,6 @@ def test_only_the_deepest_jobs_warm_up_also_in_a_short_schedule(tmp_path):
     assert all(warm[d][0] is None for d in (20, 32, 44, 56))
     by_depth = {j.depth: j.cfg for j in jobs}
     assert by_depth[110].optim.lr == 0.1 and by_depth[110].optim.milestones == (200, 300)  # then 0.1 and the schedule
-
-
-@pytest.fixture
-def fake_data(monkeypatch):
-    import resnetlab.train.loop as loop
-
-    monkeypatch.setattr(loop, "build_data", train_fake_data.build_fake_data)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_a_short_110_run_starts_at_0_01_and_a_20_run_at_0_1(tmp_path, fake_data):
