@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from resnetlab.cli.args import POSITIVE, Overrides, add_device_and_quiet, float_in
+from resnetlab.cli.args import POSITIVE, add_device_and_quiet, add_overrides, float_in, pick, say_for
 from resnetlab.runner.grids import DATASETS, GRIDS, SHORT_FACTOR  # data only: no torch import at --help
 
 
@@ -127,9 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(--set train.tf32=true allows TF32, faster)",
     )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
-    rep.add_argument(
-        "--set", nargs="+", action=Overrides, default=[], metavar="KEY=VALUE", help="config overrides, several per flag"
-    )
+    add_overrides(rep)
     rep.add_argument("--max-images", type=POSITIVE, default=None, help="responses on N test images (random, seed 0)")
     rep.add_argument("--no-responses", action="store_true", help="skip the fig. 7 analysis")
     rep.add_argument(
@@ -162,10 +160,8 @@ def _responses(args: argparse.Namespace) -> int:
         checkpoint_responses(
             ck,
             device=device,
-            data_dir=args.data_dir,
-            max_images=args.max_images,
-            quiet=args.quiet,
-            say=(lambda line: print(line, file=sys.stderr)) if args.json else print,
+            **pick(args, "data_dir", "max_images", "quiet"),
+            say=say_for(args.json),
         )
         for ck in args.checkpoint
     ]
@@ -203,17 +199,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     jobs = plan(
         args.name,
         out=out,
-        seeds=args.seeds,
-        dataset=args.dataset,
         schedule_name=args.schedule,
-        iters=args.iters,
-        eval_every=args.eval_every,
-        device=args.device,
-        with_1202=args.with_1202,
         overrides=overrides,
-        rerun_changed=args.rerun_changed,
-        data_dir=args.data_dir,
-        nets=args.nets,
+        **pick(
+            args, "seeds", "dataset", "iters", "eval_every", "device", "with_1202", "rerun_changed", "data_dir", "nets"
+        ),
     )
     device = resolve_device(args.device)
     cpu_only = [f"--procs {args.procs}"] if args.procs > 1 else []
@@ -247,13 +237,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     left = run_jobs(
         jobs,
         gpus=gpus,
-        jobs_per_gpu=args.jobs_per_gpu,
-        procs=args.procs,
-        threads=args.threads,
-        batch_runs=args.batch_runs,
         train_fn=train_fn,
         batched_fn=batched_fn,
-        budget_s=args.budget_s,
+        **pick(args, "jobs_per_gpu", "procs", "threads", "batch_runs", "budget_s"),
     )
     if left:  # only the budget returns unfinished runs; a signal raises (`resnetlab.runner.stop`)
         print(
@@ -264,11 +250,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     report(
         jobs,
         out,
-        dataset=args.dataset,
         device=device,
         responses=not args.no_responses,
-        max_images=args.max_images,
-        quiet=args.quiet,
+        **pick(args, "dataset", "max_images", "quiet"),
     )
     print((out / "table.md").read_text(), end="")
     return 0

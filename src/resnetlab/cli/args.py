@@ -12,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from resnetlab.config import cut
 
@@ -112,8 +112,22 @@ class Overrides(argparse._ExtendAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+def pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """Flags passed on under their own names: `f(**pick(args, "device", "quiet"))`."""
+    return {name: getattr(args, name) for name in names}
+
+
+def say_for(json_out: bool) -> Callable[[str], None]:
+    """Where notes go: stdout, or stderr when stdout carries JSON."""
+    return (lambda line: print(line, file=sys.stderr)) if json_out else print
+
+
 POSITIVE = int_at_least(1)
 NON_NEGATIVE = int_at_least(0)
+
+
+def add_overrides(p: argparse.ArgumentParser, help: str = "config overrides, several per flag") -> None:
+    p.add_argument("--set", nargs="+", action=Overrides, default=[], metavar="KEY=VALUE", help=help)
 
 
 def add_device_and_quiet(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any
 
-from resnetlab.cli.args import Overrides
+from resnetlab.cli.args import add_overrides
 
 EPILOG = """examples:
   resnetlab config show --preset cifar10-resnet20 --set train.max_iters=600 optim.milestones=[400]
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = sub.add_parser("show", help="the resolved config as YAML (what `train` would write to config.yaml)")
     show.add_argument("--preset", metavar="NAME", help="configs/NAME.yaml or a YAML path (default: the defaults)")
-    show.add_argument("--set", nargs="+", action=Overrides, default=[], metavar="KEY=VALUE", help="config overrides")
+    add_overrides(show)
     show.add_argument("--detection", action="store_true", help="the detection tree (configs/detection/)")
     show.add_argument("--json", action="store_true", help="JSON instead of YAML")
     show.set_defaults(func=_show)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from resnetlab.cli.args import NON_NEGATIVE, Overrides, add_device_and_quiet, float_in
+from resnetlab.cli.args import NON_NEGATIVE, add_device_and_quiet, add_overrides, float_in
 from resnetlab.errors import UserError
 
 
@@ -18,9 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="fine-tune a detector from a preset (configs/detection/)")
     t.add_argument("--preset", help="preset name (voc07-resnet101-c4, ...) or a YAML path")
     t.add_argument("--out", help="run folder (config.yaml, metrics.jsonl, checkpoints); required to train")
-    t.add_argument(
-        "--set", nargs="+", action=Overrides, default=[], metavar="K=V", help="overrides, e.g. model.pretrained=r101.pt"
-    )
+    add_overrides(t, "config overrides, e.g. model.pretrained=r101.pt")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     t.add_argument("--device", help="shortcut for --set train.device=DEVICE")
     t.add_argument("--list", action="store_true", help="list the detection presets and exit")
@@ -29,9 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("evaluate", help="mAP of a detection checkpoint on its test split, beside the paper's")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument(
-        "--set", nargs="+", action=Overrides, default=[], metavar="K=V", help="data.* overrides (data.dir, data.test)"
-    )
+    add_overrides(e, "data.* overrides (data.dir, data.test)")
     e.add_argument("--max-images", type=NON_NEGATIVE, default=0, help="only the first N test images (0: all)")
     add_device_and_quiet(e)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -7,7 +7,7 @@ import csv
 import json
 import sys
 
-from resnetlab.cli.args import NON_NEGATIVE, POSITIVE, add_device_and_quiet, output_file
+from resnetlab.cli.args import NON_NEGATIVE, POSITIVE, add_device_and_quiet, output_file, pick, say_for
 from resnetlab.errors import UserError
 from resnetlab.utils.text import printable
 
@@ -131,17 +131,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     r = evaluate_checkpoints(
         args.checkpoint,
-        protocol=args.protocol,
-        data_dir=args.data_dir,
-        split=args.split,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        skip_corrupt=args.skip_corrupt,
+        **pick(
+            args, "protocol", "data_dir", "split", "batch_size", "workers", "device", "skip_corrupt", "flip", "quiet"
+        ),
         scales=tuple(args.scales or PAPER_SCALES),
-        flip=args.flip,
-        quiet=args.quiet,
-        say=_say(args.json),
+        say=say_for(args.json),
     )
     # The results first: a figure that fails to write must not take them with it.
     if args.json:
@@ -191,23 +185,10 @@ def format_per_class(rows: list[dict], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def _say(json_out: bool):
-    """Where notes go: stdout, or stderr when stdout carries JSON."""
-    return (lambda line: print(line, file=sys.stderr)) if json_out else print
-
-
 def run_predict(args: argparse.Namespace) -> int:
     from resnetlab.evaluate import predict
 
-    rows = predict(
-        args.images,
-        args.checkpoint,
-        top=args.top,
-        device=args.device,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        quiet=args.quiet,
-    )
+    rows = predict(args.images, args.checkpoint, **pick(args, "top", "device", "batch_size", "workers", "quiet"))
     if args.json:
         print(json.dumps(rows))
     elif args.csv:

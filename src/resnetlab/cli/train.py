@@ -6,7 +6,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from resnetlab.cli.args import Overrides
+from resnetlab.cli.args import add_overrides
 from resnetlab.errors import UserError
 
 EPILOG = """examples:
@@ -37,14 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", metavar="NAME", help="configs/NAME.yaml or a path to a YAML file")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder")
-    p.add_argument(
-        "--set",
-        nargs="+",
-        action=Overrides,
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. train.max_iters=600 optim.milestones=[400]",
-    )
+    add_overrides(p, "config overrides, e.g. train.max_iters=600 optim.milestones=[400]")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (sets train.device)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
     p.add_argument(
