@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -134,16 +135,22 @@ class _Stop(Exception):
     pass
 
 
-def test_a_stop_that_arrives_while_the_workers_are_forked_is_not_lost(default_dispositions):
+@pytest.mark.parametrize("other_thread", [False, True], ids=["one thread", "beside another thread"])
+def test_a_stop_that_arrives_while_the_workers_are_forked_is_not_lost(default_dispositions, other_thread):
     # Python runs a signal's handler at its next bytecode: during a fork, inside an at-fork callback
     # (logging registers one), which reports the handler's exception as ignored; the command ran on
     # (seen once in the group-SIGTERM test on a loaded machine). Here the signal comes at that moment.
+    # Another thread (TensorBoard's writer; pytest-xdist's) takes a signal that the main thread holds.
+    done = threading.Event()
+    if other_thread:
+        threading.Thread(target=done.wait, daemon=True).start()
     armed = [True]
 
     def signal_once() -> None:
         if armed[0]:
             armed[0] = False
             os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # still in the callback when the signal is taken, whichever thread takes it
 
     def stop(signum, frame):
         raise _Stop
@@ -155,6 +162,7 @@ def test_a_stop_that_arrives_while_the_workers_are_forked_is_not_lost(default_di
             iter(data_loader(_Dispositions(), batch_size=1, num_workers=1))
     finally:
         armed[0] = False
+        done.set()
 
 
 class _Mask(torch.utils.data.Dataset):

@@ -15,12 +15,15 @@ exit handler stops daemonic children with SIGTERM and then waits for them: forev
 
 A signal that arrives while the workers are forked runs the command's handler inside an at-fork
 callback (logging's), which reports the exception it raises as "ignored": the stop was lost and the
-command ran on. SIGTERM and SIGINT are held while a loader starts its workers, and arrive after.
+command ran on. While a loader starts its workers, SIGTERM and SIGINT are only noted, and raised again
+once they are started. (Holding them with a signal mask is not enough: another thread of the command,
+TensorBoard's writer say, takes the signal and the handler still runs in the callback.)
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import multiprocessing.util  # registers multiprocessing's exit handler: before ours (atexit)
 import signal
@@ -37,7 +40,6 @@ def quiet_worker(worker_id: int) -> None:
     """`worker_init_fn` for every DataLoader of ours (it runs after torch set its worker handlers)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # held while the command forked it (`_Loader`)
     sys.excepthook = _quiet_when_the_command_left
 
 
@@ -57,11 +59,29 @@ def data_loader(*args: Any, **kwargs: Any) -> DataLoader:
 
 class _Loader(DataLoader):
     def __iter__(self):  # starts the workers (on the first call, with persistent workers)
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
-        try:
+        with _stops_noted():
             return super().__iter__()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile arrives now
+
+
+@contextlib.contextmanager
+def _stops_noted():
+    """SIGTERM and SIGINT only noted inside, raised again at the end under the handlers of before.
+    Python runs handlers in the main thread only: forked from another thread, no handler runs in it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    before = {s: signal.getsignal(s) for s in STOPS}
+    before = {s: h for s, h in before.items() if h not in (signal.SIG_IGN, None)}  # None: set outside Python
+    for s in before:
+        signal.signal(s, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(noted):
+            signal.raise_signal(s)
 
 
 def _kill_workers_at_exit() -> None:
