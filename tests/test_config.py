@@ -63,6 +63,17 @@ def test_override_values_are_parsed_as_yaml_and_typed():
     assert apply_overrides(cfg, ["optim.warmup_lr=null"]).optim.warmup_lr is None
 
 
+def test_an_override_that_yaml_reads_as_a_boolean_or_a_number_stays_text_where_the_key_takes_text():
+    # YAML 1.1: off/yes are booleans, 2024 an integer; a folder may be called any of them
+    cfg = apply_overrides(Config(), ["data.dir=2024", "data.name=imagefolder", "train.channels_last=off"])
+    assert cfg.data.dir == "2024" and cfg.train.channels_last is False
+    assert apply_overrides(Config(), ["data.dir=yes"]).data.dir == "yes"
+    with pytest.raises(UserError, match=r"^data.cache: 'off' is not one of 'user', 'data', 'none'$"):
+        apply_overrides(Config(), ["data.cache=off"])
+    with pytest.raises(UserError, match=r"train.max_iters: expected an integer, got 'yes'"):
+        apply_overrides(Config(), ["train.max_iters=yes"])
+
+
 @pytest.mark.parametrize(
     "override, words",
     [

@@ -186,8 +186,20 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
             value = raw  # not YAML: the text itself (a path with a colon)
         except YAMLRefused as e:
             raise UserError(f"--set {key}: {e}") from None
-        nested.setdefault(section, {})[name] = value
+        key_type = section_types(section_types(type(cfg))[section])[name]
+        nested.setdefault(section, {})[name] = _as_typed(value, raw.strip(), key_type)
     return from_dict(nested, base=cfg)
+
+
+def _as_typed(value: Any, text: str, tp: Any) -> Any:
+    """YAML 1.1 reads `off` and `yes` as booleans and `2024` as a number: where the key does not take
+    that value, the text as typed (a folder named 2024; an error that shows `off`, not False)."""
+    if not isinstance(value, (bool, int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+        return value  # .nan and .inf: "must be a finite number, got nan" names them better
+    try:
+        return _check(value, tp, "")
+    except UserError:
+        return text
 
 
 def flat_diff(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
