@@ -78,6 +78,24 @@ def test_safe_extract_refuses_hostile_members(tmp_path, member):
     assert not (tmp_path / "evil").exists()
 
 
+@pytest.mark.parametrize("mine", ["folder", "file"])
+def test_safe_extract_never_swaps_a_file_for_a_folder_of_the_same_name(tmp_path, mine):
+    # a file of the archive used to replace a folder of the user's (rmtree), after other files had moved in
+    out = tmp_path / "out"
+    (out / "top").mkdir(parents=True)
+    if mine == "folder":
+        (out / "top/notes").mkdir()
+        (out / "top/notes/kept.txt").write_text("mine")
+        archive = _tar(tmp_path / "a.tar.gz", [_file("top/a.txt", b"new"), _file("top/notes", b"theirs")])
+    else:
+        (out / "top/notes").write_text("mine")
+        archive = _tar(tmp_path / "a.tar.gz", [_file("top/a.txt", b"new"), _file("top/notes/b.txt", b"theirs")])
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(UserError, match=f"refusing to extract: {out / 'top/notes'} is a {mine} here"):
+        safe_extract(archive, out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # not even top/a.txt moved in
+
+
 def test_safe_extract_corrupt_archive(tmp_path):
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(b"\x1f\x8b garbage")

@@ -111,17 +111,29 @@ def _zip_kind(info: zipfile.ZipInfo) -> str:
     return "dir" if info.is_dir() else "file"
 
 
+def _clash(src: Path, dest: Path) -> Path | None:
+    """The first place where src has a file and dest a folder of that name, or the reverse."""
+    for entry in src.iterdir():
+        to = dest / entry.name
+        if not to.exists() and not to.is_symlink():
+            continue
+        if entry.is_dir() != to.is_dir():
+            return to
+        if entry.is_dir() and (inner := _clash(entry, to)):
+            return inner
+    return None
+
+
 def _move_into(src: Path, dest: Path) -> None:
     """Move src's entries into dest: files replace files, folders merge (COCO's annotations/ holds
-    several years' files; extracting one keeps the others)."""
+    several years' files; extracting one keeps the others). `_clash` is checked first: a file of the
+    archive never replaces a folder of the user's."""
     for entry in src.iterdir():
         to = dest / entry.name
         if entry.is_dir() and to.is_dir():
             _move_into(entry, to)
-            continue
-        if to.is_dir():
-            shutil.rmtree(to)
-        os.replace(entry, to)
+        else:
+            os.replace(entry, to)
 
 
 def safe_extract(archive: str | Path, target: str | Path) -> None:
@@ -142,6 +154,12 @@ def safe_extract(archive: str | Path, target: str | Path) -> None:
             tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target))
             try:
                 arc.extractall(tmp) if is_zip else arc.extractall(tmp, **_DATA_FILTER)
+                if clash := _clash(tmp, target):
+                    kind = "folder" if clash.is_dir() else "file"
+                    raise UserError(
+                        f"{archive}: refusing to extract: {clash} is a {kind} here and not in the archive; "
+                        "move it away or extract elsewhere"
+                    )
                 _move_into(tmp, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
