@@ -19,8 +19,9 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 
+# -n auto: one pytest worker per core (pytest-xdist); `pytest tests/<area>` alone runs in one process.
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 slow-test: $(STAMP)
 	$(BIN)/pytest -q -m slow
