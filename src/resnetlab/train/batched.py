@@ -1,43 +1,10 @@
 """`train_batched(cfgs, out_dirs)`: K small runs trained as one batched computation, each in its own run folder.
 
-Why: the CIFAR nets' 16-64-channel convolutions at batch 128 leave most of a large
-GPU idle (ResNet-56: 6 ms a step on an H200 with CUDA graphs), while the paper's CIFAR section is
-nine such networks. Several runs in one computation fill the GPU with one launch per layer for all.
-
-How: `resnetlab.models.stacked.stack_models` turns the K networks into one wide network of grouped
-convolutions (run k's batch is channel group k; batch norm over K*C channels is per channel, so per
-run; option A shortcuts pad within each group; a residual/plain mix masks the shortcut per group).
-The training loss is the sum of the runs' mean losses; the runs' weights are disjoint, so each run's
-gradient is the gradient of its own loss.
-
-Why grouped convolutions rather than `torch.func.stack_module_state` + `vmap`: vmap's batching rule
-for a convolution with batched weights is itself a grouped convolution, so the GPU work is the same.
-What vmap adds is batch norm trouble (its running statistics are updated in place, which vmap
-refuses; functorch's `replace_all_batch_norm_modules_` drops them, and evaluation needs them) and a
-functional training loop beside the ordinary one. Grouped layers keep the model's own forward code.
-
-What each run keeps as a separate run has it: it goes through the same loop, `loop.train_runs`,
-as a run alone (set-up, step, logs, evaluation, checkpoints are one code for K = 1 and K > 1):
-- initial weights: `seed_everything(train.seed)`, its data, then its model from the registry;
-- data order and augmentation draws: its own training source from `build_data(cfg)` (seeded by
-  train.seed; the data set is held once per run);
-- batch-norm statistics (per channel group) and the BN step counter;
-- optimizer: its own `make_sgd` optimizer over its views of the shared weights (momentum buffers,
-  weight decay), its own `LRSchedule` (a warm-up ends on its own training error), its own GradScaler
-  for fp16;
-- its folder: `open_run` (lock, config.yaml, resume checks), metrics.jsonl, TensorBoard, checkpoint.pt
-  and final.pt. These are ordinary files: `resnetlab evaluate` reads final.pt, `run_training(cfg,
-  out, resume=True)` continues the run alone.
-Shared: the process, the device and how it runs (train.*: precision, compile, channels_last), the
-iteration counter and the log / evaluation / checkpoint cadence. A signal stops every run at the same
-step, each with a checkpoint; a second Ctrl-C stops at once. A NaN in one run stops them all (the
-message names the run).
-
-Equal to separate runs up to the order of summation inside grouped convolutions and the batched fc
-product: in float64 at the paper's settings, weights, BN statistics and momentum buffers agree to
-1e-9 relative after 20 steps (`tests/train/test_batched.py`); in fp32 the runs drift apart
-as any two fp32 runs with different summation orders do (measured: `benchmarks/batched_drift.py`,
-figures in docs/train.md).
+The CIFAR nets leave most of a large GPU idle; `stack_models` turns K of them into one network of
+grouped convolutions (run k is channel group k) and `loop.train_runs` trains it with the code of a run
+alone, so each run keeps its own weights, data order, BN statistics, optimizer, schedule and folder.
+Equal to separate runs up to the order of summation (1e-9 in float64). Why grouped convolutions and
+not vmap, and the fp32 drift measured: docs/train.md, "Several runs as one computation".
 """
 
 from __future__ import annotations
