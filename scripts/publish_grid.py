@@ -1,0 +1,97 @@
+"""Copy a `resnetlab reproduce` folder into docs/results: its report, each run's record, and each
+finished run's fp16 weights with a check that they give the run's test error.
+
+    python scripts/publish_grid.py RUNS DEST --data-dir DATA [--device cpu] [--tolerance 0.3]
+
+RUNS is reproduce's --out, DEST a folder under docs/results (e.g. .../cifar10-jpeg-table6/8k). For
+every run folder with a final.pt: `resnetlab export --format weights-fp16` to DEST/RUN.pt, then
+`resnetlab evaluate` of that file on DATA's test split; the run's config.yaml, data.json,
+metrics.jsonl and train.log go to DEST/runs/RUN/. DEST/weights.md lists each run's file, size, wall
+time, the test error its training ended with and the one its fp16 weights give, and the command that
+reproduces it. A difference over --tolerance points exits 1. Runs without final.pt are named, not copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPORT = ("table.csv", "table.md", "curves.png", "responses.png", "responses.json", "commands.txt")
+RECORD = ("config.yaml", "data.json", "metrics.jsonl", "train.log")
+
+
+def resnetlab(*argv: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "resnetlab", *argv], capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"resnetlab {' '.join(argv[:3])} ...: {r.stderr.strip() or f'exit {r.returncode}'}")
+    return r.stdout
+
+
+def last_test_row(metrics: Path) -> dict:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("test_error") is not None]
+    if not rows:
+        sys.exit(f"{metrics}: no evaluation recorded")
+    return rows[-1]
+
+
+def publish(runs: Path, dest: Path, data_dir: str, device: str, tolerance: float) -> int:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in REPORT:
+        if (runs / name).is_file():
+            shutil.copy2(runs / name, dest / name)
+    rows, worst, unfinished = [], 0.0, []
+    for run in sorted(p for p in runs.iterdir() if (p / "config.yaml").is_file()):
+        if not (run / "final.pt").is_file():
+            unfinished.append(run.name)
+            continue
+        (dest / "runs" / run.name).mkdir(parents=True, exist_ok=True)
+        for name in RECORD:
+            if (run / name).is_file():
+                shutil.copy2(run / name, dest / "runs" / run.name / name)
+        weights = dest / f"{run.name}.pt"
+        resnetlab("export", "--checkpoint", str(run / "final.pt"), "--format", "weights-fp16", "--out", str(weights))
+        argv = ["evaluate", "--checkpoint", str(weights), "--data-dir", data_dir, "--split", "test"]
+        got = json.loads(resnetlab(*argv, "--device", device, "--workers", "0", "--quiet", "--json"))
+        final = last_test_row(run / "metrics.jsonl")
+        diff = got["top1_error"] - final["test_error"]
+        worst = max(worst, abs(diff))
+        minutes = final["time"] / 60
+        rows.append(
+            f"| {run.name} | `{weights.name}` | {weights.stat().st_size / 1e6:.2f} MB | {minutes:.1f} min | "
+            f"{final['test_error']:.2f} | {got['top1_error']:.2f} ({diff:+.2f}) | `resnetlab {' '.join(argv)}` |"
+        )
+        print(f"{run.name}: final {final['test_error']:.2f} %, fp16 weights {got['top1_error']:.2f} %", flush=True)
+    head = [
+        "| run | weights | size | wall time | test error at the end of training (%) | fp16 weights, evaluate (%) "
+        "| command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    tail = [f"\nNot finished (no final.pt): {', '.join(unfinished)}."] if unfinished else []
+    (dest / "weights.md").write_text("\n".join(head + rows + tail) + "\n")
+    print(f"wrote {dest / 'weights.md'}: {len(rows)} runs, largest difference {worst:.2f} points")
+    if worst > tolerance:
+        print(f"a difference over {tolerance} points: see weights.md", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", type=Path, help="reproduce's --out folder")
+    p.add_argument("dest", type=Path, help="where the results go (a folder under docs/results)")
+    p.add_argument("--data-dir", required=True, help="the data set the runs trained on (its test split)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tolerance", type=float, default=0.3, help="points between the run's and the weights' error")
+    args = p.parse_args()
+    if not args.runs.is_dir():
+        p.error(f"{args.runs} is not a folder")
+    return publish(args.runs, args.dest, args.data_dir, args.device, args.tolerance)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""scripts/publish_grid.py: a reproduce folder copied into docs/results with fp16 weights per finished
+run, each evaluated and held against the error its run ended with (the script in its own process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.transforms import functional as TV
+
+from resnetlab.models import create_model
+from resnetlab.utils.checkpoint import save_atomic
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ["a", "b", "c"]
+
+
+def _evaluate(ck: Path, data: Path) -> float:
+    argv = ["evaluate", "--checkpoint", str(ck), "--data-dir", str(data), "--split", "test", "--workers", "0"]
+    r = subprocess.run(
+        [sys.executable, "-m", "resnetlab", *argv, "--device", "cpu", "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["top1_error"]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> tuple[Path, Path, float]:
+    """A reproduce folder: run `net-seed0` finished (final.pt, its record), `net-seed1` not; its
+    metrics end with the test error that evaluate gives for the fp32 final.pt."""
+    base = tmp_path_factory.mktemp("publish")
+    data, runs = base / "data", base / "runs"
+    g = torch.Generator().manual_seed(0)
+    for name in CLASSES:
+        (data / "test" / name).mkdir(parents=True)
+        for i in range(4):
+            TV.to_pil_image(torch.rand(3, 32, 32, generator=g)).save(data / "test" / name / f"{i}.png")
+    torch.manual_seed(0)
+    net = create_model("cifar_resnet20", num_classes=len(CLASSES))
+    meta = {
+        "dataset": "imagefolder",
+        "classes": CLASSES,
+        "num_classes": len(CLASSES),
+        "in_channels": 3,
+        "image_size": 32,
+        "mean": torch.full((3, 32, 32), 0.5),
+        "std": None,
+        "model": "cifar_resnet20",
+        "model_options": {"num_classes": len(CLASSES)},
+    }
+    for run in ("net-seed0", "net-seed1"):
+        (runs / run).mkdir(parents=True)
+        (runs / run / "config.yaml").write_text("model: {name: cifar_resnet20}\n")
+        (runs / run / "train.log").write_text("done\n")
+    save_atomic({"model": net.state_dict(), "config": {}, "meta": meta}, runs / "net-seed0" / "final.pt")
+    error = _evaluate(runs / "net-seed0" / "final.pt", data)
+    rows = [{"iter": 2, "test_error": 99.0, "time": 30.0}, {"iter": 4, "test_error": error, "time": 90.0}]
+    (runs / "net-seed0" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (runs / "table.csv").write_text("model,mean\nnet,1\n")
+    return runs, data, error
+
+
+def _publish(runs: Path, dest: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(ROOT / "scripts" / "publish_grid.py"), str(runs), str(dest), "--data-dir", str(data)]
+    return subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_a_finished_run_is_published_with_fp16_weights_that_give_its_error(grid, tmp_path):
+    runs, data, error = grid
+    dest = tmp_path / "dest"
+    r = _publish(runs, dest, data)
+    assert r.returncode == 0, r.stderr
+    assert (dest / "table.csv").read_text() == (runs / "table.csv").read_text()
+    assert sorted(p.name for p in (dest / "runs" / "net-seed0").iterdir()) == [
+        "config.yaml",
+        "metrics.jsonl",
+        "train.log",
+    ]
+    assert not (dest / "net-seed1.pt").exists() and not (dest / "runs" / "net-seed1").exists()
+    weights = torch.load(dest / "net-seed0.pt", weights_only=True)
+    assert {t.dtype for t in weights["model"].values() if t.is_floating_point()} == {torch.float16}
+    fp16_error = _evaluate(dest / "net-seed0.pt", data)
+    row = next(line for line in (dest / "weights.md").read_text().splitlines() if line.startswith("| net-seed0"))
+    assert f"| {error:.2f} | {fp16_error:.2f} (" in row and "| 1.5 min |" in row
+    assert "Not finished (no final.pt): net-seed1." in (dest / "weights.md").read_text()
+
+
+def test_weights_that_do_not_give_the_runs_error_exit_1(grid, tmp_path):
+    runs, data, _ = grid
+    r = _publish(runs, tmp_path / "dest", data, "--tolerance", "-1")  # any difference, 0 included, is too large
+    assert r.returncode == 1 and "a difference over -1.0 points" in r.stderr
