@@ -126,6 +126,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the same as --set train.tf32=false, the default: fp32 convolutions in full fp32 on CUDA "
         "(--set train.tf32=true allows TF32, faster)",
     )
+    rep.add_argument(
+        "--status",
+        action="store_true",
+        help="where each run stands and about how long the rest takes; reads the folders, starts nothing",
+    )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
     add_overrides(rep)
     rep.add_argument("--max-images", type=POSITIVE, default=None, help="responses on N test images (random, seed 0)")
@@ -224,6 +229,11 @@ def _reproduce(args: argparse.Namespace) -> int:
             f"--jobs-per-gpu {args.jobs_per_gpu} is for runs sharing the GPUs of --device auto or cuda, and "
             f"--device {args.device} is {device} here; {instead}"
         )
+    if args.status:
+        from resnetlab.runner.status import status_lines
+
+        print("\n".join(status_lines(jobs, args.procs if gpus == 0 else gpus * args.jobs_per_gpu)))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "commands.txt", "a") as f:
         f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation

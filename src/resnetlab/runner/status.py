@@ -1,0 +1,79 @@
+"""`reproduce --status`: where each run of a grid stands and about how long the rest takes, read from
+the run folders (nothing is started, locked or written; a grid may be training meanwhile).
+
+Time left is estimated from the grid's own runs: their training seconds so far (pauses and a loaded
+machine included) per layer-iteration, times each run's depth x iterations left (`Job.cost`), the
+runs spread over `slots` at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from resnetlab.errors import UserError
+from resnetlab.runner.plan import Job
+
+
+def progress(job: Job) -> tuple[int, float | None, float | None]:
+    """(iteration reached, training seconds so far, last test error) of a job's folder."""
+    last = _last_evaluation(job.out_dir / "metrics.jsonl")
+    if job.state() == "done":
+        return job.cfg.train.max_iters, last.get("time"), last.get("test_error")
+    ckpt = job.out_dir / "checkpoint.pt"
+    if not ckpt.is_file():
+        return 0, None, last.get("test_error")
+    from resnetlab.utils.checkpoint import load  # torch
+
+    try:
+        state = load(ckpt)
+        return int(state["iteration"]), float(state.get("elapsed", 0.0)) or None, last.get("test_error")
+    except (UserError, KeyError, TypeError, ValueError):
+        return 0, None, last.get("test_error")
+
+
+def _last_evaluation(metrics: Path) -> dict:
+    """The last evaluation row of metrics.jsonl (analysis.runs.read_metrics refuses a line that a kill
+    cut short, and the runner does not import the analyses)."""
+    rows = []
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    rows = [r for r in rows if isinstance(r, dict) and r.get("test_error") is not None]
+    return rows[-1] if rows else {}
+
+
+def _hours(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def status_lines(jobs: list[Job], slots: int = 1) -> list[str]:
+    rows = [(job, *progress(job)) for job in jobs]
+    timed = [(job.depth * it, s) for job, it, s, _ in rows if it and s]
+    per_layer_iter = sum(s for _, s in timed) / sum(w for w, _ in timed) if timed else None
+    lines = [f"{'run':<18} {'state':<7} {'iteration':>17} {'test error':>10} {'trained':>8} {'left':>8}"]
+    left_total, longest = 0.0, 0.0
+    for job, it, seconds, error in rows:
+        total = job.cfg.train.max_iters
+        left = job.depth * (total - it) * per_layer_iter if per_layer_iter is not None else None
+        if left is not None:
+            left_total, longest = left_total + left, max(longest, left)
+        lines.append(
+            f"{job.name:<18} {job.state():<7} {f'{it}/{total} ({100 * it // total}%)':>17} "
+            f"{f'{error:.2f}%' if error is not None else '-':>10} {_hours(seconds) if seconds else '-':>8} "
+            f"{_hours(left) if left is not None else '?':>8}"
+        )
+    if per_layer_iter is None:
+        lines.append("time left: not known until a run has trained (no checkpoint yet)")
+    elif left_total:
+        wall = max(left_total / slots, longest)
+        lines.append(
+            f"time left: about {_hours(wall)} with {slots} run(s) at once ({_hours(left_total)} of one process), "
+            "at the speed the runs had so far"
+        )
+    else:
+        lines.append("every run is done: the same command without --status writes the report")
+    return lines

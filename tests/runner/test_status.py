@@ -1,0 +1,56 @@
+"""`reproduce --status`: each run's iteration, last test error and time, and the time left estimated
+from the grid's own speed so far, read from the folders without writing anything."""
+
+from __future__ import annotations
+
+import json
+
+from resnetlab.cli import main
+from resnetlab.config import Config, ModelConfig
+from resnetlab.runner.plan import plan
+from resnetlab.runner.status import status_lines
+from resnetlab.utils import checkpoint
+
+
+def stub_config(kind, depth):
+    return Config(model=ModelConfig(name=f"cifar_{kind}{depth}"))
+
+
+def _files(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def test_status_of_a_grid_part_trained(tmp_path):
+    """Table 6 at 8 iterations: ResNet-20 done in 80 s, ResNet-110 checkpointed at iteration 4 after
+    220 s. 300 s for 20 x 8 + 110 x 4 = 600 layer-iterations: 0.5 s each. Left: 56 x 8 x 0.5 = 224 s,
+    44: 176, 32: 128, 110: 110 x 4 x 0.5 = 220; 748 s in one process, on two slots 374 s."""
+    jobs = plan("table6", out=tmp_path, schedule_name="short", iters=8, config_fn=stub_config)
+    by_name = {j.name: j for j in jobs}
+    r20, r110 = by_name["resnet20-seed0"].out_dir, by_name["resnet110-seed0"].out_dir
+    r20.mkdir(parents=True)
+    (r20 / "final.pt").write_bytes(b"")
+    rows = [{"iter": 4, "test_error": 50.0, "time": 40.0}, {"iter": 8, "test_error": 12.5, "time": 80.0}]
+    (r20 / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"iter": 9, "te')
+    r110.mkdir(parents=True)
+    checkpoint.save_atomic({"model": {}, "iteration": 4, "elapsed": 220.0}, r110 / "checkpoint.pt")
+    (r110 / "metrics.jsonl").write_text(json.dumps({"iter": 4, "test_error": 70.25, "time": 220.0}) + "\n")
+    before = _files(tmp_path)
+
+    lines = status_lines(jobs, slots=2)
+
+    assert _files(tmp_path) == before
+    table = {line.split()[0]: line.split()[1:] for line in lines[1:-1]}
+    assert table["resnet20-seed0"] == ["done", "8/8", "(100%)", "12.50%", "0h01m", "0h00m"]
+    assert table["resnet110-seed0"] == ["resume", "4/8", "(50%)", "70.25%", "0h04m", "0h04m"]
+    assert table["resnet56-seed0"] == ["new", "0/8", "(0%)", "-", "-", "0h04m"]
+    assert lines[-1].startswith("time left: about 0h06m with 2 run(s) at once (0h12m of one process)")
+
+
+def test_status_from_the_command_line_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "grid"
+    argv = ["reproduce", "table6", "--out", str(out), "--schedule", "short", "--iters", "8", "--device", "cpu"]
+    assert main([*argv, "--status"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed[1:-1]] == [f"resnet{d}-seed0" for d in (20, 32, 44, 56, 110)]
+    assert printed[-1] == "time left: not known until a run has trained (no checkpoint yet)"
+    assert not out.exists()
