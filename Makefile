@@ -19,9 +19,11 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 
-# -n auto: one pytest worker per core (pytest-xdist); `pytest tests/<area>` alone runs in one process.
+# One pytest worker per usable core (pytest-xdist); `make test WORKERS=0` for one process (a CPU quota
+# that the core count does not show); `pytest tests/<area>` alone runs in one process.
+WORKERS ?= auto
 test: lint
-	$(BIN)/pytest -q -n auto
+	$(BIN)/pytest -q -n $(WORKERS)
 
 slow-test: $(STAMP)
 	$(BIN)/pytest -q -m slow
