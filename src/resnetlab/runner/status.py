@@ -14,21 +14,21 @@ from resnetlab.errors import UserError
 from resnetlab.runner.plan import Job
 
 
-def progress(job: Job) -> tuple[int, float | None, float | None]:
-    """(iteration reached, training seconds so far, last test error) of a job's folder."""
-    last = _last_evaluation(job.out_dir / "metrics.jsonl")
-    if job.state() == "done":
-        return job.cfg.train.max_iters, last.get("time"), last.get("test_error")
+def progress(job: Job) -> tuple[str, int, float | None, float | None]:
+    """(state, iteration reached, training seconds so far, last test error) of a job's folder."""
+    state, last = job.state(), _last_evaluation(job.out_dir / "metrics.jsonl")
+    if state == "done":
+        return state, job.cfg.train.max_iters, last.get("time"), last.get("test_error")
     ckpt = job.out_dir / "checkpoint.pt"
     if not ckpt.is_file():
-        return 0, None, last.get("test_error")
+        return state, 0, None, last.get("test_error")
     from resnetlab.utils.checkpoint import load  # torch
 
     try:
-        state = load(ckpt)
-        return int(state["iteration"]), float(state.get("elapsed", 0.0)) or None, last.get("test_error")
+        saved = load(ckpt)
+        return state, int(saved["iteration"]), float(saved.get("elapsed", 0.0)) or None, last.get("test_error")
     except (UserError, KeyError, TypeError, ValueError):
-        return 0, None, last.get("test_error")
+        return state, 0, None, last.get("test_error")
 
 
 def _last_evaluation(metrics: Path) -> dict:
@@ -52,17 +52,17 @@ def _hours(seconds: float) -> str:
 
 def status_lines(jobs: list[Job], slots: int = 1) -> list[str]:
     rows = [(job, *progress(job)) for job in jobs]
-    timed = [(job.depth * it, s) for job, it, s, _ in rows if it and s]
+    timed = [(job.depth * it, s) for job, _, it, s, _ in rows if it and s]
     per_layer_iter = sum(s for _, s in timed) / sum(w for w, _ in timed) if timed else None
     lines = [f"{'run':<18} {'state':<7} {'iteration':>17} {'test error':>10} {'trained':>8} {'left':>8}"]
     left_total, longest = 0.0, 0.0
-    for job, it, seconds, error in rows:
+    for job, state, it, seconds, error in rows:
         total = job.cfg.train.max_iters
         left = job.depth * (total - it) * per_layer_iter if per_layer_iter is not None else None
         if left is not None:
             left_total, longest = left_total + left, max(longest, left)
         lines.append(
-            f"{job.name:<18} {job.state():<7} {f'{it}/{total} ({100 * it // total}%)':>17} "
+            f"{job.name:<18} {state:<7} {f'{it}/{total} ({100 * it // total}%)':>17} "
             f"{f'{error:.2f}%' if error is not None else '-':>10} {_hours(seconds) if seconds else '-':>8} "
             f"{_hours(left) if left is not None else '?':>8}"
         )
