@@ -71,19 +71,24 @@ class Job:
             return "resume"
         return "new"
 
-    def start_iteration(self) -> int | None:
-        """The iteration this job would start from: 0 when new or never checkpointed, its
-        checkpoint's iteration when resumed, None when that checkpoint cannot be read (its own
-        resume then says what is wrong)."""
+    def checkpoint(self, state: str | None = None) -> tuple[int | None, float | None]:
+        """(iteration, training seconds) of the folder's checkpoint.pt: (0, None) when the job is new or
+        never checkpointed, (None, None) when that checkpoint cannot be read (its own resume then says
+        what is wrong). `state` spares a second config read when the caller has it."""
         ckpt = self.out_dir / "checkpoint.pt"
-        if self.state() == "new" or not ckpt.is_file():
-            return 0
+        if (state or self.state()) == "new" or not ckpt.is_file():
+            return 0, None
         from resnetlab.utils.checkpoint import load  # torch
 
         try:
-            return int(load(ckpt)["iteration"])
+            saved = load(ckpt)
+            return int(saved["iteration"]), float(saved.get("elapsed", 0.0)) or None
         except (UserError, KeyError, TypeError, ValueError):
-            return None
+            return None, None
+
+    def start_iteration(self) -> int | None:
+        """The iteration this job would start from (`checkpoint`)."""
+        return self.checkpoint()[0]
 
     def cost(self) -> int:
         """Work left, in layer-iterations: depth x the iterations still to train. A CIFAR network's

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from resnetlab.errors import UserError
 from resnetlab.runner.plan import Job
 
 
@@ -19,16 +18,8 @@ def progress(job: Job) -> tuple[str, int, float | None, float | None]:
     state, last = job.state(), _last_evaluation(job.out_dir / "metrics.jsonl")
     if state == "done":
         return state, job.cfg.train.max_iters, last.get("time"), last.get("test_error")
-    ckpt = job.out_dir / "checkpoint.pt"
-    if not ckpt.is_file():
-        return state, 0, None, last.get("test_error")
-    from resnetlab.utils.checkpoint import load  # torch
-
-    try:
-        saved = load(ckpt)
-        return state, int(saved["iteration"]), float(saved.get("elapsed", 0.0)) or None, last.get("test_error")
-    except (UserError, KeyError, TypeError, ValueError):
-        return state, 0, None, last.get("test_error")
+    iteration, seconds = job.checkpoint(state)
+    return state, iteration or 0, seconds, last.get("test_error")
 
 
 def _last_evaluation(metrics: Path) -> dict:
