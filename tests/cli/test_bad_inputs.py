@@ -1,4 +1,5 @@
-"""Bad input through the real `resnetlab` command, one subprocess per case (docs/reliability.md).
+"""Bad input through the `resnetlab` command, one process per case (docs/reliability.md): a child forked
+from a server that imported torch once (`forked.py`), a sample of cases through `python -m resnetlab`.
 
 Each case must: exit non-zero (2: a checked error; 1 would mean the last-resort handler caught
 something nobody checked), print exactly one line on stderr, without "Traceback", that names what
@@ -23,6 +24,9 @@ import torch
 from resnetlab.data.readers import CIFAR_ARCHIVES
 from resnetlab.models import create_model
 from resnetlab.utils.checkpoint import save_atomic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from forked import ForkServer  # noqa: E402
 
 TRAIN = ["train", "--preset", "cifar10-resnet20", "--out", "{w}/run", "--device", "cpu", "--set"]
 FM = ["data.name=fashion-mnist", "data.dir={w}/fm", "data.download=false", "train.batch_size=8"]
@@ -535,21 +539,56 @@ def test_the_table_is_long_enough():
     assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("argv, fragment, status", [(*c[1:], 2)[:3] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line(world, argv, fragment, status):
-    w, env = world
-    before = _snapshot(w)
-    argv = [a.replace("{w}", str(w)) for a in argv]
-    fragment = fragment.replace("{w}", str(w))
-    r = subprocess.run(
+@pytest.fixture(scope="module")
+def server(world, tmp_path_factory):
+    server = ForkServer(world[1], tmp_path_factory.mktemp("forked"))
+    yield server
+    server.close()
+
+
+def _real(argv: list[str], w: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "resnetlab", *argv], cwd=w, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def _check(r: subprocess.CompletedProcess, w: Path, before: dict, fragment: str, status: int) -> None:
     lines = r.stderr.splitlines()
     assert r.returncode == status, (r.returncode, r.stderr[-3000:])
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert fragment in lines[0] and (status != 2 or lines[0].startswith("error: ")), lines[0]
     assert _snapshot(w) == before  # nothing written, nothing half-written, nothing unpacked
     assert not (w / "marker").exists()  # the hostile pickle never ran
+
+
+def _case(c: tuple, w: Path) -> tuple[list[str], str, int]:
+    argv, fragment, status = (*c[1:], 2)[:3]
+    return [a.replace("{w}", str(w)) for a in argv], fragment.replace("{w}", str(w)), status
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(world, server, case):
+    w, _ = world
+    argv, fragment, status = _case(case, w)
+    before = _snapshot(w)
+    _check(server.run(argv, cwd=w), w, before, fragment, status)
+
+
+# One case a command, and the ones that train, read data, unpickle or start workers: the real command
+# answers as the forked one does (same status, same line), so the table holds for `resnetlab` itself.
+REAL = ["vgg16 on 28 px", "hostile CIFAR pickle", "hostile CIFAR via a checkpoint", "predict --top -3"]
+REAL += ["evaluate --protocol bogus", "reproduce --procs 0", "missing preset", "SPIDER image, evaluate with workers"]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_the_real_command_answers_as_the_forked_one(world, server, name):
+    w, env = world
+    argv, fragment, status = _case(next(c for c in CASES if c[0] == name), w)
+    before = _snapshot(w)
+    real = _real(argv, w, env)
+    _check(real, w, before, fragment, status)
+    forked = server.run(argv, cwd=w)
+    assert (forked.returncode, forked.stderr, forked.stdout) == (real.returncode, real.stderr, real.stdout)
 
 
 def test_data_from_the_checkpoint_is_named_and_data_dir_overrides_it(world):
