@@ -1,12 +1,14 @@
 """Every test's caches go to a folder of the test session, never the user's ~/.cache/resnetlab
 (data.cache's default); the default data folder stays what it was. `tmpfs`: a small real file system,
-for a disk that fills up."""
+for a disk that fills up. `fake_data`: training reads the tiny fake source of train/train_fake_data.py;
+`one_thread`: one intra-op thread (the test machine is shared)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,3 +51,25 @@ def tmpfs(tmp_path) -> Iterator[Callable[[str, str], Path]]:
     yield make
     for mount in mounts:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    """Training runs in this test read the tiny fake source (train/train_fake_data.py); returns it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))
+    import train_fake_data
+
+    import resnetlab.train.loop as loop
+
+    monkeypatch.setattr(loop, "build_data", train_fake_data.build_fake_data)
+    return train_fake_data
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

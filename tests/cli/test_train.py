@@ -18,14 +18,8 @@ import train_fake_data  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def fake(monkeypatch):
-    import resnetlab.train.loop as loop
-
-    monkeypatch.setattr(loop, "build_data", train_fake_data.build_fake_data)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def fake(fake_data, one_thread):
+    """Every run here reads fake data on one intra-op thread."""
 
 
 def train(out, *args: str, settings=("train.max_iters=10", "train.eval_every=5", "train.checkpoint_every=5")):

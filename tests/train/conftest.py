@@ -1,4 +1,4 @@
-"""Fixtures for the training tests: the fake data source in place of `resnetlab.data.build_data`."""
+"""Fixtures for the training tests: `tiny_cfg`, and one intra-op thread for each (`fake_data` is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,6 @@ import train_fake_data  # noqa: E402
 
 
 @pytest.fixture
-def fake_data(monkeypatch):
-    """Training runs in this test read the tiny fake source (see train_fake_data.py)."""
-    import resnetlab.train.loop as loop
-
-    monkeypatch.setattr(loop, "build_data", train_fake_data.build_fake_data)
-    return train_fake_data
-
-
-@pytest.fixture
 def tiny_cfg():
     """`tiny_cfg("train.max_iters=20", ...)`: cifar10-resnet20's recipe on a ResNet-8, CPU."""
     from resnetlab.config import load_config
@@ -34,11 +25,5 @@ def tiny_cfg():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(one_thread):
     """The test machine is shared: one intra-op thread avoids oversubscription."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
