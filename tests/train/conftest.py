@@ -1,4 +1,4 @@
-"""Fixtures for the training tests: `tiny_cfg`, and one intra-op thread for each (`fake_data` is tests/conftest.py's)."""
+"""Fixtures for the training tests: `tiny_cfg` and one intra-op thread (`fake_data`: tests/conftest.py)."""
 
 from __future__ import annotations
 
