@@ -32,6 +32,7 @@ TRAIN = ["train", "--preset", "cifar10-resnet20", "--out", "{w}/run", "--device"
 FM = ["data.name=fashion-mnist", "data.dir={w}/fm", "data.download=false", "train.batch_size=8"]
 SPIDER = ["data.name=imagefolder", "data.dir={w}/spider", "data.workers=2", "data.mean_samples=4", "train.batch_size=4"]
 SPIDER += ["train.max_iters=2", "train.eval_every=2"]
+DETECT = ["detect", "train", "--preset", "shapes-cifar-c4", "--out", "{w}/det", "--device", "cpu", "--set"]
 
 # Nine nested aliases of nine items: 300 bytes that expand to 9**9 strings (~9 GB, 40 s before issue 22).
 BOMB = (
@@ -321,16 +322,8 @@ CASES = [
     ),  # fmt: skip
     (
         "COCO json without annotations",
-        [
-            "detect",
-            "train",
-            "--preset",
-            "shapes-cifar-c4",
-            "--out",
-            "{w}/det",
-            "--device",
-            "cpu",
-            "--set",
+        DETECT
+        + [
             "data.name=coco",
             "data.dir={w}/coco",
             "data.train=[val2017]",
@@ -341,16 +334,8 @@ CASES = [
     ),  # fmt: skip
     (
         "VOC box outside the image",
-        [
-            "detect",
-            "train",
-            "--preset",
-            "shapes-cifar-c4",
-            "--out",
-            "{w}/det",
-            "--device",
-            "cpu",
-            "--set",
+        DETECT
+        + [
             "data.name=voc",
             "data.dir={w}/voc",
             "data.train=[2007-trainval]",
