@@ -1,7 +1,8 @@
 """Every test's caches go to a folder of the test session, never the user's ~/.cache/resnetlab
 (data.cache's default); the default data folder stays what it was. `tmpfs`: a small real file system,
 for a disk that fills up. `fake_data`: training reads the tiny fake source of train/train_fake_data.py;
-`one_thread`: one intra-op thread (the test machine is shared)."""
+`one_thread`: one intra-op thread (the test machine is shared). `tiny_checkpoint`: a small image
+classifier checkpoint that `resnetlab evaluate --checkpoint` rebuilds."""
 
 from __future__ import annotations
 
@@ -73,3 +74,32 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Callable[..., None]:
+    """`tiny_checkpoint(path, classes, config)`: cifar_resnet20 (torch seed 0) for 32-pixel RGB images of
+    `classes` (an imagefolder, mean 0.5, no std) with the meta and the `config` dict a run would save."""
+
+    def write(path: Path, classes: list[str], config: dict) -> None:
+        import torch
+
+        from resnetlab.models import create_model
+        from resnetlab.utils.checkpoint import save_atomic
+
+        torch.manual_seed(0)
+        net = create_model("cifar_resnet20", num_classes=len(classes))
+        meta = {
+            "dataset": "imagefolder",
+            "classes": classes,
+            "num_classes": len(classes),
+            "in_channels": 3,
+            "image_size": 32,
+            "mean": torch.full((3, 32, 32), 0.5),
+            "std": None,
+            "model": "cifar_resnet20",
+            "model_options": {"num_classes": len(classes)},
+        }
+        save_atomic({"model": net.state_dict(), "config": config, "meta": meta}, path)
+
+    return write

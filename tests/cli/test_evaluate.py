@@ -22,7 +22,7 @@ CLASSES = [f"c{i}" for i in range(6)]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Path, Path]:
+def setup(tmp_path_factory, tiny_checkpoint) -> tuple[Path, Path]:
     """A val split of real JPEGs (6 classes, one image each, two sizes) and a cifar_resnet20 checkpoint
     that sees them as 32-pixel crops (a cheap stand-in for an ImageNet model)."""
     root = tmp_path_factory.mktemp("cli")
@@ -31,21 +31,8 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
         (root / "val" / name).mkdir(parents=True)
         h, w = (40, 52) if i % 2 else (48, 36)
         TV.to_pil_image(torch.rand(3, h, w, generator=g)).save(root / "val" / name / "img.JPEG")
-    torch.manual_seed(0)
-    net = create_model("cifar_resnet20", num_classes=len(CLASSES))
-    meta = {
-        "dataset": "imagefolder",
-        "classes": CLASSES,
-        "num_classes": len(CLASSES),
-        "in_channels": 3,
-        "image_size": 32,
-        "mean": torch.full((3, 32, 32), 0.5),
-        "std": None,
-        "model": "cifar_resnet20",
-        "model_options": {"num_classes": len(CLASSES)},
-    }
     ck = root / "ck.pt"
-    save_atomic({"model": net.state_dict(), "config": {"data": {"dir": str(root)}}, "meta": meta}, ck)
+    tiny_checkpoint(ck, CLASSES, {"data": {"dir": str(root)}})
     return root, ck
 
 

@@ -12,9 +12,6 @@ import pytest
 import torch
 from torchvision.transforms import functional as TV
 
-from resnetlab.models import create_model
-from resnetlab.utils.checkpoint import save_atomic
-
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["a", "b", "c"]
 
@@ -32,7 +29,7 @@ def _evaluate(ck: Path, data: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory) -> tuple[Path, Path, float]:
+def grid(tmp_path_factory, tiny_checkpoint) -> tuple[Path, Path, float]:
     """A reproduce folder: run `net-seed0` finished (final.pt, its record), `net-seed1` not; its
     metrics end with the test error that evaluate gives for the fp32 final.pt."""
     base = tmp_path_factory.mktemp("publish")
@@ -42,24 +39,11 @@ def grid(tmp_path_factory) -> tuple[Path, Path, float]:
         (data / "test" / name).mkdir(parents=True)
         for i in range(4):
             TV.to_pil_image(torch.rand(3, 32, 32, generator=g)).save(data / "test" / name / f"{i}.png")
-    torch.manual_seed(0)
-    net = create_model("cifar_resnet20", num_classes=len(CLASSES))
-    meta = {
-        "dataset": "imagefolder",
-        "classes": CLASSES,
-        "num_classes": len(CLASSES),
-        "in_channels": 3,
-        "image_size": 32,
-        "mean": torch.full((3, 32, 32), 0.5),
-        "std": None,
-        "model": "cifar_resnet20",
-        "model_options": {"num_classes": len(CLASSES)},
-    }
     for run in ("net-seed0", "net-seed1"):
         (runs / run).mkdir(parents=True)
         (runs / run / "config.yaml").write_text("model: {name: cifar_resnet20}\n")
         (runs / run / "train.log").write_text("done\n")
-    save_atomic({"model": net.state_dict(), "config": {}, "meta": meta}, runs / "net-seed0" / "final.pt")
+    tiny_checkpoint(runs / "net-seed0" / "final.pt", CLASSES, {})
     error = _evaluate(runs / "net-seed0" / "final.pt", data)
     rows = [{"iter": 2, "test_error": 99.0, "time": 30.0}, {"iter": 4, "test_error": error, "time": 90.0}]
     (runs / "net-seed0" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
