@@ -20,9 +20,11 @@ leaving TARGET.
 
 Nothing of the user's is deleted or replaced. `pack` writes the new parts into a hidden folder beside
 `.carry/NAME` and swaps them in only once the MANIFEST is written (a failed pack leaves the previous
-one as it was; a killed one leaves `.carry/.NAME.new-*`, which can go). `unpack` lists every member of
-every part still to unpack before it writes anything, and refuses (leaving TARGET as it was) one that
-would land on a folder, under a file, on a file with other bytes, or on the `.carried` record. A name
+one as it was; what a killed one leaves, `.carry/.NAME.new-PID-*` and the previous pack moved aside
+in `.carry/.NAME.old-PID-*`, is swept by the next `pack` or `parts` of NAME once PID has ended).
+`unpack` lists every member of every part still to unpack before it writes anything, and refuses
+(leaving TARGET as it was) one that would land on a folder, under a file, on a file with other bytes,
+or on the `.carried` record. A name
 that would not come back the same (a control character such as a newline, bytes that are not UTF-8)
 is refused at pack time. resnetlab's own caches in the folder (`.resnetlab-*.pt`, rebuilt from the
 images wherever they are used, 65 MB for 21k images) and an earlier unpack's `.carried` are left out,
@@ -174,6 +176,7 @@ def pack(folder: Path, name: str, part_bytes: int = PART_BYTES, *, carry: Path =
     if not name or "/" in name or name.startswith(".") or not _plain(name):
         raise CarryError(f"pack NAME: {name!r} is not a plain folder name (it becomes .carry/NAME)")
     out = carry / name
+    sweep(carry, name)
     if out.is_symlink() or out.exists() and not out.is_dir():
         raise CarryError(f"{out}: not a folder of parts; move it away or pack under another NAME")
     if out.is_dir():
@@ -184,12 +187,12 @@ def pack(folder: Path, name: str, part_bytes: int = PART_BYTES, *, carry: Path =
     if not files:
         raise CarryError(f"{shown(folder)}: no files to pack")
     carry.mkdir(parents=True, exist_ok=True)
-    new = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=carry))
+    new = Path(tempfile.mkdtemp(prefix=f".{name}.new-{os.getpid()}-", dir=carry))
     try:
         parts = _write_parts(folder, files, new, name, part_bytes)
         os.chmod(new, 0o777 & ~_umask())  # mkdtemp's 0700 -> an ordinary folder's mode
         if out.is_dir():  # the previous pack goes only once the new one is whole
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=carry))
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-{os.getpid()}-", dir=carry))
             os.replace(out, old / name)
             try:
                 os.replace(new, out)
@@ -209,6 +212,30 @@ def pack(folder: Path, name: str, part_bytes: int = PART_BYTES, *, carry: Path =
     finally:
         shutil.rmtree(new, ignore_errors=True)  # gone already when swapped in
     return {"parts": parts, "left_out": left_out}
+
+
+def sweep(carry: Path, name: str) -> None:
+    """What a killed pack of NAME left in `carry`, once its process has ended: the previous pack it had
+    moved aside (.NAME.old-PID-*/NAME) goes back to NAME if NAME is missing; the rest goes."""
+    if not carry.is_dir():
+        return
+    for tmp in sorted(carry.iterdir()):
+        m = re.fullmatch(rf"\.{re.escape(name)}\.(new|old)-(\d+)-[^/]+", tmp.name)
+        if not m or not tmp.is_dir() or tmp.is_symlink() or _alive(int(m[2])):
+            continue
+        if m[1] == "old" and (tmp / name).is_dir() and not os.path.lexists(carry / name):
+            os.replace(tmp / name, carry / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _umask() -> int:
@@ -474,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"carry_data: {what}: {CARRY / args.name}")
         elif args.cmd == "parts":
             folder = CARRY / args.name
+            sweep(CARRY, args.name)
             _, parts = read_manifest(folder)
             for _, name in parts:
                 print(json.dumps([str(folder / name), str(folder / "MANIFEST")]))

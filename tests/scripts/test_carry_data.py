@@ -213,6 +213,32 @@ def test_a_failed_pack_keeps_the_previous_one_and_a_good_one_replaces_it(tmp_pat
     assert (folder / "notes.txt").read_text() == "the user's"
 
 
+def test_what_a_killed_pack_left_is_swept_once_its_process_has_ended(tmp_path):
+    """A pack killed between its two renames leaves the previous pack in .toy.old-PID-*/toy and no toy:
+    `parts` puts it back; a killed pack's .toy.new-PID-* goes; a running pack's (a live PID) stays."""
+    folder = packed(tmp_path, {"a.jpg": os.urandom(20_000), "b.jpg": os.urandom(20_000)})
+    first, carry = listing(folder), folder.parent
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # a PID that has ended
+    (carry / f".toy.old-{ended.pid}-x1").mkdir()
+    folder.rename(carry / f".toy.old-{ended.pid}-x1" / "toy")
+    (carry / f".toy.new-{ended.pid}-x2").mkdir()
+    (carry / f".toy.new-{ended.pid}-x2" / "part-00").write_bytes(b"half a part")
+    (carry / f".toy.new-{os.getpid()}-x3").mkdir()  # this test's PID: a pack still running
+    (carry / f".other.new-{ended.pid}-x4").mkdir()  # another NAME's: not this sweep's
+
+    proc = run(tmp_path / "here", "parts", "toy")
+    assert proc.returncode == 0 and "part-00" in proc.stdout, proc.stderr
+    assert listing(folder) == first
+    assert sorted(p.name for p in carry.iterdir()) == [
+        f".other.new-{ended.pid}-x4",
+        f".toy.new-{os.getpid()}-x3",
+        "toy",
+    ]
+    assert run(tmp_path / "here", "pack", str(tmp_path / "src"), "toy").returncode == 0
+    assert f".toy.new-{os.getpid()}-x3" in {p.name for p in carry.iterdir()}
+
+
 def test_the_marker_is_neither_packed_nor_overwritten_by_a_member(tmp_path):
     # A folder unpacked earlier holds its .carried: left out, and said so; the new target's own is made.
     folder = packed(tmp_path, {"a.jpg": b"a", ".carried": b"0" * 64 + b"  part-07\n"})
