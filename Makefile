@@ -23,7 +23,7 @@ lint: $(STAMP)
 # that the core count does not show); `pytest tests/<area>` alone runs in one process.
 WORKERS ?= auto
 test: lint
-	$(BIN)/pytest -q -n $(WORKERS)
+	$(BIN)/pytest -q -n $(WORKERS) --durations=12
 
 slow-test: $(STAMP)
 	$(BIN)/pytest -q -m slow
