@@ -46,6 +46,22 @@ def test_status_of_a_grid_part_trained(tmp_path):
     assert lines[-1].startswith("time left: about 0h06m with 2 run(s) at once (0h12m of one process)")
 
 
+def test_the_estimate_takes_the_speed_of_the_latest_interval(tmp_path):
+    """ResNet-20 checkpointed at 8 of 16 after 480 s: 400 s for its first 4 iterations (a loaded machine),
+    80 s for the next 4. Its speed now is 80 / (20 x 4) = 1 s a layer-iteration, not 480 / 160 = 3:
+    8 iterations left take 20 x 8 x 1 = 160 s."""
+    [job] = plan("table6", out=tmp_path, schedule_name="short", iters=16, config_fn=stub_config, nets=["resnet20"])
+    job.out_dir.mkdir(parents=True)
+    checkpoint.save_atomic({"model": {}, "iteration": 8, "elapsed": 480.0}, job.out_dir / "checkpoint.pt")
+    rows = [{"iter": 4, "test_error": 60.0, "time": 400.0}, {"iter": 8, "test_error": 40.0, "time": 480.0}]
+    (job.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    lines = status_lines([job])
+
+    assert lines[1].split()[1:] == ["resume", "8/16", "(50%)", "40.00%", "0h08m", "0h03m"]
+    assert lines[-1].startswith("time left: about 0h03m with 1 run(s) at once")
+
+
 def test_status_from_the_command_line_creates_nothing(tmp_path, capsys):
     out = tmp_path / "grid"
     argv = ["reproduce", "table6", "--out", str(out), "--schedule", "short", "--iters", "8", "--device", "cpu"]

@@ -1,9 +1,10 @@
 """`reproduce --status`: where each run of a grid stands and about how long the rest takes, read from
 the run folders (nothing is started, locked or written; a grid may be training meanwhile).
 
-Time left is estimated from the grid's own runs: their training seconds so far (pauses and a loaded
-machine included) per layer-iteration, times each run's depth x iterations left (`Job.cost`), the
-runs spread over `slots` at once."""
+Time left is estimated from the grid's own runs: seconds per layer-iteration over each run's latest
+interval between two evaluations (the speed now; a slow start on a loaded machine is forgotten), or
+over its training so far where it has no such interval yet, times each run's depth x iterations left
+(`Job.cost`), the runs spread over `slots` at once."""
 
 from __future__ import annotations
 
@@ -15,16 +16,29 @@ from resnetlab.runner.plan import Job
 
 def progress(job: Job) -> tuple[str, int, float | None, float | None]:
     """(state, iteration reached, training seconds so far, last test error) of a job's folder."""
-    state, last = job.state(), _last_evaluation(job.out_dir / "metrics.jsonl")
+    state, rows = job.state(), _evaluations(job.out_dir / "metrics.jsonl")
+    last = rows[-1] if rows else {}
     if state == "done":
         return state, job.cfg.train.max_iters, last.get("time"), last.get("test_error")
     iteration, seconds = job.checkpoint(state)
     return state, iteration or 0, seconds, last.get("test_error")
 
 
-def _last_evaluation(metrics: Path) -> dict:
-    """The last evaluation row of metrics.jsonl (analysis.runs.read_metrics refuses a line that a kill
-    cut short, and the runner does not import the analyses)."""
+def recent_speed(job: Job) -> tuple[int, float] | None:
+    """(layer-iterations, seconds) of the run's latest interval between two evaluations, if any."""
+    rows = [r for r in _evaluations(job.out_dir / "metrics.jsonl") if isinstance(r.get("time"), (int, float))]
+    if len(rows) < 2:
+        return None
+    a, b = rows[-2], rows[-1]
+    if not (isinstance(a.get("iter"), int) and isinstance(b.get("iter"), int)):
+        return None
+    iters, seconds = b["iter"] - a["iter"], b["time"] - a["time"]
+    return (job.depth * iters, seconds) if iters > 0 and seconds > 0 else None
+
+
+def _evaluations(metrics: Path) -> list[dict]:
+    """The evaluation rows of metrics.jsonl (analysis.runs.read_metrics refuses a line that a kill cut
+    short, and the runner does not import the analyses)."""
     rows = []
     if metrics.is_file():
         for line in metrics.read_text().splitlines():
@@ -32,8 +46,7 @@ def _last_evaluation(metrics: Path) -> dict:
                 rows.append(json.loads(line))
             except ValueError:
                 continue
-    rows = [r for r in rows if isinstance(r, dict) and r.get("test_error") is not None]
-    return rows[-1] if rows else {}
+    return [r for r in rows if isinstance(r, dict) and r.get("test_error") is not None]
 
 
 def _hours(seconds: float) -> str:
@@ -43,7 +56,8 @@ def _hours(seconds: float) -> str:
 
 def status_lines(jobs: list[Job], slots: int = 1) -> list[str]:
     rows = [(job, *progress(job)) for job in jobs]
-    timed = [(job.depth * it, s) for job, _, it, s, _ in rows if it and s]
+    timed = [recent_speed(job) or ((job.depth * it, s) if it and s else None) for job, _, it, s, _ in rows]
+    timed = [t for t in timed if t]
     per_layer_iter = sum(s for _, s in timed) / sum(w for w, _ in timed) if timed else None
     lines = [f"{'run':<18} {'state':<7} {'iteration':>17} {'test error':>10} {'trained':>8} {'left':>8}"]
     left_total, longest = 0.0, 0.0
@@ -63,7 +77,7 @@ def status_lines(jobs: list[Job], slots: int = 1) -> list[str]:
         wall = max(left_total / slots, longest)
         lines.append(
             f"time left: about {_hours(wall)} with {slots} run(s) at once ({_hours(left_total)} of one process), "
-            "at the speed the runs had so far"
+            "at the speed of the runs' latest evaluation intervals"
         )
     else:
         lines.append("every run is done: the same command without --status writes the report")
