@@ -30,15 +30,19 @@ class Terminated(BaseException):
 
 
 def one_line(e: BaseException) -> str:
-    """The message on one line, its lines joined by spaces and every other character a terminal would
-    act on written escaped (`printable`: ESC as \\x1b), not removed: a path typed with an escape in it
-    must not be shown as another path, one that may exist. An error re-raised from a DataLoader
-    worker carries the worker's traceback: only its last line is kept, without its type (the type is
-    the same, and the caller names it)."""
+    """The message on one line, every character a terminal would act on written escaped (`printable`:
+    ESC as \\x1b), not removed: a path typed with an escape in it must not be shown as another path,
+    one that may exist. A `UserError`'s message is ours, one line by construction, so a line break in it
+    is part of a name the user gave and is escaped too (`no\\nck.pt`); where it quotes another
+    library's message it quotes `one_line(that error)`. Any other error's lines are joined by spaces. An
+    error re-raised from a DataLoader worker carries the worker's traceback: only its last line is
+    kept, without its type (the type is the same, and the caller names it)."""
     text = str(e)
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]
         text = re.sub(rf"^(?:[\w.]*\.)?(?:UserError|{re.escape(type(e).__name__)}): ", "", last)
+    elif isinstance(e, UserError):
+        return printable(text.strip()) or type(e).__name__
     return printable(" ".join(text.split())) or type(e).__name__
 
 

@@ -62,6 +62,8 @@ CASES = [
     ("hostile CIFAR pickle", TRAIN + ["data.dir={w}/planted", "data.download=false"], "data_batch_1"),
     ("hostile CIFAR via a checkpoint", ["evaluate", "--checkpoint", "{w}/cifar.pt", "--device", "cpu"], "data_batch_1"),
     ("predict --top -3", ["predict", "{w}/good.jpg", "--checkpoint", "{w}/fm.pt", "--top", "-3"], "--top"),
+    # a line break typed in a path is shown escaped, not as a space (that would name another path)
+    ("a path with a line break", ["evaluate", "--checkpoint", "{w}/no\nck.pt"], "{w}/no\\nck.pt"),
     ("evaluate --workers -1", ["evaluate", "--checkpoint", "{w}/fm.pt", "--workers", "-1"], "--workers"),
     ("evaluate --scales 0", ["evaluate", "--checkpoint", "{w}/fm.pt", "--scales", "0"], "--scales"),
     ("evaluate --protocol bogus", ["evaluate", "--checkpoint", "{w}/fm.pt", "--protocol", "x"], "--protocol"),

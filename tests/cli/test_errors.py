@@ -76,3 +76,16 @@ def test_typed_values():
     ):
         with pytest.raises(Exception, match="is not"):
             parse(bad)
+
+
+def test_a_line_break_in_our_message_is_escaped_and_a_quoted_library_message_joined():
+    """A UserError is one line by construction: a line break in it belongs to a name the user gave
+    and is shown escaped; another library's lines, quoted through one_line, are joined by spaces."""
+    from resnetlab.errors import UserError, one_line
+
+    assert (
+        one_line(UserError("checkpoint /tmp/no\nck.pt does not exist")) == "checkpoint /tmp/no\\nck.pt does not exist"
+    )
+    library = RuntimeError("Error(s) in loading state_dict:\n\tsize mismatch for fc.weight")
+    quoted = UserError(f"model: {one_line(library)}")
+    assert one_line(quoted) == "model: Error(s) in loading state_dict: size mismatch for fc.weight"

@@ -14,7 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from resnetlab.cli.args import POSITIVE
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 
 if TYPE_CHECKING:  # resnetlab.models imports torch: only the handlers import it, not `--help`
     from resnetlab.models.complexity import Complexity
@@ -97,11 +97,11 @@ def measure_named(name: str, *, input_size: int | None = None, **options: Any) -
     try:
         return measure_model(name, input_size=input_size, **options)
     except TypeError as e:  # an option the model does not take; create_model names the model
-        raise UserError(str(e)) from None
+        raise UserError(one_line(e)) from None
     except ValueError as e:
-        raise UserError(f"{name}: {e}") from None
+        raise UserError(f"{name}: {one_line(e)}") from None
     except RuntimeError as e:  # e.g. the input shrinks to nothing before the last stage
-        raise UserError(f"{name} cannot run on a {input_size}x{input_size} input: {e}") from None
+        raise UserError(f"{name} cannot run on a {input_size}x{input_size} input: {one_line(e)}") from None
 
 
 def paper_tables() -> dict[str, list[dict[str, Any]]]:

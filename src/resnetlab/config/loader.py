@@ -18,7 +18,7 @@ import yaml
 from resnetlab.config.ranges import check_ranges
 from resnetlab.config.safe_yaml import YAMLRefused, parse_yaml
 from resnetlab.config.schema import Config, section_types
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 from resnetlab.utils.text import cut, shown
 
 
@@ -185,7 +185,7 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         except yaml.YAMLError:
             value = raw  # not YAML: the text itself (a path with a colon)
         except YAMLRefused as e:
-            raise UserError(f"--set {key}: {e}") from None
+            raise UserError(f"--set {key}: {one_line(e)}") from None
         key_type = section_types(section_types(type(cfg))[section])[name]
         nested.setdefault(section, {})[name] = _as_typed(value, raw.strip(), key_type)
     return from_dict(nested, base=cfg)

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 from resnetlab.utils.text import cut
 
 YAML_MAX_VALUES = 100_000  # a config holds about 60 values; a list key a few hundred at most
@@ -100,7 +100,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}: not valid YAML ({e.__class__.__name__}{where}: {cut(str(problem), 60)})") from None
     except YAMLRefused as e:
-        raise UserError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {one_line(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

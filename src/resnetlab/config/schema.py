@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 
 
 def user_cache_dir() -> Path:
@@ -160,7 +160,7 @@ def model_options(cfg: ModelConfig, *, num_classes: int, in_channels: int) -> di
     try:
         accepted = model_option_names(cfg.name)
     except ValueError as e:
-        raise UserError(f"model.name: {e}") from None
+        raise UserError(f"model.name: {one_line(e)}") from None
     default = ModelConfig()
     opts: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
     for f in dataclasses.fields(ModelConfig):

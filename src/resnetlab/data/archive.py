@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 from resnetlab.utils.files import make_ordinary
 
 
@@ -164,12 +164,16 @@ def safe_extract(archive: str | Path, target: str | Path) -> None:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except _FILTER_ERRORS as e:
-        raise UserError(f"{archive}: refusing to extract: {e}") from None
+        raise UserError(f"{archive}: refusing to extract: {one_line(e)}") from None
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk, not the archive: fetching again would not help
             raise UserError(
                 f"{target}: no space left on the device to extract {archive} ({e.strerror}); free some and try again"
             ) from None
-        raise UserError(f"{archive}: cannot extract ({e.__class__.__name__}: {e}); delete it, fetch it again") from None
+        raise UserError(
+            f"{archive}: cannot extract ({e.__class__.__name__}: {one_line(e)}); delete it, fetch it again"
+        ) from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{archive}: cannot extract ({e.__class__.__name__}: {e}); delete it, fetch it again") from None
+        raise UserError(
+            f"{archive}: cannot extract ({e.__class__.__name__}: {one_line(e)}); delete it, fetch it again"
+        ) from None

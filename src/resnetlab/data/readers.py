@@ -27,7 +27,7 @@ from torch import Tensor
 
 from resnetlab.data.archive import check_md5, download, md5sum, safe_extract
 from resnetlab.data.cifar_pickle import RefusedPickle, load_cifar_pickle
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 
 
 @dataclass
@@ -140,7 +140,7 @@ def ensure_cifar(name: str, root: Path, download_ok: bool) -> None:
         try:
             download(spec.url, archive, md5=spec.md5)
         except UserError as e:
-            raise UserError(f"{e}; offline? {where}") from None
+            raise UserError(f"{one_line(e)}; offline? {where}") from None
     check_md5(archive, spec.md5)
     safe_extract(archive, root)
     missing = [f for f in spec.files if not (folder / f).is_file()]
@@ -163,9 +163,9 @@ def _read_batch(path: Path, expected_md5: str) -> dict:
     try:
         return load_cifar_pickle(path.read_bytes())
     except RefusedPickle as e:
-        raise UserError(f"{path}: refusing to read it: {e}") from None
+        raise UserError(f"{path}: refusing to read it: {one_line(e)}") from None
     except Exception as e:  # truncated, not a pickle, a pickle of something else
-        raise UserError(f"{path}: cannot read a CIFAR batch ({e.__class__.__name__}: {e})") from None
+        raise UserError(f"{path}: cannot read a CIFAR batch ({e.__class__.__name__}: {one_line(e)})") from None
 
 
 def _cifar_split(spec: CifarArchive, folder: Path, files: tuple[str, ...]) -> Split:
@@ -227,7 +227,7 @@ def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
                 if src is not None:
                     _gunzip(src, raw / f)
         except (OSError, EOFError) as e:
-            raise UserError(f"cannot unpack {name} into {raw}: {e}") from None
+            raise UserError(f"cannot unpack {name} into {raw}: {one_line(e)}") from None
         return [f for f in MNIST_FILES if not (raw / f).is_file()]
 
     missing = unpack()
@@ -247,7 +247,7 @@ def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
         try:
             download(MNIST_URLS[name] + f"{f}.gz", raw / f"{f}.gz", md5=md5s[f"{f}.gz"])
         except UserError as e:
-            raise UserError(f"{e}; offline? {where}") from None
+            raise UserError(f"{one_line(e)}; offline? {where}") from None
     unpack()  # the downloaded .gz files are in raw/, the first source
 
 
@@ -260,7 +260,7 @@ def read_mnist(name: str, root: Path, download_ok: bool) -> RawDataset:
             ds = cls(str(root), train=train)
             splits.append(Split(ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)))
     except (RuntimeError, OSError, AssertionError, ValueError) as e:
-        raise UserError(f"{root / cls.__name__ / 'raw'}: cannot read ({e.__class__.__name__}: {e})") from None
+        raise UserError(f"{root / cls.__name__ / 'raw'}: cannot read ({e.__class__.__name__}: {one_line(e)})") from None
     return RawDataset(splits[0], splits[1], list(cls.classes))
 
 

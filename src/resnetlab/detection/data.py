@@ -30,7 +30,7 @@ from resnetlab.data.archive import check_md5, download, safe_extract
 from resnetlab.data.order import IterationSampler
 from resnetlab.detection.config import DetDataConfig
 from resnetlab.detection.synthetic import SHAPE_CLASSES, write_shapes
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 from resnetlab.utils.loader import data_loader
 
 VOC_CLASSES = (
@@ -64,7 +64,9 @@ class VOCSplit(Dataset):
         try:
             self.voc = VOCDetection(str(root), year=year, image_set=image_set, download=False)
         except Exception as e:  # a bad year/image set, a damaged copy
-            raise UserError(f"PASCAL VOC {year} {image_set} under {devkit}: {type(e).__name__}: {e}") from None
+            raise UserError(
+                f"PASCAL VOC {year} {image_set} under {devkit}: {type(e).__name__}: {one_line(e)}"
+            ) from None
         # Every annotation is read and checked here, before training starts, not when a DataLoader
         # worker first meets it; __getitem__ then only decodes the image.
         self.targets = [self._read_target(i) for i in range(len(self.voc))]
@@ -97,7 +99,7 @@ class VOCSplit(Dataset):
         try:
             annotation = self.voc.parse_voc_xml(ElementTree.parse(path).getroot())
         except (OSError, ElementTree.ParseError) as e:
-            raise UserError(f"{path}: cannot read the annotation ({type(e).__name__}: {e})") from None
+            raise UserError(f"{path}: cannot read the annotation ({type(e).__name__}: {one_line(e)})") from None
         return self.target(index, annotation)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -128,7 +130,7 @@ class COCOSplit(Dataset):
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
                 self.coco = CocoDetection(str(root / split), str(ann))
         except Exception as e:
-            raise UserError(f"COCO {split}: cannot read {ann} ({type(e).__name__}: {e})") from None
+            raise UserError(f"COCO {split}: cannot read {ann} ({type(e).__name__}: {one_line(e)})") from None
         for key in ("images", "annotations", "categories"):  # pycocotools accepts a file without them
             if not isinstance(self.coco.coco.dataset.get(key), list):
                 raise UserError(f"COCO {split}: {ann} has no {key!r} list; not a COCO instances file")
@@ -208,7 +210,7 @@ def download_coco(root: Path, split: str) -> None:
         if not (root / "annotations" / f"instances_{split}.json").is_file():
             fetch(f"coco-annotations{year}", root)
     except UserError as e:
-        raise UserError(f"COCO {split} not found under {root}: {e}") from None
+        raise UserError(f"COCO {split} not found under {root}: {one_line(e)}") from None
 
 
 def download_voc(root: Path, year: str, image_set: str) -> None:
@@ -219,7 +221,7 @@ def download_voc(root: Path, year: str, image_set: str) -> None:
     try:
         fetch(key, root)
     except UserError as e:
-        raise UserError(f"PASCAL VOC {year} {image_set} not found under {root}: {e}") from None
+        raise UserError(f"PASCAL VOC {year} {image_set} not found under {root}: {one_line(e)}") from None
 
 
 class DetectionSet(Dataset):

@@ -21,7 +21,7 @@ from resnetlab.detection.data import TrainOrder, build_detection_set, train_load
 from resnetlab.detection.evaluate import evaluate_detector
 from resnetlab.detection.metrics import coco_tools
 from resnetlab.detection.models import build_detector, read_pretrained
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 from resnetlab.models.registry import model_option_names
 from resnetlab.train.lifecycle import Run, open_run
 from resnetlab.utils import distributed
@@ -74,7 +74,7 @@ def _option_names(name: str) -> frozenset[str]:
     try:
         return model_option_names(name)
     except ValueError as e:
-        raise UserError(f"model.name: {e}") from None
+        raise UserError(f"model.name: {one_line(e)}") from None
 
 
 def check_backbone(cfg: DetectionConfig) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from resnetlab.config import Config, flat_diff, model_options, to_dict
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 from resnetlab.models import create_model
 from resnetlab.models.stacked import check_stackable
 from resnetlab.train import loop
@@ -73,4 +73,4 @@ def check_batchable(cfgs: Sequence[Config], out_dirs: Sequence[Path]) -> None:
         check_stackable(nets)
     except (ValueError, TypeError) as e:
         names = ", ".join(c.model.name for c in cfgs)
-        raise UserError(f"these runs cannot be trained batched ({names}): {e}") from None
+        raise UserError(f"these runs cannot be trained batched ({names}): {one_line(e)}") from None

@@ -28,7 +28,7 @@ from torch import nn
 
 from resnetlab.config import Config, model_options
 from resnetlab.data.summary import summary_lines
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 from resnetlab.models import create_model
 from resnetlab.models.stacked import stack_models
 from resnetlab.train import finetune
@@ -222,7 +222,7 @@ def _build(cfgs: list[Config], runs: list[Run]) -> tuple[list[Training], TrainSt
             train_model = stack_models([model for _, model, _ in parts], memory_format=memory_format)
         except ValueError as e:
             names = ", ".join(cfg.model.name for cfg in cfgs)
-            raise UserError(f"these runs cannot be trained batched ({names}): {e}") from None
+            raise UserError(f"these runs cannot be trained batched ({names}): {one_line(e)}") from None
     states = []
     for cfg, run, (data, model, meta) in zip(cfgs, runs, parts):
         o = cfg.optim
@@ -369,7 +369,7 @@ def build_classifier(cfg: Config, data) -> tuple[nn.Module, dict[str, Any]]:
     try:
         model = create_model(cfg.model.name, **options)
     except (ValueError, TypeError) as e:
-        raise UserError(f"model: {e}") from None
+        raise UserError(f"model: {one_line(e)}") from None
     check_input_fits(cfg.model.name, options, data.image_size, cfg.data.name)
     return model, {**data.meta, "model": cfg.model.name, "model_options": options}
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from resnetlab.config import Config, to_dict
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 from resnetlab.train.lifecycle.claim import Claim, claim_folder
 from resnetlab.train.lifecycle.resume import check_folder, prepare_folder
 from resnetlab.train.lifecycle.rng import gather_rng_states, restore_rng_states
@@ -224,7 +224,7 @@ class Run:
                     kept = "no checkpoint was written yet"
                 else:
                     kept = f"the checkpoint of iteration {self.last_checkpoint} is kept: free space, then --resume"
-                raise UserError(f"{e}; {kept}") from None
+                raise UserError(f"{one_line(e)}; {kept}") from None
         self.last_checkpoint = iteration
         dist.barrier()
 
