@@ -388,3 +388,26 @@ def test_large_images_under_the_cifar_recipe_are_warned_about(tmp_path):
     assert "data.image_size=32" in warning and "data.recipe=imagenet" in warning
     assert b.summary["recipe"] == "cifar" and b.summary["input_size"] == [3, 96, 96]
     assert build_data(folder_cfg(folder, "train.batch_size=2", "data.image_size=32"), CPU).summary["warnings"] == []
+
+
+def test_a_folder_that_would_not_fit_in_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    """96x96 photos, 4 training and 2 test images: 27,648 bytes each decoded, 8 x 27,648 = 221,184 bytes
+    at the peak (the training split twice). With 200,000 bytes available: refused in one line that
+    says what to set, before any image is decoded; with 250,000, or resized by data.image_size, built."""
+    import resnetlab.data.smallfolder as smallfolder
+
+    folder = write_folder(tmp_path / "f", classes=CLASSES[:2], size=(96, 96), splits=(("train", 2), ("test", 1)))
+    decoded = []
+    real = smallfolder.decode_images
+    monkeypatch.setattr(smallfolder, "decode_images", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    monkeypatch.setattr(smallfolder, "available_memory", lambda: 200_000)
+    cfg = folder_cfg(folder, "train.batch_size=2", "data.cache=none")
+    with pytest.raises(UserError) as e:
+        build_data(cfg, CPU)
+    msg = str(e.value)
+    assert "decoding 4 + 2 images at their own size (96x96" in msg and "about 0.0 GiB" in msg, msg
+    assert "data.image_size=32" in msg and "data.recipe=imagenet" in msg and not decoded
+    monkeypatch.setattr(smallfolder, "available_memory", lambda: 250_000)
+    assert build_data(cfg, CPU).summary["input_size"] == [3, 96, 96] and decoded
+    monkeypatch.setattr(smallfolder, "available_memory", lambda: 1_000)
+    assert build_data(folder_cfg(folder, "train.batch_size=2", "data.cache=none", "data.image_size=32"), CPU)

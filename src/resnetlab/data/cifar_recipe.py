@@ -43,7 +43,7 @@ def build_small_folder(
 ) -> DataBundle:
     """An ImageFolder tree of small images, decoded once (cached) into the built-in datasets' tensor."""
     from resnetlab.data.folders import read_splits
-    from resnetlab.data.smallfolder import decoded_split, large_for_cifar
+    from resnetlab.data.smallfolder import available_memory, decoded_split, large_for_cifar, refuse_beyond_memory
 
     d = cfg.data
     if d.image_size < 0:
@@ -57,6 +57,8 @@ def build_small_folder(
         "rank": rank,
         "world_size": world_size,
     }
+    if not d.image_size:
+        refuse_beyond_memory(splits.train, splits.test, available=available_memory())
     # The images' own channels, also when fine-tuning: weights of another channel count are refused or
     # adapted (train.init_channels) by `fit_stats`, not met by decoding RGB images as grey or the reverse
     decoded = decoded_split(splits.root, "train", splits.train, channels=None, **opts)

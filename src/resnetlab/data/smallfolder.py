@@ -216,6 +216,49 @@ def _check_decoded(value: dict, samples: list[Sample], *, channels: int | None, 
     return None
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says a new allocation can get (MemAvailable), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def first_size(samples: list[Sample]) -> tuple[int, int] | None:
+    """(width, height) of the first image, from its header alone; None if it cannot be read (decoding
+    then names the file)."""
+    if not samples:
+        return None
+    try:
+        with open_pil(read_bytes(samples[0][0]), samples[0][0]) as im:
+            return im.size
+    except (UserError, OSError):
+        return None
+
+
+def refuse_beyond_memory(train: list[Sample], test: list[Sample], *, available: int | None) -> None:
+    """Before a folder is decoded at its images' own size (no data.image_size): a one-line refusal when
+    its uint8 tensors would not fit in the memory available, estimated from the first image's header
+    (the sizes must agree). At the peak, a split's batches and the tensor they are joined into are both
+    held: the training split twice, or the training split and the test split twice. Before, a folder
+    of large photographs under a CIFAR preset decoded until the kernel killed the process."""
+    size = first_size(train)
+    if available is None or size is None:
+        return
+    w, h = size
+    need = 3 * w * h * max(2 * len(train), len(train) + 2 * len(test))
+    if need > available:
+        raise UserError(
+            f"decoding {len(train):,} + {len(test):,} images at their own size ({w}x{h}, as {train[0][0]}) needs "
+            f"about {need / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB is available: set "
+            "data.image_size=32 to resize them once when decoding, or use the ImageNet recipe (data.recipe=imagenet "
+            "with an ImageNet network, e.g. model.name=resnet18), which reads the files batch by batch"
+        )
+
+
 def large_for_cifar(side: int, *, image_size: int, model: str, nbytes: int) -> str | None:
     """A warning when the CIFAR recipe is about to train on large images as they are (data.image_size
     not given): a network made for 32x32 inputs then runs at the images' size."""

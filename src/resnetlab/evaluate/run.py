@@ -154,6 +154,13 @@ def _evaluate_images(
     }
 
 
+def _wrong_size(root: Path, found: tuple[int, int], checkpoint: object, size: int) -> str:
+    return (
+        f"{root} holds {found[0]}x{found[1]} images, but {checkpoint} was trained on {size}x{size} images with the "
+        "CIFAR recipe; it is tested on images of that size"
+    )
+
+
 def _evaluate_small_folder(
     models: list[LoadedModel],
     *,
@@ -170,7 +177,7 @@ def _evaluate_small_folder(
     through the same cache), with the checkpoint's channels (grey or RGB files converted as training
     converts them) and its data.image_size. Only that folder is read: the model brings its own
     normalisation, so train/ is not needed. `workers` and `skip_corrupt` are evaluate's flags."""
-    from resnetlab.data.smallfolder import Hints, decoded_split
+    from resnetlab.data.smallfolder import Hints, decoded_split, first_size
 
     model = models[0]
     data = (from_dict(model.config) if model.config else Config()).data
@@ -181,6 +188,9 @@ def _evaluate_small_folder(
     if not samples:
         raise UserError(f"{root} has no images")
     size = model.image_size
+    found = first_size(samples) if not data.image_size else None
+    if found is not None and found[0] == found[1] != size:  # before the folder is decoded, not after
+        raise UserError(_wrong_size(root, found, model.path, size))
     hints = Hints(
         skip="--skip-corrupt skips it",
         size=f"{model.path} was trained on {size}x{size} images (data.image_size={data.image_size})",
@@ -198,10 +208,7 @@ def _evaluate_small_folder(
     )
     x, y = decoded["images"], decoded["labels"]
     if x.shape[-2:] != (size, size):
-        raise UserError(
-            f"{root} holds {x.shape[-1]}x{x.shape[-2]} images, but {model.path} was trained on {size}x{size} "
-            f"images with the CIFAR recipe; it is tested on images of that size"
-        )
+        raise UserError(_wrong_size(root, (x.shape[-1], x.shape[-2]), model.path, size))
     top1 = top5 = 0
     confusion = torch.zeros(model.num_classes, model.num_classes, dtype=torch.int64)
     starts = range(0, len(x), batch_size)
