@@ -216,6 +216,13 @@ def _check_decoded(value: dict, samples: list[Sample], *, channels: int | None, 
     return None
 
 
+# What to do about images too large for the CIFAR recipe as they are (a warning and a refusal say it).
+SMALLER = (
+    "set data.image_size=32 to resize them once when decoding, or use the ImageNet recipe "
+    "(data.recipe=imagenet with an ImageNet network, e.g. model.name=resnet18)"
+)
+
+
 def available_memory() -> int | None:
     """Bytes of memory the kernel says a new allocation can get (MemAvailable), None where unknown."""
     try:
@@ -253,9 +260,8 @@ def refuse_beyond_memory(train: list[Sample], test: list[Sample], *, available: 
     if need > available:
         raise UserError(
             f"decoding {len(train):,} + {len(test):,} images at their own size ({w}x{h}, as {train[0][0]}) needs "
-            f"about {need / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB is available: set "
-            "data.image_size=32 to resize them once when decoding, or use the ImageNet recipe (data.recipe=imagenet "
-            "with an ImageNet network, e.g. model.name=resnet18), which reads the files batch by batch"
+            f"about {need / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB is available: {SMALLER}, which "
+            "reads the files batch by batch"
         )
 
 
@@ -267,6 +273,5 @@ def large_for_cifar(side: int, *, image_size: int, model: str, nbytes: int) -> s
     return (
         f"the training images are {side}x{side}, large for the CIFAR recipe: {model} trains on them as they are, "
         f"at about {(side / CIFAR_SIDE) ** 2:.0f}x the compute of a 32x32 image, and the decoded images take "
-        f"{nbytes / 2**30:.1f} GiB; set data.image_size=32 to resize them once when decoding, or use the ImageNet "
-        "recipe (data.recipe=imagenet with an ImageNet network, e.g. model.name=resnet18)"
+        f"{nbytes / 2**30:.1f} GiB; {SMALLER}"
     )
