@@ -14,19 +14,19 @@ from pathlib import Path
 from resnetlab.runner.plan import Job
 
 
-def progress(job: Job) -> tuple[str, int, float | None, float | None]:
-    """(state, iteration reached, training seconds so far, last test error) of a job's folder."""
-    state, rows = job.state(), _evaluations(job.out_dir / "metrics.jsonl")
-    last = rows[-1] if rows else {}
+def progress(job: Job, rows: list[dict]) -> tuple[str, int, float | None, float | None]:
+    """(state, iteration reached, training seconds so far, last test error) of a job's folder, given the
+    evaluation rows of its metrics.jsonl."""
+    state, last = job.state(), (rows[-1] if rows else {})
     if state == "done":
         return state, job.cfg.train.max_iters, last.get("time"), last.get("test_error")
     iteration, seconds = job.checkpoint(state)
     return state, iteration or 0, seconds, last.get("test_error")
 
 
-def recent_speed(job: Job) -> tuple[int, float] | None:
+def recent_speed(job: Job, rows: list[dict]) -> tuple[int, float] | None:
     """(layer-iterations, seconds) of the run's latest interval between two evaluations, if any."""
-    rows = [r for r in _evaluations(job.out_dir / "metrics.jsonl") if isinstance(r.get("time"), (int, float))]
+    rows = [r for r in rows if isinstance(r.get("time"), (int, float))]
     if len(rows) < 2:
         return None
     a, b = rows[-2], rows[-1]
@@ -55,8 +55,12 @@ def _hours(seconds: float) -> str:
 
 
 def status_lines(jobs: list[Job], slots: int = 1) -> list[str]:
-    rows = [(job, *progress(job)) for job in jobs]
-    timed = [recent_speed(job) or ((job.depth * it, s) if it and s else None) for job, _, it, s, _ in rows]
+    evaluations = [_evaluations(job.out_dir / "metrics.jsonl") for job in jobs]
+    rows = [(job, *progress(job, evals)) for job, evals in zip(jobs, evaluations)]
+    timed = [
+        recent_speed(job, evals) or ((job.depth * it, s) if it and s else None)
+        for (job, _, it, s, _), evals in zip(rows, evaluations)
+    ]
     timed = [t for t in timed if t]
     per_layer_iter = sum(s for _, s in timed) / sum(w for w, _ in timed) if timed else None
     lines = [f"{'run':<18} {'state':<7} {'iteration':>17} {'test error':>10} {'trained':>8} {'left':>8}"]
