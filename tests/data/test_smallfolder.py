@@ -411,3 +411,35 @@ def test_a_folder_that_would_not_fit_in_memory_is_refused_before_decoding(tmp_pa
     assert build_data(cfg, CPU).summary["input_size"] == [3, 96, 96] and decoded
     monkeypatch.setattr(smallfolder, "available_memory", lambda: 1_000)
     assert build_data(folder_cfg(folder, "train.batch_size=2", "data.cache=none", "data.image_size=32"), CPU)
+
+
+def test_a_split_loaded_from_its_cache_is_counted_once_in_the_memory_estimate(tmp_path, monkeypatch):
+    """96x96 photos (27,648 bytes each decoded), 8 training and 2 test images. Nothing cached: the
+    training split twice, 442,368 bytes, refused with 400,000 available. Both splits cached: nothing is
+    decoded and nothing refused. A test file renamed, its split's cache no longer matches: the training
+    split is loaded once (221,184) and the test split decoded twice (110,592): 331,776, built, and only
+    the test split decoded (the estimate of both splits decoded would refuse it); with 300,000, refused."""
+    import resnetlab.data.smallfolder as smallfolder
+
+    folder = write_folder(tmp_path / "f", classes=CLASSES[:2], size=(96, 96), splits=(("train", 4), ("test", 1)))
+    decoded = []
+    real = smallfolder.decode_images
+    monkeypatch.setattr(smallfolder, "decode_images", lambda s, **k: decoded.append(len(s)) or real(s, **k))
+    monkeypatch.setattr(smallfolder, "available_memory", lambda: 400_000)
+    with pytest.raises(UserError, match=r"decoding 8 \+ 2 images at their own size \(96x96"):
+        build_data(folder_cfg(folder, "train.batch_size=2", "data.cache=none"), CPU)
+    assert decoded == []
+    monkeypatch.setattr(smallfolder, "available_memory", lambda: None)  # unknown: never refused
+    cfg = folder_cfg(folder, "train.batch_size=2", "data.cache=data")
+    build_data(cfg, CPU)
+    assert decoded == [8, 2]
+    monkeypatch.setattr(smallfolder, "available_memory", lambda: 400_000)
+    assert build_data(cfg, CPU).summary["input_size"] == [3, 96, 96] and decoded == [8, 2]
+    test = folder / "test" / CLASSES[0]
+    (test / "0000.jpg").rename(test / "0001.jpg")
+    assert build_data(cfg, CPU).summary["input_size"] == [3, 96, 96] and decoded == [8, 2, 2]
+    (test / "0001.jpg").rename(test / "0002.jpg")
+    monkeypatch.setattr(smallfolder, "available_memory", lambda: 300_000)
+    with pytest.raises(UserError, match=r"decoding 2 images .* beside 0\.0 GiB already decoded"):
+        build_data(cfg, CPU)
+    assert decoded == [8, 2, 2]

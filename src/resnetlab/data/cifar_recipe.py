@@ -4,6 +4,7 @@ built-in ones (CIFAR-10/100, MNIST, Fashion-MNIST) and an ImageFolder tree of sm
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,17 +58,32 @@ def build_small_folder(
         "rank": rank,
         "world_size": world_size,
     }
-    if not d.image_size:
-        refuse_beyond_memory(splits.train, splits.test, available=available_memory())
+
+    # At the images' own size, a split about to be decoded (not loaded from its cache) is first checked
+    # against the memory available, beside what is already decoded
+    def fits(later: list[list], held: int = 0) -> Callable[[], None] | None:
+        if d.image_size:
+            return None
+        return lambda: refuse_beyond_memory(later, held=held, available=available_memory())
+
     # The images' own channels, also when fine-tuning: weights of another channel count are refused or
     # adapted (train.init_channels) by `fit_stats`, not met by decoding RGB images as grey or the reverse
-    decoded = decoded_split(splits.root, "train", splits.train, channels=None, **opts)
+    decoded = decoded_split(
+        splits.root, "train", splits.train, channels=None, before_decoding=fits([splits.train, splits.test]), **opts
+    )
     x, y, skipped = decoded["images"], decoded["labels"], list(decoded["skipped"])
     if splits.held_out is not None:
         keep, held = (torch.tensor(i, dtype=torch.int64) for i in splits.held_out)
         train, test = Split(x[keep], y[keep]), Split(x[held], y[held])
     else:
-        t = decoded_split(splits.root, splits.eval_name, splits.test, channels=x.shape[1], **opts)
+        t = decoded_split(
+            splits.root,
+            splits.eval_name,
+            splits.test,
+            channels=x.shape[1],
+            before_decoding=fits([splits.test], held=x.nbytes),
+            **opts,
+        )
         if t["images"].shape[-2:] != x.shape[-2:]:
             raise UserError(
                 f"{splits.root / splits.eval_name} holds {t['images'].shape[-1]}x{t['images'].shape[-2]} images, "

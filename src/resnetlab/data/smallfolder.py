@@ -20,6 +20,7 @@ by their real range).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,17 +157,21 @@ def decoded_split(
     hints: Hints = TRAIN_HINTS,
     rank: int = 0,
     world_size: int = 1,
+    before_decoding: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """`decode_images` of one split of the tree at `root`, through the decoded cache (`cache.py`;
     `cache`: data.cache): {"images", "labels", "skipped", and the split's `image_stats`: "mean_pixel",
     "mean_channel", "std"}. A cache is used only if it holds this list's labels, in order, and tensors
-    of the shapes it claims."""
+    of the shapes it claims. `before_decoding` runs only when the split is decoded, not when its cache
+    is loaded (the memory refusal)."""
     settings = {"what": "decoded", "image_size": image_size, "channels": channels, "skip_corrupt": skip_corrupt}
     key = fingerprint(root, samples, settings)
     stem = f"decoded-{split}-{image_size}-{channels or 'auto'}-"
     path = cache_path(root, f"{stem}{key[:16]}.pt", cache)
 
     def compute() -> dict:
+        if before_decoding is not None:
+            before_decoding()
         images, labels, skipped = decode_images(
             samples,
             image_size=image_size,
@@ -246,22 +251,29 @@ def first_size(samples: list[Sample]) -> tuple[int, int] | None:
         return None
 
 
-def refuse_beyond_memory(train: list[Sample], test: list[Sample], *, available: int | None) -> None:
+def refuse_beyond_memory(splits: list[list[Sample]], *, held: int = 0, available: int | None) -> None:
     """Before a folder is decoded at its images' own size (no data.image_size): a one-line refusal when
     its uint8 tensors would not fit in the memory available, estimated from the first image's header
-    (the sizes must agree). At the peak, a split's batches and the tensor they are joined into are both
-    held: the training split twice, or the training split and the test split twice. Before, a folder
-    of large photographs under a CIFAR preset decoded until the kernel killed the process."""
-    size = first_size(train)
+    (the sizes must agree). `splits` are decoded one after the other, beside `held` bytes already in
+    memory (a training split loaded from its cache); at each one's peak its batches and the tensor they
+    are joined into are both held, with one copy of each split before it. Before, a folder of large
+    photographs under a CIFAR preset decoded until the kernel killed the process."""
+    size = first_size(splits[0]) if splits else None
     if available is None or size is None:
         return
     w, h = size
-    need = 3 * w * h * max(2 * len(train), len(train) + 2 * len(test))
+    peaks, before = [], held
+    for samples in splits:
+        peaks.append(before + 2 * 3 * w * h * len(samples))
+        before += 3 * w * h * len(samples)
+    need = max(peaks)
     if need > available:
+        counts = " + ".join(f"{len(samples):,}" for samples in splits)
+        beside = f" beside {held / 2**30:.1f} GiB already decoded" if held else ""
         raise UserError(
-            f"decoding {len(train):,} + {len(test):,} images at their own size ({w}x{h}, as {train[0][0]}) needs "
-            f"about {need / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB is available: {SMALLER}, which "
-            "reads the files batch by batch"
+            f"decoding {counts} images at their own size ({w}x{h}, as {splits[0][0][0]}) needs about "
+            f"{need / 2**30:.1f} GiB of memory{beside}, {available / 2**30:.1f} GiB is available: {SMALLER}, "
+            "which reads the files batch by batch"
         )
 
 
