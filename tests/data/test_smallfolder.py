@@ -390,56 +390,101 @@ def test_large_images_under_the_cifar_recipe_are_warned_about(tmp_path):
     assert build_data(folder_cfg(folder, "train.batch_size=2", "data.image_size=32"), CPU).summary["warnings"] == []
 
 
-def test_a_folder_that_would_not_fit_in_memory_is_refused_before_decoding(tmp_path, monkeypatch):
-    """96x96 photos, 4 training and 2 test images: 27,648 bytes each decoded, 8 x 27,648 = 221,184 bytes
-    at the peak (the training split twice). With 200,000 bytes available: refused in one line that
-    says what to set, before any image is decoded; with 250,000, or resized by data.image_size, built."""
+@pytest.fixture
+def decodes(monkeypatch):
+    """The number of images of each `decode_images` call, in order; `available(n)` sets the memory."""
     import resnetlab.data.smallfolder as smallfolder
 
-    folder = write_folder(tmp_path / "f", classes=CLASSES[:2], size=(96, 96), splits=(("train", 2), ("test", 1)))
-    decoded = []
-    real = smallfolder.decode_images
-    monkeypatch.setattr(smallfolder, "decode_images", lambda *a, **k: decoded.append(1) or real(*a, **k))
-    monkeypatch.setattr(smallfolder, "available_memory", lambda: 200_000)
-    cfg = folder_cfg(folder, "train.batch_size=2", "data.cache=none")
+    class Calls(list):
+        def available(self, n: int | None) -> None:
+            monkeypatch.setattr(smallfolder, "available_memory", lambda: n)
+
+    calls, real = Calls(), smallfolder.decode_images
+    monkeypatch.setattr(smallfolder, "decode_images", lambda s, **k: calls.append(len(s)) or real(s, **k))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "mode, extra, image, where",
+    [
+        ("RGB", (), 3 * 96 * 96, "at their own size (96x96, as "),
+        ("L", (), 96 * 96, "at their own size (96x96, as "),  # grey: one channel
+        ("RGB", ("data.image_size=32",), 3 * 32 * 32, "at 32x32 (data.image_size)"),
+    ],
+)
+def test_a_folder_that_would_not_fit_in_memory_is_refused_before_decoding(tmp_path, decodes, mode, extra, image, where):
+    """4 training and 2 test images of 96x96, `image` bytes each decoded. The peak: the training split
+    and the float32 copy that its statistics sum (n + 4n images; its batches and their joined tensor:
+    2n), 20 images. One byte less: refused in one line that says what to set, before any image is
+    decoded; that much: built."""
+    folder = write_folder(
+        tmp_path / "f", classes=CLASSES[:2], size=(96, 96), mode=mode, splits=(("train", 2), ("test", 1))
+    )
+    cfg = folder_cfg(folder, "train.batch_size=2", "data.cache=none", *extra)
+    decodes.available(20 * image - 1)
     with pytest.raises(UserError) as e:
         build_data(cfg, CPU)
     msg = str(e.value)
-    assert "decoding 4 + 2 images at their own size (96x96" in msg and "about 0.0 GiB" in msg, msg
-    assert "data.image_size=32" in msg and "data.recipe=imagenet" in msg and not decoded
-    monkeypatch.setattr(smallfolder, "available_memory", lambda: 250_000)
-    assert build_data(cfg, CPU).summary["input_size"] == [3, 96, 96] and decoded
-    monkeypatch.setattr(smallfolder, "available_memory", lambda: 1_000)
-    assert build_data(folder_cfg(folder, "train.batch_size=2", "data.cache=none", "data.image_size=32"), CPU)
+    assert f"decoding 4 + 2 images {where}" in msg and "about 0.0 GiB" in msg, msg
+    assert "data.image_size=32" in msg and "data.recipe=imagenet" in msg and decodes == []
+    decodes.available(20 * image)
+    assert build_data(cfg, CPU).summary["input_size"] == [1 if mode == "L" else 3, *[96 if not extra else 32] * 2]
+    assert decodes == [4, 2]
 
 
-def test_a_split_loaded_from_its_cache_is_counted_once_in_the_memory_estimate(tmp_path, monkeypatch):
+def test_a_split_loaded_from_its_cache_is_not_counted_again(tmp_path, decodes):
     """96x96 photos (27,648 bytes each decoded), 8 training and 2 test images. Nothing cached: the
-    training split twice, 442,368 bytes, refused with 400,000 available. Both splits cached: nothing is
-    decoded and nothing refused. A test file renamed, its split's cache no longer matches: the training
-    split is loaded once (221,184) and the test split decoded twice (110,592): 331,776, built, and only
-    the test split decoded (the estimate of both splits decoded would refuse it); with 300,000, refused."""
-    import resnetlab.data.smallfolder as smallfolder
-
+    training split's peak, 8 + 4 x 8 images (1,105,920 bytes), refused with 1,000,000 available. Both
+    splits cached: nothing decoded, nothing refused. A test file renamed, its split's cache no longer
+    matches: the training split is loaded (it is in use, so MemAvailable has counted it) and only the
+    test split is decoded, its peak 2 + 4 x 2 images: built with 276,480, refused with one byte less."""
     folder = write_folder(tmp_path / "f", classes=CLASSES[:2], size=(96, 96), splits=(("train", 4), ("test", 1)))
-    decoded = []
-    real = smallfolder.decode_images
-    monkeypatch.setattr(smallfolder, "decode_images", lambda s, **k: decoded.append(len(s)) or real(s, **k))
-    monkeypatch.setattr(smallfolder, "available_memory", lambda: 400_000)
+    decodes.available(1_000_000)
     with pytest.raises(UserError, match=r"decoding 8 \+ 2 images at their own size \(96x96"):
         build_data(folder_cfg(folder, "train.batch_size=2", "data.cache=none"), CPU)
-    assert decoded == []
-    monkeypatch.setattr(smallfolder, "available_memory", lambda: None)  # unknown: never refused
+    assert decodes == []
+    decodes.available(None)  # unknown: never refused
     cfg = folder_cfg(folder, "train.batch_size=2", "data.cache=data")
     build_data(cfg, CPU)
-    assert decoded == [8, 2]
-    monkeypatch.setattr(smallfolder, "available_memory", lambda: 400_000)
-    assert build_data(cfg, CPU).summary["input_size"] == [3, 96, 96] and decoded == [8, 2]
+    assert decodes == [8, 2]
+    decodes.available(1_000)
+    assert build_data(cfg, CPU).summary["input_size"] == [3, 96, 96] and decodes == [8, 2]
     test = folder / "test" / CLASSES[0]
     (test / "0000.jpg").rename(test / "0001.jpg")
-    assert build_data(cfg, CPU).summary["input_size"] == [3, 96, 96] and decoded == [8, 2, 2]
+    decodes.available(276_480)
+    assert build_data(cfg, CPU).summary["input_size"] == [3, 96, 96] and decodes == [8, 2, 2]
     (test / "0001.jpg").rename(test / "0002.jpg")
-    monkeypatch.setattr(smallfolder, "available_memory", lambda: 300_000)
-    with pytest.raises(UserError, match=r"decoding 2 images .* beside 0\.0 GiB already decoded"):
+    decodes.available(276_479)
+    with pytest.raises(UserError, match=r"decoding 2 images at their own size \(96x96, as .*test"):
         build_data(cfg, CPU)
-    assert decoded == [8, 2, 2]
+    assert decodes == [8, 2, 2]
+
+
+def test_a_test_split_of_another_size_is_refused_before_it_is_decoded(tmp_path, decodes):
+    folder = write_folder(tmp_path / "f", classes=CLASSES[:2], splits=(("train", 2),))
+    write_folder(folder, classes=CLASSES[:2], size=(40, 40), splits=(("test", 1),))
+    with pytest.raises(UserError) as e:
+        build_data(folder_cfg(folder, "train.batch_size=2"), CPU)
+    assert str(e.value) == (
+        f"{folder / 'test'} holds 40x40 images, {folder / 'train'} 32x32; set data.image_size=N to resize both"
+    )
+    assert decodes == [4]  # the training split only
+
+
+def test_held_out_images_are_the_same_files_when_unreadable_ones_are_left_out(tmp_path):
+    """data.val_split holds out a fixed choice of training files; with data.skip_corrupt a file left
+    out must not shift that choice onto other files (the indices are into the file list, the rows of
+    the decoded tensor skip the file). Each image's pixels say which file it is."""
+    folder = tmp_path / "f"
+    for c in CLASSES[:2]:
+        (folder / "train" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (32, 32), 10 * i + (100 if c == CLASSES[1] else 0)).save(folder / "train" / c / f"{i}.png")
+    whole = build_data(folder_cfg(folder, "train.batch_size=2", "data.val_split=4", "data.cache=none"), CPU)
+    held = sorted(int(v) for v in whole.test.images[:, 0, 0, 0])
+    bad = folder / "train" / CLASSES[0] / "4.png"
+    bad.write_bytes(b"not an image")
+    cfg = folder_cfg(folder, "train.batch_size=2", "data.val_split=4", "data.cache=none", "data.skip_corrupt=true")
+    b = build_data(cfg, CPU)
+    assert sorted(int(v) for v in b.test.images[:, 0, 0, 0]) == [v for v in held if v != 40]
+    assert len(b.train) + len(b.test) == 9 and 40 not in b.train.images[:, 0, 0, 0].tolist()

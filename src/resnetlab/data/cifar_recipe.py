@@ -4,7 +4,6 @@ built-in ones (CIFAR-10/100, MNIST, Fashion-MNIST) and an ImageFolder tree of sm
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,7 +43,13 @@ def build_small_folder(
 ) -> DataBundle:
     """An ImageFolder tree of small images, decoded once (cached) into the built-in datasets' tensor."""
     from resnetlab.data.folders import read_splits
-    from resnetlab.data.smallfolder import available_memory, decoded_split, large_for_cifar, refuse_beyond_memory
+    from resnetlab.data.smallfolder import (
+        available_memory,
+        decoded_split,
+        first_header,
+        large_for_cifar,
+        refuse_beyond_memory,
+    )
 
     d = cfg.data
     if d.image_size < 0:
@@ -59,36 +64,31 @@ def build_small_folder(
         "world_size": world_size,
     }
 
-    # At the images' own size, a split about to be decoded (not loaded from its cache) is first checked
-    # against the memory available, beside what is already decoded
-    def fits(later: list[list], held: int = 0) -> Callable[[], None] | None:
-        if d.image_size:
-            return None
-        return lambda: refuse_beyond_memory(later, held=held, available=available_memory())
+    # Each split about to be decoded (not loaded from its cache) is first held against the memory
+    # available then; the test split's size too, from a header, against the training split's.
+    def train_fits() -> None:
+        later = [splits.train, splits.test]
+        refuse_beyond_memory(later, image_size=d.image_size, channels=None, available=available_memory())
+
+    def test_fits() -> None:
+        header = first_header(splits.test)
+        if not d.image_size and header is not None and header[:2] != (x.shape[-1], x.shape[-2]):
+            raise UserError(_other_size(splits, header[:2], x))
+        refuse_beyond_memory([splits.test], image_size=d.image_size, channels=x.shape[1], available=available_memory())
 
     # The images' own channels, also when fine-tuning: weights of another channel count are refused or
     # adapted (train.init_channels) by `fit_stats`, not met by decoding RGB images as grey or the reverse
-    decoded = decoded_split(
-        splits.root, "train", splits.train, channels=None, before_decoding=fits([splits.train, splits.test]), **opts
-    )
+    decoded = decoded_split(splits.root, "train", splits.train, channels=None, before_decoding=train_fits, **opts)
     x, y, skipped = decoded["images"], decoded["labels"], list(decoded["skipped"])
     if splits.held_out is not None:
-        keep, held = (torch.tensor(i, dtype=torch.int64) for i in splits.held_out)
+        keep, held = _decoded_rows(splits.held_out, splits.train, skipped, d.val_split)
         train, test = Split(x[keep], y[keep]), Split(x[held], y[held])
     else:
         t = decoded_split(
-            splits.root,
-            splits.eval_name,
-            splits.test,
-            channels=x.shape[1],
-            before_decoding=fits([splits.test], held=x.nbytes),
-            **opts,
+            splits.root, splits.eval_name, splits.test, channels=x.shape[1], before_decoding=test_fits, **opts
         )
-        if t["images"].shape[-2:] != x.shape[-2:]:
-            raise UserError(
-                f"{splits.root / splits.eval_name} holds {t['images'].shape[-1]}x{t['images'].shape[-2]} images, "
-                f"{splits.root / 'train'} {x.shape[-1]}x{x.shape[-2]}; set data.image_size=N to resize both"
-            )
+        if t["images"].shape[-2:] != x.shape[-2:]:  # a cache of another size, loaded
+            raise UserError(_other_size(splits, (t["images"].shape[-1], t["images"].shape[-2]), x))
         train, test, skipped = Split(x, y), Split(t["images"], t["labels"]), skipped + list(t["skipped"])
         if stats is None:  # the whole training folder: its statistics were computed with the decoding
             mean, std = decoded[f"mean_{d.mean}"], decoded["std"]
@@ -100,6 +100,29 @@ def build_small_folder(
     root, name = str(splits.root), splits.eval_name
     warnings = [left_out, large]
     return _on_device(cfg, device, train, test, splits.classes, True, name, root, rank, world_size, stats, warnings)
+
+
+def _other_size(splits, size: tuple[int, int], x: torch.Tensor) -> str:
+    w, h = size
+    return (
+        f"{splits.root / splits.eval_name} holds {w}x{h} images, {splits.root / 'train'} {x.shape[-1]}x{x.shape[-2]}; "
+        "set data.image_size=N to resize both"
+    )
+
+
+def _decoded_rows(held_out, samples: list, skipped: list[str], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """data.val_split's (kept, held-out) indices into the training files, as rows of their decoded
+    tensor, which leaves out the files skipped as unreadable (the same files are held out either way)."""
+    left_out, rows = set(skipped), {}
+    for i, (path, _) in enumerate(samples):
+        if path not in left_out:
+            rows[i] = len(rows)
+    keep, held = ([rows[i] for i in part if i in rows] for part in held_out)
+    if not held:
+        raise UserError(
+            f"data.val_split={count}: every held-out image is unreadable (data.skip_corrupt=true left it out)"
+        )
+    return torch.tensor(keep, dtype=torch.int64), torch.tensor(held, dtype=torch.int64)
 
 
 def _on_device(

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from resnetlab.data.cache import cache_path, cached, fingerprint, remove_stale
 from resnetlab.data.images import Sample, center_view, is_grey, open_pil, pil_array, read_bytes
-from resnetlab.data.ondevice import image_stats
+from resnetlab.data.ondevice import image_moments
 from resnetlab.errors import UserError
 from resnetlab.utils.device import resolve_workers
 from resnetlab.utils.loader import data_loader
@@ -121,13 +121,10 @@ def decode_images(
         if not rows:
             continue
         first = first or (samples[rows[0]][0], images[0].shape[-2:])
+        # A tensor: one size, so its first image tells; a list (`_collate`): sizes differ, one is refused
         for row, x in zip(rows, images if isinstance(images, list) else images[:1]):
             if x.shape[-2:] != first[1] or x.shape[-1] != x.shape[-2]:
                 _refuse_size(folder, first, (samples[row][0], x.shape[-2:]), hints)
-        if isinstance(images, list):  # sizes agree, channels not: cannot happen after _collate
-            images = torch.stack(images)
-        if images.shape[-2:] != first[1]:
-            _refuse_size(folder, first, (samples[rows[0]][0], images.shape[-2:]), hints)
         parts.append(images)
         kept += rows
     if not parts:
@@ -184,8 +181,7 @@ def decoded_split(
         if path is not None:
             remove_stale(path, path.name.removesuffix(f"{key[:16]}.pt"))
         # The split's statistics too: on 50,000 images they cost as much as the rest of a cached start.
-        (mean_pixel, std), (mean_channel, _) = image_stats(images, per="pixel"), image_stats(images, per="channel")
-        stats = {"mean_pixel": mean_pixel, "mean_channel": mean_channel, "std": std}
+        stats = image_moments(images, chunk=STATS_CHUNK)
         return {"images": images, "labels": labels, "skipped": skipped, **stats}
 
     def check(value: dict) -> str | None:
@@ -239,41 +235,47 @@ def available_memory() -> int | None:
     return None
 
 
-def first_size(samples: list[Sample]) -> tuple[int, int] | None:
-    """(width, height) of the first image, from its header alone; None if it cannot be read (decoding
-    then names the file)."""
+def first_header(samples: list[Sample]) -> tuple[int, int, int] | None:
+    """(width, height, channels: 1 grey, else 3) of the first image, from its header alone; None if it
+    cannot be read (decoding then names the file)."""
     if not samples:
         return None
     try:
         with open_pil(read_bytes(samples[0][0]), samples[0][0]) as im:
-            return im.size
+            return (*im.size, 1 if is_grey(im.mode) else 3)
     except (UserError, OSError):
         return None
 
 
-def refuse_beyond_memory(splits: list[list[Sample]], *, held: int = 0, available: int | None) -> None:
-    """Before a folder is decoded at its images' own size (no data.image_size): a one-line refusal when
-    its uint8 tensors would not fit in the memory available, estimated from the first image's header
-    (the sizes must agree). `splits` are decoded one after the other, beside `held` bytes already in
-    memory (a training split loaded from its cache); at each one's peak its batches and the tensor they
-    are joined into are both held, with one copy of each split before it. Before, a folder of large
-    photographs under a CIFAR preset decoded until the kernel killed the process."""
-    size = first_size(splits[0]) if splits else None
-    if available is None or size is None:
+STATS_CHUNK = 1024  # images held as float32 at once while a split's statistics are summed (image_moments)
+
+
+def refuse_beyond_memory(
+    splits: list[list[Sample]], *, image_size: int, channels: int | None, available: int | None
+) -> None:
+    """Before a split is decoded: a one-line refusal when the uint8 tensors of `splits` (it and the
+    splits to decode after it, in order) would not fit in the memory available now (what is already
+    decoded or loaded is in use, so not counted again). The size: data.image_size, else the first
+    image's header (the sizes must agree); its channels unless `channels` is given. At a split's peak,
+    its batches and the tensor they are joined into are both held, beside one copy of each split before
+    it; then its statistics convert `STATS_CHUNK` images at a time to float32. Before, a folder of
+    large photographs under a CIFAR preset decoded until the kernel killed the process."""
+    header = first_header(splits[0]) if splits else None
+    if available is None or header is None:
         return
-    w, h = size
-    peaks, before = [], held
+    w, h = (image_size, image_size) if image_size else header[:2]
+    image = (channels or header[2]) * w * h  # bytes of one decoded image
+    need, before = 0, 0
     for samples in splits:
-        peaks.append(before + 2 * 3 * w * h * len(samples))
-        before += 3 * w * h * len(samples)
-    need = max(peaks)
+        n = len(samples)
+        need = max(need, before + image * max(2 * n, n + 4 * min(n, STATS_CHUNK)))
+        before += image * n
     if need > available:
         counts = " + ".join(f"{len(samples):,}" for samples in splits)
-        beside = f" beside {held / 2**30:.1f} GiB already decoded" if held else ""
+        size = f"at {w}x{h} (data.image_size)" if image_size else f"at their own size ({w}x{h}, as {splits[0][0][0]})"
         raise UserError(
-            f"decoding {counts} images at their own size ({w}x{h}, as {splits[0][0][0]}) needs about "
-            f"{need / 2**30:.1f} GiB of memory{beside}, {available / 2**30:.1f} GiB is available: {SMALLER}, "
-            "which reads the files batch by batch"
+            f"decoding {counts} images {size} needs about {need / 2**30:.1f} GiB of memory, "
+            f"{available / 2**30:.1f} GiB is available: {SMALLER}, which reads the files batch by batch"
         )
 
 

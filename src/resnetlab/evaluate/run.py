@@ -177,7 +177,7 @@ def _evaluate_small_folder(
     through the same cache), with the checkpoint's channels (grey or RGB files converted as training
     converts them) and its data.image_size. Only that folder is read: the model brings its own
     normalisation, so train/ is not needed. `workers` and `skip_corrupt` are evaluate's flags."""
-    from resnetlab.data.smallfolder import Hints, decoded_split, first_size
+    from resnetlab.data.smallfolder import Hints, decoded_split, first_header
 
     model = models[0]
     data = (from_dict(model.config) if model.config else Config()).data
@@ -188,9 +188,9 @@ def _evaluate_small_folder(
     if not samples:
         raise UserError(f"{root} has no images")
     size = model.image_size
-    found = first_size(samples) if not data.image_size else None
-    if found is not None and found[0] == found[1] != size:  # before the folder is decoded, not after
-        raise UserError(_wrong_size(root, found, model.path, size))
+    header = None if data.image_size else first_header(samples)
+    if header is not None and header[0] == header[1] != size:  # before the folder is decoded, not after
+        raise UserError(_wrong_size(root, header[:2], model.path, size))
     hints = Hints(
         skip="--skip-corrupt skips it",
         size=f"{model.path} was trained on {size}x{size} images (data.image_size={data.image_size})",
