@@ -108,6 +108,33 @@ def test_reproduce_unknown_net_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "rep").exists()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cifar-section", "--out", "o", "--rerun-changed", "--set", "optim.lr=0.2"],
+        ["table6", "--seeds", "3", "--dataset", "imagefolder", "--data-dir", "d x", "--schedule", "short",
+         "--iters", "80", "--eval-every", "20", "--procs", "2", "--threads", "1", "--budget-s", "60",
+         "--nets", "resnet20", "resnet56", "--with-1202", "--no-responses", "--no-tf32", "--batch-runs", "2"],
+    ],
+)  # fmt: skip
+def test_the_recorded_command_line_parses_back_to_the_same_grid(argv):
+    """commands.txt's line for a `reproduce` call, parsed again, gives the same arguments (all but
+    --status and --quiet, which change what is printed, not what is trained)."""
+    import shlex
+
+    from resnetlab.cli import build_parser
+    from resnetlab.cli.analyze import _command_line
+
+    parser = build_parser()
+    args = parser.parse_args(["reproduce", *argv])
+    line = _command_line(args)
+    words = shlex.split(line)
+    assert words[:2] == ["resnetlab", "reproduce"]
+    again = parser.parse_args(words[1:])
+    same = {k: v for k, v in vars(args).items() if k not in ("status", "quiet", "func")}
+    assert {k: v for k, v in vars(again).items() if k in same} == same, line
+
+
 def jpeg_folder(root, size=16, train=4, test=2):
     """A two-class ImageFolder (train/ + test/, CIFAR-10's JPEG layout) of `size`-pixel noise images."""
     from PIL import Image

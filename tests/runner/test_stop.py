@@ -84,6 +84,22 @@ def test_the_budget_stops_worker_processes(tmp_path):
     assert all(j.state() == "resume" for j in started)
 
 
+def test_a_run_that_fails_as_the_budget_stops_it_is_named_not_counted_as_checkpointed(tmp_path):
+    """Told to stop, a worker exits 1 instead of checkpointing (e.g. its disk is full): the grid says
+    which runs failed (exit 1) after the budget's line for the others, instead of returning them among
+    the "checkpointed" unfinished runs."""
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    (tmp_path / "worker.py").write_text(STOPPABLE_WORKER.replace("sys.exit(143)", "sys.exit(1)"))
+    lines = []
+    with pytest.raises(UserError, match=r"^2 run\(s\) failed: plain56-seed0, resnet56-seed0$"):
+        run_jobs(jobs, procs=2, threads=1, worker=(sys.executable, str(tmp_path / "worker.py")), log=lines.append,
+                 budget_s=3)  # fmt: skip
+    assert [line for line in lines if line.startswith("[budget]")] == [
+        "[budget] stopped with 2 run(s) unfinished: plain20-seed0, resnet20-seed0"
+    ]
+    assert sum("failed (exit 1)" in line for line in lines) == 2
+
+
 def test_a_sigterm_while_a_run_sets_up_still_stops_it(tmp_path, monkeypatch):
     """SIGTERM comes 0.1 s into a run that sets its handler up at 0.5 s (reading data, building the
     net): the grid's handler takes it, and the run is told again once it listens, instead of training

@@ -287,4 +287,5 @@ def _command_line(args: argparse.Namespace) -> str:
     if args.batch_runs != 1:
         words += ["--batch-runs", str(args.batch_runs)]
     words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses + ["--no-tf32"] * args.no_tf32
+    words += ["--rerun-changed"] * args.rerun_changed  # it picks the folders (-r1, ...) the runs go to
     return shlex.join(words)
