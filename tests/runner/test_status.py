@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from resnetlab.cli import main
-from resnetlab.config import Config, ModelConfig
+from resnetlab.config import Config, ModelConfig, apply_overrides, dump
 from resnetlab.runner.plan import plan
 from resnetlab.runner.status import status_lines
 from resnetlab.utils import checkpoint
@@ -43,6 +43,35 @@ def test_status_of_a_grid_part_trained(tmp_path):
     assert table["resnet20-seed0"] == ["done", "8/8", "(100%)", "12.50%", "0h01m", "0h00m"]
     assert table["resnet110-seed0"] == ["resume", "4/8", "(50%)", "70.25%", "0h04m", "0h04m"]
     assert table["resnet56-seed0"] == ["new", "0/8", "(0%)", "-", "-", "0h04m"]
+    assert lines[-1].startswith("time left: about 0h06m with 2 run(s) at once (0h12m of one process)")
+
+
+def test_a_folder_holding_another_recipes_run_counts_as_untrained(tmp_path):
+    """The grid of the first test, and ResNet-44's folder holds a run of another lr, checkpointed at
+    iteration 12 (past this grid's 8) after 1 s. `reproduce` refuses that folder (or trains the job
+    anew with --rerun-changed): the row says `other`, nothing trained, and neither its iteration nor its
+    speed changes the estimate (374 s on two slots, as without it)."""
+    jobs = plan("table6", out=tmp_path, schedule_name="short", iters=8, config_fn=stub_config)
+    by_name = {j.name: j for j in jobs}
+    r20, r110, r44 = (by_name[f"resnet{d}-seed0"] for d in (20, 110, 44))
+    r20.out_dir.mkdir(parents=True)
+    (r20.out_dir / "final.pt").write_bytes(b"")
+    rows = [{"iter": 4, "test_error": 50.0, "time": 40.0}, {"iter": 8, "test_error": 12.5, "time": 80.0}]
+    (r20.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r110.out_dir.mkdir(parents=True)
+    checkpoint.save_atomic({"model": {}, "iteration": 4, "elapsed": 220.0}, r110.out_dir / "checkpoint.pt")
+    (r110.out_dir / "metrics.jsonl").write_text(json.dumps({"iter": 4, "test_error": 70.25, "time": 220.0}) + "\n")
+    r44.out_dir.mkdir(parents=True)
+    dump(apply_overrides(r44.cfg, ["optim.lr=0.2"]), r44.out_dir / "config.yaml")
+    checkpoint.save_atomic({"model": {}, "iteration": 12, "elapsed": 1.0}, r44.out_dir / "checkpoint.pt")
+    rows = [{"iter": 6, "test_error": 5.0, "time": 0.5}, {"iter": 12, "test_error": 4.0, "time": 1.0}]
+    (r44.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert r44.state() == "other"
+
+    lines = status_lines(jobs, slots=2)
+
+    table = {line.split()[0]: line.split()[1:] for line in lines[1:-1]}
+    assert table["resnet44-seed0"] == ["other", "0/8", "(0%)", "-", "-", "0h03m"]
     assert lines[-1].startswith("time left: about 0h06m with 2 run(s) at once (0h12m of one process)")
 
 

@@ -14,14 +14,17 @@ from pathlib import Path
 from resnetlab.runner.plan import Job
 
 
-def progress(job: Job, rows: list[dict]) -> tuple[str, int, float | None, float | None]:
-    """(state, iteration reached, training seconds so far, last test error) of a job's folder, given the
-    evaluation rows of its metrics.jsonl."""
-    state, last = job.state(), (rows[-1] if rows else {})
+def progress(job: Job, state: str, rows: list[dict]) -> tuple[int, float | None, float | None]:
+    """(iteration reached, training seconds so far, last test error) of a job's folder in `state`,
+    given the evaluation rows of its metrics.jsonl. A folder holding another recipe's run (`other`)
+    has trained nothing of this job."""
+    last = rows[-1] if rows else {}
+    if state == "other":
+        return 0, None, None
     if state == "done":
-        return state, job.cfg.train.max_iters, last.get("time"), last.get("test_error")
+        return job.cfg.train.max_iters, last.get("time"), last.get("test_error")
     iteration, seconds = job.checkpoint(state)
-    return state, iteration or 0, seconds, last.get("test_error")
+    return iteration or 0, seconds, last.get("test_error")
 
 
 def recent_speed(job: Job, rows: list[dict]) -> tuple[int, float] | None:
@@ -55,8 +58,11 @@ def _hours(seconds: float) -> str:
 
 
 def status_lines(jobs: list[Job], slots: int = 1) -> list[str]:
-    evaluations = [_evaluations(job.out_dir / "metrics.jsonl") for job in jobs]
-    rows = [(job, *progress(job, evals)) for job, evals in zip(jobs, evaluations)]
+    states = [job.state() for job in jobs]
+    evaluations = [
+        _evaluations(job.out_dir / "metrics.jsonl") if state != "other" else [] for job, state in zip(jobs, states)
+    ]
+    rows = [(job, state, *progress(job, state, evals)) for job, state, evals in zip(jobs, states, evaluations)]
     timed = [
         recent_speed(job, evals) or ((job.depth * it, s) if it and s else None)
         for (job, _, it, s, _), evals in zip(rows, evaluations)
