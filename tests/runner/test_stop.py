@@ -2,8 +2,10 @@
 itself or that reaches the grid first (between runs, while a run sets up, the parent of workers).
 A budget stop returns the unfinished runs; a signal stop raises what the command's handler raises."""
 
+import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -98,6 +100,61 @@ def test_a_run_that_fails_as_the_budget_stops_it_is_named_not_counted_as_checkpo
         "[budget] stopped with 2 run(s) unfinished: plain20-seed0, resnet20-seed0"
     ]
     assert sum("failed (exit 1)" in line for line in lines) == 2
+
+
+GRID = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from runner_stubs import tiny_config
+from resnetlab.runner.plan import plan
+from resnetlab.runner.pool import run_jobs
+jobs = plan("degradation", out=sys.argv[1], schedule_name="short", iters=8, config_fn=tiny_config)
+run_jobs(jobs, procs=2, threads=1, worker=(sys.executable, sys.argv[2]), log=print)
+"""
+
+
+def test_workers_checkpoint_and_stop_when_the_grid_process_is_killed(tmp_path):
+    """kill -9 of the grid (or its terminal closed): its workers, in their own sessions, get SIGTERM
+    from the kernel (PR_SET_PDEATHSIG, `stop_with_the_grid`), checkpoint and stop, instead of training
+    on alone with their folders locked. The stub workers would otherwise sleep 60 s."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    (tmp_path / "grid.py").write_text(GRID)
+    worker = STOPPABLE_WORKER.replace(
+        '(out / "started")',
+        "from resnetlab.runner.worker import stop_with_the_grid\nstop_with_the_grid()\n"
+        '(out / "pid").write_text(str(__import__("os").getpid()))\n(out / "started")',
+    )
+    (tmp_path / "worker.py").write_text(worker)
+    out = tmp_path / "grid"
+    argv = [
+        sys.executable,
+        str(tmp_path / "grid.py"),
+        str(out),
+        str(tmp_path / "worker.py"),
+        str(Path(__file__).parent),
+    ]
+    grid = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    started = [out / name / "started" for name in ("plain56-seed0", "resnet56-seed0")]
+    pids = []
+    try:
+        deadline = time.monotonic() + 60
+        while not all(p.is_file() for p in started) and time.monotonic() < deadline and grid.poll() is None:
+            time.sleep(0.05)
+        assert all(p.is_file() for p in started), grid.poll()
+        pids = [int((p.parent / "pid").read_text()) for p in started]
+        grid.kill()
+        grid.wait()
+        deadline = time.monotonic() + 10
+        while not all((p.parent / "checkpoint.pt").is_file() for p in started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all((p.parent / "checkpoint.pt").is_file() for p in started)  # their SIGTERM path ran
+        assert not any((p.parent / "final.pt").exists() for p in started)
+    finally:
+        grid.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_sigterm_while_a_run_sets_up_still_stops_it(tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ from resnetlab.config import apply_overrides, dump
 from resnetlab.errors import UserError
 from resnetlab.runner.plan import Job
 from resnetlab.runner.stop import Stop, catching_signals, told_to_the_run
+from resnetlab.runner.worker import GRID_PID
 from resnetlab.utils.device import usable_cores
 
 TrainFn = Callable[..., Any]  # run_training(cfg, out_dir, *, resume=False)
@@ -279,9 +280,8 @@ def _start(unit: list[Job], slot: Slot, worker: tuple[str, ...], log: Callable) 
     log(f"[{slot}] {_label(unit)} ({'resume' if '--resume' in cmd else 'train'})")
     # Its own session: a signal to the grid's process group (Ctrl-C, `timeout`, killpg) reaches only the
     # grid, which then stops each worker with one SIGTERM (a second one would end a run before it saved).
-    proc = subprocess.Popen(
-        cmd, env={**os.environ, **slot.env()}, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    env = {**os.environ, **slot.env(), GRID_PID: str(os.getpid())}  # it stops when this process dies
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     return _Running(unit, proc, log_file, slot)
 
 

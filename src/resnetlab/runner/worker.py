@@ -2,14 +2,37 @@
 CONFIG.yaml OUT_DIR [CONFIG.yaml OUT_DIR ...] [--resume] [--threads T]`. One pair: `run_training`; several:
 a batched group (`train_batched`, one computation). The parent sets CUDA_VISIBLE_DEVICES (a GPU slot) or
 OMP_NUM_THREADS / MKL_NUM_THREADS and --threads (a CPU slot). The exit status is the runs' (143 after a
-SIGTERM, once every run has checkpointed)."""
+SIGTERM, once every run has checkpointed). When the grid's process dies, the worker gets SIGTERM
+(`stop_with_the_grid`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
 from pathlib import Path
 
 from resnetlab.config import from_dict, read_yaml
+
+GRID_PID = "RESNETLAB_GRID_PID"  # the pool's process id, which it gives its workers
+
+
+def stop_with_the_grid() -> None:
+    """SIGTERM to this worker once the grid's process (GRID_PID) dies, killed or its terminal closed:
+    the run checkpoints and stops, instead of training on alone past the budget and holding its
+    folder so that the next `reproduce` finds it in use. Linux's PR_SET_PDEATHSIG; elsewhere nothing."""
+    grid = os.environ.get(GRID_PID)
+    if not grid or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != grid:  # it died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.runs) % 2:
         parser.error("give CONFIG.yaml OUT_DIR pairs")
+    stop_with_the_grid()
     from resnetlab.train import run_training  # TF32 and every other setting: the config's (train.tf32)
 
     if args.threads is not None:
