@@ -182,6 +182,23 @@ def test_per_class_accuracy_matches_a_plain_loop(setup, capsys):
 # ---- odd files, names and outputs (issue 22) -----------------------------------------------------
 
 
+def test_folders_of_other_classes_are_refused_not_mapped_by_position(setup, tmp_path, capsys):
+    """A folder with the checkpoint's number of classes, four of them its own and two not (c4, c5 ->
+    x4, x5): by position x4 would be scored as c4 and x5 as c5, and c0..c3 kept, a wrong error with no
+    word. Refused in one line naming the folders that are not its classes. Folders none of which are
+    its classes (imported torchvision weights and synset folders) still map by position."""
+    root, ck = setup
+    mixed = _copy_split(root, tmp_path / "mixed", names=["c0", "c1", "c2", "c3", "x4", "x5"])
+    argv = ["evaluate", "--checkpoint", str(ck), "--data-dir", str(mixed), "--workers", "0", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: 2 of the 6 class folders are not classes of {ck}: x4, x5 (its classes: c0,")
+    other = _copy_split(root, tmp_path / "other", names=[f"n{i:08d}" for i in range(6)])
+    argv = ["evaluate", "--checkpoint", str(ck), "--data-dir", str(other), "--workers", "0", "--device", "cpu"]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 6
+
+
 def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     """The real command in a subprocess (PYTHONPATH inherited): a FIFO that blocked would time out."""
     return subprocess.run(

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from resnetlab.errors import UserError
 from resnetlab.train import NonFiniteLoss, run_training
@@ -95,6 +96,46 @@ def test_resume_refusals(tmp_path, fake_data, tiny_cfg):
     with pytest.raises(UserError, match="reached iteration 10; train.max_iters=5 is below it"):
         run_training(tiny_cfg("train.max_iters=5", "train.checkpoint_every=5"), tmp_path, resume=True)
     assert (tmp_path / "final.pt").exists()
+
+
+def test_resume_of_a_finished_run_without_its_checkpoint_keeps_final_pt(tmp_path, fake_data, tiny_cfg):
+    """checkpoint.pt removed from a finished run (to save space): --resume would take it for a run that
+    never checkpointed, train again from 0 and delete final.pt. Refused; final.pt stays as it was."""
+    cfg = tiny_cfg("train.max_iters=10", "train.checkpoint_every=5")
+    run_training(cfg, tmp_path)
+    (tmp_path / "checkpoint.pt").unlink()
+    before = (tmp_path / "final.pt").read_bytes()
+    with pytest.raises(UserError, match=r"holds a finished run \(final.pt\) and no checkpoint.pt to continue from"):
+        run_training(cfg, tmp_path, resume=True)
+    assert (tmp_path / "final.pt").read_bytes() == before
+
+
+def test_rng_states_loaded_onto_another_device_are_set_back():
+    """A checkpoint loaded with map_location=cuda holds its RNG states on the GPU, and the generators take
+    CPU byte tensors only (TypeError before, so no CUDA run could resume). Stand-in for a GPU tensor:
+    an object that only `.cpu()` turns into the saved tensor. The draws after setting the states back
+    equal those after the states were taken."""
+    import random
+
+    import numpy as np
+
+    from resnetlab.train.lifecycle.rng import rng_state, set_rng_state
+
+    class OnDevice:
+        def __init__(self, t):
+            self.t = t
+
+        def cpu(self):
+            return self.t
+
+    cpu = torch.device("cpu")
+    state = rng_state(cpu)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    name, keys, *rest = state["numpy"]
+    moved = {**state, "torch": OnDevice(state["torch"]), "numpy": (name, OnDevice(keys), *rest)}
+    set_rng_state(moved, cpu)
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(again[0], expected[0]) and again[1:] == expected[1:]
 
 
 def test_resumable_keys_change_nothing_an_iteration_computes():

@@ -72,11 +72,19 @@ def _collate(items):
 
 def class_mapping(folders: list[str], model: LoadedModel) -> dict[str, int]:
     """Folder name -> the model's class index: by name when the checkpoint lists them (a split may
-    hold a subset of the classes), else by ImageFolder's sorted order (e.g. imported torchvision
-    weights, whose 1000 names are in the order of the sorted ImageNet synset folders)."""
+    hold a subset of the classes), else, when no folder is named as a class, by ImageFolder's sorted
+    order (e.g. imported torchvision weights, whose 1000 names are in the order of the sorted ImageNet
+    synset folders). Some folders named as its classes and others not: refused."""
     names = model.classes
     if names and set(folders) <= set(names):
         return {f: names.index(f) for f in folders}
+    others = [f for f in folders if f not in set(names or [])]
+    if len(others) < len(folders):  # some folders are its classes, so these are not: by position would mislabel
+        raise UserError(
+            f"{len(others)} of the {len(folders)} class folders are not classes of {model.path}: "
+            f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''} (its classes: "
+            f"{', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
+        )
     if len(folders) == model.num_classes:
         return {f: i for i, f in enumerate(folders)}
     raise UserError(

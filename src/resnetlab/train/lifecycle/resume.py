@@ -59,6 +59,11 @@ def check_folder(cfg: Any, out: Path, resume: bool, device: torch.device | str =
     if not ckpt_path.exists():
         if not (out / "config.yaml").is_file():
             raise UserError(f"--resume: {out} holds no run to resume (no checkpoint.pt, no config.yaml)")
+        if final.exists():  # a finished run whose checkpoint.pt was removed: starting again would replace it
+            raise UserError(
+                f"--resume: {out} holds a finished run (final.pt) and no checkpoint.pt to continue from; "
+                "choose another --out to train it again"
+            )
         compare_configs(read_yaml(out / "config.yaml"), cfg, out)
         return None  # started but never checkpointed: start again from iteration 0
     ckpt = checkpoint.load(ckpt_path, map_location=device)

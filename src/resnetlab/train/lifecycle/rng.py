@@ -37,16 +37,18 @@ def rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+    """`rng_state`'s states set again. A checkpoint loaded onto the GPU (map_location) holds them
+    there; the generators take CPU byte tensors only, hence `.cpu()`."""
+    torch.set_rng_state(state["torch"].cpu())
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
     if "numpy" in state:
         import numpy as np
 
         name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+        np.random.set_state((name, keys.cpu().numpy().astype("uint32"), pos, has_gauss, cached))
 
 
 def gather_rng_states(run: Run) -> list[dict[str, Any]]:
