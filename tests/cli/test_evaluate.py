@@ -15,6 +15,7 @@ import torchvision
 from torchvision.transforms import functional as TV
 
 from resnetlab.cli import main
+from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.utils.checkpoint import save_atomic
 
@@ -331,6 +332,17 @@ def _small_checkpoint(path: Path, channels: int, classes=("a", "b")) -> None:
             "model_options": {"num_classes": len(classes), "in_channels": channels}}  # fmt: skip
     config = {"data": {"name": "imagefolder", "recipe": "cifar", "eval_split": "test"}}
     save_atomic({"model": net.state_dict(), "config": config, "meta": meta}, path)
+
+
+def test_an_ensemble_of_grey_and_rgb_models_is_refused(tmp_path):
+    """The first model decides how the images are decoded: grey first, the colour model would score
+    grey images without a word; colour first, the grey model's conv1 fails."""
+    from resnetlab.evaluate.checkpoints import load_models
+
+    _small_checkpoint(tmp_path / "grey.pt", 1)
+    _small_checkpoint(tmp_path / "rgb.pt", 3)
+    with pytest.raises(UserError, match=r"different inputs \(32 px, 3 channel\(s\), .* and 32 px, 1 channel\(s\)"):
+        load_models([str(tmp_path / "grey.pt"), str(tmp_path / "rgb.pt")], torch.device("cpu"))
 
 
 def _small_tree(root: Path, mode: str = "RGB", per_class: int = 3) -> Path:

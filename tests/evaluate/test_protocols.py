@@ -164,6 +164,12 @@ def test_incompatible_ensemble_is_refused(tmp_path, tree, checkpoints):
     torch.save(ckpt, other)
     with pytest.raises(UserError, match="different classes"):
         load_models([str(checkpoints["a"]), str(other)], CPU)
+    # The CIFAR and the ImageNet recipe: the first model would decide the views for both.
+    ckpt = torch.load(checkpoints["a"], weights_only=True)
+    ckpt["meta"] = {**ckpt["meta"], "recipe": "cifar"}
+    torch.save(ckpt, other)
+    with pytest.raises(UserError, match="were trained on different inputs .*cifar recipe.*cannot ensemble them"):
+        load_models([str(checkpoints["a"]), str(other)], CPU)
 
 
 def by_hand_softmax(logits: torch.Tensor) -> torch.Tensor:

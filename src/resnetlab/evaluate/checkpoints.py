@@ -94,9 +94,19 @@ def load_models(paths: list[str], device: torch.device) -> list[LoadedModel]:
     for m in models[1:]:
         if (m.num_classes, m.classes) != (first.num_classes, first.classes):
             raise UserError(f"{m.path} and {first.path} have different classes; an ensemble needs the same ones")
-        if m.image_size != first.image_size or (m.dataset in IMAGE_DATASETS) != (first.dataset in IMAGE_DATASETS):
-            raise UserError(f"{m.path} and {first.path} were trained on different inputs; cannot ensemble them")
+        if _inputs(m) != _inputs(first):
+            raise UserError(
+                f"{m.path} and {first.path} were trained on different inputs ({_inputs(m)} and {_inputs(first)}); "
+                "cannot ensemble them"
+            )
     return models
+
+
+def _inputs(model: LoadedModel) -> str:
+    """What a model is fed: the first model of an ensemble decides the decoding, views and protocol for all."""
+    kind = "image files" if model.dataset in IMAGE_DATASETS else "tensors"
+    recipe = f", {model.meta['recipe']} recipe" if model.meta.get("recipe") else ""
+    return f"{model.image_size} px, {model.meta.get('in_channels') or 3} channel(s), {kind}{recipe}"
 
 
 # ---- weights to start training from (`train.init_from`) ------------------------------------------

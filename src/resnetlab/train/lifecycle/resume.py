@@ -123,4 +123,6 @@ def truncate_metrics(path: Path, upto_iter: int) -> None:
                 keep.append(line)
         except (ValueError, KeyError, TypeError):
             continue  # a line half-written when the process died
-    path.write_text("".join(line + "\n" for line in keep))
+    tmp = path.with_name(f".{path.name}.tmp")  # a kill while writing leaves the rows as they were
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
