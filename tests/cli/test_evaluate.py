@@ -41,7 +41,8 @@ def setup(tmp_path_factory, tiny_checkpoint) -> tuple[Path, Path]:
 def test_evaluate_json(setup, capsys, protocol):
     _, ck = setup
     argv = ["evaluate", "--checkpoint", str(ck), "--protocol", protocol, "--json", "--workers", "0"]
-    assert main([*argv, "--device", "cpu", "--scales", "224", "256"]) == 0
+    scales = ["--scales", "224", "256"] if protocol == "multiscale" else []
+    assert main([*argv, "--device", "cpu", *scales]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["images"] == 6 and r["protocol"] == protocol and 0 <= r["top5_error"] <= r["top1_error"] <= 100
 
@@ -198,6 +199,28 @@ def test_folders_of_other_classes_are_refused_not_mapped_by_position(setup, tmp_
     argv = ["evaluate", "--checkpoint", str(ck), "--data-dir", str(other), "--workers", "0", "--device", "cpu"]
     assert main([*argv, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 6
+
+
+def test_scales_too_small_for_the_crop_and_flags_of_another_protocol_are_one_line(setup, capsys):
+    """The checkpoint sees 32-pixel crops: --scales 10 gives round(10 x 32 / 224) = 1 pixel (torch's
+    antialiased resize failed there: an internal assert), 11 gives 2. --scales / --flip with another
+    protocol did nothing, without a word."""
+    root, ck = setup
+    argv = ["evaluate", "--checkpoint", str(ck), "--data-dir", str(root), "--workers", "0", "--device", "cpu"]
+    assert main([*argv, "--protocol", "multiscale", "--scales", "224", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: --scales 10: for {ck}, trained on 32-pixel crops, that is a side of 1 pixel(s) "
+        "(the scales are given for 224-pixel crops); give S >= 11"
+    )
+    assert main([*argv, "--protocol", "multiscale", "--scales", "11", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 6
+    for extra in (["--scales", "224"], ["--flip"]):
+        assert main([*argv, "--protocol", "10crop", *extra]) == 2
+        assert (
+            capsys.readouterr().err.strip()
+            == f"error: {extra[0]} applies to --protocol multiscale, not to --protocol 10crop"
+        )
 
 
 def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:

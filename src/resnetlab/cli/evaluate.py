@@ -129,6 +129,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from resnetlab.evaluate import PAPER_SCALES, evaluate_checkpoints
 
+    if (args.scales or args.flip) and args.protocol != "multiscale":
+        given = "--scales" if args.scales else "--flip"
+        raise UserError(f"{given} applies to --protocol multiscale, not to --protocol {args.protocol}")
+
     r = evaluate_checkpoints(
         args.checkpoint,
         **pick(

@@ -10,6 +10,7 @@ images of their split alone (`_evaluate_small_folder`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from resnetlab.evaluate.protocols import (
     ensemble_probs,
     fixed_views,
     multiscale_probs,
+    scaled,
     topk_correct,
 )
 from resnetlab.utils.device import resolve_device
@@ -68,6 +70,9 @@ def _collate(items):
     if kept and all(v.shape == kept[0].shape for v in kept):
         kept = torch.stack(kept)
     return kept, torch.tensor([it[1] for it in items if it[0] is not None]), [it[2] for it in items if it[2]]
+
+
+MIN_SIDE = 2  # multiscale's smallest shorter side: torch's antialiased resize fails at 1 pixel
 
 
 def class_mapping(folders: list[str], model: LoadedModel) -> dict[str, int]:
@@ -334,6 +339,14 @@ def evaluate_checkpoints(
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     models = load_models(list(paths), dev)
+    crop = models[0].image_size
+    small = [size for size in scales if scaled(size, crop) < MIN_SIDE]
+    if protocol == "multiscale" and small:
+        least = next(size for size in itertools.count(1) if scaled(size, crop) >= MIN_SIDE)
+        raise UserError(
+            f"--scales {small[0]}: for {models[0].path}, trained on {crop}-pixel crops, that is a side of "
+            f"{scaled(small[0], crop)} pixel(s) (the scales are given for 224-pixel crops); give S >= {least}"
+        )
     given = data_dir is not None
     data_dir = resolve_data_dir(models[0].config, data_dir, say)
     if models[0].dataset in IMAGE_DATASETS:
