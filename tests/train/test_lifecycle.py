@@ -138,6 +138,22 @@ def test_rng_states_loaded_onto_another_device_are_set_back():
     assert torch.equal(again[0], expected[0]) and again[1:] == expected[1:]
 
 
+def test_log_every_may_change_on_resume_unless_a_warm_up_is_measured_over_it(tmp_path, fake_data, tiny_cfg):
+    """ResNet-110's warm-up ends at the first log whose window's training error is below 80 %: another
+    train.log_every would end it elsewhere, so with optim.warmup_lr it is refused on --resume (and
+    `reproduce` does not reuse such a run); without a warm-up it only changes the logs."""
+    plain = ("train.max_iters=10", "train.checkpoint_every=5")
+    run_training(tiny_cfg(*plain), tmp_path / "a")
+    run_training(
+        tiny_cfg("train.max_iters=12", "train.checkpoint_every=5", "train.log_every=3"), tmp_path / "a", resume=True
+    )
+    warm = (*plain, "optim.warmup_lr=0.01")
+    run_training(tiny_cfg(*warm), tmp_path / "b")
+    with pytest.raises(UserError, match=r"train.log_every: 5 there, 3 now") as e:
+        run_training(tiny_cfg(*warm, "train.log_every=3"), tmp_path / "b", resume=True)
+    assert "train.log_every" not in str(e.value).split("may change")[0].split("on --resume only")[1]
+
+
 def test_resumable_keys_change_nothing_an_iteration_computes():
     assert {"train.max_iters", "train.eval_every", "data.workers", "train.device"} <= RESUMABLE_KEYS
     assert not {"optim.lr", "train.seed", "train.batch_size", "model.name", "data.name"} & RESUMABLE_KEYS

@@ -79,6 +79,14 @@ def check_folder(cfg: Any, out: Path, resume: bool, device: torch.device | str =
     return ckpt
 
 
+def neutral(keys: frozenset[str], cfg: Any) -> frozenset[str]:
+    """`keys` less train.log_every when `cfg` warms up (optim.warmup_lr): the warm-up ends at a log,
+    on the training error of that log's window, so another log_every ends it elsewhere."""
+    if getattr(getattr(cfg, "optim", None), "warmup_lr", None) is not None:
+        return keys - {"train.log_every"}
+    return keys
+
+
 def config_diff(saved: dict[str, Any], cfg: Any, *, allowed: frozenset[str] = RESUMABLE_KEYS) -> str | None:
     """None if the stored config `saved` and `cfg` agree outside `allowed`, else the differences in
     one line: `optim.lr: 0.1 there, 0.2 now; train.seed: 0 there, 3 now`."""
@@ -86,6 +94,7 @@ def config_diff(saved: dict[str, Any], cfg: Any, *, allowed: frozenset[str] = RE
         saved = to_dict(from_dict(saved, base=type(cfg)()))
     except UserError:
         pass  # a key that no longer exists: compare as stored (it shows in the diff)
+    allowed = neutral(allowed, cfg)
     diff = [(k, a, b) for k, a, b in flat_diff(saved, to_dict(cfg)) if k not in allowed]
     return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff) or None
 
@@ -94,9 +103,10 @@ def compare_configs(saved: dict[str, Any], cfg: Any, out: Path) -> None:
     """UserError with a one-line diff if `saved` and `cfg` differ outside RESUMABLE_KEYS."""
     changes = config_diff(saved, cfg)
     if changes:
+        keys = ", ".join(sorted(neutral(RESUMABLE_KEYS, cfg)))
         raise UserError(
-            f"{out} holds a different run: {changes} (on --resume only {', '.join(sorted(RESUMABLE_KEYS))} "
-            "may change; choose another --out for a new run)"
+            f"{out} holds a different run: {changes} (on --resume only {keys} may change; "
+            "choose another --out for a new run)"
         )
 
 
