@@ -292,6 +292,45 @@ def test_an_image_reached_twice_in_a_class_counts_once(tmp_path):
     assert twice == [str(tmp_path / "a" / "z_link.jpg"), str(tmp_path / "b" / "y_hard.jpg")]
 
 
+def test_a_listing_without_inode_numbers_is_not_taken_for_one_file(tmp_path, monkeypatch):
+    """sshfs and other FUSE file systems without `use_ino` list every entry under one inode number
+    (FUSE_UNKNOWN_INO): taken as the files' identity, every image after the first of a class was "a
+    second link" and the next class "the same file in two classes". Such numbers are asked of stat;
+    a hard link is still found."""
+    from resnetlab.data import images
+
+    for rel in ("a/x.jpg", "a/y.jpg", "b/z.jpg"):
+        _tiny(tmp_path / rel)
+    os.link(tmp_path / "b" / "z.jpg", tmp_path / "b" / "z_hard.jpg")
+    real = os.scandir
+
+    class Entry:  # a directory entry as FUSE lists it
+        def __init__(self, entry):
+            self.entry = entry
+
+        def __getattr__(self, name):
+            return getattr(self.entry, name)
+
+        def inode(self):
+            return 0xFFFFFFFF
+
+    class Listing:
+        def __init__(self, path):
+            self.listing = real(path)
+
+        def __enter__(self):
+            return (Entry(e) for e in self.listing.__enter__())
+
+        def __exit__(self, *exc):
+            return self.listing.__exit__(*exc)
+
+    monkeypatch.setattr(images.os, "scandir", Listing)
+    twice: list[str] = []
+    samples = images.scan_split(tmp_path, {"a": 0, "b": 1}, twice=twice)
+    assert samples == [(str(tmp_path / f), c) for f, c in (("a/x.jpg", 0), ("a/y.jpg", 0), ("b/z.jpg", 1))]
+    assert twice == [str(tmp_path / "b" / "z_hard.jpg")]
+
+
 def test_an_image_in_two_classes_is_refused(tmp_path):
     from resnetlab.data.images import scan_split
 

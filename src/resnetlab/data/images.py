@@ -328,13 +328,19 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
+# Inode numbers a listing gives when it does not know them: libfuse without `use_ino` (sshfs and the
+# like) lists every entry as FUSE_UNKNOWN_INO, which would make every image "the same file".
+UNKNOWN_INODES = frozenset({0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF})
+
+
 def _identity(entry: os.DirEntry, device: int) -> tuple[int, int] | None:
-    """(st_dev, st_ino) of the file an entry is or links to; None for a dangling link."""
+    """(st_dev, st_ino) of the file an entry is or links to, from the listing where it can (no stat
+    call per file); None for a dangling link."""
     try:
-        if entry.is_symlink():
-            st = entry.stat()
-            return st.st_dev, st.st_ino
-        return device, entry.inode()
+        if not entry.is_symlink() and entry.inode() not in UNKNOWN_INODES:
+            return device, entry.inode()
+        st = entry.stat()
+        return st.st_dev, st.st_ino
     except OSError:
         return None
 
