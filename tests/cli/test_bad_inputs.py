@@ -51,6 +51,10 @@ CASES = [
     ("vgg16 on 28 px", TRAIN + ["model.name=vgg16", "train.max_iters=1", *FM], "model.name=vgg16"),
     ("preset not UTF-8", ["train", "--preset", "{w}/latin1.yaml", "--out", "{w}/run"], "UTF-8"),
     ("preset not a mapping", ["train", "--preset", "{w}/list.yaml", "--out", "{w}/run"], "mapping"),
+    # PyYAML's own errors under an explicit tag (KeyError, IndexError, AttributeError) were "unexpected"
+    ("preset with a bad tagged value", ["train", "--preset", "{w}/tagged.yaml", "--out", "{w}/run"], "tagged.yaml"),
+    ("preset name too long", ["train", "--preset", "a" * 300, "--out", "{w}/run"], "no preset 'aaaa"),
+    ("float key past 1e308", TRAIN + ["optim.lr=1" + "0" * 400], "optim.lr: must be a finite number"),
     ("missing preset", ["train", "--preset", "nope", "--out", "{w}/run"], "'nope'"),
     ("unknown config key", TRAIN + ["foo.bar=1"], "foo.bar"),
     ("wrong type", TRAIN + ["optim.lr=abc"], "optim.lr"),
@@ -91,6 +95,7 @@ CASES = [
     ("info plain18 --shortcut B", ["info", "plain18", "--shortcut", "B"], "--shortcut"),
     ("info --input-size -1", ["info", "resnet18", "--input-size", "-1"], "--input-size"),
     ("info unknown model", ["info", "resnet19"], "resnet19"),
+    ("info --depth past 2000", ["info", "cifar_resnet", "--depth", "1999999994"], "from 1 to 2000"),
     ("bench --batch-size 0", ["bench", "train", "--batch-size", "0"], "--batch-size"),
     (
         "export --image-size 0",
@@ -405,6 +410,7 @@ def _world(w: Path) -> None:
             _idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
     (w / "latin1.yaml").write_bytes("model:\n  name: caf\xe9\n".encode("latin-1"))
     (w / "list.yaml").write_text("- model\n- data\n")
+    (w / "tagged.yaml").write_text("train:\n  compile: !!bool maybe\n  max_iters: !!int\n")
     (w / "bomb.yaml").write_text(f"train:\n  freeze: {BOMB}\n")
     (w / "twice.yaml").write_text("optim:\n  lr: 0.1\ntrain:\n  max_iters: 5\noptim:\n  momentum: 0.5\n")
 

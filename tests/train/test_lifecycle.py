@@ -152,6 +152,11 @@ def test_log_every_may_change_on_resume_unless_a_warm_up_is_measured_over_it(tmp
     with pytest.raises(UserError, match=r"train.log_every: 5 there, 3 now") as e:
         run_training(tiny_cfg(*warm, "train.log_every=3"), tmp_path / "b", resume=True)
     assert "train.log_every" not in str(e.value).split("may change")[0].split("on --resume only")[1]
+    # The plateau schedule counts evaluations: train.eval_every shapes it the same way.
+    plateau = (*plain, "optim.schedule=plateau", "train.eval_every=5")
+    run_training(tiny_cfg(*plateau), tmp_path / "c")
+    with pytest.raises(UserError, match=r"train.eval_every: 5 there, 2 now"):
+        run_training(tiny_cfg(*plain, "optim.schedule=plateau", "train.eval_every=2"), tmp_path / "c", resume=True)
 
 
 def test_resumable_keys_change_nothing_an_iteration_computes():

@@ -13,11 +13,13 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from resnetlab.cli.args import POSITIVE
+from resnetlab.cli.args import POSITIVE, int_at_least
 from resnetlab.errors import UserError, one_line
 
 if TYPE_CHECKING:  # resnetlab.models imports torch: only the handlers import it, not `--help`
     from resnetlab.models.complexity import Complexity
+
+DEPTH = int_at_least(1, 2000)  # as model.depth (the paper's deepest is 1202): 2**31 - 1 tried to build it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=POSITIVE, metavar="N", help="input N x N (default 224; 32 for cifar_*)")
     p.add_argument("--in-channels", type=POSITIVE, metavar="C", help="input channels (default 3)")
     p.add_argument("--num-classes", type=POSITIVE, metavar="K", help="classes (default 1000; 10 for cifar_*)")
-    p.add_argument("--depth", type=POSITIVE, metavar="D", help="depth 6n+2 for the generic cifar_resnet/cifar_plain")
+    p.add_argument(
+        "--depth", type=DEPTH, metavar="D", help="depth 6n+2 for the generic cifar_resnet/cifar_plain (at most 2000)"
+    )
     p.add_argument("--shortcut", choices=["A", "B", "C"], help="shortcut option of sec. 3.3 (default: paper's)")
     p.add_argument(
         "--v1.5", dest="v1_5", action="store_true", help="stride on the 3x3 of bottlenecks (torchvision layout)"

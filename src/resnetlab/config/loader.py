@@ -69,9 +69,13 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key}: expected a number, got {shown(value)}")
-        if not math.isfinite(value):  # .nan, .inf, "nan", "inf" pass every comparison below unnoticed
-            raise UserError(f"{key}: must be a finite number, got {value}")
-        return float(value)
+        try:
+            number = float(value)  # an int past 1e308 does not fit
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):  # .nan, .inf, "nan", "inf" pass every comparison below unnoticed
+            raise UserError(f"{key}: must be a finite number, got {cut(str(value), 40)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise UserError(f"{key}: expected a string, got {shown(value)}")

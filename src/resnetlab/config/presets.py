@@ -13,6 +13,7 @@ from resnetlab.config.loader import apply_overrides, from_dict
 from resnetlab.config.safe_yaml import read_yaml
 from resnetlab.config.schema import Config, to_dict
 from resnetlab.errors import UserError
+from resnetlab.utils.text import cut
 
 
 def configs_dir() -> Path:
@@ -41,8 +42,12 @@ def read_preset(name_or_path: str, folder: Path, what: str = "preset") -> dict[s
     path = Path(name_or_path)
     if not path.suffix:
         path = folder / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise UserError(f"no {what} {name_or_path!r}; presets: {', '.join(preset_names(folder))}")
+    try:
+        found = path.is_file()
+    except OSError:  # a name too long for the file system
+        found = False
+    if not found:
+        raise UserError(f"no {what} {cut(repr(name_or_path), 80)}; presets: {', '.join(preset_names(folder))}")
     return read_yaml(path)
 
 

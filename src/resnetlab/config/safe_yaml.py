@@ -40,6 +40,9 @@ def parse_yaml(text: str) -> Any:
         raise YAMLRefused(f"nested deeper than {YAML_MAX_DEPTH} levels") from None
     except ValueError as e:  # a scalar PyYAML resolves but cannot build: a 5000-digit int, a 13th month
         raise yaml.constructor.ConstructorError(problem=cut(str(e), 60)) from None
+    except (KeyError, IndexError, AttributeError, TypeError) as e:  # a bad value under a tag: `!!bool maybe`
+        problem = f"a tagged value it cannot build ({type(e).__name__})"
+        raise yaml.constructor.ConstructorError(problem=problem) from None
     finally:
         loader.dispose()
 

@@ -80,10 +80,14 @@ def check_folder(cfg: Any, out: Path, resume: bool, device: torch.device | str =
 
 
 def neutral(keys: frozenset[str], cfg: Any) -> frozenset[str]:
-    """`keys` less train.log_every when `cfg` warms up (optim.warmup_lr): the warm-up ends at a log,
-    on the training error of that log's window, so another log_every ends it elsewhere."""
-    if getattr(getattr(cfg, "optim", None), "warmup_lr", None) is not None:
-        return keys - {"train.log_every"}
+    """`keys` less those that shape `cfg`'s lr schedule: train.log_every under a warm-up
+    (optim.warmup_lr: it ends at a log, on the training error of that log's window), train.eval_every
+    under the plateau schedule (its patience counts evaluations)."""
+    optim = getattr(cfg, "optim", None)
+    if getattr(optim, "warmup_lr", None) is not None:
+        keys = keys - {"train.log_every"}
+    if getattr(optim, "schedule", None) == "plateau":
+        keys = keys - {"train.eval_every"}
     return keys
 
 
