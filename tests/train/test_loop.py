@@ -93,6 +93,19 @@ def test_resume_continues_exactly(tmp_path, fake_data, tiny_cfg, device):
         assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
 
 
+def test_milestones_past_the_end_of_a_shortened_run_are_warned_about(tmp_path, fake_data, tiny_cfg, capsys):
+    """--set train.max_iters=10 on the CIFAR preset keeps its milestones at 32k and 48k: the lr never
+    drops. Said at the start, with the paper's shape for this length; milestones inside it: no word."""
+    run_training(tiny_cfg("train.max_iters=10"), tmp_path / "a")
+    out = capsys.readouterr().out
+    assert (
+        "warning: optim.milestones 32000, 48000 at or past train.max_iters=10: those lr drops never happen; "
+        "the paper's shape (1/2 and 3/4 of the run) is --set 'optim.milestones=[5,7]'"
+    ) in out.splitlines()
+    run_training(tiny_cfg("train.max_iters=10", "optim.milestones=[5,7]"), tmp_path / "b")
+    assert "optim.milestones" not in capsys.readouterr().out
+
+
 def test_warmup_ends_when_training_error_drops(tmp_path, fake_data, tiny_cfg):
     cfg = tiny_cfg("train.max_iters=40", "train.eval_every=10", "optim.warmup_lr=0.01", "optim.warmup_until_error=50")
     run_training(cfg, tmp_path)

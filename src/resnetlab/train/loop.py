@@ -255,12 +255,27 @@ def _build_model(cfg: Config, run: Run) -> tuple[Any, nn.Module, dict[str, Any]]
     if info.is_main and getattr(data, "summary", None):  # what was found, which recipe runs
         print("\n".join(summary_lines(data.summary)))
         (run.out / "data.json").write_text(json.dumps(data.summary, indent=1) + "\n")
-    report = _loader_line(cfg, data)
+    report = _loader_line(cfg, data) + _late_milestones(cfg)
     report += finetune.init_model(model, source, classes=data.classes, cfg=cfg) if source else []
     report += finetune.freeze(model, cfg.train.freeze)  # not in the checkpoint: applied to resumed runs too
     if info.is_main and report:
         print("\n".join(report))
     return data, model, meta
+
+
+def _late_milestones(cfg: Config) -> list[str]:
+    """A warning when lr drops of optim.milestones come at or after train.max_iters: a run shortened
+    with --set train.max_iters=N that kept the paper's 32k / 48k would train at lr 0.1 to its end."""
+    o, total = cfg.optim, cfg.train.max_iters
+    late = [m for m in o.milestones if m >= total] if o.schedule == "multistep" else []
+    if not late:
+        return []
+    shape = f"[{total // 2},{total * 3 // 4}]"
+    return [
+        f"warning: optim.milestones {', '.join(map(str, late))} at or past train.max_iters={total}: "
+        f"{'that lr drop never happens' if len(late) == 1 else 'those lr drops never happen'}; "
+        f"the paper's shape (1/2 and 3/4 of the run) is --set 'optim.milestones={shape}'"
+    ]
 
 
 def _loader_line(cfg: Config, data) -> list[str]:
