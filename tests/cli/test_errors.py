@@ -63,7 +63,8 @@ def test_argparse_error_is_one_line(capsys):
         cli.main(["info", "--depth", "0"])
     assert e.value.code == 2
     assert (
-        capsys.readouterr().err == "error: argument --depth: 0 is not an integer >= 1 (see `resnetlab info --help`)\n"
+        capsys.readouterr().err
+        == "error: argument --depth: 0 is not an integer from 1 to 2000 (see `resnetlab info --help`)\n"
     )
 
 
