@@ -197,3 +197,7 @@ def test_weights_export_drops_the_training_state_and_evaluates_as_the_original(t
         assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.95
     else:
         assert torch.equal(a, b)
+    # Exported again as `weights`: fp32 storage, and the label still says the values were rounded to fp16.
+    again = torch.load(export_checkpoint(out, "weights", tmp_path / "again.pt"), map_location="cpu", weights_only=True)
+    assert again["meta"]["weights_dtype"] == ("fp16" if half else "fp32")
+    assert all(v.dtype == torch.float32 for v in again["model"].values() if v.is_floating_point())

@@ -98,10 +98,12 @@ def _export_weights(ckpt: str | Path, out: Path, *, half: bool) -> None:
     """Our checkpoint without the optimizer and the loop's state: the weights, config and meta that
     `evaluate`, `predict` and `train.init_from` read. `half`: floating tensors stored as fp16 (half
     the file; a CIFAR ResNet-56 is 1.7 MB); loading copies them back into the fp32 model, so the
-    network computes in fp32 with weights rounded to fp16. The meta (mean, std) stays fp32."""
+    network computes in fp32 with weights rounded to fp16. The meta (mean, std) stays fp32, and its
+    `weights_dtype` says whether the values were rounded to fp16 (also when stored again as fp32)."""
     source = load(ckpt)
-    state = {k: v.half() if half and v.is_floating_point() else v for k, v in source["model"].items()}
-    meta = {**source["meta"], "weights_dtype": "fp16" if half else "fp32"}
+    state = {k: (v.half() if half else v.float()) if v.is_floating_point() else v for k, v in source["model"].items()}
+    rounded = half or source["meta"].get("weights_dtype") == "fp16"  # fp16 weights stay rounded in fp32 storage
+    meta = {**source["meta"], "weights_dtype": "fp16" if rounded else "fp32"}
     save_atomic({"model": state, "config": source.get("config") or {}, "meta": meta}, out)
 
 
