@@ -83,7 +83,8 @@ def class_mapping(folders: list[str], model: LoadedModel) -> dict[str, int]:
     names = model.classes
     if names and set(folders) <= set(names):
         return {f: names.index(f) for f in folders}
-    others = [f for f in folders if f not in set(names or [])]
+    known = set(names or [])
+    others = [f for f in folders if f not in known]
     if len(others) < len(folders):  # some folders are its classes, so these are not: by position would mislabel
         raise UserError(
             f"{len(others)} of the {len(folders)} class folders are not classes of {model.path}: "
@@ -340,8 +341,8 @@ def evaluate_checkpoints(
     dev = resolve_device(device)
     models = load_models(list(paths), dev)
     crop = models[0].image_size
-    small = [size for size in scales if scaled(size, crop) < MIN_SIDE]
-    if protocol == "multiscale" and small:
+    small = [size for size in scales if scaled(size, crop) < MIN_SIDE] if protocol == "multiscale" else []
+    if small:
         least = next(size for size in itertools.count(1) if scaled(size, crop) >= MIN_SIDE)
         raise UserError(
             f"--scales {small[0]}: for {models[0].path}, trained on {crop}-pixel crops, that is a side of "
