@@ -378,3 +378,28 @@ def test_batched_uses_only_public_parts_of_the_loop():
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert used and used <= set(loop.__all__), used - set(loop.__all__)
     assert not [name for name in imported if name.startswith("_")]
+
+
+
+def test_a_signal_during_the_last_step_lets_the_run_finish(tmp_path, fake_data, cfgs, monkeypatch):
+    """The last step's checkpoint and evaluation are done by then: the run writes final.pt and exits 0,
+    rather than a checkpoint that a resume would only turn into final.pt."""
+    from resnetlab.train import loop
+
+    set_lr = loop.set_lr
+
+    sent: list[int] = []
+
+    def signal_in_the_last_step(s, it, run):  # `it` steps done: the last one is starting
+        if it == 3 and not sent:  # one signal (K runs set the lr K times a step)
+            sent.append(it)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return set_lr(s, it, run)
+
+    monkeypatch.setattr(loop, "set_lr", signal_in_the_last_step)
+    for k, out_dirs in ((1, [tmp_path / "alone"]), (2, [tmp_path / "b0", tmp_path / "b1"])):
+        sent.clear()
+        cfg_list = cfgs("train.max_iters=4", "train.eval_every=2")[:k]
+        summaries = [run_training(cfg_list[0], out_dirs[0])] if k == 1 else train_batched(cfg_list, out_dirs)
+        assert [s["exit_code"] for s in summaries] == [0] * k
+        assert all(checkpoint.load(out / "final.pt")["iteration"] == 4 for out in out_dirs)

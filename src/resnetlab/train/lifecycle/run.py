@@ -86,12 +86,15 @@ class Run:
     def after_step(self, it: int) -> Due:
         """Call on every rank once iteration `it` (counted from 1) is done: what is due now. Every
         `train.log_every` / `eval_every` / `checkpoint_every` iterations and at the last one; a
-        checkpoint and a stop when a signal arrived (SIGINT / SIGTERM, agreed across ranks)."""
+        checkpoint and a stop when a signal arrived (SIGINT / SIGTERM, agreed across ranks) before the
+        last step (one that arrives during it lets the run finish)."""
         t = self.cfg.train
         if self.bar is not None:
             self.bar.update(1)
         last = it == t.max_iters
-        stop = self.stop_requested()
+        stop = self.stop_requested()  # polled on every step: under torchrun every rank takes part
+        if last:  # a signal during the last step: the run is done, and it finishes (final.pt)
+            self.stopped, stop = None, False
         return Due(
             log=it % t.log_every == 0 or last,
             eval=it % t.eval_every == 0 or last,
