@@ -442,3 +442,18 @@ def test_a_small_folder_checkpoint_takes_skip_corrupt_and_names_its_own_flags(tm
     assert main([*argv, "--skip-corrupt", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["images"] == 5 and r["skipped"] == 1 and r["skipped_files"] == [str(bad)]
+
+
+def test_a_model_of_five_classes_or_fewer_has_no_top5_error(tmp_path, tiny_checkpoint, capsys):
+    """Every label is in the top 5 of 5 classes: a 0.00 % top-5 error would be a figure of nothing."""
+    classes = CLASSES[:5]
+    for name in classes:
+        (tmp_path / "val" / name).mkdir(parents=True)
+        TV.to_pil_image(torch.rand(3, 36, 36)).save(tmp_path / "val" / name / "img.JPEG")
+    ck = tmp_path / "ck.pt"
+    tiny_checkpoint(ck, classes, {"data": {"dir": str(tmp_path)}})
+    argv = ["evaluate", "--checkpoint", str(ck), "--workers", "0", "--device", "cpu"]
+    assert main(argv) == 0
+    assert "top-5 error n/a with 5 classes or fewer" in capsys.readouterr().out
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top5_error"] is None

@@ -81,7 +81,7 @@ def test_evaluate_counts_like_the_one_by_one_computation(tree, checkpoints):
     top1 = (probs.argmax(-1) == labels).float().mean().item()
     r = evaluate_checkpoints([str(checkpoints["a"])], protocol="center", batch_size=4, workers=0, device="cpu")
     assert r["images"] == 6 and r["skipped"] == 0
-    assert r["top1_error"] == pytest.approx(100 * (1 - top1)) and r["top5_error"] == 0.0  # 3 classes
+    assert r["top1_error"] == pytest.approx(100 * (1 - top1)) and r["top5_error"] is None  # 3 classes
 
 
 @pytest.mark.parametrize("name", ["a", "b"])
@@ -124,7 +124,7 @@ def test_ensemble_of_one_model_is_that_model(checkpoints):
 def test_every_protocol_runs(checkpoints, protocol):
     scales = (224, 256)  # two of the paper's five: the full set is in the slow test below
     r = evaluate_checkpoints([str(checkpoints["a"])], protocol=protocol, workers=0, device="cpu", scales=scales)
-    assert r["images"] == 6 and 0 <= r["top1_error"] <= 100 and r["top5_error"] <= r["top1_error"]
+    assert r["images"] == 6 and 0 <= r["top1_error"] <= 100 and r["top5_error"] is None
 
 
 @pytest.mark.slow

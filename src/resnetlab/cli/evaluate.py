@@ -147,7 +147,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         what = "ensemble of " + str(len(r["checkpoints"])) if len(r["checkpoints"]) > 1 else r["checkpoints"][0]
         print(f"{what}: {r['protocol']} on {printable(r['data'])} ({r['split']}), {r['images']} images")
-        print(f"top-1 error {r['top1_error']:.2f}%  top-5 error {r['top5_error']:.2f}%")
+        top5 = "n/a with 5 classes or fewer" if r["top5_error"] is None else f"{r['top5_error']:.2f}%"
+        print(f"top-1 error {r['top1_error']:.2f}%  top-5 error {top5}")
         if r["skipped"]:
             print(f"skipped {r['skipped']} unreadable images: {_some(r['skipped_files'], r['skipped'])}")
         if r.get("counted_once"):

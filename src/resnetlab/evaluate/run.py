@@ -404,7 +404,8 @@ def evaluate_checkpoints(
         "checkpoints": [m.path for m in models],
         "images": r["images"],
         "top1_error": 100.0 * (1 - r["top1"] / r["images"]),
-        "top5_error": 100.0 * (1 - r["top5"] / r["images"]),
+        # 5 classes or fewer: every label is in the top 5, so there is no top-5 error to report
+        "top5_error": 100.0 * (1 - r["top5"] / r["images"]) if r["confusion"].shape[0] > 5 else None,
         "skipped": r["skipped"],
         "skipped_files": r.get("skipped_files", []),
         "counted_once": r.get("counted_once", 0),
