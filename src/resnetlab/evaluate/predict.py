@@ -33,13 +33,21 @@ def imagenet_categories() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+# ILSVRC-2012's first and last synsets: torchvision's 1000 names are in the sorted order of its synsets
+ILSVRC_ENDS = ("n01440764", "n15075141")
+
+
 def class_names(model: LoadedModel) -> list[str]:
-    """The checkpoint's class names; 1000 ImageNet synset ids get their readable name added; a
-    checkpoint without names and 1000 classes gets ImageNet's; otherwise class indices."""
+    """The checkpoint's class names; ILSVRC-2012's 1000 synset ids (sorted, from its first synset to its
+    last) get their readable name added; a checkpoint without names and 1000 classes gets ImageNet's;
+    otherwise the names as they are, or class indices. Another set of 1000 synsets (a part of
+    ImageNet-21k) keeps its ids: names attached by position would be another class's."""
     names = model.classes
-    if model.num_classes == 1000 and (not names or all(re.fullmatch(r"n\d{8}", c) for c in names)):
-        readable = imagenet_categories()
-        return [f"{wnid} {name}" for wnid, name in zip(names, readable)] if names else readable
+    if model.num_classes == 1000 and not names:
+        return imagenet_categories()
+    if len(names) == 1000 and (names[0], names[-1]) == ILSVRC_ENDS and names == sorted(names):
+        if all(re.fullmatch(r"n\d{8}", c) for c in names):
+            return [f"{wnid} {name}" for wnid, name in zip(names, imagenet_categories())]
     return names if len(names) == model.num_classes else [str(i) for i in range(model.num_classes)]
 
 
