@@ -64,6 +64,19 @@ def test_predict_prints_five_classes(setup, capsys):
     assert all(line.split()[-1] in CLASSES for line in lines[1:])
 
 
+
+def test_predict_with_the_images_after_checkpoint_says_where_they_went(setup, capsys):
+    """`--checkpoint CK IMAGE` hands the image to the checkpoint list: one line that says so and how
+    to write it, not argparse's "IMAGE is required"; after `--` the images are images."""
+    root, ck = setup
+    image = str(root / "val" / "c0" / "img.JPEG")
+    assert main(["predict", "--checkpoint", str(ck), image, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no IMAGE given: --checkpoint took every path after it ({ck} {image})")
+    assert "predict IMAGE... --checkpoint CK" in err and "Traceback" not in err
+    assert main(["predict", "--checkpoint", str(ck), "--device", "cpu", "--", image]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == image
+
 def test_import_weights_then_predict_imagenet_names(setup, tmp_path, capsys):
     root, _ = setup
     pth = tmp_path / "resnet18.pth"

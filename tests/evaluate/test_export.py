@@ -116,6 +116,25 @@ def test_import_torchvision_weights(tmp_path):
     torch.testing.assert_close(loaded.normalize(raw), expected)
 
 
+
+def test_a_one_channel_torchvision_file_gets_grey_statistics_and_predicts(tmp_path):
+    """A conv1 of one input channel: ImageNet's mean as PIL turns it to grey, not the 3-channel one
+    that no checkpoint of one channel can be rebuilt with."""
+    from PIL import Image
+
+    tv = torchvision.models.resnet18(num_classes=4)
+    tv.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    torch.save(tv.state_dict(), tmp_path / "grey.pth")
+    meta = import_weights(tmp_path / "grey.pth", "resnet18", tmp_path / "grey.pt")
+    mean_rgb = tuple(round(255 * m) for m in (0.485, 0.456, 0.406))
+    grey_mean = Image.new("RGB", (1, 1), mean_rgb).convert("L").getpixel((0, 0)) / 255  # PIL's luma
+    assert meta["mean"].shape == (1, 1, 1) and meta["std"].shape == (1, 1, 1)
+    assert abs(meta["mean"].item() - grey_mean) < 1.5 / 255
+    Image.new("RGB", (40, 30), (200, 10, 90)).save(tmp_path / "a.png")
+    rows = predict([str(tmp_path / "a.png")], [str(tmp_path / "grey.pt")], top=2, device="cpu", workers=0)
+    assert rows[0]["error"] is None and len(rows[0]["top"]) == 2
+
+
 def test_import_refuses_a_mismatched_file(tmp_path):
     pth = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), pth)

@@ -92,7 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive), globs ('**/*.jpg')")
+    # "*" and a check in run_predict: `--checkpoint CK IMAGE` gives argparse's CK list the image too
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders (recursive), globs ('**/*.jpg')")
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="CK", help="one checkpoint, or an ensemble")
     p.add_argument("--top", type=POSITIVE, default=5, help="how many classes (default 5)")
     p.add_argument("--batch-size", type=POSITIVE, default=32, metavar="N", help="images per batch (default 32)")
@@ -193,6 +194,12 @@ def format_per_class(rows: list[dict], limit: int = 20) -> str:
 def run_predict(args: argparse.Namespace) -> int:
     from resnetlab.evaluate import predict
 
+    if not args.images:
+        given = printable(" ".join(args.checkpoint))
+        raise UserError(
+            f"no IMAGE given: --checkpoint took every path after it ({given}); "
+            "put the images first (`resnetlab predict IMAGE... --checkpoint CK`) or after `--`"
+        )
     rows = predict(args.images, args.checkpoint, **pick(args, "top", "device", "batch_size", "workers", "quiet"))
     if args.json:
         print(json.dumps(rows))

@@ -235,9 +235,9 @@ def read_weights(source: str | Path, what: str = "train.init_from") -> Weights:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise UserError(f"{what}: {source} is neither a resnetlab checkpoint nor a torchvision state dict")
-    return Weights(
-        obj, None, _torchvision_options(obj), *_torchvision_stats(), [], f"torchvision state dict {path.name}"
-    )
+    options = _torchvision_options(obj)
+    stats = torchvision_stats(options.get("in_channels", 3))
+    return Weights(obj, None, options, *stats, [], f"torchvision state dict {path.name}")
 
 
 # The types of a checkpoint's meta entries that rebuilding and using a model reads (docs/DEVELOPING.md).
@@ -290,8 +290,18 @@ def _torchvision_options(state: dict[str, Tensor]) -> dict[str, Any]:
     return options
 
 
-def _torchvision_stats() -> tuple[Tensor, Tensor]:
-    return torch.tensor(TORCHVISION_MEAN).view(3, 1, 1), torch.tensor(TORCHVISION_STD).view(3, 1, 1)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2: PIL's colour to grey, what our grey images are made with
+
+
+def torchvision_stats(in_channels: int = 3) -> tuple[Tensor, Tensor]:
+    """torchvision's ImageNet mean and std, (C, 1, 1). One input channel: the luma-weighted ones, the
+    mean of grey images made from ImageNet's colour ones (their std approximately: the channels
+    correlate closely)."""
+    mean, std = torch.tensor(TORCHVISION_MEAN), torch.tensor(TORCHVISION_STD)
+    if in_channels == 1:
+        luma = torch.tensor(LUMA)
+        mean, std = (luma * mean).sum(0, keepdim=True), (luma * std).sum(0, keepdim=True)
+    return mean.view(-1, 1, 1), std.view(-1, 1, 1)
 
 
 def _torchvision_weights(name: str) -> SourceWeights:

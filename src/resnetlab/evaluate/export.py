@@ -17,7 +17,7 @@ import torch
 
 from resnetlab.config import Config, DataConfig, ModelConfig, model_options, to_dict
 from resnetlab.errors import UserError
-from resnetlab.evaluate.checkpoints import TORCHVISION_MEAN, TORCHVISION_STD, load_model, read_weights
+from resnetlab.evaluate.checkpoints import load_model, read_weights, torchvision_stats
 from resnetlab.evaluate.predict import imagenet_categories
 from resnetlab.models import IMAGENET_DEPTHS
 from resnetlab.models.complexity import smallest_input
@@ -29,7 +29,7 @@ FORMATS = ("onnx", "torchscript", "pt2", "weights", "weights-fp16")
 
 def import_weights(pth: str | Path, model_name: str, out: str | Path) -> dict:
     """A torchvision ResNet state-dict file as our checkpoint: v1.5 (stride on the 3x3), shortcut B,
-    torchvision's per-channel mean and std. Returns the meta written."""
+    torchvision's per-channel mean and std (luma-weighted for a one-channel conv1). Returns the meta written."""
     if model_name not in {f"resnet{d}" for d in IMAGENET_DEPTHS}:
         raise UserError(f"--model must be one of resnet18/34/50/101/152 for torchvision weights, got {model_name!r}")
     if not Path(pth).is_file():
@@ -46,14 +46,15 @@ def import_weights(pth: str | Path, model_name: str, out: str | Path) -> dict:
         data=DataConfig(name="imagenet", mean="channel", normalize_std=True),
     )
     num_classes, in_channels = model.fc.out_features, model.conv1.in_channels
+    mean, std = torchvision_stats(in_channels)
     meta = {
         "dataset": "imagenet",
         "classes": imagenet_categories() if num_classes == 1000 else [str(i) for i in range(num_classes)],
         "num_classes": num_classes,
         "in_channels": in_channels,
         "image_size": 224,
-        "mean": torch.tensor(TORCHVISION_MEAN).view(3, 1, 1),
-        "std": torch.tensor(TORCHVISION_STD).view(3, 1, 1),
+        "mean": mean,
+        "std": std,
         "model": model_name,
         "model_options": model_options(cfg.model, num_classes=num_classes, in_channels=in_channels),
         "source": f"torchvision weights {Path(pth).name}",
