@@ -488,3 +488,44 @@ def test_held_out_images_are_the_same_files_when_unreadable_ones_are_left_out(tm
     b = build_data(cfg, CPU)
     assert sorted(int(v) for v in b.test.images[:, 0, 0, 0]) == [v for v in held if v != 40]
     assert len(b.train) + len(b.test) == 9 and 40 not in b.train.images[:, 0, 0, 0].tolist()
+
+
+GiB = 2**30
+
+
+def fake_machine(tmp_path: Path, self_cgroup: str, groups: dict[str, dict[str, str]]) -> tuple[Path, Path]:
+    """A /proc with 20 GiB MemAvailable and /proc/self/cgroup, and a /sys/fs/cgroup of `groups`
+    (folder -> its files)."""
+    proc, root = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal: {24 * GiB // 1024} kB\nMemAvailable: {20 * GiB // 1024} kB\n")
+    (proc / "self" / "cgroup").write_text(self_cgroup)
+    for folder, files in groups.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (root / folder / name).write_text(text)
+    return proc, root
+
+
+@pytest.mark.parametrize(
+    "self_cgroup, groups, expected",
+    [
+        # cgroup v2, a container limit of 4 GiB with 1 GiB used, of it 0.5 GiB droppable page cache
+        ("0::/box\n", {"box": {"memory.max": f"{4 * GiB}\n", "memory.current": f"{GiB}\n",
+                               "memory.stat": f"anon 1\ninactive_file {GiB // 2}\n"}}, 3.5 * GiB),
+        # v2 without a limit: the machine's 20 GiB
+        ("0::/box\n", {"box": {"memory.max": "max\n", "memory.current": "5\n", "memory.stat": ""}}, 20 * GiB),
+        # v1 (this machine's kind), the group seen at the mount's root from inside a container
+        ("4:memory:/docker/abc\n1:cpu:/\n", {"memory": {"memory.limit_in_bytes": f"{2 * GiB}\n",
+                                                        "memory.usage_in_bytes": f"{GiB}\n",
+                                                        "memory.stat": "total_inactive_file 0\n"}}, 1 * GiB),
+        # v1 without a limit (2**63 rounded down to a page)
+        ("4:memory:/a\n", {"memory/a": {"memory.limit_in_bytes": "9223372036854771712\n",
+                                        "memory.usage_in_bytes": "7\n", "memory.stat": ""}}, 20 * GiB),
+        ("", {}, 20 * GiB),  # no cgroup information at all
+    ],
+)  # fmt: skip
+def test_available_memory_is_the_smaller_of_the_machines_and_the_cgroups(tmp_path, self_cgroup, groups, expected):
+    """A container with a memory limit was asked to decode what only the whole machine could hold."""
+    proc, root = fake_machine(tmp_path, self_cgroup, groups)
+    assert smallfolder.available_memory(proc, root) == expected

@@ -224,15 +224,59 @@ SMALLER = (
 )
 
 
-def available_memory() -> int | None:
-    """Bytes of memory the kernel says a new allocation can get (MemAvailable), None where unknown."""
+def available_memory(proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes of memory a new allocation can get: the machine's MemAvailable, or less where this
+    process's memory cgroup (a container's limit, v1 or v2) leaves less; None where neither is known."""
+    found = [n for n in (_meminfo_available(proc / "meminfo"), cgroup_headroom(proc / "self" / "cgroup", cgroups)) if n]
+    return min(found) if found else None
+
+
+def _meminfo_available(meminfo: Path) -> int | None:
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def cgroup_headroom(self_cgroup: Path, root: Path) -> int | None:
+    """The memory cgroup's limit less what its processes use, page cache that can be dropped
+    (inactive_file) left out; None without a limit. The group's folder is looked up below `root`
+    by the path in /proc/self/cgroup, then at `root` itself (a container sees its own group there)."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hid, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hid == "0" and controllers == "":  # v2: memory.max, memory.current
+            files, base = ("memory.max", "memory.current", "inactive_file"), root
+        elif "memory" in controllers.split(","):  # v1
+            files, base = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"), root / "memory"
+        else:
+            continue
+        for folder in (base / path.lstrip("/"), base):
+            headroom = _headroom(folder, *files)
+            if headroom is not None:
+                return headroom
+    return None
+
+
+def _headroom(folder: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        limit_text = (folder / limit_file).read_text().strip()
+        if limit_text == "max" or int(limit_text) >= UNLIMITED:
+            return None
+        used = int((folder / usage_file).read_text())
+        stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if line.count(" ") == 1)
+        return max(0, int(limit_text) - used + int(stat.get(inactive_key, 0)))
+    except (OSError, ValueError):
+        return None
 
 
 def first_header(samples: list[Sample]) -> tuple[int, int, int] | None:
