@@ -259,6 +259,8 @@ def test_every_size_count_and_depth_has_a_real_upper_bound():
             "train.init_from=" + "w/" * 2100,
             "train.init_from: must be a path of at most 4095 bytes, each name in it at most 255",
         ),
+        ("data.dir=", "data.dir: must not be empty (leave the key out for its default), got ''"),  # not the cwd
+        ("train.init_from= ", "train.init_from: must not be empty"),
     ],
 )
 def test_file_names_a_file_system_cannot_hold_are_refused_at_load(override, message):

@@ -66,6 +66,12 @@ CASES = [
     ("hostile CIFAR pickle", TRAIN + ["data.dir={w}/planted", "data.download=false"], "data_batch_1"),
     ("hostile CIFAR via a checkpoint", ["evaluate", "--checkpoint", "{w}/cifar.pt", "--device", "cpu"], "data_batch_1"),
     ("predict --top -3", ["predict", "{w}/good.jpg", "--checkpoint", "{w}/fm.pt", "--top", "-3"], "--top"),
+    # an empty path is the working folder: a run claimed in it, evaluate reading it as data
+    ("train --out ''", ["train", "--preset", "cifar10-resnet20", "--out", ""], "--out is empty"),
+    ("evaluate --data-dir=", ["evaluate", "--checkpoint", "{w}/fm.pt", "--data-dir="], "--data-dir is empty"),
+    ("predict a blank image path", ["predict", "{w}/good.jpg", " ", "--checkpoint", "{w}/fm.pt"], "argument 3 "),
+    ("data.dir empty", TRAIN + ["data.dir="], "data.dir: must not be empty"),
+    ("predict images after --checkpoint", ["predict", "--checkpoint", "{w}/fm.pt", "{w}/good.jpg"], "no IMAGE given"),
     # a line break typed in a path is shown escaped, not as a space (that would name another path)
     ("a path with a line break", ["evaluate", "--checkpoint", "{w}/no\nck.pt"], "{w}/no\\nck.pt"),
     ("evaluate --workers -1", ["evaluate", "--checkpoint", "{w}/fm.pt", "--workers", "-1"], "--workers"),

@@ -15,11 +15,12 @@ import functools
 import importlib
 import os
 import signal
+import sys
 import threading
 
 from resnetlab import __version__
 from resnetlab.cli.args import Parser
-from resnetlab.errors import DEBUG_ENV, Terminated, guarded
+from resnetlab.errors import DEBUG_ENV, Terminated, UserError, guarded
 
 __all__ = ["DEBUG_ENV", "Terminated", "build_parser", "guarded", "main"]
 
@@ -41,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"resnetlab.cli.{name}").register(sub)
     return parser
+
+
+def empty_argument(argv: list[str]) -> str | None:
+    """The option (or the place of the argument) given an empty or blank value: `--out ""`,
+    `--out=`, a blank image path. Path("") is the working folder, which no one types on purpose."""
+    for i, token in enumerate(argv):
+        if token.startswith("--") and token.endswith("=") and len(token) > 3:
+            return token[:-1]
+        if not token.strip():
+            before = argv[i - 1] if i else ""
+            return before if before.startswith("-") else f"argument {i + 1} of the command line"
+    return None
 
 
 def _terminate(signum: int, frame: object, *, owner: int) -> None:
@@ -72,6 +85,9 @@ def _main(argv: list[str] | None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
+        empty = empty_argument(sys.argv[1:] if argv is None else argv)
+        if empty:
+            raise UserError(f"{empty} is empty; give a path or value (an empty one would mean the working folder)")
         return int(args.func(args) or 0)
 
     return guarded(command, debug=lambda: bool(getattr(args, "debug", False)))

@@ -106,6 +106,8 @@ NAME_MAX, PATH_MAX = 255, 4095  # bytes (Linux, macOS)
 
 def _name_problem(key: str, value: str) -> str | None:
     names = value.split("/") if key in PATH_KEYS else [value]
+    if key in PATH_KEYS and not value.strip():  # "" would be the working folder, and no one means that
+        return "must not be empty (leave the key out for its default)"
     if key in NAME_KEYS and ("/" in value or value in ("", ".", "..")):
         return "must be one folder name (no '/', not empty, '.' or '..')"
     if len(value.encode()) > PATH_MAX or any(len(n.encode()) > NAME_MAX for n in names):
