@@ -529,3 +529,12 @@ def test_available_memory_is_the_smaller_of_the_machines_and_the_cgroups(tmp_pat
     """A container with a memory limit was asked to decode what only the whole machine could hold."""
     proc, root = fake_machine(tmp_path, self_cgroup, groups)
     assert smallfolder.available_memory(proc, root) == expected
+
+
+def test_the_memory_refusal_counts_only_splits_that_have_images(tmp_path):
+    """With data.val_split the test split is held out of train/: it has no files of its own to count."""
+    write_folder(tmp_path, splits=(("train", 3),))
+    train = sorted((str(p), 0) for p in (tmp_path / "train").rglob("*.jpg"))
+    with pytest.raises(UserError) as e:
+        smallfolder.refuse_beyond_memory([train, []], image_size=0, channels=None, available=1)
+    assert str(e.value).startswith(f"decoding {len(train)} images at their own size (32x32, as ")

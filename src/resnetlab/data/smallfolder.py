@@ -315,7 +315,7 @@ def refuse_beyond_memory(
         need = max(need, before + image * max(2 * n, n + 4 * min(n, STATS_CHUNK)))
         before += image * n
     if need > available:
-        counts = " + ".join(f"{len(samples):,}" for samples in splits)
+        counts = " + ".join(f"{len(samples):,}" for samples in splits if samples)  # no "+ 0" of a held-out test split
         size = f"at {w}x{h} (data.image_size)" if image_size else f"at their own size ({w}x{h}, as {splits[0][0][0]})"
         raise UserError(
             f"decoding {counts} images {size} needs about {need / 2**30:.1f} GiB of memory, "
