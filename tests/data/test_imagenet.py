@@ -164,6 +164,15 @@ def test_skip_corrupt_counts_skips(corrupt_tree):
     assert x.shape[0] == 7 and bundle.train.skipped == 1 and bundle.train.skipped_files == {str(bad)}
 
 
+
+def test_a_tree_of_unreadable_images_skipped_is_one_line_not_a_shape_error(tmp_path):
+    """Every sampled image skipped: the mean has nothing to average (it was a RuntimeError about sizes)."""
+    root = write_tree(tmp_path / "tree", per_class=2, val_per_class=1)
+    for f in (root / "train").rglob("*.JPEG"):
+        f.write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"^no readable training image to compute the mean from: the \d+ sampled"):
+        build_imagefolder(config(root, "data.skip_corrupt=true"), torch.device("cpu"))
+
 def test_missing_tree_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         build_imagefolder(config(tmp_path), torch.device("cpu"))

@@ -316,14 +316,21 @@ def compute_stats(
     s = torch.zeros(3, crop, crop, dtype=torch.float64)
     s2 = torch.zeros(3, 1, 1, dtype=torch.float64)
     n = 0
-    for imgs, _labels, _alphas, _skipped, errors, _ in loader:
+    skipped = 0
+    for imgs, _labels, _alphas, left_out, errors, _ in loader:
         _raise_unreadable(errors)
+        skipped += len(left_out)
+        if not len(imgs):  # every image of the batch unreadable and skipped (data.skip_corrupt)
+            continue
         x = imgs.to(torch.float64) / 255.0
         s += x.sum(0)
         s2 += x.square().sum((0, 2, 3))[:, None, None]
         n += len(x)
     if n == 0:
-        raise UserError("no readable training image to compute the mean from")
+        raise UserError(
+            f"no readable training image to compute the mean from: the {skipped} sampled were unreadable "
+            "and skipped (data.skip_corrupt)"
+        )
     mean_pixel = s / n
     mean_channel = mean_pixel.mean((1, 2), keepdim=True)
     std = (s2 / (n * crop * crop) - mean_channel.square()).clamp_min(1e-12).sqrt()
