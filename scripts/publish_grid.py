@@ -5,7 +5,9 @@ finished run's fp16 weights with a check that they give the run's test error.
 
 RUNS is reproduce's --out, DEST a folder under docs/results (e.g. .../cifar10-jpeg-table6/8k). For
 every run folder with a final.pt: `resnetlab export --format weights-fp16` to DEST/RUN.pt, then
-`resnetlab evaluate` of that file on DATA's test split; the run's config.yaml, data.json,
+`resnetlab evaluate` of that file on the split the run evaluated (an ImageFolder's eval_split folder, a
+built-in data set's test split; a run that held out training images, data.val_split, is evaluated on
+the test split and not compared); the run's config.yaml, data.json,
 metrics.jsonl and train.log go to DEST/runs/RUN/. DEST/weights.md lists each run's file, size, wall
 time, the test error its training ended with and the one its fp16 weights give, and the command that
 reproduces it. A difference over --tolerance points exits 1. Runs without final.pt are named, not copied.
@@ -39,6 +41,19 @@ def last_test_row(metrics: Path) -> dict:
     return rows[-1]
 
 
+def evaluated_split(final_pt: Path, last_row: dict) -> tuple[str | None, bool]:
+    """(`evaluate --split` for the split the run evaluated, None for a built-in data set's own test
+    split; whether the two errors can be compared: not for training images held out by data.val_split)."""
+    from resnetlab.utils import checkpoint
+
+    ck = checkpoint.load(final_pt)
+    data = (ck.get("config") or {}).get("data") or {}
+    folder = ((ck.get("meta") or {}).get("dataset") or data.get("name")) in ("imagefolder", "imagenet")
+    if data.get("val_split"):
+        return ("test" if folder else None), False
+    return (last_row.get("eval_split") or data.get("eval_split") or "test" if folder else None), True
+
+
 def publish(runs: Path, dest: Path, data_dir: str, device: str, tolerance: float) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     for name in REPORT:
@@ -55,19 +70,24 @@ def publish(runs: Path, dest: Path, data_dir: str, device: str, tolerance: float
                 shutil.copy2(run / name, dest / "runs" / run.name / name)
         weights = dest / f"{run.name}.pt"
         resnetlab("export", "--checkpoint", str(run / "final.pt"), "--format", "weights-fp16", "--out", str(weights))
-        argv = ["evaluate", "--checkpoint", str(weights), "--data-dir", data_dir, "--split", "test"]
-        got = json.loads(resnetlab(*argv, "--device", device, "--workers", "0", "--quiet", "--json"))
         final = last_test_row(run / "metrics.jsonl")
-        diff = got["top1_error"] - final["test_error"]
-        worst = max(worst, abs(diff))
+        split, compared = evaluated_split(run / "final.pt", final)
+        argv = ["evaluate", "--checkpoint", str(weights), "--data-dir", data_dir]
+        argv += ["--split", split] if split else []
+        got = json.loads(resnetlab(*argv, "--device", device, "--workers", "0", "--quiet", "--json"))
+        if compared:
+            diff = got["top1_error"] - final["test_error"]
+            worst, shown = max(worst, abs(diff)), f"{got['top1_error']:.2f} ({diff:+.2f})"
+        else:  # the run evaluated training images it held out, which evaluate cannot select again
+            shown = f"{got['top1_error']:.2f} on test (not compared: the run's are held-out training images)"
         minutes = final["time"] / 60
         rows.append(
             f"| {run.name} | `{weights.name}` | {weights.stat().st_size / 1e6:.2f} MB | {minutes:.1f} min | "
-            f"{final['test_error']:.2f} | {got['top1_error']:.2f} ({diff:+.2f}) | `resnetlab {' '.join(argv)}` |"
+            f"{final['test_error']:.2f} ({final.get('eval_split', 'test')}) | {shown} | `resnetlab {' '.join(argv)}` |"
         )
         print(f"{run.name}: final {final['test_error']:.2f} %, fp16 weights {got['top1_error']:.2f} %", flush=True)
     head = [
-        "| run | weights | size | wall time | test error at the end of training (%) | fp16 weights, evaluate (%) "
+        "| run | weights | size | wall time | error at the end of training (%, its split) | fp16 weights, evaluate (%) "
         "| command |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -72,7 +72,7 @@ def test_a_finished_run_is_published_with_fp16_weights_that_give_its_error(grid,
     assert {t.dtype for t in weights["model"].values() if t.is_floating_point()} == {torch.float16}
     fp16_error = _evaluate(dest / "net-seed0.pt", data)
     row = next(line for line in (dest / "weights.md").read_text().splitlines() if line.startswith("| net-seed0"))
-    assert f"| {error:.2f} | {fp16_error:.2f} (" in row and "| 1.5 min |" in row
+    assert f"| {error:.2f} (test) | {fp16_error:.2f} (" in row and "| 1.5 min |" in row
     assert "Not finished (no final.pt): net-seed1." in (dest / "weights.md").read_text()
 
 
@@ -80,3 +80,29 @@ def test_weights_that_do_not_give_the_runs_error_exit_1(grid, tmp_path):
     runs, data, _ = grid
     r = _publish(runs, tmp_path / "dest", data, "--tolerance", "-1")  # any difference, 0 included, is too large
     assert r.returncode == 1 and "a difference over -1.0 points" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "dataset, data, row, expected",
+    [
+        ("fashion-mnist", {"name": "fashion-mnist"}, {"eval_split": "test"}, (None, True)),  # no --split: refused
+        ("imagefolder", {"name": "imagefolder", "eval_split": "val"}, {"eval_split": "val"}, ("val", True)),
+        ("imagefolder", {"name": "imagefolder", "eval_split": "test"}, {}, ("test", True)),
+        ("cifar10", {"name": "cifar10", "val_split": 5000}, {"eval_split": "val"}, (None, False)),  # 45k/5k
+        ("imagefolder", {"name": "imagefolder", "val_split": 30}, {"eval_split": "val"}, ("test", False)),
+    ],
+)
+def test_the_split_evaluated_is_the_runs_own(tmp_path, tiny_checkpoint, dataset, data, row, expected):
+    """A built-in data set's checkpoint is refused `--split`; a run that evaluated held-out training
+    images is not held against the test split's error (it failed on ordinary val/test noise)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("publish_grid", ROOT / "scripts" / "publish_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny_checkpoint(tmp_path / "final.pt", CLASSES, {"data": data})
+    if dataset != "imagefolder":  # the meta says which data set the run read
+        ck = torch.load(tmp_path / "final.pt", weights_only=True)
+        ck["meta"]["dataset"] = dataset
+        torch.save(ck, tmp_path / "final.pt")
+    assert module.evaluated_split(tmp_path / "final.pt", row) == expected
