@@ -50,6 +50,19 @@ def test_load_run_keeps_last_of_repeated_iterations(tmp_path):
     assert loaded.final_test_error == 19.0 and loaded.label == "ResNet-20"
 
 
+
+def test_a_line_torn_by_a_kill_is_left_out_and_a_bad_line_inside_is_an_error(tmp_path):
+    """A run killed while writing its last line still plots (status and resume treat it so); a bad
+    line followed by others is damage, named with its line number."""
+    run = make_run(tmp_path / "r", "cifar_resnet20", [(50, 40), (30, 20)])
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 300, "train_err')
+    assert [m["iter"] for m in load_run(run).metrics] == [100, 200]
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("\n" + json.dumps({"iter": 300, "train_error": 9.0, "test_error": 9.0}) + "\n")
+    with pytest.raises(UserError, match=r"metrics.jsonl:3: not a JSON line"):
+        load_run(run)
+
 def test_plot_two_panels(tmp_path):
     runs = [load_run(make_run(tmp_path / n, n, [(60, 55), (40, 42)])) for n in ("cifar_plain20", "cifar_plain56")] + [
         load_run(make_run(tmp_path / "g", "cifar_resnet", [(50, 45), (20, 25)], depth=20))

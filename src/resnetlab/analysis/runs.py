@@ -51,14 +51,20 @@ class RunRecord:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The evaluations of `metrics.jsonl`, sorted by iteration; a resumed run's repeats keep the last."""
+    """The evaluations of `metrics.jsonl`, sorted by iteration; a resumed run's repeats keep the last.
+    A last line without its newline that is not JSON is a line a killed run was writing: left out (the
+    run's resume truncates it), as `runner.status` does; a bad line anywhere else is a UserError."""
     rows: dict[int, dict] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    text = path.read_text()
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
+            if n == len(lines) and not text.endswith("\n"):
+                break
             raise UserError(f"{path}:{n}: not a JSON line") from None
         if "iter" not in row or "test_error" not in row:
             continue  # not an evaluation record
