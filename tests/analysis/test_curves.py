@@ -1,6 +1,7 @@
 """Error curves from metrics.jsonl (figs. 1/4/6)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -75,3 +76,34 @@ def test_missing_metrics_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no metrics.jsonl"):
         load_run(tmp_path / "empty")
+
+
+
+def test_a_figure_that_fails_to_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    """A report stopped (or a disk filled) half-way through a figure keeps the last good one."""
+    from matplotlib.figure import Figure
+
+    runs = [load_run(make_run(tmp_path / "r", "cifar_resnet20", [(60, 55), (40, 42)]))]
+    out = plot_curves(runs, tmp_path / "curves.png")
+    good = out.read_bytes()
+
+    def torn(self, fname, **kw):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", torn)
+    with pytest.raises(OSError):
+        plot_curves(runs, out)
+    assert out.read_bytes() == good and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("out", ["figure.txt", "figure"])
+def test_curves_and_responses_check_the_figure_name_before_any_work(tmp_path, capsys, out):
+    """Measuring responses takes minutes: a name matplotlib cannot write (or writes elsewhere, adding
+    .png) is refused first."""
+    from resnetlab.cli import main
+
+    for argv in (["analyze", "curves", str(tmp_path / "no-run")], ["analyze", "responses", "--checkpoint", "x.pt"]):
+        with pytest.raises(SystemExit) as e:  # argparse's one line
+            main([*argv, "--out", str(tmp_path / out)])
+        assert e.value.code == 2 and "the file name must end in one of .png" in capsys.readouterr().err

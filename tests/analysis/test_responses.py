@@ -155,3 +155,12 @@ def test_responses_use_the_checkpoints_mean(tmp_path, monkeypatch):
     with torch.no_grad():
         wrong = (net(x).argmax(1) != labels).sum().item()
     assert got["test_error"] == pytest.approx(100 * wrong / 12)
+
+
+def test_a_network_without_blocks_is_one_line():
+    """VGG is registered (the detection baseline) but has no blocks: a UserError, not a ValueError
+    reported as unexpected after the test set was read."""
+    from resnetlab.errors import UserError
+
+    with pytest.raises(UserError, match="VGG has no residual/plain blocks"):
+        response_layers(create_model("vgg16", num_classes=10))

@@ -55,10 +55,16 @@ def plot_curves(runs: list[RunRecord], out: str | Path, *, title: str | None = N
 
 
 def save_figure(fig, out: str | Path) -> Path:
-    """Lay out, write (creating the folder) and close a figure; returns the path."""
+    """Lay out, write (creating the folder; atomically: a failed write leaves the previous file) and
+    close a figure; returns the path. Its suffix is the format (`cli.args.FIGURE_SUFFIXES`)."""
+    from resnetlab.utils.files import atomic_path
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=120, format=out.suffix[1:].lower() or None)
+    finally:
+        plt.close(fig)
     return out

@@ -55,8 +55,9 @@ def report(
             )
         )
     val = finished[0].cfg.data.val_split
-    eval_set = f"validation ({val} held-out training images)" if val else "test"
-    (out / "table.md").write_text(to_markdown(rows, dataset=dataset, eval_set=eval_set))
+    split = runs[0].metrics[-1].get("eval_split") or "test"  # an ImageFolder's val/ folder, say
+    eval_set = f"validation ({val} held-out training images)" if val else split
+    write_text(out / "table.md", to_markdown(rows, dataset=dataset, eval_set=eval_set))
     write_csv(rows, out / "table.csv")
     plot_curves(runs, out / "curves.png", title=f"{dataset}, {runs[0].metrics[-1]['iter']} iterations")
     log(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'curves.png'}")
@@ -69,6 +70,14 @@ def report(
                 checkpoint_responses(job.out_dir / "final.pt", device=device, max_images=max_images, quiet=quiet)
             )
         plot_responses(results, out / "responses.png")
-        (out / "responses.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_text(out / "responses.json", json.dumps(results, indent=1) + "\n")
         log(f"wrote {out / 'responses.png'}, {out / 'responses.json'}")
     return rows
+
+
+def write_text(path: Path, text: str) -> None:
+    """`path` replaced by `text` at once: a report stopped half-way keeps the previous file."""
+    from resnetlab.utils.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

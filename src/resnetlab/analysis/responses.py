@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from resnetlab.analysis.runs import model_label, parse_model_name
+from resnetlab.errors import UserError
 from resnetlab.evaluate.checkpoints import read_weights
 from resnetlab.models import BasicBlock, Bottleneck
 from resnetlab.utils.progress import progress
@@ -39,7 +40,8 @@ def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
         elif isinstance(module, Bottleneck):
             layers.append((f"{name}.bn2", module.bn2))
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no residual/plain blocks to measure")
+        name = type(model).__name__
+        raise UserError(f"{name} has no residual/plain blocks to measure (fig. 7 is of ResNets and plain nets)")
     return layers
 
 
@@ -148,6 +150,7 @@ def checkpoint_responses(
     weights = read_weights(path, what="checkpoint")
     meta, config = weights.meta, weights.config
     model = weights.build().to(device)
+    response_layers(model)  # a network without blocks is refused before the data is read
     # The test split itself, even when the run evaluated on a held-out part of the training set.
     data_dir = resolve_data_dir(config, data_dir, say)
     cfg = from_dict(config)

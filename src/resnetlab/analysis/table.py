@@ -78,7 +78,9 @@ def to_markdown(rows: list[Row], *, dataset: str, eval_set: str = "test") -> str
 
 
 def write_csv(rows: list[Row], path: str | Path) -> None:
-    with open(path, "w", newline="") as f:
+    from resnetlab.utils.files import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "kind", "depth", "params", "seeds", "best", "mean", "std", "train_error_mean", "paper"])
         for r in rows:

@@ -9,8 +9,19 @@ import shlex
 import sys
 from pathlib import Path
 
-from resnetlab.cli.args import POSITIVE, add_device_and_quiet, add_overrides, float_in, pick, say_for
+from resnetlab.cli.args import (
+    FIGURE_SUFFIXES,
+    POSITIVE,
+    add_device_and_quiet,
+    add_overrides,
+    float_in,
+    output_file,
+    pick,
+    say_for,
+)
 from resnetlab.runner.grids import DATASETS, GRIDS, SHORT_FACTOR  # data only: no torch import at --help
+
+FIGURE = output_file(FIGURE_SUFFIXES)  # checked before the runs are read or the checkpoints measured
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="One colour per depth; plain | residual panels when both kinds are given.",
     )
     curves.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training output folders")
-    curves.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
+    curves.add_argument("--out", required=True, type=FIGURE, help="figure file (.png, .pdf, .svg)")
     curves.add_argument("--title", default=None)
     curves.set_defaults(func=_curves)
 
@@ -33,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="std over all elements (N*C*H*W) of the test set, per layer in network order and sorted.",
     )
     resp.add_argument("--checkpoint", nargs="+", required=True, metavar="CK", help="one or more checkpoints")
-    resp.add_argument("--out", default=None, help="figure file (.png, .pdf, .svg)")
+    resp.add_argument("--out", default=None, type=FIGURE, help="figure file (.png, .pdf, .svg)")
     resp.add_argument("--json", action="store_true", help="print the per-layer stds as JSON on stdout")
     resp.add_argument(
         "--data-dir",

@@ -65,6 +65,9 @@ def float_in(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")  # matplotlib's
+
+
 def output_file(suffixes: tuple[str, ...] = ()) -> Callable[[str], str]:
     """A file the command will write, checked before any work (an evaluation of hours must not end
     in "cannot write"): not a folder, ending in one of `suffixes` (any, if none), and in a folder that

@@ -7,11 +7,17 @@ import csv
 import json
 import sys
 
-from resnetlab.cli.args import NON_NEGATIVE, POSITIVE, add_device_and_quiet, output_file, pick, say_for
+from resnetlab.cli.args import (
+    FIGURE_SUFFIXES,
+    NON_NEGATIVE,
+    POSITIVE,
+    add_device_and_quiet,
+    output_file,
+    pick,
+    say_for,
+)
 from resnetlab.errors import UserError
 from resnetlab.utils.text import printable
-
-FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")  # matplotlib's
 
 EVALUATE_EPILOG = """examples:
   resnetlab evaluate --checkpoint runs/r50/final.pt --protocol 10crop --data-dir /data
