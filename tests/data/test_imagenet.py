@@ -173,6 +173,14 @@ def test_a_tree_of_unreadable_images_skipped_is_one_line_not_a_shape_error(tmp_p
     with pytest.raises(UserError, match=r"^no readable training image to compute the mean from: the \d+ sampled"):
         build_imagefolder(config(root, "data.skip_corrupt=true"), torch.device("cpu"))
 
+
+def test_dali_without_augmentation_is_refused_not_ignored(tmp_path):
+    """DALI's pipeline always scales, crops and flips: data.augment=false was ignored while the run's
+    summary said "augmentation: none"."""
+    root = write_tree(tmp_path / "tree", per_class=2, val_per_class=1)
+    with pytest.raises(UserError, match=r"^data.augment=false: data.loader=dali always augments"):
+        build_imagefolder(config(root, "data.loader=dali", "data.augment=false"), torch.device("cpu"))
+
 def test_missing_tree_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         build_imagefolder(config(tmp_path), torch.device("cpu"))

@@ -93,6 +93,50 @@ def test_resume_continues_exactly(tmp_path, fake_data, tiny_cfg, device):
         assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
 
 
+
+@pytest.mark.parametrize(
+    "cut, schedule",
+    [
+        # warm-up ending at the first log whatever the error: the old end's extra log (iteration 3) ended it there
+        (3, ("optim.warmup_lr=0.01", "optim.warmup_until_error=100", "optim.milestones=[25]")),
+        # every evaluation after the first a plateau: the old end's extra evaluation (15) divided the lr
+        (15, ("optim.schedule=plateau", "optim.plateau_patience=1", "optim.plateau_threshold=100")),
+    ],
+    ids=["warm-up", "plateau"],
+)
+def test_a_run_lengthened_on_resume_trains_as_one_that_never_stopped(tmp_path, fake_data, tiny_cfg, cut, schedule):
+    """A run that ended off the log / eval cadence and is resumed with a larger train.max_iters: its
+    last log and evaluation are recorded but steer nothing, as docs/train.md says of train.max_iters."""
+    common = ("train.eval_every=10", "train.checkpoint_every=10", *schedule)
+    run_training(tiny_cfg("train.max_iters=30", *common), tmp_path / "a")
+    run_training(tiny_cfg(f"train.max_iters={cut}", *common), tmp_path / "b")
+    run_training(tiny_cfg("train.max_iters=30", *common), tmp_path / "b", resume=True)
+    a = checkpoint.load(tmp_path / "a" / "final.pt")["model"]
+    b = checkpoint.load(tmp_path / "b" / "final.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_a = [(m["iter"], m["lr"], m["test_error"]) for m in read_metrics(tmp_path / "a")]
+    rows_b = [(m["iter"], m["lr"], m["test_error"]) for m in read_metrics(tmp_path / "b") if m["iter"] % 10 == 0]
+    assert rows_a == rows_b
+
+
+def test_an_evaluated_split_of_only_unreadable_images_is_one_line_not_0_percent(tmp_path, fake_data, tiny_cfg):
+    """data.skip_corrupt leaves unreadable images out of the error; when none is left, the error of
+    nothing is not a perfect score for the plateau rule and "best" to act on."""
+    from resnetlab.train import loop
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "evaluate_error", lambda model, batches, **kw: (0, 0))  # every test batch skipped
+        with pytest.raises(UserError, match=r"^no readable image in the evaluated split \(test\)"):
+            run_training(tiny_cfg("train.max_iters=2", "train.eval_every=2"), tmp_path / "r")
+
+
+def test_one_image_per_step_with_a_1x1_feature_map_is_one_line(tmp_path, fake_data, tiny_cfg):
+    """BatchNorm in training needs two values per channel: the shape check ran on two images in
+    eval mode and passed, and the first step failed as an unexpected ValueError."""
+    cfg = tiny_cfg("model.name=resnet18", "model.depth=null", "train.batch_size=1", "train.max_iters=2")
+    with pytest.raises(UserError, match=r"^train.batch_size gives 1 image per process, and model.name=resnet18 makes"):
+        run_training(cfg, tmp_path / "r")  # the 8x8 fake images are 1x1 from layer2 on
+
 def test_milestones_past_the_end_of_a_shortened_run_are_warned_about(tmp_path, fake_data, tiny_cfg, capsys):
     """--set train.max_iters=10 on the CIFAR preset keeps its milestones at 32k and 48k: the lr never
     drops. Said at the start, with the paper's shape for this length; milestones inside it: no word."""

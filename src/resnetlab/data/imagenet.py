@@ -407,6 +407,10 @@ def build_imagefolder(
         world_size=world_size,
     )
     if d.loader == "dali":
+        if not d.augment:  # its pipeline is the paper's augmentation; the summary would say "none"
+            raise UserError(
+                "data.augment=false: data.loader=dali always augments (scale, crop, flip); use data.loader=torch"
+            )
         from resnetlab.data.dali import DaliTrainSource
 
         source = DaliTrainSource(train, recipe, normalizer=normalizer, device=device)

@@ -251,7 +251,7 @@ def _build_model(cfg: Config, run: Run) -> tuple[Any, nn.Module, dict[str, Any]]
     stats = finetune.source_stats(source) if source else finetune.resumed_stats(cfg, run.checkpoint)
     info = run.info
     data = build_data(cfg, run.device, rank=info.rank, world_size=info.world_size, stats=stats)
-    model, meta = build_classifier(cfg, data)
+    model, meta = build_classifier(cfg, data, world_size=info.world_size)
     if info.is_main and getattr(data, "summary", None):  # what was found, which recipe runs
         print("\n".join(summary_lines(data.summary)))
         (run.out / "data.json").write_text(json.dumps(data.summary, indent=1) + "\n")
@@ -300,9 +300,12 @@ def set_lr(s: Training, it: int, run: Run) -> float:
 
 def log_training(s: Training, run: Run, it: int, lr: float, rate: float) -> None:
     """Training loss / error over the iterations since the last log: progress bar (or, where none is
-    drawn, a line: a log file still shows the run moving) and TensorBoard."""
-    # Sec. 4.2 warm-up: "until the training error is below 80%", over the recent iterations.
-    s.schedule.observe_train_error(it, s.recent.error)
+    drawn, a line: a log file still shows the run moving) and TensorBoard. The extra log at the last
+    iteration, off the `train.log_every` cadence, neither feeds the warm-up nor restarts the window: a
+    run resumed with a larger train.max_iters then trains as one that never stopped."""
+    on_cadence = it % s.cfg.train.log_every == 0
+    if on_cadence:  # sec. 4.2 warm-up: "until the training error is below 80%", over the recent iterations
+        s.schedule.observe_train_error(it, s.recent.error)
     run.bar.set_postfix(loss=f"{s.recent.loss:.3f}", err=f"{s.recent.error:.1f}%", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
     if run.is_main and run.bar.disable:
         seconds = s.cfg.train.batch_size / max(rate, 1e-9)  # rate: this run's images/s since the last log
@@ -310,14 +313,21 @@ def log_training(s: Training, run: Run, it: int, lr: float, rate: float) -> None
             f"iter {it}: loss {s.recent.loss:.4f}, train error {s.recent.error:.2f}%, lr {lr:.3g}, {seconds:.3f} s/it"
         )
     run.log(it, {"train/loss": s.recent.loss, "train/error": s.recent.error, "lr": lr, "images_per_s": rate})
-    s.recent.reset()
+    if on_cadence:
+        s.recent.reset()
 
 
 def evaluate_and_log(s: Training, run: Run, it: int, lr: float) -> None:
-    """The evaluated split's error: a metrics.jsonl row, TensorBoard, a line above the progress bar."""
+    """The evaluated split's error: a metrics.jsonl row, TensorBoard, a line above the progress bar.
+    The evaluation at the last iteration, off the `train.eval_every` cadence, does not count for the
+    plateau rule nor restart the window of the training error (see `log_training`)."""
     split = eval_split(s.cfg)
+    unreadable_before = getattr(s.data.test, "skipped", 0)
     test_error = _evaluate(s.model, s.data.test, run.device, s.cfg, run.info)
-    s.schedule.observe_test_error(test_error)
+    eval_skipped = getattr(s.data.test, "skipped", 0) - unreadable_before  # data.skip_corrupt, this evaluation
+    on_cadence = it % s.cfg.train.eval_every == 0
+    if on_cadence:
+        s.schedule.observe_test_error(test_error)
     row = {
         "iter": it,
         "lr": lr,
@@ -337,16 +347,20 @@ def evaluate_and_log(s: Training, run: Run, it: int, lr: float) -> None:
     if new_files:
         row["skipped_files_new"] = len(new_files)
         row["skipped_files"] = new_files[:NAMED_SKIPPED]
+    if eval_skipped:
+        row["eval_skipped_images"] = eval_skipped
     if s.best is None or test_error < s.best["test_error"]:
         s.best = {"iter": it, "test_error": test_error}
     s.last_eval = row
-    s.since_eval.reset()
+    if on_cadence:
+        s.since_eval.reset()
     run.log(it, {f"{split}/error": test_error, "train/error_since_eval": row["train_error"]}, row)
     if run.is_main:
         run.bar.write(
             f"iter {it}: {split} error {test_error:.2f}%, train error {row['train_error']:.2f}%, "
             f"loss {row['train_loss']:.4f}, lr {lr:.3g}"
             + (f", {skipped} unreadable images skipped" if skipped else "")
+            + (f", {eval_skipped} unreadable {split} images left out of its error" if eval_skipped else "")
             + (f" (first seen: {_some(new_files)})" if new_files else "")
         )
 
@@ -378,28 +392,41 @@ def run_summary(s: Training, run: Run, it: int) -> dict[str, Any]:
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def build_classifier(cfg: Config, data) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of `cfg.model` for `data`, and the checkpoint meta that rebuilds it."""
+def build_classifier(cfg: Config, data, world_size: int = 1) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of `cfg.model` for `data`, and the checkpoint meta that rebuilds it (checked to run
+    on `data`'s images in batches of train.batch_size over `world_size` processes)."""
     options = model_options(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
     try:
         model = create_model(cfg.model.name, **options)
     except (ValueError, TypeError) as e:
         raise UserError(f"model: {one_line(e)}") from None
-    check_input_fits(cfg.model.name, options, data.image_size, cfg.data.name)
+    batch = cfg.train.batch_size // world_size
+    check_input_fits(cfg.model.name, options, data.image_size, cfg.data.name, batch=batch)
     return model, {**data.meta, "model": cfg.model.name, "model_options": options}
 
 
-def check_input_fits(name: str, options: dict[str, Any], size: int, dataset: str) -> None:
-    """A forward pass on the meta device (shapes only, no compute): a network that shrinks the image
-    to nothing (VGG-16 on 28x28 Fashion-MNIST) is a one-line error before anything is written."""
+def check_input_fits(name: str, options: dict[str, Any], size: int, dataset: str, batch: int = 2) -> None:
+    """Forward passes on the meta device (shapes only, no compute): a network that shrinks the image
+    to nothing (VGG-16 on 28x28 Fashion-MNIST) is a one-line error before anything is written, and so
+    is a batch of one image per process where a feature map is 1x1 (BatchNorm in training mode needs
+    two values per channel). `batch`: the images of one process's training step."""
+    channels = options.get("in_channels", 3)
     with torch.device("meta"):
         probe = create_model(name, **options).eval()
         try:
-            probe(torch.zeros(2, options.get("in_channels", 3), size, size))
+            probe(torch.zeros(2, channels, size, size))
         except RuntimeError as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(
                 f"model.name={name} cannot run on the {size}x{size} images of data.name={dataset} ({reason})"
+            ) from None
+        try:
+            probe.train()(torch.zeros(batch, channels, size, size))
+        except ValueError:  # "Expected more than 1 value per channel when training"
+            raise UserError(
+                f"train.batch_size gives {batch} image per process, and model.name={name} makes a 1x1 "
+                f"feature map of {size}x{size} images: BatchNorm needs 2 values per channel in training; "
+                "use a larger batch"
             ) from None
 
 
@@ -410,8 +437,15 @@ def _evaluate(model: nn.Module, test, device: torch.device, cfg: Config, info: d
         wrong, images = evaluate_error(
             model, test.batches(), device=device, precision=cfg.train.precision, channels_last=cfg.train.channels_last
         )
-        error = 100.0 * wrong / max(images, 1)
-    return float(dist.broadcast_object(error))  # type: ignore[arg-type]
+        error = 100.0 * wrong / images if images else None
+    error = dist.broadcast_object(error)
+    if error is None:  # every image unreadable and skipped: an error of 0 % would steer the schedule
+        skipped = getattr(test, "skipped", 0)
+        raise UserError(
+            f"no readable image in the evaluated split ({eval_split(cfg)}): {skipped} were unreadable and "
+            "skipped (data.skip_corrupt)"
+        )
+    return float(error)
 
 
 def eval_split(cfg: Config) -> str:
