@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
-from resnetlab.config import Config, apply_overrides, list_presets, load_config, load_preset, valid_keys
+from resnetlab.config import Config, apply_overrides, from_dict, list_presets, load_config, load_preset, valid_keys
 from resnetlab.detection.config import list_detection_presets, load_detection_config
 from resnetlab.errors import UserError
 
@@ -144,6 +146,14 @@ def test_one_yaml_reader_names_the_file(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     assert read_yaml(tmp_path / "empty.yaml") == {}
 
+
+
+@pytest.mark.parametrize("text, shown", [("optim: []", "[]"), ("train: false", "False"), ("optim: 0", "0")])
+def test_a_section_that_is_not_a_mapping_is_refused(text, shown):
+    """They were read as empty sections: a preset whose optim the user meant to set trained on defaults."""
+    with pytest.raises(UserError, match=rf"^{text.split(':')[0]}: expected a mapping, got {re.escape(shown)}"):
+        from_dict(yaml.safe_load(text))
+    assert from_dict(yaml.safe_load("optim:\nmodel: {name: cifar_resnet56}")).model.name == "cifar_resnet56"
 
 def test_model_options_pass_through_without_name_checks():
     """Options set away from their default reach `create_model` when the model takes them (read from

@@ -120,8 +120,9 @@ def from_dict(d: dict[str, Any], base: Any = None) -> Any:
     sections = section_types(root)
     new = {}
     for section, section_tp in sections.items():
-        values = d.get(section) or {}
-        if not isinstance(values, dict):
+        values = d.get(section)
+        values = {} if values is None else values  # `optim:` with nothing under it: no change
+        if not isinstance(values, dict):  # `optim: []`, `train: false` were read as empty sections
             raise UserError(f"{section}: expected a mapping, got {shown(values)}")
         fields = section_types(section_tp)
         unknown = [k for k in values if k not in fields]
