@@ -233,3 +233,12 @@ def test_forward_features_head_stages_agree(name, size):
         assert torch.equal(model.forward_head(features), out)
         # forward_head is global average pooling then fc (computed here without avgpool).
         torch.testing.assert_close(model.fc(features.mean(dim=(2, 3))), out)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet", "cifar_plain"])
+def test_the_generic_cifar_nets_without_a_depth_say_what_to_set(name):
+    """model.depth=null named a `<lambda>`'s missing keyword argument; the generic names build by depth."""
+    with pytest.raises(ValueError, match=rf"^{name} needs model.depth \(6n\+2"):
+        create_model(name)
+    convs = [m for m in create_model(name, depth=8).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 7  # 6n + 1 with n = 1, and the fc: 8 weighted layers (option A: no projections)

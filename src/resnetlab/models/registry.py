@@ -6,6 +6,7 @@ take explicit keyword arguments.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable
@@ -131,8 +132,16 @@ def _register_family() -> None:
     for depth in CIFAR_DEPTHS:
         for kind, residual in (("cifar_resnet", True), ("cifar_plain", False)):
             register(f"{kind}{depth}", cifar)(_builder(cifar_resnet, depth, residual))
-    register("cifar_resnet", cifar | {"depth"})(lambda *, depth, **kw: cifar_resnet(depth, residual=True, **kw))
-    register("cifar_plain", cifar | {"depth"})(lambda *, depth, **kw: _builder(cifar_resnet, depth, False)(**kw))
+    register("cifar_resnet", cifar | {"depth"})(functools.partial(_generic_cifar, residual=True))
+    register("cifar_plain", cifar | {"depth"})(functools.partial(_generic_cifar, residual=False))
+
+
+def _generic_cifar(*, residual: bool, depth: int | None = None, **kw: Any) -> nn.Module:
+    """`cifar_resnet` / `cifar_plain` of `depth` layers (6n+2); without one, the error says so."""
+    if depth is None:
+        kind = "cifar_resnet" if residual else "cifar_plain"
+        raise ValueError(f"{kind} needs model.depth (6n+2: 20, 32, 44, 56, 110, ...), or a name such as {kind}56")
+    return _builder(cifar_resnet, depth, residual)(**kw)
 
 
 def _vgg(depth: int, *, num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
