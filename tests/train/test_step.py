@@ -93,3 +93,29 @@ def test_configure_device_sets_tf32_from_the_key_on_cuda_only(cuda_flags):
     assert cuda_flags() == (True, False, False)  # the paper's fp32: no TF32 in convolutions (cuDNN's default)
     configure_device(torch.device("cuda:0"), tf32=True)
     assert cuda_flags() == (True, True, True)
+
+
+@pytest.mark.parametrize("form", ["torch", "caffe"])
+def test_momentum_forms_across_an_lr_change_match_their_update_rules_by_hand(form):
+    """Caffe: V = m V + lr (g + wd w), w -= V; PyTorch: u = m u + (g + wd w), w -= lr u. The same at a
+    constant lr; at a drop Caffe's first step still carries the old lr's velocity."""
+    from resnetlab.train.step import set_group_lrs
+
+    m, wd, lrs = 0.9, 1e-4, [0.1, 0.1, 0.01, 0.01]
+    grads = [torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.5]), torch.tensor([-1.0, 3.0]), torch.tensor([2.0, 1.0])]
+    w = torch.nn.Parameter(torch.tensor([1.0, 1.0], dtype=torch.float64))
+    opt = torch.optim.SGD([w], lr=lrs[0], momentum=m, weight_decay=wd)
+    for lr, g in zip(lrs, grads):
+        set_group_lrs(opt, lr, momentum_form=form)
+        w.grad = g.double()
+        opt.step()
+    ref, v = torch.tensor([1.0, 1.0], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    for lr, g in zip(lrs, grads):  # the rule by hand, in its own variables
+        d = g.double() + wd * ref
+        if form == "caffe":
+            v = m * v + lr * d
+            ref = ref - v
+        else:
+            v = m * v + d
+            ref = ref - lr * v
+    torch.testing.assert_close(w.detach(), ref, rtol=1e-12, atol=1e-12)

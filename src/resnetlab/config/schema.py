@@ -77,6 +77,9 @@ class DataConfig:
 class OptimConfig:
     lr: float = 0.1  # initial learning rate (sec. 3.4, 4.2)
     momentum: float = 0.9  # SGD momentum
+    # torch: v = m v + g, w -= lr v (PyTorch, fb.resnet.torch); caffe: v = m v + lr g, w -= v (the paper's
+    # Caffe solver). The same at a constant lr; after an lr change caffe's steps carry the old lr a while
+    momentum_form: Literal["torch", "caffe"] = "torch"
     weight_decay: float = 1e-4  # L2 on every parameter (the paper's 0.0001)
     schedule: Literal["multistep", "plateau"] = "multistep"  # plateau: ImageNet's "when error plateaus"
     milestones: tuple[int, ...] = (32000, 48000)  # multistep: divide lr by 10 at these iterations

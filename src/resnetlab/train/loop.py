@@ -42,6 +42,7 @@ from resnetlab.train.step import (
     make_grad_scaler,
     make_sgd,
     make_train_step,
+    set_group_lrs,
 )
 from resnetlab.utils import distributed as dist
 from resnetlab.utils.meters import Average, LossWindow, Throughput
@@ -293,8 +294,7 @@ def set_lr(s: Training, it: int, run: Run) -> float:
     if warning and run.is_main:
         run.bar.write(warning)
     lr = s.schedule.lr(it)
-    for group in s.optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_mult", 1.0)  # fine-tuning: the backbone's may be smaller
+    set_group_lrs(s.optimizer, lr, momentum_form=s.cfg.optim.momentum_form)
     return lr
 
 

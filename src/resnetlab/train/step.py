@@ -87,6 +87,24 @@ def make_sgd(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def set_group_lrs(optimizer: torch.optim.Optimizer, lr: float, *, momentum_form: str = "torch") -> None:
+    """Each parameter group's lr: `lr` x its lr_mult (fine-tuning: the backbone's may be smaller).
+
+    momentum_form "caffe": where a group's lr changes from a to b, its momentum buffers are scaled
+    by a / b. torch.optim.SGD keeps u = m u + g and steps lr * u; Caffe keeps V = m V + lr g and steps
+    V, i.e. V = lr * u while the lr is constant. Scaling u by a / b at the change makes torch's next
+    step b (m u a / b + g) = m V + b g, Caffe's."""
+    for group in optimizer.param_groups:
+        new = lr * group.get("lr_mult", 1.0)
+        old = group["lr"]
+        if momentum_form == "caffe" and old != new and new > 0:
+            for p in group["params"]:
+                buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    buf.mul_(old / new)
+        group["lr"] = new
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
