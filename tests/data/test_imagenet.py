@@ -181,6 +181,27 @@ def test_dali_without_augmentation_is_refused_not_ignored(tmp_path):
     with pytest.raises(UserError, match=r"^data.augment=false: data.loader=dali always augments"):
         build_imagefolder(config(root, "data.loader=dali", "data.augment=false"), torch.device("cpu"))
 
+
+def test_data_flip_false_keeps_the_crops_and_drops_their_mirrors(tmp_path):
+    """Digits and text must not be mirrored: the same crops (their draws kept), none flipped; the
+    summary says so."""
+    from resnetlab.data.imagenet import _Views
+
+    root = write_tree(tmp_path / "tree", per_class=3, val_per_class=1)
+    samples = sorted((str(p), 0) for p in (root / "train").rglob("*.JPEG"))
+    kw = {"crop": 16, "view": "random", "scale": (20, 28)}
+    mirrored = 0
+    for seed in range(12):
+        a, _, _, _, _, _ = _Views(samples, **kw)[(seed % len(samples), seed)]
+        b, _, _, _, _, _ = _Views(samples, **kw, flip=False)[(seed % len(samples), seed)]
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+        mirrored += not torch.equal(a, b)
+    assert mirrored > 0  # the default flips some of them
+    bundle = build_imagefolder(config(root, "data.flip=false"), torch.device("cpu"))
+    assert "flip" not in bundle.summary["augmentation"]
+    with pytest.raises(UserError, match=r"^data.flip=false: data.loader=dali always augments"):
+        build_imagefolder(config(root, "data.loader=dali", "data.flip=false"), torch.device("cpu"))
+
 def test_missing_tree_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         build_imagefolder(config(tmp_path), torch.device("cpu"))

@@ -538,3 +538,14 @@ def test_the_memory_refusal_counts_only_splits_that_have_images(tmp_path):
     with pytest.raises(UserError) as e:
         smallfolder.refuse_beyond_memory([train, []], image_size=0, channels=None, available=1)
     assert str(e.value).startswith(f"decoding {len(train)} images at their own size (32x32, as ")
+
+
+
+def test_data_flip_false_trains_a_folder_without_mirror_images(tmp_path):
+    """A folder of digits or text: data.flip=false keeps the pad + crop, drops the flips (the built-in
+    MNIST does so by itself)."""
+    folder = write_folder(tmp_path / "f")
+    b = build_data(folder_cfg(folder, "data.flip=false"), CPU)
+    assert not any(b.train.augmentation(it)[2].any() for it in range(4))
+    assert b.summary["augmentation"] == "pad 4 + random 32x32 crop, on the device"
+    assert any(build_data(folder_cfg(folder), CPU).train.augmentation(it)[2].any() for it in range(4))

@@ -49,6 +49,7 @@ class DataConfig:
     download: bool = True  # fetch from the official location when missing (needs internet)
     val_split: int = 0  # >0: hold out this many training images (paper: 5000 -> 45k/5k)
     augment: bool = True  # pad 4 + random crop + flip (CIFAR); scale + crop + flip + PCA (ImageNet)
+    flip: bool | None = None  # the training flips: null = the data set's own (off for MNIST's digits), or true / false
     pad: int = 4  # CIFAR-size data: zero padding before the random 32x32 crop (sec. 4.2)
     mean: Literal["pixel", "channel"] = "pixel"  # paper: per-pixel mean subtraction
     normalize_std: bool = False  # paper: mean subtraction only

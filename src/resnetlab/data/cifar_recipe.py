@@ -33,9 +33,12 @@ def build_builtin(cfg: Config, device: torch.device, *, rank: int, world_size: i
         test = Split(train.images[n:], train.labels[n:])
         train = Split(train.images[:n], train.labels[:n])
     eval_name = "val" if d.val_split else "test"
-    return _on_device(
-        cfg, device, train, test, list(raw.classes), FLIP[d.name], eval_name, d.dir, rank, world_size, stats
-    )
+    return _on_device(cfg, device, train, test, list(raw.classes), flips(d), eval_name, d.dir, rank, world_size, stats)
+
+
+def flips(d) -> bool:
+    """Whether training flips images: data.flip, else the data set's own (FLIP; folders: yes)."""
+    return FLIP.get(d.name, True) if d.flip is None else d.flip
 
 
 def build_small_folder(
@@ -99,7 +102,7 @@ def build_small_folder(
     large = large_for_cifar(x.shape[-1], image_size=d.image_size, model=cfg.model.name, nbytes=x.nbytes)
     root, name = str(splits.root), splits.eval_name
     warnings = [left_out, large]
-    return _on_device(cfg, device, train, test, splits.classes, True, name, root, rank, world_size, stats, warnings)
+    return _on_device(cfg, device, train, test, splits.classes, flips(d), name, root, rank, world_size, stats, warnings)
 
 
 def _other_size(splits, size: tuple[int, int], x: torch.Tensor) -> str:

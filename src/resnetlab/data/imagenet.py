@@ -63,11 +63,13 @@ class _Views(Dataset):
         view: str,
         scale=(256, 480),
         lighting=0.0,
+        flip=True,
         skip_corrupt=False,
         replace_corrupt=False,
         encoded=False,
     ):
         self.samples, self.crop, self.view, self.scale, self.lighting = samples, crop, view, scale, lighting
+        self.flip = flip
         self.skip_corrupt, self.replace_corrupt = skip_corrupt, replace_corrupt
         self.encoded = encoded  # training view: ship RGB/gray JPEGs undecoded, for decoding on the device
 
@@ -115,7 +117,7 @@ class _Views(Dataset):
         h, w = resized_size(full, size)  # the draws depend on the file's size, not on how it is decoded
         top = int(torch.randint(0, h - self.crop + 1, (1,), generator=g))
         left = int(torch.randint(0, w - self.crop + 1, (1,), generator=g))
-        flip = bool(torch.rand(1, generator=g) < 0.5)
+        flip = bool(torch.rand(1, generator=g) < 0.5) and self.flip  # drawn either way: the same crops
         if self.lighting > 0:
             alpha = torch.randn(3, generator=g) * self.lighting
         if isinstance(img, bytes):
@@ -216,6 +218,7 @@ class ImageFolderTrainSource(TrainSource):
             view="random" if augment else "center",
             scale=r.scale,
             lighting=r.lighting,
+            flip=r.flip,
             skip_corrupt=r.skip_corrupt,
             replace_corrupt=True,
             encoded=decode == "device" and augment,
@@ -405,12 +408,12 @@ def build_imagefolder(
         skip_corrupt=d.skip_corrupt,
         rank=rank,
         world_size=world_size,
+        flip=d.flip is not False,
     )
     if d.loader == "dali":
-        if not d.augment:  # its pipeline is the paper's augmentation; the summary would say "none"
-            raise UserError(
-                "data.augment=false: data.loader=dali always augments (scale, crop, flip); use data.loader=torch"
-            )
+        if not d.augment or d.flip is False:  # its pipeline is the paper's augmentation, flips included
+            key = "data.augment=false" if not d.augment else "data.flip=false"
+            raise UserError(f"{key}: data.loader=dali always augments (scale, crop, flip); use data.loader=torch")
         from resnetlab.data.dali import DaliTrainSource
 
         source = DaliTrainSource(train, recipe, normalizer=normalizer, device=device)
@@ -445,6 +448,7 @@ def build_imagefolder(
         eval_name=splits.eval_name,
         input_size=(3, d.crop, d.crop),
         iters_per_epoch=len(train) // t.batch_size,
+        flip=recipe.flip,
         extra_warnings=[small_for_imagenet(cfg, train)] if rank == 0 else [],
     )
     return DataBundle(source, evaluation, len(classes), 3, d.crop, classes, meta, summary)

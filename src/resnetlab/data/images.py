@@ -378,3 +378,4 @@ class TrainRecipe:
     skip_corrupt: bool
     rank: int = 0
     world_size: int = 1
+    flip: bool = True  # data.flip=false: crops without their mirror images

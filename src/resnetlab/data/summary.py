@@ -45,7 +45,8 @@ def augmentation(cfg: Config, recipe: str, size: int, flip: bool = True) -> str:
     if recipe == "cifar":
         return f"pad {d.pad} + random {size}x{size} crop" + (" + horizontal flip" if flip else "") + ", on the device"
     lighting = f" + PCA lighting std {d.lighting:g}" if d.lighting > 0 else ""
-    return f"shorter side random in [{d.scale_min}, {d.scale_max}] + random {d.crop}x{d.crop} crop + flip{lighting}"
+    flipped = " + flip" if flip else ""
+    return f"shorter side random in [{d.scale_min}, {d.scale_max}] + random {d.crop}x{d.crop} crop{flipped}{lighting}"
 
 
 def inapplicable(cfg: Config, recipe: str) -> list[str]:
