@@ -174,3 +174,20 @@ def test_reproduce_procs_end_to_end(tmp_path, capsys):
     commands = (out / "commands.txt").read_text().splitlines()
     assert commands[0].endswith("--procs 2 --threads 1 --nets resnet20 plain20") and len(commands) == 2
     assert "--procs 2 --threads 1" in commands[1] and "--nets" not in commands[1]
+
+
+def test_a_refused_reproduce_leaves_no_line_in_commands_txt(tmp_path, capsys):
+    """commands.txt says how the results were made: an invocation refused for a folder of another
+    recipe trained nothing and is not in it. An --out that is a file is one line, not "unexpected"."""
+    out = tmp_path / "rep"
+    (out / "plain20-seed0").mkdir(parents=True)
+    (out / "plain20-seed0" / "config.yaml").write_text("optim: {lr: 0.5}\n")  # a run of another recipe
+    argv = ["reproduce", "degradation", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "fm")]
+    argv += ["--schedule", "short", "--iters", "4", "--device", "cpu", "--nets", "plain20"]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "holds a run of another recipe: " in capsys.readouterr().err
+    assert not (out / "commands.txt").exists()
+    (tmp_path / "afile").write_text("")
+    assert main([*argv, "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path / 'afile'}: cannot write the grid there") and "unexpected" not in err

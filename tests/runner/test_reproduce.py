@@ -347,3 +347,23 @@ def test_the_workers_old_name_still_runs_it():
         [sys.executable, "-m", "resnetlab.analysis.worker", "--help"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout.startswith("usage: python -m resnetlab.runner.worker"), done.stderr
+
+
+def test_a_failing_run_in_one_process_does_not_hold_back_the_others(tmp_path):
+    """--procs 1: a run that fails (a NaN loss, say) was raised at once, and the next session started
+    with it again, so no run after it ever trained. Now the others train; the failure is named."""
+
+    class FailingTrainer(StubTrainer):
+        def __call__(self, cfg, out_dir, *, resume=False):
+            if Path(out_dir).name == "plain20-seed0":
+                self.calls.append((Path(out_dir).name, resume))
+                raise UserError("loss is nan at iteration 7; training stopped")
+            return super().__call__(cfg, out_dir, resume=resume)
+
+    jobs = plan("degradation", out=tmp_path, schedule_name="short", iters=8, config_fn=tiny_config)
+    trainer, lines = FailingTrainer(), []
+    with pytest.raises(UserError, match=r"^1 run\(s\) failed: plain20-seed0$"):
+        run_jobs(jobs, train_fn=trainer, log=lines.append)
+    assert [name for name, _ in trainer.calls] == [j.name for j in jobs]  # plain20 first, then every other
+    assert "[fail]   plain20-seed0: loss is nan at iteration 7; training stopped" in lines
+    assert [j.state() for j in jobs] == ["new", "done", "done", "done"]

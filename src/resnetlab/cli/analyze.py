@@ -203,7 +203,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from resnetlab.analysis.report import report
     from resnetlab.errors import UserError
     from resnetlab.runner.plan import plan
-    from resnetlab.runner.pool import run_jobs
+    from resnetlab.runner.pool import refuse_other_recipes, run_jobs
     from resnetlab.utils.device import resolve_device
 
     out = Path(args.out or f"runs/reproduce/{args.name}-{args.dataset}-{args.schedule}")
@@ -245,9 +245,13 @@ def _reproduce(args: argparse.Namespace) -> int:
 
         print("\n".join(status_lines(jobs, args.procs if gpus == 0 else gpus * args.jobs_per_gpu)))
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "commands.txt", "a") as f:
-        f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
+    refuse_other_recipes(jobs)  # before commands.txt records a line that would train nothing
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "commands.txt", "a") as f:
+            f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
+    except OSError as e:  # a file where the folder goes, a folder that cannot be written
+        raise UserError(f"--out {out}: cannot write the grid there ({e.strerror or e})") from None
     train_fn = batched_fn = None
     if args.quiet:
         from resnetlab.train import run_training

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resnetlab.config import apply_overrides, dump
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, one_line
 from resnetlab.runner.plan import Job
 from resnetlab.runner.stop import Stop, catching_signals, told_to_the_run
 from resnetlab.runner.worker import GRID_PID
@@ -45,7 +45,9 @@ BatchedFn = Callable[..., list[Any]]  # train_batched(cfgs, out_dirs, *, resume=
 # forward pass is about a third of a training step, 3.2 s for 128 images there). Past this, it hangs.
 KILL_AFTER_S = 600.0
 POLL_S = 0.25  # how often the pool looks at its workers
-STOPPED = (0, 143, -signal.SIGKILL)  # a worker's exit once told to stop: done, checkpointed, or killed
+# A worker's exit once told to stop: done, checkpointed, killed, or ended by the SIGTERM itself before
+# its run set a handler up (seconds of imports and data: nothing trained, nothing to save)
+STOPPED = (0, 143, -signal.SIGKILL, -signal.SIGTERM)
 WORKER = (sys.executable, "-m", "resnetlab.runner.worker")  # + CONFIG.yaml OUT_DIR [CONFIG OUT ...] [--resume]
 
 
@@ -91,13 +93,7 @@ def run_jobs(
         raise UserError(f"--batch-runs must be >= 1, got {batch_runs}")
     if budget_s is not None and budget_s <= 0:
         raise UserError(f"--budget-s must be > 0, got {budget_s}")
-    changed = [job for job in jobs if job.state() == "other"]
-    if changed:
-        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        raise UserError(
-            f"{changed[0].out_dir} holds a run of another recipe: {changed[0].changed()}{more}; "
-            "reproduce --rerun-changed trains it again into a fresh folder, or choose another --out"
-        )
+    refuse_other_recipes(jobs)
     todo = []
     for job in jobs:
         if job.state() == "done":
@@ -120,6 +116,18 @@ def run_jobs(
         return _run_parallel(longest_first(units, log), slots, log, worker, stop)
 
 
+def refuse_other_recipes(jobs: list[Job]) -> None:
+    """UserError when a run's folder holds a run of another recipe (it would be neither reused nor
+    overwritten): before anything is written for the grid."""
+    changed = [job for job in jobs if job.state() == "other"]
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise UserError(
+            f"{changed[0].out_dir} holds a run of another recipe: {changed[0].changed()}{more}; "
+            "reproduce --rerun-changed trains it again into a fresh folder, or choose another --out"
+        )
+
+
 def _run_here(
     units: list[list[Job]],
     train_fn: TrainFn | None,
@@ -129,26 +137,42 @@ def _run_here(
     stop: Stop,
 ) -> list[Job]:
     """The units one after another in this process, in the grid's order (one at a time: the order
-    does not change when the grid ends)."""
+    does not change when the grid ends). A run that fails (a NaN loss, unreadable data) is named in
+    the log and the next one trains, as with --procs; the failures are raised at the end (before the
+    budget's return): one run must not hold every later one back, session after session."""
     if units and train_fn is None:
         from resnetlab.train import run_training as train_fn  # sibling layer, imported only when training
     if any(len(unit) > 1 for unit in units) and batched_fn is None:
         from resnetlab.train.batched import train_batched as batched_fn
+    failed: list[str] = []
+
+    def end(left: list[Job]) -> list[Job]:
+        left = stop.end(left, log) if left else []  # a signal's stop raises here, after the failures were logged
+        if failed:
+            raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+        return left
+
     for i, unit in enumerate(units):
         if stop.due():
-            return stop.end(_unfinished(units[i:]), log)
+            return end(_unfinished(units[i:]))
         resume = unit[0].state() == "resume"  # a group's runs are all at the same point (batch_groups)
         log(f"[{'resume' if resume else 'train'}] {_label(unit)} ({i + 1}/{len(units)})")
-        with told_to_the_run(stop), _intra_op_threads(threads):
-            if len(unit) == 1:
-                summaries = [train_fn(unit[0].cfg, unit[0].out_dir, resume=resume)]
-            else:
-                summaries = batched_fn([j.cfg for j in unit], [j.out_dir for j in unit], resume=resume)
+        try:
+            with told_to_the_run(stop), _intra_op_threads(threads):
+                if len(unit) == 1:
+                    summaries = [train_fn(unit[0].cfg, unit[0].out_dir, resume=resume)]
+                else:
+                    summaries = batched_fn([j.cfg for j in unit], [j.out_dir for j in unit], resume=resume)
+        except Exception as e:  # noqa: BLE001 (one line in the log; a signal is a BaseException and ends the grid)
+            failed += [job.name for job in unit]
+            why = one_line(e) if isinstance(e, UserError) else f"{type(e).__name__}: {one_line(e)}"
+            log(f"[fail]   {_label(unit)}: {why}")
+            continue
         taken = [s["interrupted"] for s in summaries if isinstance(s, dict) and s.get("interrupted")]
         if taken:  # the run took a signal itself and checkpointed (the budget's, or a user's)
             stop.request(taken[0])
-            return stop.end(_unfinished(units[i:]), log)
-    return []
+            return end(_unfinished(units[i:]))
+    return end([])
 
 
 def longest_first(units: list[list[Job]], log: Callable = print) -> list[list[Job]]:
