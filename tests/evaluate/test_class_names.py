@@ -39,3 +39,19 @@ def test_without_names_1000_classes_are_imagenets_and_others_are_indices():
     assert class_names(model([])) == READABLE
     assert class_names(model([], 3)) == ["0", "1", "2"]
     assert class_names(model(["cat", "dog"], 2)) == ["cat", "dog"]
+
+
+def test_an_ensemble_of_our_imagenet_run_and_imported_weights_is_one_set_of_classes(tmp_path, tiny_checkpoint):
+    """Our ImageNet runs name ILSVRC's classes by synset, imported torchvision weights by readable name:
+    the same classes in the same order (table 5 ensembles mixed them), but not another 1000."""
+    import pytest
+
+    from resnetlab.errors import UserError
+    from resnetlab.evaluate.checkpoints import load_models
+
+    tiny_checkpoint(tmp_path / "ours.pt", ilsvrc_like(), {})
+    tiny_checkpoint(tmp_path / "imported.pt", list(READABLE), {})
+    tiny_checkpoint(tmp_path / "other.pt", [f"n{9_000_000 + i:08d}" for i in range(1000)], {})
+    assert len(load_models([str(tmp_path / "ours.pt"), str(tmp_path / "imported.pt")], "cpu")) == 2
+    with pytest.raises(UserError, match="have different classes"):
+        load_models([str(tmp_path / "ours.pt"), str(tmp_path / "other.pt")], "cpu")

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from resnetlab.errors import UserError
-from resnetlab.evaluate import export_checkpoint, import_weights, load_model, predict
+from resnetlab.evaluate import evaluate_checkpoints, export_checkpoint, import_weights, load_model, predict
 
 CLASSES10 = [f"class{i}" for i in range(10)]
 
@@ -74,6 +74,16 @@ def test_pt2_loads_back_and_matches_eager(tmp_path, tree, write_ck, model, size)
             torch.testing.assert_close(loaded(x), net(x), rtol=1e-4, atol=1e-5)
     meta = json.loads(extra["resnetlab.json"])
     assert meta["resnetlab.model"] == model and json.loads(meta["resnetlab.classes"]) == CLASSES10
+    assert meta["resnetlab.image_size"] == str(size)  # the size the graph takes, not the training crop
+
+
+def test_onnx_without_the_export_extra_says_how_to_install_it(tmp_path, checkpoints, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    with pytest.raises(UserError, match=r"^--format onnx needs the export extra: pip install 'resnetlab\[export\]'"):
+        export_checkpoint(checkpoints["a"], "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_unknown_format(tmp_path, checkpoints):
@@ -133,6 +143,17 @@ def test_a_one_channel_torchvision_file_gets_grey_statistics_and_predicts(tmp_pa
     Image.new("RGB", (40, 30), (200, 10, 90)).save(tmp_path / "a.png")
     rows = predict([str(tmp_path / "a.png")], [str(tmp_path / "grey.pt")], top=2, device="cpu", workers=0)
     assert rows[0]["error"] is None and len(rows[0]["top"]) == 2
+    # evaluate reads the images as grey too (it fed the grey model 3 channels); no folder of this
+    # machine is stored as the data to evaluate on ($RESNETLAB_DATA or --data-dir decide)
+    assert "dir" not in torch.load(tmp_path / "grey.pt", weights_only=True)["config"]["data"]
+    for label in ("0", "1", "2", "3"):
+        folder = tmp_path / "data" / "imagenet" / "val" / label
+        folder.mkdir(parents=True)
+        Image.new("RGB", (40, 30), (60 * int(label), 10, 90)).save(folder / "x.png")
+    for protocol in ("center", "10crop"):
+        r = evaluate_checkpoints([str(tmp_path / "grey.pt")], protocol=protocol, data_dir=str(tmp_path / "data"),
+                                 workers=0, device="cpu")  # fmt: skip
+        assert r["images"] == 4
 
 
 def test_import_refuses_a_mismatched_file(tmp_path):

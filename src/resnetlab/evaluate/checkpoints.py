@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,36 @@ def resolve_data_dir(config: dict[str, Any], override: str | None, say: Callable
     return default_data_dir()
 
 
+def imagenet_categories() -> list[str]:
+    """ImageNet's 1000 class names in the standard order, from torchvision's weight metadata (no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# ILSVRC-2012's first and last synsets: torchvision's 1000 names are in the sorted order of its synsets
+ILSVRC_ENDS = ("n01440764", "n15075141")
+
+
+def is_ilsvrc_synsets(names: list[str]) -> bool:
+    """ILSVRC-2012's 1000 synset ids as an ImageFolder lists them: sorted, from its first to its last."""
+    return (
+        len(names) == 1000
+        and (names[0], names[-1]) == ILSVRC_ENDS
+        and names == sorted(names)
+        and all(re.fullmatch(r"n\d{8}", c) for c in names)
+    )
+
+
+def _class_key(model: LoadedModel) -> tuple[int, Any]:
+    """What an ensemble's models must share: ILSVRC-2012's classes whether named by synset (our
+    ImageNet runs) or by torchvision's readable names (imported weights), else the names as stored."""
+    names = model.classes
+    if model.num_classes == 1000 and (is_ilsvrc_synsets(names) or names == imagenet_categories()):
+        return 1000, "ILSVRC-2012"
+    return model.num_classes, names
+
+
 def load_models(paths: list[str], device: torch.device) -> list[LoadedModel]:
     """Several checkpoints for an ensemble: they must agree on the classes and on the input size."""
     if not paths:
@@ -92,7 +123,7 @@ def load_models(paths: list[str], device: torch.device) -> list[LoadedModel]:
     models = [load_model(p, device) for p in paths]
     first = models[0]
     for m in models[1:]:
-        if (m.num_classes, m.classes) != (first.num_classes, first.classes):
+        if _class_key(m) != _class_key(first):
             raise UserError(f"{m.path} and {first.path} have different classes; an ensemble needs the same ones")
         if _inputs(m) != _inputs(first):
             raise UserError(

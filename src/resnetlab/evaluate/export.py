@@ -17,8 +17,7 @@ import torch
 
 from resnetlab.config import Config, DataConfig, ModelConfig, model_options, to_dict
 from resnetlab.errors import UserError
-from resnetlab.evaluate.checkpoints import load_model, read_weights, torchvision_stats
-from resnetlab.evaluate.predict import imagenet_categories
+from resnetlab.evaluate.checkpoints import imagenet_categories, load_model, read_weights, torchvision_stats
 from resnetlab.models import IMAGENET_DEPTHS
 from resnetlab.models.complexity import smallest_input
 from resnetlab.utils.checkpoint import load, save_atomic
@@ -59,7 +58,9 @@ def import_weights(pth: str | Path, model_name: str, out: str | Path) -> dict:
         "model_options": model_options(cfg.model, num_classes=num_classes, in_channels=in_channels),
         "source": f"torchvision weights {Path(pth).name}",
     }
-    save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "meta": meta}, out)
+    config = to_dict(cfg)
+    del config["data"]["dir"]  # no folder of this machine's: evaluate reads --data-dir or $RESNETLAB_DATA
+    save_atomic({"model": model.state_dict(), "config": config, "meta": meta}, out)
     return meta
 
 
@@ -73,6 +74,12 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, *, image_size
     if fmt.startswith("weights"):
         _export_weights(ckpt, out, half=fmt == "weights-fp16")
         return out
+    if fmt == "onnx":  # before the work: the extra may not be installed
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise UserError("--format onnx needs the export extra: pip install 'resnetlab[export]'") from None
     model = loaded.model.float().eval()
     size = image_size or loaded.image_size
     name, options = loaded.meta["model"], loaded.meta["model_options"]
@@ -86,9 +93,9 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out: str | Path, *, image_size
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(model, example), str(tmp))
         elif fmt == "pt2":
-            _export_pt2(model, example, tmp, loaded.meta)
+            _export_pt2(model, example, tmp, {**loaded.meta, "image_size": size})
         else:
-            _export_onnx(model, example, tmp, loaded.meta)
+            _export_onnx(model, example, tmp, {**loaded.meta, "image_size": size})
     return out
 
 
@@ -131,7 +138,9 @@ def _export_pt2(model: torch.nn.Module, example: torch.Tensor, out: Path, meta: 
 
 
 def _metadata(meta: dict) -> dict[str, str]:
-    """What a user of an exported file needs beside the graph: classes, input size and normalisation."""
+    """What a user of an exported file needs beside the graph: classes, the input size the graph takes
+    (--image-size, else the training crop) and the normalisation. A per-pixel mean is given by its
+    channel means (`mean_per_pixel` says so): the map itself is in the checkpoint."""
     mean, std = meta["mean"], meta.get("std")
     return {
         "resnetlab.model": meta["model"],

@@ -19,22 +19,17 @@ from torch.utils.data import Dataset
 
 from resnetlab.data.images import IMG_EXTENSIONS, center_view, find_images, read_image
 from resnetlab.errors import UserError
-from resnetlab.evaluate.checkpoints import IMAGE_DATASETS, LoadedModel, load_models
+from resnetlab.evaluate.checkpoints import (
+    IMAGE_DATASETS,
+    LoadedModel,
+    imagenet_categories,
+    is_ilsvrc_synsets,
+    load_models,
+)
 from resnetlab.evaluate.protocols import ensemble_probs
 from resnetlab.utils.device import resolve_device
 from resnetlab.utils.loader import data_loader
 from resnetlab.utils.progress import progress
-
-
-def imagenet_categories() -> list[str]:
-    """ImageNet's 1000 class names in the standard order, from torchvision's weight metadata (no download)."""
-    from torchvision.models import ResNet50_Weights
-
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-# ILSVRC-2012's first and last synsets: torchvision's 1000 names are in the sorted order of its synsets
-ILSVRC_ENDS = ("n01440764", "n15075141")
 
 
 def class_names(model: LoadedModel) -> list[str]:
@@ -45,9 +40,8 @@ def class_names(model: LoadedModel) -> list[str]:
     names = model.classes
     if model.num_classes == 1000 and not names:
         return imagenet_categories()
-    if len(names) == 1000 and (names[0], names[-1]) == ILSVRC_ENDS and names == sorted(names):
-        if all(re.fullmatch(r"n\d{8}", c) for c in names):
-            return [f"{wnid} {name}" for wnid, name in zip(names, imagenet_categories())]
+    if is_ilsvrc_synsets(names):
+        return [f"{wnid} {name}" for wnid, name in zip(names, imagenet_categories())]
     return names if len(names) == model.num_classes else [str(i) for i in range(model.num_classes)]
 
 

@@ -46,8 +46,8 @@ class _ProtocolViews(Dataset):
     """Item i: (views uint8, label, why it is unreadable or None). "multiscale" returns the whole image.
     `read_image` reads regular files only (never blocking on a FIFO), size-capped, by their real range."""
 
-    def __init__(self, samples: list[tuple[str, int]], protocol: str, crop: int):
-        self.samples, self.protocol, self.crop = samples, protocol, crop
+    def __init__(self, samples: list[tuple[str, int]], protocol: str, crop: int, channels: int = 3):
+        self.samples, self.protocol, self.crop, self.channels = samples, protocol, crop, channels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -55,7 +55,7 @@ class _ProtocolViews(Dataset):
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         try:
-            img = read_image(path)
+            img = read_image(path, channels=self.channels)  # a grey model sees grey images, as in predict
         except UserError as e:
             return None, label, (path, str(e))
         if self.protocol == "multiscale":
@@ -130,7 +130,7 @@ def _evaluate_images(
         raise UserError(f"{root} has no images")
     per_batch = 1 if protocol == "multiscale" else batch_size  # whole images differ in size
     loader = data_loader(
-        _ProtocolViews(samples, protocol, models[0].image_size),
+        _ProtocolViews(samples, protocol, models[0].image_size, models[0].meta.get("in_channels") or 3),
         batch_size=per_batch,
         num_workers=workers,
         collate_fn=_collate,
