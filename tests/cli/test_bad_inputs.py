@@ -66,6 +66,8 @@ CASES = [
     ("hostile CIFAR pickle", TRAIN + ["data.dir={w}/planted", "data.download=false"], "data_batch_1"),
     ("hostile CIFAR via a checkpoint", ["evaluate", "--checkpoint", "{w}/cifar.pt", "--device", "cpu"], "data_batch_1"),
     ("predict --top -3", ["predict", "{w}/good.jpg", "--checkpoint", "{w}/fm.pt", "--top", "-3"], "--top"),
+    ("export --image-size 100000", ["export", "--checkpoint", "{w}/fm.pt", "--format", "pt2", "--out", "{w}/m.pt2",
+                                    "--image-size", "100000"], "from 1 to 4096"),  # fmt: skip
     # an empty path is the working folder: a run claimed in it, evaluate reading it as data
     ("train --out ''", ["train", "--preset", "cifar10-resnet20", "--out", ""], "--out is empty"),
     ("evaluate --data-dir=", ["evaluate", "--checkpoint", "{w}/fm.pt", "--data-dir="], "--data-dir is empty"),

@@ -12,6 +12,7 @@ from resnetlab.cli.args import (
     NON_NEGATIVE,
     POSITIVE,
     add_device_and_quiet,
+    int_at_least,
     output_file,
     pick,
     say_for,
@@ -129,7 +130,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CK")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2", "weights", "weights-fp16"))
     p.add_argument("--out", required=True, metavar="FILE")
-    p.add_argument("--image-size", type=POSITIVE, metavar="S", help="input height = width (default: training crop)")
+    p.add_argument(
+        "--image-size",
+        type=int_at_least(1, 4096),  # the example batch is built at that size: 100000 asked for 240 GB
+        metavar="S",
+        help="input height = width, at most 4096 (default: training crop)",
+    )
     p.set_defaults(func=run_export)
 
 
