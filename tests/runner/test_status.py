@@ -99,3 +99,20 @@ def test_status_from_the_command_line_creates_nothing(tmp_path, capsys):
     assert [line.split()[0] for line in printed[1:-1]] == [f"resnet{d}-seed0" for d in (20, 32, 44, 56, 110)]
     assert printed[-1] == "time left: not known until a run has trained (no checkpoint yet)"
     assert not out.exists()
+
+
+def test_runs_trained_k_at_a_time_share_their_clock(tmp_path):
+    """The first test's folders, as if trained with --batch-runs 2: each run's time is its group's
+    shared clock, so a run's own share is half of it, and so is the time left (it was twice too long)."""
+    jobs = plan("table6", out=tmp_path, schedule_name="short", iters=8, config_fn=stub_config)
+    by_name = {j.name: j for j in jobs}
+    r20, r110 = by_name["resnet20-seed0"].out_dir, by_name["resnet110-seed0"].out_dir
+    r20.mkdir(parents=True)
+    (r20 / "final.pt").write_bytes(b"")
+    (r20 / "metrics.jsonl").write_text(json.dumps({"iter": 8, "test_error": 12.5, "time": 80.0}) + "\n")
+    r110.mkdir(parents=True)
+    checkpoint.save_atomic({"model": {}, "iteration": 4, "elapsed": 220.0}, r110 / "checkpoint.pt")
+    (r110 / "metrics.jsonl").write_text(json.dumps({"iter": 4, "test_error": 70.25, "time": 220.0}) + "\n")
+    alone, batched = status_lines(jobs, slots=2)[-1], status_lines(jobs, slots=2, batch_runs=2)[-1]
+    assert alone.startswith("time left: about 0h06m with 2 run(s) at once (0h12m of one process)")
+    assert batched.startswith("time left: about 0h03m with 2 run(s) at once (0h06m of one process)")

@@ -243,7 +243,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.status:
         from resnetlab.runner.status import status_lines
 
-        print("\n".join(status_lines(jobs, args.procs if gpus == 0 else gpus * args.jobs_per_gpu)))
+        slots = args.procs if gpus == 0 else gpus * args.jobs_per_gpu
+        print("\n".join(status_lines(jobs, slots, batch_runs=args.batch_runs)))
         return 0
     refuse_other_recipes(jobs)  # before commands.txt records a line that would train nothing
     try:

@@ -57,7 +57,9 @@ def _hours(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def status_lines(jobs: list[Job], slots: int = 1) -> list[str]:
+def status_lines(jobs: list[Job], slots: int = 1, batch_runs: int = 1) -> list[str]:
+    """`reproduce --status`'s table and time left. `batch_runs` K: runs trained K at a time in one
+    computation share one clock (each run's time is its group's), so a run's own share is 1/K of it."""
     states = [job.state() for job in jobs]
     evaluations = [
         _evaluations(job.out_dir / "metrics.jsonl") if state != "other" else [] for job, state in zip(jobs, states)
@@ -68,7 +70,7 @@ def status_lines(jobs: list[Job], slots: int = 1) -> list[str]:
         for (job, _, it, s, _), evals in zip(rows, evaluations)
     ]
     timed = [t for t in timed if t]
-    per_layer_iter = sum(s for _, s in timed) / sum(w for w, _ in timed) if timed else None
+    per_layer_iter = sum(s for _, s in timed) / sum(w for w, _ in timed) / batch_runs if timed else None
     lines = [f"{'run':<18} {'state':<7} {'iteration':>17} {'test error':>10} {'trained':>8} {'left':>8}"]
     left_total, longest = 0.0, 0.0
     for job, state, it, seconds, error in rows:
