@@ -96,3 +96,56 @@ def test_detect_evaluate_reads_the_folder_from_the_checkpoint(trained):
     assert metrics["test"] == "coco-val" and metrics["images"] == len(val["images"])  # the grey one too
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert math.isclose(metrics["coco_map"], last["coco_map"], abs_tol=1e-9)  # the same weights, the same score
+
+
+def test_a_coco_file_with_a_missing_image_or_an_unknown_category_is_one_line(tmp_path):
+    from resnetlab.detection.data import COCOSplit
+    from resnetlab.errors import UserError
+
+    write_coco(tmp_path, "val", 3)
+    (tmp_path / "val" / "000000000002.jpg").unlink()
+    split = COCOSplit(tmp_path, "val", download=False)
+    with pytest.raises(UserError, match=r"^coco-val: cannot read image 000000000002.jpg \(FileNotFoundError"):
+        split[1]
+    ann_file = tmp_path / "annotations" / "instances_val.json"
+    instances = json.loads(ann_file.read_text())
+    instances["annotations"][0]["category_id"] = 3  # not among the categories (a KeyError at its image)
+    ann_file.write_text(json.dumps(instances))
+    with pytest.raises(UserError, match=r"annotation 1 has category_id 3, not one of its categories"):
+        COCOSplit(tmp_path, "val", download=False)
+
+
+def test_a_test_file_of_other_categories_is_refused_not_scored_on_shifted_labels(tmp_path, trained, capsys):
+    """COCO files number their own categories: a test file without `toothbrush` gave `dog` another
+    label, and a perfect detector scored 0. Against the training set and against a checkpoint."""
+    from resnetlab.cli import main
+    from resnetlab.detection.data import COCOSplit, DetectionSet, same_classes
+    from resnetlab.errors import UserError
+
+    write_coco(tmp_path, "val", 3)
+    ann_file = tmp_path / "annotations" / "instances_val.json"
+    instances = json.loads(ann_file.read_text())
+    instances["categories"] = [c for c in CATEGORIES if c["name"] != "toothbrush"]
+    instances["annotations"] = [a for a in instances["annotations"] if a["category_id"] != 90]
+    ann_file.write_text(json.dumps(instances))
+    test = DetectionSet([COCOSplit(tmp_path, "val", download=False)], ["person", "dog"], drop_ignored=False)
+    with pytest.raises(UserError, match=r"^coco-val has other classes than the training set \(e.g. 'toothbrush'"):
+        same_classes(test, ["person", "dog", "toothbrush"], "the training set")
+    out, _ = trained
+    argv = ["detect", "evaluate", "--checkpoint", str(out / "final.pt"), "--device", "cpu", "--set"]
+    assert main([*argv, f"data.dir={tmp_path}", "data.test=val"]) == 2
+    assert "coco-val has other classes than the checkpoint" in capsys.readouterr().err
+    assert main([*argv, "data.min_size=800"]) == 2  # the trained model's resize: not silently ignored
+    assert "data.min_size is the trained model's" in capsys.readouterr().err
+
+
+def test_detect_predict_checks_its_out_file_before_running_the_model(tmp_path, trained):
+    from resnetlab.cli import main
+
+    out, _ = trained
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.jpg")
+    argv = ["detect", "predict", str(tmp_path / "a.jpg"), "--checkpoint", str(out / "final.pt"), "--out"]
+    for bad in (tmp_path, tmp_path / "o.jpg"):  # a folder; a name that would have held a PNG
+        with pytest.raises(SystemExit) as e:
+            main([*argv, str(bad)])
+        assert e.value.code == 2

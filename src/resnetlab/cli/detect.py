@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from resnetlab.cli.args import NON_NEGATIVE, add_device_and_quiet, add_overrides, float_in
+from resnetlab.cli.args import NON_NEGATIVE, add_device_and_quiet, add_overrides, float_in, output_file
 from resnetlab.errors import UserError
 
 
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = sub.add_parser("predict", help="draw a detector's boxes, labels and scores on an image")
     r.add_argument("image")
     r.add_argument("--checkpoint", required=True)
-    r.add_argument("--out", required=True, help="output image (.png)")
+    r.add_argument("--out", required=True, type=output_file((".png",)), help="output image (.png)")
     r.add_argument("--threshold", type=float_in(0, 1), default=0.5, help="minimum score to draw")
     r.add_argument("--device", default="auto")
     r.set_defaults(func=_predict)
@@ -71,7 +71,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from resnetlab.config import apply_overrides
     from resnetlab.detection.config import detection_config_from_dict
-    from resnetlab.detection.data import build_detection_set
+    from resnetlab.detection.data import build_detection_set, same_classes
     from resnetlab.detection.evaluate import evaluate_detector, format_report
     from resnetlab.detection.metrics import coco_tools
     from resnetlab.detection.train import load_detector
@@ -81,11 +81,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, ckpt = load_detector(args.checkpoint, device)
     cfg = detection_config_from_dict(ckpt["config"])
-    if any(not s.startswith("data.") for s in args.set):
-        raise UserError("detect evaluate takes only data.* overrides (data.dir, data.test, data.download)")
+    allowed = ("data.dir", "data.test", "data.download", "data.workers")  # the rest is the trained model's
+    refused = [s for s in args.set if s.split("=", 1)[0] not in allowed]
+    if refused:
+        raise UserError(
+            f"detect evaluate: {refused[0].split('=', 1)[0]} is the trained model's (its image sizes and classes "
+            f"are in the checkpoint); it takes only {', '.join(allowed)}"
+        )
     cfg = apply_overrides(cfg, args.set)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, classes=tuple(ckpt["meta"]["classes"])))
     test_set = build_detection_set(cfg.data, [cfg.data.test], train=False)
+    same_classes(test_set, list(ckpt["meta"]["classes"]), f"the checkpoint {args.checkpoint}")
     metrics = evaluate_detector(
         model,
         test_set,

@@ -137,12 +137,23 @@ class COCOSplit(Dataset):
         self.cat_ids = sorted(self.coco.coco.cats)
         self.classes = [self.coco.coco.cats[c]["name"] for c in self.cat_ids]
         self.label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
+        annotations = self.coco.coco.dataset["annotations"]
+        unknown = next((a for a in annotations if a.get("category_id") not in self.label_of), None)
+        if unknown is not None:
+            raise UserError(
+                f"COCO {split}: {ann}: annotation {unknown.get('id')} has category_id "
+                f"{unknown.get('category_id')!r}, not one of its categories"
+            )
 
     def __len__(self) -> int:
         return len(self.coco)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        image, anns = self.coco[index]
+        try:
+            image, anns = self.coco[index]
+        except (OSError, ValueError) as e:  # missing, unreadable or not an image (PIL's errors are OSErrors)
+            path = self.coco.coco.imgs[self.coco.ids[index]].get("file_name", "?")
+            raise UserError(f"{self.name}: cannot read image {path} ({type(e).__name__}: {one_line(e)})") from None
         boxes, labels, ignore = [], [], []
         for a in anns:
             x, y, w, h = a["bbox"]
@@ -280,6 +291,15 @@ def build_detection_set(cfg: DetDataConfig, splits: Sequence[str], *, train: boo
         if list(p.classes) != classes:
             raise UserError(f"{p.name} has other classes than {parts[0].name}")
     return DetectionSet(parts, classes, drop_ignored=train and not cfg.train_difficult)
+
+
+def same_classes(test: DetectionSet, classes: list[str], what: str) -> None:
+    """A test set labelled with other classes than `what`'s (a COCO file numbers its own categories)
+    would be scored on shifted labels: a UserError naming the first difference."""
+    if list(test.classes) != list(classes):
+        extra = sorted(set(test.classes) - set(classes)) or sorted(set(classes) - set(test.classes))
+        diff = f"e.g. {extra[0]!r} in one only" if extra else "in another order"
+        raise UserError(f"{test.names[0]} has other classes than {what} ({diff}); they must be the same")
 
 
 class TrainOrder:

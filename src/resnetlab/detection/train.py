@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from resnetlab.detection.config import DetectionConfig
-from resnetlab.detection.data import TrainOrder, build_detection_set, train_loader
+from resnetlab.detection.data import TrainOrder, build_detection_set, same_classes, train_loader
 from resnetlab.detection.evaluate import evaluate_detector
 from resnetlab.detection.metrics import coco_tools
 from resnetlab.detection.models import build_detector, read_pretrained
@@ -200,6 +200,7 @@ def _build(cfg: DetectionConfig, run: Run) -> _Training:
     train_set = build_detection_set(cfg.data, cfg.data.train, train=True)
     test_set = build_detection_set(cfg.data, [cfg.data.test], train=False)
     classes = train_set.classes
+    same_classes(test_set, classes, "the training set")
     kwargs, backbone_state = detector_kwargs(cfg, len(classes) + 1)
     model = build_detector(**kwargs, backbone_state=backbone_state).to(device)
     meta = {
