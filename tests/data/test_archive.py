@@ -151,3 +151,25 @@ def test_downloaded_file_gets_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "copy.bin").stat().st_mode) == 0o640  # 0o666 & ~0o027, not mkstemp's 0600
+
+
+def test_two_processes_unpacking_the_same_archive_both_succeed(tmp_path, monkeypatch):
+    """Two runs unpack CIFAR-10 into one data.dir at once: the other one moves cifar-10-batches-py/ into
+    place between this one's check and its rename (ENOTEMPTY), which ended in "cannot extract"."""
+    from pathlib import Path
+
+    archive = _tar(tmp_path / "ok.tar.gz", [_file("top/a.txt", b"hello"), _file("top/sub/b.txt", b"world")])
+    real = os.replace
+
+    def the_other_process_first(src, dst):
+        if Path(src).is_dir() and not Path(dst).exists():
+            (Path(dst) / "sub").mkdir(parents=True)
+            (Path(dst) / "a.txt").write_bytes(b"hello")
+            (Path(dst) / "sub" / "b.txt").write_bytes(b"world")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", the_other_process_first)
+    safe_extract(archive, tmp_path / "out")
+    assert (tmp_path / "out/top/a.txt").read_bytes() == b"hello"
+    assert (tmp_path / "out/top/sub/b.txt").read_bytes() == b"world"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["top"]

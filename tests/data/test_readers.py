@@ -289,3 +289,20 @@ def test_concurrent_unpacking_of_mnist_gives_whole_files(tmp_path):
     assert all(p.returncode == 0 for p in procs), [err.decode() for _, err in outs]
     assert [out.decode().strip() for out, _ in outs] == [hashlib.md5(images).hexdigest()] * 4
     assert not list(raw.glob(".*.part"))
+
+
+@pytest.mark.parametrize("damage", ["deflate", "cut"])
+def test_a_damaged_mnist_gz_is_one_line_and_leaves_no_part_file(tmp_path, damage):
+    """A .gz cut short or with damaged deflate data (a manual download interrupted): zlib's error was a
+    traceback, and every attempt left a .part file behind."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    blob = bytearray(gzip.compress(bytes(range(256)) * 4000))
+    if damage == "deflate":
+        blob[20:60] = bytes(b ^ 0xFF for b in blob[20:60])
+    else:
+        blob = blob[: len(blob) // 2]
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(bytes(blob))
+    with pytest.raises(UserError, match=r"^cannot unpack mnist into .*train-images-idx3-ubyte.gz is damaged \("):
+        readers.ensure_mnist("mnist", tmp_path, False)
+    assert sorted(p.name for p in raw.iterdir()) == ["train-images-idx3-ubyte.gz"]

@@ -132,8 +132,13 @@ def _move_into(src: Path, dest: Path) -> None:
         to = dest / entry.name
         if entry.is_dir() and to.is_dir():
             _move_into(entry, to)
-        else:
+            continue
+        try:
             os.replace(entry, to)
+        except OSError as e:  # another process unpacking the same archive put the folder there first
+            if not (entry.is_dir() and to.is_dir() and e.errno in (errno.ENOTEMPTY, errno.EEXIST)):
+                raise
+            _move_into(entry, to)
 
 
 def safe_extract(archive: str | Path, target: str | Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,9 +204,13 @@ def _gunzip(src: Path, dest: Path) -> None:
     # One temporary name per process: several runs starting at once (reproduce --jobs-per-gpu) each
     # unpack, and each rename is atomic, so every reader sees a whole file (a shared name raced on an H200).
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    with gzip.open(src, "rb") as f, open(tmp, "wb") as out:
-        shutil.copyfileobj(f, out)
-    tmp.replace(dest)
+    try:
+        with gzip.open(src, "rb") as f, open(tmp, "wb") as out:
+            shutil.copyfileobj(f, out)
+        tmp.replace(dest)
+    except BaseException:  # a damaged .gz, a full disk, Ctrl-C: no part file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
@@ -219,6 +224,7 @@ def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
 
     def unpack() -> list[str]:
         """Unpack what has a .gz in a source; the files still missing."""
+        src = None
         try:
             for f in MNIST_FILES:
                 if (raw / f).is_file():
@@ -226,8 +232,10 @@ def ensure_mnist(name: str, root: Path, download_ok: bool) -> None:
                 src = next((d / f"{f}.gz" for d in sources if (d / f"{f}.gz").is_file()), None)
                 if src is not None:
                     _gunzip(src, raw / f)
-        except (OSError, EOFError) as e:
-            raise UserError(f"cannot unpack {name} into {raw}: {one_line(e)}") from None
+        except (OSError, EOFError, zlib.error) as e:  # EOFError, zlib.error: a .gz cut short or damaged
+            damaged = src is not None and isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile))
+            why = f"{src} is damaged ({one_line(e)}): fetch it again" if damaged else one_line(e)
+            raise UserError(f"cannot unpack {name} into {raw}: {why}") from None
         return [f for f in MNIST_FILES if not (raw / f).is_file()]
 
     missing = unpack()
