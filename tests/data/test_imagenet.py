@@ -202,6 +202,15 @@ def test_data_flip_false_keeps_the_crops_and_drops_their_mirrors(tmp_path):
     with pytest.raises(UserError, match=r"^data.flip=false: data.loader=dali always augments"):
         build_imagefolder(config(root, "data.loader=dali", "data.flip=false"), torch.device("cpu"))
 
+
+def test_a_mean_computed_skipping_unreadable_images_is_not_reused_by_a_run_that_reads_them(corrupt_tree):
+    """The cache key left data.skip_corrupt out: a run without it got the skipping run's mean and met
+    the broken file only in training; now it computes its own and names the file at once."""
+    root, bad = corrupt_tree
+    build_imagefolder(config(root, "data.skip_corrupt=true"), torch.device("cpu"))
+    with pytest.raises(UserError, match="broken.JPEG"):
+        build_imagefolder(config(root), torch.device("cpu"))
+
 def test_missing_tree_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         build_imagefolder(config(tmp_path), torch.device("cpu"))

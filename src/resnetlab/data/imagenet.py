@@ -349,6 +349,8 @@ def _cached_stats(
     image, or another number of training images (which changes the sample), is computed afresh. A
     cache whose mean or std is not a finite tensor of the settings' shape is computed afresh too."""
     settings = {"what": "mean", "per": kw["per"], "crop": kw["crop"], "count": kw["count"], "images": len(samples)}
+    if kw.get("skip_corrupt"):  # a mean of the readable images only: not one for a run that must read them all
+        settings["skip_corrupt"] = True
     key = fingerprint(root, mean_sample(samples, kw["count"]), settings)
     path = cache_path(root, f"mean-{kw['per']}-{kw['crop']}-{kw['count']}-{key[:16]}.pt", cache)
 
