@@ -219,3 +219,32 @@ def test_orphans_of_live_writers_stay(tmp_path):
         cache.remove_orphans(tmp_path)
         assert live.exists() and not dead.exists() and other.exists()
     np.testing.assert_equal(sorted(p.name for p in tmp_path.iterdir()), sorted([live.name, other.name]))
+
+
+def test_a_clean_up_between_a_writers_mkstemp_and_its_lock_does_not_lose_the_cache(tmp_path, monkeypatch):
+    """Another process's `remove_orphans` runs just after this writer made its temp file and before it
+    locked it: the file was deleted as an orphan and the cache lost. Now it is not one of the files the
+    clean-up looks at until it is locked."""
+    import fcntl
+
+    real = fcntl.flock
+    cleaned = []
+
+    def clean_up_first(fd, op):
+        if not cleaned:
+            cleaned.append(True)
+            cache.remove_orphans(tmp_path)  # the other process, in the gap
+        return real(fd, op)
+
+    monkeypatch.setattr(cache.fcntl, "flock", clean_up_first)
+    assert cache.write_cache({"x": torch.ones(3)}, tmp_path / "decoded-train-x.pt", "k") and cleaned
+    assert [p.name for p in tmp_path.iterdir()] == ["decoded-train-x.pt"]
+
+
+def test_a_writer_killed_before_it_locked_leaves_a_temp_file_removed_after_an_hour(tmp_path):
+    fresh, old = tmp_path / ".decoded-train-x.pt.c3.tmp.new", tmp_path / ".decoded-train-x.pt.d4.tmp.new"
+    fresh.write_bytes(b"")
+    old.write_bytes(b"")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    cache.remove_orphans(tmp_path)
+    assert fresh.exists() and not old.exists()

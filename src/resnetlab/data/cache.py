@@ -20,6 +20,7 @@ locked and then renamed; a run removes the temp files of writers that died (kill
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -139,14 +140,19 @@ def write_cache(value: dict[str, Any], path: Path, key: str) -> bool:
     folder) is one warning, not an error: the run goes on with what it computed. True if written.
 
     The temp file (`.NAME.<random>.tmp` beside `path`) is held under an exclusive lock until it is
-    renamed, so that `remove_orphans` can tell a live writer's temp file from a dead one's."""
+    renamed, so that `remove_orphans` can tell a live writer's temp file from a dead one's. It is made
+    as `...tmp.new`, a name `remove_orphans` does not touch, and takes its `.tmp` name only once locked:
+    made under that name, another process's clean-up could delete it between mkstemp and flock."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, new = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.new", dir=path.parent)
+        tmp = new
         with os.fdopen(fd, "wb") as f:
             if fcntl is not None:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            tmp = new.removesuffix(".new")
+            os.rename(new, tmp)  # the lock stays with the open file
             sink = _Sink(f)  # keeps the OSError of a failed write, which torch's zip writer turns into a RuntimeError
             try:
                 torch.save({"key": key, **value}, sink)
@@ -183,9 +189,14 @@ def remove_orphans(folder: Path) -> None:
     live writer holds locked (`write_cache`), or without file locks those older than an hour. Files
     that cannot be opened or deleted (another user's) are left alone."""
     try:
-        names = [e.name for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".tmp")]
+        names = [e.name for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith((".tmp", ".tmp.new"))]
     except OSError:
         return
+    for name in [n for n in names if n.endswith(".new")]:  # a writer killed before it locked: an hour on
+        with contextlib.suppress(OSError):
+            if re.fullmatch(r"\.(\.resnetlab-|decoded-|mean-).*\.pt\..+\.tmp\.new", name):
+                if (folder / name).stat().st_mtime < time.time() - _ORPHAN_AGE_S:
+                    (folder / name).unlink()
     for name in names:
         if not re.fullmatch(r"\.(\.resnetlab-|decoded-|mean-).*\.pt\..+\.tmp", name):
             continue  # not one of ours
