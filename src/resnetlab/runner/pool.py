@@ -145,16 +145,9 @@ def _run_here(
     if any(len(unit) > 1 for unit in units) and batched_fn is None:
         from resnetlab.train.batched import train_batched as batched_fn
     failed: list[str] = []
-
-    def end(left: list[Job]) -> list[Job]:
-        left = stop.end(left, log) if left else []  # a signal's stop raises here, after the failures were logged
-        if failed:
-            raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
-        return left
-
     for i, unit in enumerate(units):
         if stop.due():
-            return end(_unfinished(units[i:]))
+            return _grid_end(_unfinished(units[i:]), failed, stop, log)
         resume = unit[0].state() == "resume"  # a group's runs are all at the same point (batch_groups)
         log(f"[{'resume' if resume else 'train'}] {_label(unit)} ({i + 1}/{len(units)})")
         try:
@@ -171,8 +164,8 @@ def _run_here(
         taken = [s["interrupted"] for s in summaries if isinstance(s, dict) and s.get("interrupted")]
         if taken:  # the run took a signal itself and checkpointed (the budget's, or a user's)
             stop.request(taken[0])
-            return end(_unfinished(units[i:]))
-    return end([])
+            return _grid_end(_unfinished(units[i:]), failed, stop, log)
+    return _grid_end([], failed, stop, log)
 
 
 def longest_first(units: list[list[Job]], log: Callable = print) -> list[list[Job]]:
@@ -356,7 +349,13 @@ def _run_parallel(
             except subprocess.TimeoutExpired:
                 r.proc.kill()
             r.log_file.close()
-    left = stop.end(left, log) if left else []  # a signal's stop raises here, after the failures were logged
+    return _grid_end(left, failed, stop, log)
+
+
+def _grid_end(left: list[Job], failed: list[str], stop: Stop, log: Callable) -> list[Job]:
+    """How a grid ends, in both pools: `stop.end` says what is left (a signal's stop raises there,
+    after the failures were logged), then the failed runs are raised, named; else what is left."""
+    left = stop.end(left, log) if left else []
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
     return left
