@@ -3,7 +3,13 @@ from the grid's own speed so far, read from the folders without writing anything
 
 from __future__ import annotations
 
+import fcntl
 import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from resnetlab.cli import main
 from resnetlab.config import Config, ModelConfig, apply_overrides, dump
@@ -116,3 +122,41 @@ def test_runs_trained_k_at_a_time_share_their_clock(tmp_path):
     alone, batched = status_lines(jobs, slots=2)[-1], status_lines(jobs, slots=2, batch_runs=2)[-1]
     assert alone.startswith("time left: about 0h06m with 2 run(s) at once (0h12m of one process)")
     assert batched.startswith("time left: about 0h03m with 2 run(s) at once (0h06m of one process)")
+
+
+@pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="the kernel's lock table is Linux's /proc/locks")
+def test_a_run_that_a_process_holds_shows_as_running(tmp_path):
+    """Two checkpointed runs, both with a lock file left by their last process; a second process
+    holds ResNet-32's lock now (as a training run does). Only that one is `running`; the other is
+    `resume`, and the held lock is untouched (its holder keeps it, and status takes no lock itself)."""
+    jobs = plan(
+        "table6", out=tmp_path, schedule_name="short", iters=8, config_fn=stub_config, nets=["resnet20", "resnet32"]
+    )
+    for job in jobs:
+        job.out_dir.mkdir(parents=True)
+        checkpoint.save_atomic({"model": {}, "iteration": 4, "elapsed": 40.0}, job.out_dir / "checkpoint.pt")
+        (job.out_dir / ".lock").write_text("pid 1 on elsewhere (started 2026-01-01 00:00:00)\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(jobs[1].out_dir / ".lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        lines = status_lines(jobs)
+        with open(jobs[0].out_dir / ".lock") as f:  # the idle folder's lock is free for a run to take
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
+    states = {line.split()[0]: line.split()[1] for line in lines[1:-1]}
+    assert states == {"resnet20-seed0": "resume", "resnet32-seed0": "running"}
+    assert {line.split()[1] for line in status_lines(jobs)[1:-1]} == {"resume"}  # the holder is gone
+
+
+HOLD = """
+import fcntl, sys, time
+f = open(sys.argv[1], "r+")
+fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""

@@ -4,7 +4,8 @@ the run folders (nothing is started, locked or written; a grid may be training m
 Time left is estimated from the grid's own runs: seconds per layer-iteration over each run's latest
 interval between two evaluations (the speed now; a slow start on a loaded machine is forgotten), or
 over its training so far where it has no such interval yet, times each run's depth x iterations left
-(`Job.cost`), the runs spread over `slots` at once."""
+(`Job.cost`), the runs spread over `slots` at once. A run that a live process holds (its folder's lock,
+seen in the kernel's lock table) shows as `running`; its iteration is that of its last checkpoint."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 from resnetlab.runner.plan import Job
+from resnetlab.train.lifecycle.claim import in_use
 
 
 def progress(job: Job, state: str, rows: list[dict]) -> tuple[int, float | None, float | None]:
@@ -78,8 +80,9 @@ def status_lines(jobs: list[Job], slots: int = 1, batch_runs: int = 1) -> list[s
         left = job.depth * (total - it) * per_layer_iter if per_layer_iter is not None else None
         if left is not None:
             left_total, longest = left_total + left, max(longest, left)
+        shown = "running" if state in ("new", "resume") and in_use(job.out_dir) else state  # a process holds it now
         lines.append(
-            f"{job.name:<18} {state:<7} {f'{it}/{total} ({100 * it // total}%)':>17} "
+            f"{job.name:<18} {shown:<7} {f'{it}/{total} ({100 * it // total}%)':>17} "
             f"{f'{error:.2f}%' if error is not None else '-':>10} {_hours(seconds) if seconds else '-':>8} "
             f"{_hours(left) if left is not None else '?':>8}"
         )

@@ -104,6 +104,19 @@ def claim_folder(out: Path) -> Claim:
     return claim
 
 
+def in_use(out: Path) -> bool:
+    """Whether a live process holds `out`'s lock now, read from the kernel's lock table (/proc/locks:
+    the lock file's device and inode), without taking or testing the lock itself: a run starting at
+    that moment must not find its folder busy. False where that table is not readable (not Linux)."""
+    try:
+        st = os.stat(out / LOCK)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    ours = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(ours in line.split() for line in table.splitlines())
+
+
 def _make_folders(out: Path) -> list[Path]:
     """mkdir `out` and its missing parents one by one; the ones this process made (a folder made by
     another process at the same moment is theirs: `mkdir` tells which one made it)."""
