@@ -20,7 +20,6 @@ locked and then renamed; a run removes the temp files of writers that died (kill
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -49,7 +48,8 @@ __all__ = ["PLACES", "cache_path", "cached", "fingerprint", "remove_stale", "use
 VERSION = 3  # bump when what a cache holds changes (3: the key stored inside, checked on reading)
 PLACES = ("user", "data", "none")
 _DATA_PREFIX = ".resnetlab-"  # the name of a cache beside the data (hidden in the user's folder)
-_ORPHAN_AGE_S = 3600  # without file locks: a temp file this old is an orphan
+_ORPHAN_AGE_S = 3600  # without file locks (or not locked yet): a temp file this old is an orphan
+_TEMP_NAME = re.compile(r"\.(\.resnetlab-|decoded-|mean-).*\.pt\..+\.tmp(\.new)?")  # write_cache's temp files
 
 
 def fingerprint(root: str | Path, samples: list[tuple[str, int]], settings: dict[str, Any]) -> str:
@@ -186,23 +186,17 @@ def write_cache(value: dict[str, Any], path: Path, key: str) -> bool:
 
 def remove_orphans(folder: Path) -> None:
     """Delete the temp files of cache writers that died (kill -9, power loss) in `folder`: those no
-    live writer holds locked (`write_cache`), or without file locks those older than an hour. Files
-    that cannot be opened or deleted (another user's) are left alone."""
+    live writer holds locked (`write_cache`); those not locked yet (`.tmp.new`), or all of them without
+    file locks, once older than an hour. Files that cannot be opened or deleted (another user's) are
+    left alone."""
     try:
-        names = [e.name for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith((".tmp", ".tmp.new"))]
+        names = [e.name for e in os.scandir(folder) if _TEMP_NAME.fullmatch(e.name)]  # only ours
     except OSError:
         return
-    for name in [n for n in names if n.endswith(".new")]:  # a writer killed before it locked: an hour on
-        with contextlib.suppress(OSError):
-            if re.fullmatch(r"\.(\.resnetlab-|decoded-|mean-).*\.pt\..+\.tmp\.new", name):
-                if (folder / name).stat().st_mtime < time.time() - _ORPHAN_AGE_S:
-                    (folder / name).unlink()
     for name in names:
-        if not re.fullmatch(r"\.(\.resnetlab-|decoded-|mean-).*\.pt\..+\.tmp", name):
-            continue  # not one of ours
         tmp = folder / name
         try:
-            if fcntl is None:
+            if fcntl is None or name.endswith(".new"):  # no locks here, or a writer killed before it locked
                 if tmp.stat().st_mtime < time.time() - _ORPHAN_AGE_S:
                     tmp.unlink()
                 continue
