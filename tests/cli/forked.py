@@ -4,10 +4,15 @@ bad-input table runs ~190 commands.
 
 To the command, a child is a process of its own: its pid, working folder, environment, stdin closed,
 stdout and stderr files, exit status (killed after `timeout`), shutdown (`SystemExit`, atexit
-handlers). What differs from `python -m resnetlab`: the modules are imported before the command
-starts, so a warning printed at import time would not reach the child's stderr, and import-time
-settings come from the server's environment. `test_bad_inputs` therefore starts the server with the
-cases' environment and holds a sample of cases to the real command as well.
+handlers, stdout and stderr flushed). What differs from `python -m resnetlab`: the modules are imported
+before the command starts, so a warning printed at import time would not reach the child's stderr, and
+import-time settings come from the server's environment; and the child ends with `os._exit` once the
+atexit handlers have run, without the interpreter's teardown of every module and object. That teardown
+touches every object torch created, so each page the child shares with the server is copied: 1.6-1.8 s
+a command against 0.1-0.2 s (AMD EPYC, 2 cores, beside a training run), ~190 commands in the table.
+`gc.freeze()` in the server keeps the child's collector off the server's objects for the same reason.
+`test_bad_inputs` therefore starts the server with the cases' environment and holds a sample of cases
+to the real command as well.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import sys
 from pathlib import Path
 
 SERVER = r"""
-import json, os, signal, sys, time
+import atexit, gc, json, os, signal, sys, time
 
 import torch, torchvision  # noqa: F401  (no thread is started by these imports: forking after them is safe)
 import resnetlab.cli, resnetlab.train.loop, resnetlab.evaluate.run, resnetlab.runner.pool  # noqa: F401
+
+gc.freeze()  # the imported objects: a child's collections do not write to (copy) the pages that hold them
 
 for line in sys.stdin:
     req = json.loads(line)
@@ -29,7 +36,7 @@ for line in sys.stdin:
     err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     sys.stdout.flush()
     pid = os.fork()
-    if pid == 0:  # the command: SystemExit ends this child the way it ends `python -m resnetlab`
+    if pid == 0:  # the command, ended as SystemExit ends `python -m resnetlab`, less the module teardown
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(out, 1)
         os.dup2(err, 2)
@@ -37,7 +44,17 @@ for line in sys.stdin:
         os.environ.clear()
         os.environ.update(req["env"])
         sys.argv = ["resnetlab", *req["argv"]]
-        raise SystemExit(resnetlab.cli.main(req["argv"]))
+        try:
+            code = resnetlab.cli.main(req["argv"])
+        except SystemExit as e:
+            code = e.code
+        if code is not None and not isinstance(code, int):  # SystemExit("text"): printed, status 1
+            print(code, file=sys.stderr)
+            code = 1
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
     os.close(out)
     os.close(err)
     deadline, timed_out = time.monotonic() + req["timeout"], False
