@@ -36,6 +36,7 @@ import torch
 from resnetlab.config import user_cache_dir
 from resnetlab.errors import UserError
 from resnetlab.utils.checkpoint import _Sink
+from resnetlab.utils.distributed import barrier
 from resnetlab.utils.files import make_ordinary
 
 try:
@@ -99,7 +100,7 @@ def cached(
     themselves when it could not be written). `path` None (data.cache=none): computed, never stored."""
     distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and rank != 0:
-        torch.distributed.barrier()  # wait for rank 0's cache
+        barrier()  # wait for rank 0's cache
     value = None
     if path is not None:
         if rank == 0:
@@ -110,7 +111,7 @@ def cached(
         if path is not None and rank == 0:
             write_cache(value, path, key)
     if distributed and rank == 0:
-        torch.distributed.barrier()
+        barrier()
     return value
 
 

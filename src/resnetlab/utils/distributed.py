@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from resnetlab.errors import UserError
 from resnetlab.utils.device import resolve_device
+
+# How long a process waits for the others on the host side: mostly for rank 0's work while the rest
+# wait (downloading and unpacking CIFAR-10, decoding a folder into its cache, writing a checkpoint,
+# evaluating). NCCL's default timeout, 10 minutes, is shorter than decoding a large folder: its
+# watchdog would abort the waiting ranks. These waits go through a gloo group with this timeout.
+HOST_WAIT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    cpu_group()  # now, while every rank is here: creating a group is a collective
     return info, device
 
 
@@ -71,11 +79,12 @@ _CPU_GROUP = None
 
 
 def cpu_group():
-    """A gloo group over all processes for small CPU-side messages (the stop vote): they never wait on
-    the GPU stream nor interleave with the model's collectives. Call on every rank."""
+    """A gloo group over all processes for the host side: small messages (the stop vote, a verdict, an
+    error) and waiting for rank 0 (`barrier`), with the timeout `HOST_WAIT`. They never wait on the
+    GPU stream nor interleave with the model's collectives. Call on every rank."""
     global _CPU_GROUP
     if _CPU_GROUP is None:
-        _CPU_GROUP = dist.new_group(backend="gloo")
+        _CPU_GROUP = dist.new_group(backend="gloo", timeout=HOST_WAIT)
     return _CPU_GROUP
 
 
@@ -108,10 +117,11 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     if not _active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=cpu_group())
     return box[0]
 
 
 def barrier() -> None:
+    """Every process waits here for the others (up to `HOST_WAIT`). Identity for one process."""
     if _active():
-        dist.barrier()
+        dist.barrier(group=cpu_group())
