@@ -127,8 +127,9 @@ def test_runs_trained_k_at_a_time_share_their_clock(tmp_path):
 @pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="the kernel's lock table is Linux's /proc/locks")
 def test_a_run_that_a_process_holds_shows_as_running(tmp_path):
     """Two checkpointed runs, both with a lock file left by their last process; a second process
-    holds ResNet-32's lock now (as a training run does). Only that one is `running`; the other is
-    `resume`, and the held lock is untouched (its holder keeps it, and status takes no lock itself)."""
+    holds ResNet-32's lock now (as a training run does). Only that one is `running`, at the iteration
+    its train.log names; the other is `resume`, at its checkpoint's; the held lock is untouched (its
+    holder keeps it, and status takes no lock itself)."""
     jobs = plan(
         "table6", out=tmp_path, schedule_name="short", iters=8, config_fn=stub_config, nets=["resnet20", "resnet32"]
     )
@@ -136,6 +137,9 @@ def test_a_run_that_a_process_holds_shows_as_running(tmp_path):
         job.out_dir.mkdir(parents=True)
         checkpoint.save_atomic({"model": {}, "iteration": 4, "elapsed": 40.0}, job.out_dir / "checkpoint.pt")
         (job.out_dir / ".lock").write_text("pid 1 on elsewhere (started 2026-01-01 00:00:00)\n")
+        # each log is past the checkpoint: where the running one is now, what the stopped one lost
+        log = "iter 5: loss 2.3026, train error 90.00%, lr 0.1, 1.000 s/it\niter 6: test error 88.10%, train error"
+        (job.out_dir / "train.log").write_text(log + " 89.00%, lr 0.1\nsaving...\n")
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(jobs[1].out_dir / ".lock")], stdout=subprocess.PIPE, text=True
     )
@@ -148,8 +152,8 @@ def test_a_run_that_a_process_holds_shows_as_running(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    states = {line.split()[0]: line.split()[1] for line in lines[1:-1]}
-    assert states == {"resnet20-seed0": "resume", "resnet32-seed0": "running"}
+    states = {line.split()[0]: line.split()[1:3] for line in lines[1:-1]}
+    assert states == {"resnet20-seed0": ["resume", "4/8"], "resnet32-seed0": ["running", "6/8"]}
     assert {line.split()[1] for line in status_lines(jobs)[1:-1]} == {"resume"}  # the holder is gone
 
 

@@ -102,7 +102,6 @@ def test_a_run_that_fails_as_the_budget_stops_it_is_named_not_counted_as_checkpo
     assert sum("failed (exit 1)" in line for line in lines) == 2
 
 
-
 def test_a_worker_stopped_before_it_set_its_handler_up_is_unfinished_not_failed(tmp_path):
     """The budget's SIGTERM reaches a worker still importing torch (seconds, with no handler yet): it
     dies of the signal (exit -15) with nothing to save. That is a stopped run, as 143 is: the grid
@@ -114,6 +113,7 @@ def test_a_worker_stopped_before_it_set_its_handler_up_is_unfinished_not_failed(
                     log=lines.append, budget_s=1)  # fmt: skip
     assert sorted(j.name for j in left) == sorted(j.name for j in jobs)
     assert not any("failed" in line for line in lines)
+
 
 GRID = """
 import sys

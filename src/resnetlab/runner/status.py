@@ -5,11 +5,13 @@ Time left is estimated from the grid's own runs: seconds per layer-iteration ove
 interval between two evaluations (the speed now; a slow start on a loaded machine is forgotten), or
 over its training so far where it has no such interval yet, times each run's depth x iterations left
 (`Job.cost`), the runs spread over `slots` at once. A run that a live process holds (its folder's lock,
-seen in the kernel's lock table) shows as `running`; its iteration is that of its last checkpoint."""
+seen in the kernel's lock table) shows as `running`; its iteration is the latest its train.log names
+(a worker's log: `--procs`, GPUs), else that of its last checkpoint."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from resnetlab.runner.plan import Job
@@ -54,6 +56,19 @@ def _evaluations(metrics: Path) -> list[dict]:
     return [r for r in rows if isinstance(r, dict) and r.get("test_error") is not None]
 
 
+def _logged_iteration(log: Path) -> int:
+    """The latest iteration a run's train.log names ("iter N: ..." lines of the loop), 0 if none: where
+    a running run is now, ahead of its last checkpoint."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 16384))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return 0
+    found = re.findall(r"^iter (\d+): ", tail, flags=re.MULTILINE)
+    return int(found[-1]) if found else 0
+
+
 def _hours(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60}h{minutes % 60:02d}m"
@@ -81,6 +96,8 @@ def status_lines(jobs: list[Job], slots: int = 1, batch_runs: int = 1) -> list[s
         if left is not None:
             left_total, longest = left_total + left, max(longest, left)
         shown = "running" if state in ("new", "resume") and in_use(job.out_dir) else state  # a process holds it now
+        if shown == "running":
+            it = min(max(it, _logged_iteration(job.out_dir / "train.log")), total)
         lines.append(
             f"{job.name:<18} {shown:<7} {f'{it}/{total} ({100 * it // total}%)':>17} "
             f"{f'{error:.2f}%' if error is not None else '-':>10} {_hours(seconds) if seconds else '-':>8} "
