@@ -92,15 +92,13 @@ def cached(
     key: str,
     check: Callable[[dict[str, Any]], str | None] | None = None,
     rank: int = 0,
-    world_size: int = 1,
 ) -> dict[str, Any]:
     """The dict of tensors cached at `path` if it was stored under `key` and `check(value)` finds
     nothing wrong (it returns what is wrong, or None); else `compute()`, written there. Under
     torchrun, rank 0 computes and writes first; the others then read its file (or compute the same
     themselves when it could not be written). `path` None (data.cache=none): computed, never stored."""
-    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-    if distributed and rank != 0:
-        barrier()  # wait for rank 0's cache
+    if rank != 0:
+        barrier()  # wait for rank 0's cache (barrier: identity for one process)
     value = None
     if path is not None:
         if rank == 0:
@@ -110,7 +108,7 @@ def cached(
         value = compute()
         if path is not None and rank == 0:
             write_cache(value, path, key)
-    if distributed and rank == 0:
+    if rank == 0:
         barrier()
     return value
 

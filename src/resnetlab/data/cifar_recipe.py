@@ -64,7 +64,6 @@ def build_small_folder(
         "skip_corrupt": d.skip_corrupt,
         "cache": d.cache,
         "rank": rank,
-        "world_size": world_size,
     }
 
     # Each split about to be decoded (not loaded from its cache) is first held against the memory

@@ -341,7 +341,7 @@ def compute_stats(
 
 
 def _cached_stats(
-    root: Path, samples: list[Sample], *, rank: int, world_size: int, cache: str = "user", **kw: Any
+    root: Path, samples: list[Sample], *, rank: int, cache: str = "user", **kw: Any
 ) -> tuple[Tensor, Tensor]:
     """`compute_stats`, cached (`data/cache.py`; `cache`: data.cache): 10,000 ImageNet JPEGs take
     minutes to decode, and every process and every resume wants them. The key is the fingerprint of
@@ -369,7 +369,7 @@ def _cached_stats(
                 return f"its {name} is not a finite tensor of shape {shape}"
         return None
 
-    stats = cached(path, compute, key=key, check=check, rank=rank, world_size=world_size)
+    stats = cached(path, compute, key=key, check=check, rank=rank)
     return stats["mean"], stats["std"]
 
 
@@ -395,9 +395,7 @@ def build_imagefolder(
         mean, std = fit_stats(*stats, channels=3, size=d.crop, adapt=t.init_channels == "adapt")
     else:
         opts = {"crop": d.crop, "count": d.mean_samples, "per": d.mean, "workers": workers}
-        mean, std = _cached_stats(
-            root, train, rank=rank, world_size=world_size, skip_corrupt=d.skip_corrupt, cache=d.cache, **opts
-        )
+        mean, std = _cached_stats(root, train, rank=rank, skip_corrupt=d.skip_corrupt, cache=d.cache, **opts)
         std = std if d.normalize_std else None
     normalizer = Normalizer(mean, std, device)
     recipe = TrainRecipe(

@@ -153,7 +153,6 @@ def decoded_split(
     cache: str = "user",
     hints: Hints = TRAIN_HINTS,
     rank: int = 0,
-    world_size: int = 1,
     before_decoding: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """`decode_images` of one split of the tree at `root`, through the decoded cache (`cache.py`;
@@ -187,7 +186,7 @@ def decoded_split(
     def check(value: dict) -> str | None:
         return _check_decoded(value, samples, channels=channels, image_size=image_size)
 
-    return cached(path, compute, key=key, check=check, rank=rank, world_size=world_size)
+    return cached(path, compute, key=key, check=check, rank=rank)
 
 
 def _check_decoded(value: dict, samples: list[Sample], *, channels: int | None, image_size: int) -> str | None:
