@@ -157,6 +157,33 @@ def test_a_run_that_a_process_holds_shows_as_running(tmp_path):
     assert {line.split()[1] for line in status_lines(jobs)[1:-1]} == {"resume"}  # the holder is gone
 
 
+def test_a_running_run_resumed_behind_its_log_shows_the_resumed_iteration(tmp_path):
+    """A run killed at iteration 6 (its log says so) past its checkpoint at 4, then taken up again by a
+    process that holds its lock: `running` at 4, where the new process resumed, until its log passes it."""
+    (job,) = plan("table6", out=tmp_path, schedule_name="short", iters=8, config_fn=stub_config, nets=["resnet20"])
+    job.out_dir.mkdir(parents=True)
+    checkpoint.save_atomic({"model": {}, "iteration": 4, "elapsed": 40.0}, job.out_dir / "checkpoint.pt")
+    (job.out_dir / ".lock").write_text("")
+    log = job.out_dir / "train.log"
+    log.write_text(
+        "iter 5: loss 2.3026, train error 90.00%, lr 0.1, 1.000 s/it\niter 6: loss 2.3026, train error 89.00%, "
+        f"lr 0.1, 1.000 s/it\nintra-op threads: 1\nresumed at iteration 4 from {job.out_dir / 'checkpoint.pt'}\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(job.out_dir / ".lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = status_lines([job])[1].split()[1:3]
+        with open(log, "a") as f:
+            f.write("iter 5: loss 2.3026, train error 90.00%, lr 0.1, 1.000 s/it\n")
+        after = status_lines([job])[1].split()[1:3]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert before == ["running", "4/8"] and after == ["running", "5/8"]
+
+
 HOLD = """
 import fcntl, sys, time
 f = open(sys.argv[1], "r+")

@@ -105,10 +105,12 @@ def test_killed_or_stopped_runs_resume_bit_identical(tmp_path, reference):
     assert checkpoint.load(tmp_path / "stopped" / "checkpoint.pt")["iteration"] < 60
     assert not (tmp_path / "stopped" / "final.pt").exists()
 
+    at = {name: checkpoint.load(tmp_path / name / "checkpoint.pt")["iteration"] for name in ("killed", "stopped")}
     resumed = [train(tmp_path / name, "--resume") for name in ("killed", "stopped")]
-    for proc in resumed:
+    for name, proc in zip(("killed", "stopped"), resumed):
         code, log = finish(proc)
         assert code == 0, log
+        assert f"resumed at iteration {at[name]} from {tmp_path / name / 'checkpoint.pt'}" in log, log
     ref_metrics = (reference / "metrics.jsonl").read_text().splitlines()
     for name in ("killed", "stopped"):
         assert_identical(final_weights(reference), final_weights(tmp_path / name))

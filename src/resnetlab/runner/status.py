@@ -57,16 +57,18 @@ def _evaluations(metrics: Path) -> list[dict]:
 
 
 def _logged_iteration(log: Path) -> int:
-    """The latest iteration a run's train.log names ("iter N: ..." lines of the loop), 0 if none: where
-    a running run is now, ahead of its last checkpoint."""
+    """The latest iteration a run's train.log names ("iter N: ..." lines of the loop, or "resumed at
+    iteration N" where a process took the run up again), 0 if none: where a running run is now, ahead
+    of its last checkpoint. A run killed past its checkpoint and resumed reads as the resumed
+    iteration, not the lost one, until it passes that again."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, f.seek(0, 2) - 16384))
             tail = f.read().decode("utf-8", "replace")
     except OSError:
         return 0
-    found = re.findall(r"^iter (\d+): ", tail, flags=re.MULTILINE)
-    return int(found[-1]) if found else 0
+    found = re.findall(r"^(?:iter (\d+): |resumed at iteration (\d+) )", tail, flags=re.MULTILINE)
+    return int("".join(found[-1])) if found else 0
 
 
 def _hours(seconds: float) -> str:

@@ -73,6 +73,8 @@ class Run:
         """The training steps' progress bar (tqdm, rank 0) and the run's clock, started here."""
         self.prepare()  # a loop that restored nothing: the folder is brought to `start_iter` now
         self.bar = progress_bar(self.cfg.train.max_iters, self, desc)
+        if self.start_iter and self.is_main:  # where a resumed run's log continues (`reproduce --status` reads it)
+            self.bar.write(f"resumed at iteration {self.start_iter} from {self.out / 'checkpoint.pt'}")
         self._t0 = time.perf_counter()
         try:
             yield self.bar
