@@ -45,6 +45,25 @@ def test_train_then_resume_from_the_runs_own_config(tmp_path, capsys):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # iters 5, 10, 15
 
 
+def test_branch_from_a_kept_checkpoint_takes_that_runs_config(tmp_path, capsys):
+    """--branch-from without --preset starts from the config stored in the checkpoint (ResNet-8 on fake
+    data here, not the default preset's ResNet-20); --set changes the schedule after it."""
+    keep = ("train.max_iters=10", "train.eval_every=5", "train.keep_checkpoints=[5]", "optim.milestones=[8]")
+    assert train(tmp_path / "a", settings=keep) == 0
+    argv = ["train", "--out", str(tmp_path / "b"), "--branch-from", str(tmp_path / "a" / "checkpoint-5.pt")]
+    assert main([*argv, "--set", "train.max_iters=8", "optim.milestones=[6]"]) == 0
+    assert f"resumed at iteration 5 from {tmp_path / 'a' / 'checkpoint-5.pt'}" in capsys.readouterr().out
+    stored = (tmp_path / "b" / "config.yaml").read_text()
+    assert "depth: 8" in stored and "max_iters: 8" in stored and "- 6" in stored
+    other = ["train", "--out", str(tmp_path / "c"), "--branch-from", argv[-1], "--set", "optim.milestones=[4]"]
+    assert main(other) == 2  # a UserError
+    one_line_error(capsys, "--branch-from", "optim.milestones: [8] there, [4] now")
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(SystemExit):  # a new run from another's checkpoint, or this folder's own: not both
+        main([*argv, "--resume"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "setting, fragments",
     [

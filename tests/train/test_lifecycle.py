@@ -96,6 +96,11 @@ def test_resume_refusals(tmp_path, fake_data, tiny_cfg):
     with pytest.raises(UserError, match="reached iteration 10; train.max_iters=5 is below it"):
         run_training(tiny_cfg("train.max_iters=5", "train.checkpoint_every=5"), tmp_path, resume=True)
     assert (tmp_path / "final.pt").exists()
+    # lr drops may move only where the iterations done keep their lr: none below 10 (lr 0.1 to 10).
+    with pytest.raises(UserError, match=r"optim.milestones: \[32000, 48000\] there, \[5, 12\] now"):
+        run_training(tiny_cfg("train.max_iters=15", "optim.milestones=[5,12]"), tmp_path, resume=True)
+    later = tiny_cfg("train.max_iters=15", "optim.milestones=[12]")
+    assert run_training(later, tmp_path, resume=True)["iterations"] == 15
 
 
 def test_resume_of_a_finished_run_without_its_checkpoint_keeps_final_pt(tmp_path, fake_data, tiny_cfg):

@@ -14,6 +14,8 @@ EPILOG = """examples:
   resnetlab train --preset cifar10-resnet20 --out runs/fm --device cpu \\
       --set data.name=fashion-mnist optim.milestones=[400] train.max_iters=600
   resnetlab train --out runs/r20 --resume          # continue an interrupted run
+  resnetlab train --out runs/r20-32k --branch-from runs/r20/checkpoint-16000.pt \
+      --set train.max_iters=32000 optim.milestones=[16000,24000]   # the same run on a shorter schedule
   resnetlab train --preset finetune-imagefolder --out runs/ft --set data.dir=/data/flowers
   resnetlab train --preset cifar10-resnet20 --out runs/mnist --init-from runs/fm/final.pt \
       --set data.name=mnist train.freeze=[stem] optim.backbone_lr_mult=0.1
@@ -39,7 +41,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder")
     add_overrides(p, "config overrides, e.g. train.max_iters=600 optim.milestones=[400]")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (sets train.device)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
+    start.add_argument(
+        "--branch-from",
+        metavar="CHECKPOINT",
+        help="a new run in --out that starts from another run's training checkpoint (one it kept with "
+        "train.keep_checkpoints), with that run's config unless --preset, and --set changing how long it "
+        "runs and its lr drops after that iteration (docs/train.md)",
+    )
     p.add_argument(
         "--init-from",
         metavar="SOURCE",
@@ -51,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def resolve_config(args: argparse.Namespace):
-    """The preset (or, with --resume and no preset, the run's own config.yaml) plus the overrides."""
+    """The preset (or, with --resume and no preset, the run's own config.yaml; with --branch-from, the
+    config of the checkpoint it starts from) plus the overrides."""
     from resnetlab.config import apply_overrides, from_dict, list_presets, load_preset, read_yaml
 
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
@@ -59,11 +70,23 @@ def resolve_config(args: argparse.Namespace):
         overrides.append(f"train.init_from={args.init_from}")
     if args.preset:
         cfg = load_preset(args.preset)
+    elif getattr(args, "branch_from", None):
+        cfg = from_dict(_branch_config(Path(args.branch_from)))
     elif args.resume and _is_file(Path(args.out) / "config.yaml"):
         cfg = from_dict(read_yaml(Path(args.out) / "config.yaml"))
     else:
         raise UserError(f"give --preset NAME (presets: {', '.join(list_presets())})")
     return apply_overrides(cfg, overrides)
+
+
+def _branch_config(source: Path) -> dict:
+    """The config stored in the checkpoint a branch starts from (a one-line error if it has none)."""
+    from resnetlab.utils import checkpoint  # torch import only here
+
+    config = checkpoint.load(source).get("config")
+    if not isinstance(config, dict):
+        raise UserError(f"--branch-from: {source} holds no run config; give --preset NAME")
+    return config
 
 
 def _is_file(path: Path) -> bool:
@@ -79,4 +102,5 @@ def run(args: argparse.Namespace) -> int:
     from resnetlab.train import run_training  # torch import only when training
 
     # A run that fails before it saved anything leaves no folder behind (`train.lifecycle.open_run`).
-    return run_training(cfg, args.out, resume=args.resume, quiet=args.quiet)["exit_code"]  # 130 SIGINT, 143 SIGTERM
+    summary = run_training(cfg, args.out, resume=args.resume, quiet=args.quiet, branch_from=args.branch_from)
+    return summary["exit_code"]  # 130 SIGINT, 143 SIGTERM

@@ -89,6 +89,7 @@ RANGES: dict[str, Range] = {
     "optim.momentum": Range(0, 1, high_open=True),
     "optim.gamma": Range(0, 1, low_open=True),
     "optim.milestones": Range(1),
+    "train.keep_checkpoints": Range(1),
     "optim.plateau_patience": Range(1),
     "optim.warmup_lr": Range(0, low_open=True),
     "optim.warmup_until_error": Range(0, 100),  # a training error in % (0: warm up until the 1st milestone)

@@ -102,6 +102,9 @@ class TrainConfig:
     max_iters: int = 64000  # total iterations (CIFAR: 64k, sec. 4.2)
     eval_every: int = 1000  # iterations between test-error evaluations (and at the end)
     checkpoint_every: int = 1000  # iterations between checkpoint.pt writes (and on SIGTERM/SIGINT)
+    # also checkpoint at these iterations and keep each as checkpoint-<N>.pt: a run with another
+    # schedule may start from one (`train --branch-from`) where the lr agrees up to N
+    keep_checkpoints: tuple[int, ...] = ()
     log_every: int = 50  # iterations between training loss/error logs
     seed: int = 0  # seeds the weights, the data order and the augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N

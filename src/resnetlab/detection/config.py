@@ -86,6 +86,7 @@ class DetTrainConfig:
     max_iters: int = 80000
     eval_every: int = 10000
     checkpoint_every: int = 2000
+    keep_checkpoints: tuple[int, ...] = ()  # also checkpoint at these iterations, kept as checkpoint-<N>.pt
     log_every: int = 20
     seed: int = 0
     device: str = "auto"

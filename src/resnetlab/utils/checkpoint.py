@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,24 @@ class _Sink:
 
     def flush(self) -> None:
         self.f.flush()
+
+
+def link_atomic(src: Path, dst: Path) -> None:
+    """`dst` as a second name of the file `src` (a hard link; a copy where the file system has none),
+    put in place by a rename: `dst` is whole or absent. `src` replaced later (by `save_atomic`, a new
+    file) leaves `dst` as it was."""
+    prefix, suffix = temp_name(dst)
+    tmp = dst.with_name(f"{prefix}link{suffix}")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot keep {src} as {dst}: {e.strerror or e}") from None
 
 
 def remove_stale_temps(folder: str | Path, names: tuple[str, ...]) -> list[Path]:

@@ -23,6 +23,7 @@ PLACE_KEYS = frozenset(
         "train.compile_mode",
         "train.log_every",
         "train.checkpoint_every",
+        "train.keep_checkpoints",
         "train.eval_batch_size",
         "data.dir",
         "data.download",
@@ -69,14 +70,46 @@ def check_folder(cfg: Any, out: Path, resume: bool, device: torch.device | str =
     ckpt = checkpoint.load(ckpt_path, map_location=device)
     if "iteration" not in ckpt or "optimizer" not in ckpt:
         raise UserError(f"{ckpt_path} is a weights file, not a training checkpoint; cannot resume from it")
-    compare_configs(ckpt["config"], cfg, out)
     reached = int(ckpt["iteration"])
+    compare_configs(ckpt["config"], cfg, out, reached=reached)
     if cfg.train.max_iters < reached:
         raise UserError(
             f"--resume: the run in {out} reached iteration {reached}; train.max_iters={cfg.train.max_iters} "
             f"is below it (give train.max_iters >= {reached})"
         )
     return ckpt
+
+
+def check_branch(cfg: Any, source: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The training checkpoint `source` (another run's) that a new run with `cfg` starts from, read
+    on `device`; UserError unless `cfg` is the same run up to the checkpoint's iteration: only
+    RESUMABLE_KEYS differ, and optim.milestones where none below that iteration changes."""
+    ckpt = checkpoint.load(source, map_location=device)
+    if "iteration" not in ckpt or "optimizer" not in ckpt or "config" not in ckpt:
+        raise UserError(f"--branch-from: {source} is a weights file, not a training checkpoint; cannot branch from it")
+    reached = int(ckpt["iteration"])
+    changes = config_diff(ckpt["config"], cfg, reached=reached)
+    if changes:
+        raise UserError(
+            f"--branch-from: {source} (iteration {reached}) is from a different run: {changes} (only "
+            f"{', '.join(sorted(neutral(RESUMABLE_KEYS, cfg)))}, and optim.milestones where none below "
+            f"{reached} changes, may differ)"
+        )
+    if cfg.train.max_iters < reached:
+        raise UserError(
+            f"--branch-from: {source} is at iteration {reached}; train.max_iters={cfg.train.max_iters} is below it"
+        )
+    return ckpt
+
+
+def branch_folder(source: Path, out: Path, reached: int) -> None:
+    """A new run folder `out` that continues from another run's checkpoint `source` (iteration
+    `reached`): the checkpoint as OUT/checkpoint.pt (a hard link), that run's metrics.jsonl rows up to
+    `reached` as the start of OUT's. After this the folder is a run that `--resume` continues."""
+    rows = source.parent / "metrics.jsonl"
+    if rows.is_file():
+        truncate_metrics(out / "metrics.jsonl", reached, source=rows)
+    checkpoint.link_atomic(source, out / "checkpoint.pt")
 
 
 def neutral(keys: frozenset[str], cfg: Any) -> frozenset[str]:
@@ -91,25 +124,43 @@ def neutral(keys: frozenset[str], cfg: Any) -> frozenset[str]:
     return keys
 
 
-def config_diff(saved: dict[str, Any], cfg: Any, *, allowed: frozenset[str] = RESUMABLE_KEYS) -> str | None:
+def same_lr_until(saved: dict[str, Any], now: dict[str, Any], reached: int) -> bool:
+    """Whether two configs' lr schedules gave every iteration before `reached` the same lr, whatever
+    their milestones after it: both multistep with the same milestones below `reached` (the first
+    one also caps a warm-up). Every other optim key is compared as it is."""
+    a, b = saved.get("optim", {}), now.get("optim", {})
+    if a.get("schedule") != "multistep" or b.get("schedule") != "multistep":
+        return False
+    return [m for m in a.get("milestones", ()) if m < reached] == [m for m in b.get("milestones", ()) if m < reached]
+
+
+def config_diff(
+    saved: dict[str, Any], cfg: Any, *, allowed: frozenset[str] = RESUMABLE_KEYS, reached: int | None = None
+) -> str | None:
     """None if the stored config `saved` and `cfg` agree outside `allowed`, else the differences in
-    one line: `optim.lr: 0.1 there, 0.2 now; train.seed: 0 there, 3 now`."""
+    one line: `optim.lr: 0.1 there, 0.2 now; train.seed: 0 there, 3 now`. With `reached` (the
+    iteration a checkpoint of `saved` reached), optim.milestones may differ too where the lr of every
+    iteration before it stays the same: the run continues on another schedule from there."""
     try:  # through the loader: old key names migrate, keys added since take their defaults
         saved = to_dict(from_dict(saved, base=type(cfg)()))
     except UserError:
         pass  # a key that no longer exists: compare as stored (it shows in the diff)
     allowed = neutral(allowed, cfg)
+    if reached is not None and same_lr_until(saved, to_dict(cfg), reached):
+        allowed |= {"optim.milestones"}
     diff = [(k, a, b) for k, a, b in flat_diff(saved, to_dict(cfg)) if k not in allowed]
     return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff) or None
 
 
-def compare_configs(saved: dict[str, Any], cfg: Any, out: Path) -> None:
-    """UserError with a one-line diff if `saved` and `cfg` differ outside RESUMABLE_KEYS."""
-    changes = config_diff(saved, cfg)
+def compare_configs(saved: dict[str, Any], cfg: Any, out: Path, reached: int | None = None) -> None:
+    """UserError with a one-line diff if `saved` and `cfg` differ outside RESUMABLE_KEYS (and, from a
+    checkpoint at `reached`, optim.milestones where the lr before it stays the same)."""
+    changes = config_diff(saved, cfg, reached=reached)
     if changes:
         keys = ", ".join(sorted(neutral(RESUMABLE_KEYS, cfg)))
+        milestones = "" if reached is None else f", and optim.milestones where none below {reached} changes"
         raise UserError(
-            f"{out} holds a different run: {changes} (on --resume only {keys} may change; "
+            f"{out} holds a different run: {changes} (on --resume only {keys}{milestones} may change; "
             "choose another --out for a new run)"
         )
 
@@ -117,7 +168,8 @@ def compare_configs(saved: dict[str, Any], cfg: Any, out: Path) -> None:
 def prepare_folder(cfg: Any, out: Path, start_iter: int) -> None:
     """config.yaml, metrics.jsonl up to `start_iter`, no final.pt unless the run is already done, no
     temp file of a killed checkpoint write."""
-    checkpoint.remove_stale_temps(out, ("checkpoint.pt", "final.pt"))
+    kept = tuple(f"checkpoint-{n}.pt" for n in cfg.train.keep_checkpoints)
+    checkpoint.remove_stale_temps(out, ("checkpoint.pt", "final.pt", *kept))
     tmp = out / ".config.yaml.tmp"
     dump(cfg, tmp)
     os.replace(tmp, out / "config.yaml")
@@ -126,12 +178,14 @@ def prepare_folder(cfg: Any, out: Path, start_iter: int) -> None:
         (out / "final.pt").unlink(missing_ok=True)
 
 
-def truncate_metrics(path: Path, upto_iter: int) -> None:
-    """Drop rows logged after iteration `upto_iter` (they will be redone), and any torn last line."""
-    if not path.exists():
+def truncate_metrics(path: Path, upto_iter: int, source: Path | None = None) -> None:
+    """Drop rows logged after iteration `upto_iter` (they will be redone), and any torn last line;
+    with `source`, `path` becomes `source`'s rows up to `upto_iter` (a branch's start)."""
+    source = source or path
+    if not source.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in source.read_text().splitlines():
         try:
             if json.loads(line)["iter"] <= upto_iter:
                 keep.append(line)

@@ -19,7 +19,7 @@ import torch
 from resnetlab.config import Config, to_dict
 from resnetlab.errors import UserError, one_line
 from resnetlab.train.lifecycle.claim import Claim, claim_folder
-from resnetlab.train.lifecycle.resume import check_folder, prepare_folder
+from resnetlab.train.lifecycle.resume import branch_folder, check_branch, check_folder, prepare_folder
 from resnetlab.train.lifecycle.rng import gather_rng_states, restore_rng_states
 from resnetlab.train.lifecycle.signals import StopSignal, lost_peers
 from resnetlab.utils import checkpoint
@@ -47,6 +47,7 @@ class Run:
         self.cfg, self.out, self.info, self.device = cfg, out, info, device
         self.quiet = quiet  # no progress bar (there is none off a terminal either)
         self.checkpoint: dict[str, Any] | None = None  # the training checkpoint to continue from
+        self.resumed_from: Path | None = None  # its file: OUT/checkpoint.pt, or another run's (a branch)
         self.start_iter = 0
         self.last_checkpoint: int | None = None  # iteration of the newest checkpoint.pt on disk
         self.stopped: str | None = None  # "SIGINT" / "SIGTERM" once the ranks agreed to stop
@@ -74,7 +75,7 @@ class Run:
         self.prepare()  # a loop that restored nothing: the folder is brought to `start_iter` now
         self.bar = progress_bar(self.cfg.train.max_iters, self, desc)
         if self.start_iter and self.is_main:  # where a resumed run's log continues (`reproduce --status` reads it)
-            self.bar.write(f"resumed at iteration {self.start_iter} from {self.out / 'checkpoint.pt'}")
+            self.bar.write(f"resumed at iteration {self.start_iter} from {self.resumed_from}")
         self._t0 = time.perf_counter()
         try:
             yield self.bar
@@ -100,7 +101,7 @@ class Run:
         return Due(
             log=it % t.log_every == 0 or last,
             eval=it % t.eval_every == 0 or last,
-            checkpoint=it % t.checkpoint_every == 0 or last or stop,
+            checkpoint=it % t.checkpoint_every == 0 or last or stop or it in t.keep_checkpoints,
             stop=stop,
         )
 
@@ -163,6 +164,8 @@ class Run:
         if self.prepared:
             return
         if self.is_main:
+            if self.resumed_from is not None and self.resumed_from != self.out / "checkpoint.pt":
+                branch_folder(self.resumed_from, self.out, self.start_iter)
             prepare_folder(self.cfg, self.out, self.start_iter)
         self.prepared = True
         dist.barrier()
@@ -224,6 +227,8 @@ class Run:
         if self.is_main:
             try:
                 checkpoint.save_atomic({**state, "iteration": iteration}, self.out / "checkpoint.pt")
+                if iteration in self.cfg.train.keep_checkpoints:
+                    checkpoint.link_atomic(self.out / "checkpoint.pt", self.out / f"checkpoint-{iteration}.pt")
             except UserError as e:  # a full disk: say what is kept and how to go on
                 if self.last_checkpoint is None:
                     kept = "no checkpoint was written yet"
@@ -256,10 +261,13 @@ def resume_command(cfg: Any, out: Path) -> str:
 
 
 @contextlib.contextmanager
-def open_run(cfg: Any, out: str | Path, *, resume: bool, quiet: bool = False) -> Iterator[Run]:
+def open_run(
+    cfg: Any, out: str | Path, *, resume: bool, quiet: bool = False, branch_from: str | Path | None = None
+) -> Iterator[Run]:
     """Join the process group (under torchrun), claim `out` and decide where the run starts (steps 1-3
     of "Nothing lost" in docs/train.md); on exit clear up after a run that saved nothing, release the lock, restore the
-    signal handlers, leave the group. `quiet`: no progress bar."""
+    signal handlers, leave the group. `quiet`: no progress bar. `branch_from`: a new run in `out` that
+    starts from another run's training checkpoint (`check_branch`)."""
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     info, device = dist.init_distributed(cfg.train.device)
     out = Path(out)
@@ -273,15 +281,18 @@ def open_run(cfg: Any, out: str | Path, *, resume: bool, quiet: bool = False) ->
             try:
                 claim = claim_folder(out)
                 checked = check_folder(cfg, out, resume, device)
+                if branch_from is not None:
+                    checked = check_branch(cfg, Path(branch_from), device)
             except UserError as e:
                 verdict = str(e)
         verdict = dist.broadcast_object(verdict)  # type: ignore[assignment]
         if verdict is not None:
             raise UserError(verdict)
         run = Run(cfg, out, info, device, quiet)
-        ckpt_path = out / "checkpoint.pt"
-        if resume and ckpt_path.is_file():
+        ckpt_path = Path(branch_from) if branch_from is not None else out / "checkpoint.pt"
+        if branch_from is not None or (resume and ckpt_path.is_file()):
             run.checkpoint = checked or checkpoint.load(ckpt_path, map_location=device)  # rank 0 checked it
+            run.resumed_from = ckpt_path
             with run.restoring():
                 run.start_iter = run.last_checkpoint = int(run.checkpoint["iteration"])
                 run.elapsed_before = float(run.checkpoint.get("elapsed", 0.0))
