@@ -52,7 +52,7 @@ def test_branch_from_a_kept_checkpoint_takes_that_runs_config(tmp_path, capsys):
     assert train(tmp_path / "a", settings=keep) == 0
     argv = ["train", "--out", str(tmp_path / "b"), "--branch-from", str(tmp_path / "a" / "checkpoint-5.pt")]
     assert main([*argv, "--set", "train.max_iters=8", "optim.milestones=[6]"]) == 0
-    assert f"resumed at iteration 5 from {tmp_path / 'a' / 'checkpoint-5.pt'}" in capsys.readouterr().out
+    assert f"starts from {tmp_path / 'a' / 'checkpoint-5.pt'} (iteration 5)" in capsys.readouterr().out
     stored = (tmp_path / "b" / "config.yaml").read_text()
     assert "depth: 8" in stored and "max_iters: 8" in stored and "- 6" in stored
     other = ["train", "--out", str(tmp_path / "c"), "--branch-from", argv[-1], "--set", "optim.milestones=[4]"]

@@ -10,6 +10,7 @@ import torch
 
 from resnetlab.errors import UserError
 from resnetlab.train import run_training
+from resnetlab.train.lifecycle import start_branch
 from resnetlab.utils import checkpoint
 
 # 16 iterations with lr / 10 at 8 and 12, kept at 4; 8 iterations with lr / 10 at 4 and 6: the lr of
@@ -35,8 +36,11 @@ def test_a_branch_at_an_lr_drop_is_the_direct_run_bit_for_bit(tmp_path, fake_dat
 
     run_training(tiny_cfg(*SHORT), tmp_path / "direct")
     capsys.readouterr()
-    run_training(tiny_cfg(*SHORT), tmp_path / "branch", branch_from=kept)
-    assert f"resumed at iteration 4 from {kept}" in capsys.readouterr().out
+    assert start_branch(tiny_cfg(*SHORT), tmp_path / "branch", kept) == 4
+    run_training(tiny_cfg(*SHORT), tmp_path / "branch", resume=True)
+    out = capsys.readouterr().out
+    assert f"branch: {tmp_path / 'branch'} starts from {kept} (iteration 4)" in out
+    assert f"resumed at iteration 4 from {tmp_path / 'branch' / 'checkpoint.pt'}" in out
 
     direct = checkpoint.load(tmp_path / "direct" / "final.pt")["model"]
     branch = checkpoint.load(tmp_path / "branch" / "final.pt")["model"]
@@ -60,13 +64,13 @@ def test_a_branch_is_refused_where_the_runs_part_before_its_checkpoint(tmp_path,
     }
     for overrides, message in refusals.items():
         with pytest.raises(UserError, match=message) as e:
-            run_training(tiny_cfg(*overrides), tmp_path / "new", branch_from=kept)
+            start_branch(tiny_cfg(*overrides), tmp_path / "new", kept)
         assert "\n" not in str(e.value)
         assert not (tmp_path / "new").exists()  # nothing made
     with pytest.raises(UserError, match="a weights file, not a training checkpoint"):
-        run_training(tiny_cfg(*SHORT), tmp_path / "new", branch_from=tmp_path / "long" / "final.pt")
+        start_branch(tiny_cfg(*SHORT), tmp_path / "new", tmp_path / "long" / "final.pt")
     with pytest.raises(UserError, match="already holds a run"):  # a branch is a new run
-        run_training(tiny_cfg(*SHORT), tmp_path / "long", branch_from=kept)
+        start_branch(tiny_cfg(*SHORT), tmp_path / "long", kept)
     assert checkpoint.load(tmp_path / "long" / "checkpoint.pt")["iteration"] == 16
 
 
@@ -84,10 +88,11 @@ def test_a_branch_that_died_before_its_own_checkpoint_resumes_from_the_kept_one(
     def crash(*args, **kwargs):
         raise RuntimeError("the machine went away")
 
+    start_branch(tiny_cfg(*SHORT), tmp_path / "branch", kept)
     with monkeypatch.context() as m:
         m.setattr(loop, "evaluate_and_log", crash)  # at iteration 6, the branch's first evaluation
         with pytest.raises(RuntimeError, match="went away"):
-            run_training(tiny_cfg(*SHORT), tmp_path / "branch", branch_from=kept)
+            run_training(tiny_cfg(*SHORT), tmp_path / "branch", resume=True)
     assert checkpoint.load(tmp_path / "branch" / "checkpoint.pt")["iteration"] == 4
     assert (tmp_path / "branch" / "checkpoint.pt").stat().st_ino == kept.stat().st_ino
     run_training(tiny_cfg(*SHORT), tmp_path / "branch", resume=True)

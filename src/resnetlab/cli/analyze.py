@@ -142,6 +142,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="where each run stands and about how long the rest takes; reads the folders, starts nothing",
     )
+    rep.add_argument(
+        "--branch-from",
+        metavar="GRID",
+        default=None,
+        help="start each new run from the checkpoint its namesake in the grid folder GRID kept "
+        "(train.keep_checkpoints) at the latest iteration where both schedules agree",
+    )
     rep.add_argument("--with-1202", action="store_true", help="table6: also ResNet-1202 (19.4M params)")
     add_overrides(rep)
     rep.add_argument("--max-images", type=POSITIVE, default=None, help="responses on N test images (random, seed 0)")
@@ -247,6 +254,10 @@ def _reproduce(args: argparse.Namespace) -> int:
         print("\n".join(status_lines(jobs, slots, batch_runs=args.batch_runs)))
         return 0
     refuse_other_recipes(jobs)  # before commands.txt records a line that would train nothing
+    if args.branch_from:
+        from resnetlab.runner.branch import branch_new_jobs
+
+        branch_new_jobs(jobs, Path(args.branch_from))
     try:
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "commands.txt", "a") as f:
@@ -288,7 +299,7 @@ def _command_line(args: argparse.Namespace) -> str:
     """The `resnetlab reproduce ...` line equivalent to `args`."""
     words = ["resnetlab", "reproduce", args.name, "--seeds", str(args.seeds), "--dataset", args.dataset]
     words += ["--schedule", args.schedule, "--device", args.device]
-    for flag in ("iters", "eval_every", "out", "max_images", "data_dir", "budget_s"):
+    for flag in ("iters", "eval_every", "out", "max_images", "data_dir", "budget_s", "branch_from"):
         if getattr(args, flag) is not None:
             words += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     words += [w for kv in args.set for w in ("--set", kv)]

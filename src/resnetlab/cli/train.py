@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import textwrap
 from pathlib import Path
 
@@ -102,5 +103,11 @@ def run(args: argparse.Namespace) -> int:
     from resnetlab.train import run_training  # torch import only when training
 
     # A run that fails before it saved anything leaves no folder behind (`train.lifecycle.open_run`).
-    summary = run_training(cfg, args.out, resume=args.resume, quiet=args.quiet, branch_from=args.branch_from)
-    return summary["exit_code"]  # 130 SIGINT, 143 SIGTERM
+    resume = args.resume
+    if args.branch_from:  # the new folder becomes a run that --resume continues (rank 0 makes it)
+        from resnetlab.train.lifecycle import start_branch
+
+        if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks wait for rank 0 in run_training
+            start_branch(cfg, args.out, args.branch_from)
+        resume = True
+    return run_training(cfg, args.out, resume=resume, quiet=args.quiet)["exit_code"]  # 130 SIGINT, 143 SIGTERM

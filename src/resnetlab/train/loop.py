@@ -60,46 +60,28 @@ def build_data(cfg: Config, device: torch.device, *, rank: int, world_size: int,
     return build(cfg, device, rank=rank, world_size=world_size, stats=stats)
 
 
-def run_training(
-    cfg: Config,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    quiet: bool = False,
-    branch_from: str | Path | None = None,
-) -> dict[str, Any]:
+def run_training(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data` with the recipe in `cfg.optim` / `cfg.train`; write the run into
     `out_dir` (its life: `resnetlab.train.lifecycle`). Returns a summary: iterations, test_error,
     best_test_error, train_error, train_loss, time (s), interrupted (signal name or None), exit_code,
     out_dir.
 
     `resume=True` continues from `out_dir/checkpoint.pt` (or starts if the run never checkpointed).
-    `branch_from`: a new run that starts from another run's training checkpoint, where `cfg` differs
-    from that run only in how long it runs and in lr drops after the checkpoint (`lifecycle.check_branch`).
+    A new run that starts from another run's checkpoint: `lifecycle.start_branch`, then `resume=True`.
     `quiet=True`: no progress bar (none is drawn off a terminal either); a log line every
     `train.log_every` iterations instead, and the evaluation lines as always.
     Raises `UserError` for bad configs, a non-finite loss, or an `out_dir` holding another run.
     """
-    return train_runs([cfg], [out_dir], resume=resume, quiet=quiet, branch_from=[branch_from])[0]
+    return train_runs([cfg], [out_dir], resume=resume, quiet=quiet)[0]
 
 
 def train_runs(
-    cfgs: Sequence[Config],
-    out_dirs: Sequence[str | Path],
-    *,
-    resume: bool = False,
-    quiet: bool = False,
-    branch_from: Sequence[str | Path | None] | None = None,
+    cfgs: Sequence[Config], out_dirs: Sequence[str | Path], *, resume: bool = False, quiet: bool = False
 ) -> list[dict[str, Any]]:
-    """`run_training`'s loop over K runs at once (K = 1: `run_training`), run k written into `out_dirs[k]`
-    (from `branch_from[k]` where given); their summaries. K > 1: call `batched.train_batched`, which checks
-    first that the runs can share it."""
-    sources = branch_from or [None] * len(cfgs)
+    """`run_training`'s loop over K runs at once (K = 1: `run_training`), run k written into `out_dirs[k]`;
+    their summaries. K > 1: call `batched.train_batched`, which checks first that the runs can share it."""
     with contextlib.ExitStack() as stack:
-        runs = [
-            stack.enter_context(open_run(c, o, resume=resume, quiet=quiet, branch_from=b))
-            for c, o, b in zip(cfgs, out_dirs, sources)
-        ]
+        runs = [stack.enter_context(open_run(c, o, resume=resume, quiet=quiet)) for c, o in zip(cfgs, out_dirs)]
         return _train(list(cfgs), runs)
 
 

@@ -8,7 +8,15 @@ What it guarantees, in order, and a loop's shape: "Nothing lost" in docs/train.m
 
 from resnetlab.train.lifecycle.resume import PLACE_KEYS, RESUMABLE_KEYS, compare_configs, config_diff, truncate_metrics
 from resnetlab.train.lifecycle.rng import seed_everything
-from resnetlab.train.lifecycle.run import Due, NonFiniteLoss, Run, open_run, progress_bar, resume_command
+from resnetlab.train.lifecycle.run import (
+    Due,
+    NonFiniteLoss,
+    Run,
+    open_run,
+    progress_bar,
+    resume_command,
+    start_branch,
+)
 
 __all__ = [
     "PLACE_KEYS",
@@ -22,5 +30,6 @@ __all__ = [
     "progress_bar",
     "resume_command",
     "seed_everything",
+    "start_branch",
     "truncate_metrics",
 ]

@@ -47,7 +47,6 @@ class Run:
         self.cfg, self.out, self.info, self.device = cfg, out, info, device
         self.quiet = quiet  # no progress bar (there is none off a terminal either)
         self.checkpoint: dict[str, Any] | None = None  # the training checkpoint to continue from
-        self.resumed_from: Path | None = None  # its file: OUT/checkpoint.pt, or another run's (a branch)
         self.start_iter = 0
         self.last_checkpoint: int | None = None  # iteration of the newest checkpoint.pt on disk
         self.stopped: str | None = None  # "SIGINT" / "SIGTERM" once the ranks agreed to stop
@@ -75,7 +74,7 @@ class Run:
         self.prepare()  # a loop that restored nothing: the folder is brought to `start_iter` now
         self.bar = progress_bar(self.cfg.train.max_iters, self, desc)
         if self.start_iter and self.is_main:  # where a resumed run's log continues (`reproduce --status` reads it)
-            self.bar.write(f"resumed at iteration {self.start_iter} from {self.resumed_from}")
+            self.bar.write(f"resumed at iteration {self.start_iter} from {self.out / 'checkpoint.pt'}")
         self._t0 = time.perf_counter()
         try:
             yield self.bar
@@ -164,8 +163,6 @@ class Run:
         if self.prepared:
             return
         if self.is_main:
-            if self.resumed_from is not None and self.resumed_from != self.out / "checkpoint.pt":
-                branch_folder(self.resumed_from, self.out, self.start_iter)
             prepare_folder(self.cfg, self.out, self.start_iter)
         self.prepared = True
         dist.barrier()
@@ -260,14 +257,33 @@ def resume_command(cfg: Any, out: Path) -> str:
     return f"resnetlab detect train --preset {preset} --out {shlex.quote(str(out))} --resume"
 
 
+def start_branch(cfg: Any, out: str | Path, source: str | Path) -> int:
+    """A new run folder `out` for `cfg` that continues from another run's training checkpoint `source`
+    (`check_branch`: the same run up to that checkpoint's iteration, which is returned): `--resume`
+    (`run_training(resume=True)`) then trains it. Under the folder's lock; nothing is written unless
+    every check passed. Call in one process (rank 0 under torchrun, before the others open the run)."""
+    out, source = Path(out), Path(source)
+    claim = claim_folder(out)
+    made = False
+    try:
+        check_folder(cfg, out, resume=False)
+        reached = int(check_branch(cfg, source)["iteration"])
+        branch_folder(source, out, reached)
+        prepare_folder(cfg, out, reached)
+        made = True
+    finally:
+        if not made:
+            claim.clear_up()
+        claim.release()
+    print(f"branch: {out} starts from {source} (iteration {reached})")
+    return reached
+
+
 @contextlib.contextmanager
-def open_run(
-    cfg: Any, out: str | Path, *, resume: bool, quiet: bool = False, branch_from: str | Path | None = None
-) -> Iterator[Run]:
+def open_run(cfg: Any, out: str | Path, *, resume: bool, quiet: bool = False) -> Iterator[Run]:
     """Join the process group (under torchrun), claim `out` and decide where the run starts (steps 1-3
     of "Nothing lost" in docs/train.md); on exit clear up after a run that saved nothing, release the lock, restore the
-    signal handlers, leave the group. `quiet`: no progress bar. `branch_from`: a new run in `out` that
-    starts from another run's training checkpoint (`check_branch`)."""
+    signal handlers, leave the group. `quiet`: no progress bar."""
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     info, device = dist.init_distributed(cfg.train.device)
     out = Path(out)
@@ -281,18 +297,15 @@ def open_run(
             try:
                 claim = claim_folder(out)
                 checked = check_folder(cfg, out, resume, device)
-                if branch_from is not None:
-                    checked = check_branch(cfg, Path(branch_from), device)
             except UserError as e:
                 verdict = str(e)
         verdict = dist.broadcast_object(verdict)  # type: ignore[assignment]
         if verdict is not None:
             raise UserError(verdict)
         run = Run(cfg, out, info, device, quiet)
-        ckpt_path = Path(branch_from) if branch_from is not None else out / "checkpoint.pt"
-        if branch_from is not None or (resume and ckpt_path.is_file()):
+        ckpt_path = out / "checkpoint.pt"
+        if resume and ckpt_path.is_file():
             run.checkpoint = checked or checkpoint.load(ckpt_path, map_location=device)  # rank 0 checked it
-            run.resumed_from = ckpt_path
             with run.restoring():
                 run.start_iter = run.last_checkpoint = int(run.checkpoint["iteration"])
                 run.elapsed_before = float(run.checkpoint.get("elapsed", 0.0))
