@@ -10,6 +10,7 @@ from resnetlab.config import load_config
 from resnetlab.runner.branch import branch_new_jobs, kept_checkpoints
 from resnetlab.runner.plan import plan
 from resnetlab.runner.pool import run_jobs
+from resnetlab.runner.status import status_lines
 from resnetlab.utils import checkpoint
 
 
@@ -41,6 +42,10 @@ def test_a_grid_branched_from_a_longer_one_ends_as_trained_from_zero(tmp_path, f
 
     lines = []
     short = grid(tmp_path / "short", 8)
+    # --status says where each new run would start, and times the rest with the other grid's speed.
+    without, ahead = status_lines(short), status_lines(short, branch_from=tmp_path / "long")
+    assert without[1].split()[1:3] == ["new", "0/8"] and without[-1].startswith("time left: not known")
+    assert ahead[1].split()[1:3] == ["branch", "4/8"] and ahead[-1].startswith("time left: about ")
     assert branch_new_jobs(short, tmp_path / "long", log=lines.append) == ["resnet20-seed0"] and lines == []
     assert short[0].state() == "resume" and short[0].start_iteration() == 4
     assert branch_new_jobs(short, tmp_path / "long") == []  # no longer new: nothing done twice
@@ -65,3 +70,5 @@ def test_branch_from_a_folder_that_is_not_there_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--branch-from" in err and "no such grid folder" in err and "Traceback" not in err
     assert not (tmp_path / "g").exists()
+    assert main([*argv, "--device", "cpu", "--branch-from", str(tmp_path / "nope"), "--status"]) == 2
+    assert "no such grid folder" in capsys.readouterr().err

@@ -251,7 +251,13 @@ def _reproduce(args: argparse.Namespace) -> int:
         from resnetlab.runner.status import status_lines
 
         slots = args.procs if gpus == 0 else gpus * args.jobs_per_gpu
-        print("\n".join(status_lines(jobs, slots, batch_runs=args.batch_runs)))
+        source = None
+        if args.branch_from:
+            from resnetlab.runner.branch import check_source
+
+            source = Path(args.branch_from)
+            check_source(source)
+        print("\n".join(status_lines(jobs, slots, batch_runs=args.batch_runs, branch_from=source)))
         return 0
     refuse_other_recipes(jobs)  # before commands.txt records a line that would train nothing
     if args.branch_from:

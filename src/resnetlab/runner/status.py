@@ -76,9 +76,13 @@ def _hours(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def status_lines(jobs: list[Job], slots: int = 1, batch_runs: int = 1) -> list[str]:
+def status_lines(
+    jobs: list[Job], slots: int = 1, batch_runs: int = 1, branch_from: Path | None = None
+) -> list[str]:
     """`reproduce --status`'s table and time left. `batch_runs` K: runs trained K at a time in one
-    computation share one clock (each run's time is its group's), so a run's own share is 1/K of it."""
+    computation share one clock (each run's time is its group's), so a run's own share is 1/K of it.
+    `branch_from` (`reproduce --branch-from`): a new run that would start from a checkpoint of that grid
+    shows as `branch` at its iteration, and that grid's runs' speeds count too."""
     states = [job.state() for job in jobs]
     evaluations = [
         _evaluations(job.out_dir / "metrics.jsonl") if state != "other" else [] for job, state in zip(jobs, states)
@@ -88,6 +92,14 @@ def status_lines(jobs: list[Job], slots: int = 1, batch_runs: int = 1) -> list[s
         recent_speed(job, evals) or ((job.depth * it, s) if it and s else None)
         for (job, _, it, s, _), evals in zip(rows, evaluations)
     ]
+    if branch_from is not None:
+        from resnetlab.runner.branch import fitting_checkpoint
+
+        for i, (job, state, *_) in enumerate(rows):
+            fit = fitting_checkpoint(job, branch_from) if state == "new" else None
+            if isinstance(fit, tuple):
+                rows[i] = (job, "branch", fit[0], None, None)
+        timed += [recent_speed(job, _evaluations(branch_from / job.name / "metrics.jsonl")) for job in jobs]
     timed = [t for t in timed if t]
     per_layer_iter = sum(s for _, s in timed) / sum(w for w, _ in timed) / batch_runs if timed else None
     lines = [f"{'run':<18} {'state':<7} {'iteration':>17} {'test error':>10} {'trained':>8} {'left':>8}"]
