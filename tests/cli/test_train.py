@@ -59,6 +59,8 @@ def test_branch_from_a_kept_checkpoint_takes_that_runs_config(tmp_path, capsys):
     assert main(other) == 2  # a UserError
     one_line_error(capsys, "--branch-from", "optim.milestones: [8] there, [4] now")
     assert not (tmp_path / "c").exists()
+    assert main(["train", "--out", str(tmp_path / "d"), "--branch-from", str(tmp_path / "nope.pt")]) == 2
+    one_line_error(capsys, "--branch-from: checkpoint", "nope.pt does not exist")
     with pytest.raises(SystemExit):  # a new run from another's checkpoint, or this folder's own: not both
         main([*argv, "--resume"])
     assert "not allowed with argument" in capsys.readouterr().err

@@ -84,7 +84,10 @@ def _branch_config(source: Path) -> dict:
     """The config stored in the checkpoint a branch starts from (a one-line error if it has none)."""
     from resnetlab.utils import checkpoint  # torch import only here
 
-    config = checkpoint.load(source).get("config")
+    try:
+        config = checkpoint.load(source).get("config")
+    except UserError as e:
+        raise UserError(f"--branch-from: {e}") from None
     if not isinstance(config, dict):
         raise UserError(f"--branch-from: {source} holds no run config; give --preset NAME")
     return config
