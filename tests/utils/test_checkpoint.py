@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from resnetlab.errors import UserError
-from resnetlab.utils.checkpoint import load, save_atomic
+from resnetlab.utils.checkpoint import link_atomic, load, save_atomic
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
@@ -47,3 +47,23 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path):
         assert torch.equal(load(disk / "c.pt")["model"]["w"], torch.ones(10_000))
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_kept_copy_outlives_the_file_it_was_made_from(tmp_path, monkeypatch, hard_links):
+    """link_atomic: `dst` keeps what `src` held when it was made, after save_atomic replaced `src`; a
+    hard link where the file system has them, else a copy; no temp file is left either way."""
+    src, kept = tmp_path / "checkpoint.pt", tmp_path / "checkpoint-4.pt"
+    save_atomic({"model": {}, "iteration": 4}, src)
+    if not hard_links:
+
+        def refuse(*args):
+            raise OSError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", refuse)
+    link_atomic(src, kept)
+    assert (kept.stat().st_ino == src.stat().st_ino) is hard_links
+    save_atomic({"model": {}, "iteration": 8}, src)
+    assert load(kept)["iteration"] == 4 and load(src)["iteration"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4.pt", "checkpoint.pt"]
