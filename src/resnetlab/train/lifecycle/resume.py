@@ -92,8 +92,7 @@ def check_branch(cfg: Any, source: Path, device: torch.device | str = "cpu") -> 
     if changes:
         raise UserError(
             f"--branch-from: {source} (iteration {reached}) is from a different run: {changes} (only "
-            f"{', '.join(sorted(neutral(RESUMABLE_KEYS, cfg)))}, and optim.milestones where none below "
-            f"{reached} changes, may differ)"
+            f"{changeable(cfg, reached)}, may differ)"
         )
     if cfg.train.max_iters < reached:
         raise UserError(
@@ -157,12 +156,17 @@ def compare_configs(saved: dict[str, Any], cfg: Any, out: Path, reached: int | N
     checkpoint at `reached`, optim.milestones where the lr before it stays the same)."""
     changes = config_diff(saved, cfg, reached=reached)
     if changes:
-        keys = ", ".join(sorted(neutral(RESUMABLE_KEYS, cfg)))
-        milestones = "" if reached is None else f", and optim.milestones where none below {reached} changes"
         raise UserError(
-            f"{out} holds a different run: {changes} (on --resume only {keys}{milestones} may change; "
+            f"{out} holds a different run: {changes} (on --resume only {changeable(cfg, reached)} may change; "
             "choose another --out for a new run)"
         )
+
+
+def changeable(cfg: Any, reached: int | None) -> str:
+    """The keys `config_diff` lets differ, as a refusal names them: RESUMABLE_KEYS for `cfg`, and from a
+    checkpoint at `reached` optim.milestones with its condition."""
+    keys = ", ".join(sorted(neutral(RESUMABLE_KEYS, cfg)))
+    return keys if reached is None else f"{keys}, and optim.milestones where none below {reached} changes"
 
 
 def prepare_folder(cfg: Any, out: Path, start_iter: int) -> None:
