@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from steps import run_steps  # noqa: E402  (scripts/, stdlib only)
+from steps import run_steps, wait_or_stop  # noqa: E402  (scripts/, stdlib only)
 
 STEPS = ("tests", "bench", "cifar", "loop", "grid", "analyze", "profile")
 GRID = ("plain20", "plain56", "resnet20", "resnet56")
@@ -80,16 +79,7 @@ def run(ctx: Ctx, name: str, cmd: list[str], *, timeout: float | None = None) ->
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=log, env=ctx.env, cwd=ROOT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            rc = 124
+        rc = wait_or_stop(proc, limit, grace=60)
     seconds = time.monotonic() - t0
     print(f"[{name}] exit {rc} after {seconds:.0f} s", flush=True)
     return rc, seconds, (ctx.out / f"{name}.out").read_text()

@@ -37,7 +37,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import carry_data  # noqa: E402  (scripts/, stdlib only)
-from steps import run_steps  # noqa: E402  (scripts/, stdlib only)
+from steps import run_steps, wait_or_stop  # noqa: E402  (scripts/, stdlib only)
 
 STEPS = ("unpack", "restore", "bf16-check", "grid")
 NOISE_FLOOR = 0.5  # points of test error: two seeds of a 10k-iteration run differ by about this much
@@ -90,16 +89,7 @@ def run(ctx: Ctx, name: str, cmds: list[list[str]], *, timeout: float | None = N
         procs.append((proc, log))
     codes = []
     for proc, log in procs:
-        try:
-            rc = proc.wait(timeout=max(0.0, limit - (time.monotonic() - t0)))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            rc = 124
+        rc = wait_or_stop(proc, limit - (time.monotonic() - t0), grace=90)
         log.close()
         codes.append(rc)
     seconds = time.monotonic() - t0

@@ -3,9 +3,28 @@ library only, so the CIFAR-section script still starts without torch."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def wait_or_stop(proc: subprocess.Popen, timeout: float, *, grace: float) -> int:
+    """Wait up to `timeout` s for `proc` (started with start_new_session=True); past it SIGTERM its
+    process group (runs checkpoint and stop), SIGKILL `grace` s later. Returns its exit status, or 124
+    when the time limit stopped it."""
+    try:
+        return proc.wait(timeout=max(0.0, timeout))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return 124
 
 
 def run_steps(

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from resnetlab.bench.harness import BenchSpec, flops_per_step, run_benchmark
 from resnetlab.bench.pipelines import Pipeline
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def mark(self) -> float:
-        return self.now
-
-    def intervals(self, marks):
-        return [b - a for a, b in zip(marks, marks[1:])]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fakes import FakeClock  # noqa: E402
 
 
 def fake_pipeline(name, clock, log, *, step_s, mult_adds, components=None):

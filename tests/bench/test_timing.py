@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import statistics
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from resnetlab.bench.timing import summarize, time_steps
 
-
-class FakeClock:
-    """A clock that only moves when a fake step says how long it took."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def mark(self) -> float:
-        return self.now
-
-    def intervals(self, marks):
-        return [b - a for a, b in zip(marks, marks[1:])]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fakes import FakeClock  # noqa: E402
 
 
 def scripted_steps(clock: FakeClock, durations: list[float]):
