@@ -10,7 +10,8 @@ built-in data set's test split; a run that held out training images, data.val_sp
 the test split and not compared); the run's config.yaml, data.json,
 metrics.jsonl and train.log go to DEST/runs/RUN/. DEST/weights.md lists each run's file, size, wall
 time, the test error its training ended with and the one its fp16 weights give, and the command that
-reproduces it. A difference over --tolerance points exits 1. Runs without final.pt are named, not copied.
+reproduces it; rows of an earlier weights.md whose weights are still in DEST stay, until their run is
+published again. A difference over --tolerance points exits 1. Runs without final.pt are named, not copied.
 """
 
 from __future__ import annotations
@@ -54,12 +55,28 @@ def evaluated_split(final_pt: Path, last_row: dict) -> tuple[str | None, bool]:
     return (last_row.get("eval_split") or data.get("eval_split") or "test" if folder else None), True
 
 
+def earlier_rows(dest: Path, published: set[str]) -> dict[str, str]:
+    """The rows of an earlier DEST/weights.md whose runs this call does not publish and whose weights
+    are still in DEST, by run: a run published from an earlier grid folder (another machine's, now
+    gone) keeps its row until the same run finishes again."""
+    if not (dest / "weights.md").is_file():
+        return {}
+    kept = {}
+    for line in (dest / "weights.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not cells[1].startswith("`") or cells[0] in published:
+            continue
+        if (dest / cells[1].strip("`")).is_file():
+            kept[cells[0]] = line
+    return kept
+
+
 def publish(runs: Path, dest: Path, data_dir: str, device: str, tolerance: float) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     for name in REPORT:
         if (runs / name).is_file():
             shutil.copy2(runs / name, dest / name)
-    rows, worst, unfinished = [], 0.0, []
+    rows, published, worst, unfinished = [], set(), 0.0, []
     for run in sorted(p for p in runs.iterdir() if (p / "config.yaml").is_file()):
         if not (run / "final.pt").is_file():
             unfinished.append(run.name)
@@ -85,14 +102,17 @@ def publish(runs: Path, dest: Path, data_dir: str, device: str, tolerance: float
             f"| {run.name} | `{weights.name}` | {weights.stat().st_size / 1e6:.2f} MB | {minutes:.1f} min | "
             f"{final['test_error']:.2f} ({final.get('eval_split', 'test')}) | {shown} | `resnetlab {' '.join(argv)}` |"
         )
+        published.add(run.name)
         print(f"{run.name}: final {final['test_error']:.2f} %, fp16 weights {got['top1_error']:.2f} %", flush=True)
     head = [
         "| run | weights | size | wall time | error at the end of training (%, its split) | fp16 weights, evaluate (%) "
         "| command |",
         "|---|---|---|---|---|---|---|",
     ]
-    tail = [f"\nNot finished (no final.pt): {', '.join(unfinished)}."] if unfinished else []
-    (dest / "weights.md").write_text("\n".join(head + rows + tail) + "\n")
+    kept = earlier_rows(dest, published)
+    tail = [f"\nKept from an earlier publication: {', '.join(kept)}."] if kept else []
+    tail += [f"\nStarted, not finished (no final.pt): {', '.join(unfinished)}."] if unfinished else []
+    (dest / "weights.md").write_text("\n".join(head + rows + list(kept.values()) + tail) + "\n")
     print(f"wrote {dest / 'weights.md'}: {len(rows)} runs, largest difference {worst:.2f} points")
     if worst > tolerance:
         print(f"a difference over {tolerance} points: see weights.md", file=sys.stderr)

@@ -73,7 +73,34 @@ def test_a_finished_run_is_published_with_fp16_weights_that_give_its_error(grid,
     fp16_error = _evaluate(dest / "net-seed0.pt", data)
     row = next(line for line in (dest / "weights.md").read_text().splitlines() if line.startswith("| net-seed0"))
     assert f"| {error:.2f} (test) | {fp16_error:.2f} (" in row and "| 1.5 min |" in row
-    assert "Not finished (no final.pt): net-seed1." in (dest / "weights.md").read_text()
+    assert "Started, not finished (no final.pt): net-seed1." in (dest / "weights.md").read_text()
+
+
+def test_an_earlier_runs_row_stays_while_its_weights_do_until_the_run_is_published_again(grid, tmp_path):
+    """A run published from a grid folder that is gone (another machine) keeps its row; a row whose
+    weights file is gone is dropped; a run finished again replaces its row."""
+    runs, data, _ = grid
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    row = "| old-seed0 | `old-seed0.pt` | 0.59 MB | 119.6 min | 15.73 | 15.75 (+0.02) | `resnetlab evaluate ...` |"
+    gone = "| gone-seed0 | `gone-seed0.pt` | 0.59 MB | 1.0 min | 15.00 | 15.00 (+0.00) | `resnetlab evaluate ...` |"
+    again = "| net-seed0 | `net-seed0.pt` | 0.59 MB | 9.9 min | 11.11 | 11.11 (+0.00) | `resnetlab evaluate ...` |"
+    header = (
+        "| run | weights | size | wall time | test error (%) | fp16 (%) | command |\n|---|---|---|---|---|---|---|\n"
+    )
+    (dest / "weights.md").write_text(header + "\n".join([row, gone, again]) + "\n\nNot finished: x.\n")
+    (dest / "old-seed0.pt").write_bytes(b"kept")
+    (dest / "net-seed0.pt").write_bytes(b"replaced")
+    r = _publish(runs, dest, data)
+    assert r.returncode == 0, r.stderr
+    text = (dest / "weights.md").read_text()
+    assert row in text.splitlines() and "Kept from an earlier publication: old-seed0." in text
+    assert "gone-seed0" not in text and "11.11" not in text and "Not finished: x." not in text
+    assert [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "`" in line] == [
+        "| net-seed0",
+        "| old-seed0",
+    ]
+    assert (dest / "old-seed0.pt").read_bytes() == b"kept"
 
 
 def test_weights_that_do_not_give_the_runs_error_exit_1(grid, tmp_path):
