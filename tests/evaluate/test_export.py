@@ -241,3 +241,31 @@ def test_weights_export_drops_the_training_state_and_evaluates_as_the_original(t
     again = torch.load(export_checkpoint(out, "weights", tmp_path / "again.pt"), map_location="cpu", weights_only=True)
     assert again["meta"]["weights_dtype"] == ("fp16" if half else "fp32")
     assert all(v.dtype == torch.float32 for v in again["model"].values() if v.is_floating_point())
+
+
+def test_weights_fp16_keeps_in_fp32_a_tensor_fp16_cannot_hold(tmp_path, tree, write_ck):
+    """A BN running variance of 3e5 (a trained plain-56's first layers hold such) is inf in fp16: that
+    tensor stays fp32, every other is fp16, and the network computes as the original, not as one
+    whose BN divides by inf."""
+    from resnetlab.utils.checkpoint import load, save_atomic
+
+    ck = write_ck(tmp_path / "c.pt", tree, model="cifar_resnet20", classes=CLASSES10)
+    full = load(ck)
+    full.pop("format")
+    var = "layer1.0.bn1.running_var"
+    full["model"][var] = full["model"][var].clone().fill_(3.0e5)
+    full["model"]["layer1.0.conv1.weight"] = full["model"]["layer1.0.conv1.weight"] * 300.0  # BN's input as large
+    save_atomic(full, ck)
+    assert torch.isinf(full["model"][var].half()).all()
+    stored = torch.load(export_checkpoint(ck, "weights-fp16", tmp_path / "slim.pt"), map_location="cpu", weights_only=True)
+    assert stored["model"][var].dtype == torch.float32 and torch.equal(stored["model"][var], full["model"][var])
+    assert {v.dtype for k, v in stored["model"].items() if k != var and v.is_floating_point()} == {torch.float16}
+
+    original, slim = (load_model(p, torch.device("cpu")).model for p in (ck, tmp_path / "slim.pt"))
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = original(x), slim(x)
+    assert (a - b).abs().max() < 1e-2 * a.abs().max()
+    with torch.no_grad():  # what plain fp16 storage did: BN divides by sqrt(inf), the layer's output is its bias
+        slim.get_submodule("layer1.0.bn1").running_var.fill_(float("inf"))
+        assert (slim(x) - a).abs().max() > 1e-1 * a.abs().max()
