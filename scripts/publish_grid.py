@@ -1,7 +1,7 @@
 """Copy a `resnetlab reproduce` folder into docs/results: its report, each run's record, and each
 finished run's fp16 weights with a check that they give the run's test error.
 
-    python scripts/publish_grid.py RUNS DEST --data-dir DATA [--device cpu] [--tolerance 0.3]
+    python scripts/publish_grid.py RUNS DEST --data-dir DATA [--only RUN ...] [--device cpu] [--tolerance 0.3]
 
 RUNS is reproduce's --out, DEST a folder under docs/results (e.g. .../cifar10-jpeg-table6/8k). For
 every run folder with a final.pt: `resnetlab export --format weights-fp16` to DEST/RUN.pt, then
@@ -11,7 +11,9 @@ the test split and not compared); the run's config.yaml, data.json,
 metrics.jsonl and train.log go to DEST/runs/RUN/. DEST/weights.md lists each run's file, size, wall
 time, the test error its training ended with and the one its fp16 weights give, and the command that
 reproduces it; rows of an earlier weights.md whose weights are still in DEST stay, until their run is
-published again. A difference over --tolerance points exits 1. Runs without final.pt are named, not copied.
+published again. `--only` publishes only the runs named (finished ones: the runs that finished since the
+last publication, without evaluating the others again). A difference over --tolerance points exits 1.
+Runs without final.pt are named, not copied.
 """
 
 from __future__ import annotations
@@ -71,13 +73,26 @@ def earlier_rows(dest: Path, published: set[str]) -> dict[str, str]:
     return kept
 
 
-def publish(runs: Path, dest: Path, data_dir: str, device: str, tolerance: float) -> int:
+def chosen(runs: Path, names: list[str] | None) -> list[Path]:
+    """The run folders to publish: every one in RUNS, or those `--only` names (each finished)."""
+    folders = sorted(p for p in runs.iterdir() if (p / "config.yaml").is_file())
+    if names is None:
+        return folders
+    finished = [p.name for p in folders if (p / "final.pt").is_file()]
+    for name in names:
+        if name not in finished:
+            why = "has no final.pt (not finished)" if name in [p.name for p in folders] else "is not a run there"
+            raise ValueError(f"--only {name}: {runs / name} {why}; finished runs: {', '.join(finished) or 'none'}")
+    return [p for p in folders if p.name in names]
+
+
+def publish(runs: Path, folders: list[Path], dest: Path, data_dir: str, device: str, tolerance: float) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     for name in REPORT:
         if (runs / name).is_file():
             shutil.copy2(runs / name, dest / name)
     rows, published, worst, unfinished = [], set(), 0.0, []
-    for run in sorted(p for p in runs.iterdir() if (p / "config.yaml").is_file()):
+    for run in folders:
         if not (run / "final.pt").is_file():
             unfinished.append(run.name)
             continue
@@ -125,12 +140,17 @@ def main() -> int:
     p.add_argument("runs", type=Path, help="reproduce's --out folder")
     p.add_argument("dest", type=Path, help="where the results go (a folder under docs/results)")
     p.add_argument("--data-dir", required=True, help="the data set the runs trained on (its test split)")
+    p.add_argument("--only", nargs="+", metavar="RUN", help="publish only these finished runs (default: all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--tolerance", type=float, default=0.3, help="points between the run's and the weights' error")
     args = p.parse_args()
     if not args.runs.is_dir():
         p.error(f"{args.runs} is not a folder")
-    return publish(args.runs, args.dest, args.data_dir, args.device, args.tolerance)
+    try:
+        folders = chosen(args.runs, args.only)
+    except ValueError as e:
+        p.error(str(e))
+    return publish(args.runs, folders, args.dest, args.data_dir, args.device, args.tolerance)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,6 @@ def test_import_torchvision_weights(tmp_path):
     torch.testing.assert_close(loaded.normalize(raw), expected)
 
 
-
 def test_a_one_channel_torchvision_file_gets_grey_statistics_and_predicts(tmp_path):
     """A conv1 of one input channel: ImageNet's mean as PIL turns it to grey, not the 3-channel one
     that no checkpoint of one channel can be rebuilt with."""
@@ -257,7 +256,9 @@ def test_weights_fp16_keeps_in_fp32_a_tensor_fp16_cannot_hold(tmp_path, tree, wr
     full["model"]["layer1.0.conv1.weight"] = full["model"]["layer1.0.conv1.weight"] * 300.0  # BN's input as large
     save_atomic(full, ck)
     assert torch.isinf(full["model"][var].half()).all()
-    stored = torch.load(export_checkpoint(ck, "weights-fp16", tmp_path / "slim.pt"), map_location="cpu", weights_only=True)
+    stored = torch.load(
+        export_checkpoint(ck, "weights-fp16", tmp_path / "slim.pt"), map_location="cpu", weights_only=True
+    )
     assert stored["model"][var].dtype == torch.float32 and torch.equal(stored["model"][var], full["model"][var])
     assert {v.dtype for k, v in stored["model"].items() if k != var and v.is_floating_point()} == {torch.float16}
 

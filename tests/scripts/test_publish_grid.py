@@ -133,3 +133,38 @@ def test_the_split_evaluated_is_the_runs_own(tmp_path, tiny_checkpoint, dataset,
         ck["meta"]["dataset"] = dataset
         torch.save(ck, tmp_path / "final.pt")
     assert module.evaluated_split(tmp_path / "final.pt", row) == expected
+
+
+def test_only_publishes_the_runs_named_and_keeps_the_others_rows_unevaluated(grid, tmp_path):
+    """`--only RUN`: the runs finished since the last publication, without evaluating the published
+    ones again (their rows and weights stay as they were); a run that is not a finished one of RUNS
+    is one line naming it and the finished runs, exit 2, nothing written."""
+    import shutil
+
+    runs0, data, error = grid
+    runs = tmp_path / "runs"
+    shutil.copytree(runs0, runs)
+    shutil.copytree(runs / "net-seed0", runs / "net-seed2")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    header = (
+        "| run | weights | size | wall time | test error (%) | fp16 (%) | command |\n|---|---|---|---|---|---|---|\n"
+    )
+    old = "| net-seed0 | `net-seed0.pt` | 0.59 MB | 9.9 min | 11.11 | 11.11 (+0.00) | `resnetlab evaluate ...` |"
+    (dest / "weights.md").write_text(header + old + "\n")
+    (dest / "net-seed0.pt").write_bytes(b"published before")
+
+    for name, why in [("net-seed1", "has no final.pt (not finished)"), ("nope", "is not a run there")]:
+        r = _publish(runs, tmp_path / "other", data, "--only", name)
+        assert (
+            r.returncode == 2 and f"--only {name}: {runs / name} {why}; finished runs: net-seed0, net-seed2" in r.stderr
+        )
+        assert "Traceback" not in r.stderr and not (tmp_path / "other").exists()
+
+    r = _publish(runs, dest, data, "--only", "net-seed2")
+    assert r.returncode == 0, r.stderr
+    assert "net-seed2: final" in r.stdout and "net-seed0" not in r.stdout  # evaluated net-seed2 alone
+    text = (dest / "weights.md").read_text()
+    assert old in text.splitlines() and (dest / "net-seed0.pt").read_bytes() == b"published before"
+    assert "| net-seed2 | `net-seed2.pt` |" in text and f"| {error:.2f} (test) |" in text
+    assert (dest / "runs" / "net-seed2" / "config.yaml").is_file() and not (dest / "runs" / "net-seed0").exists()
