@@ -91,10 +91,10 @@ def publish(runs: Path, folders: list[Path], dest: Path, data_dir: str, device: 
     for name in REPORT:
         if (runs / name).is_file():
             shutil.copy2(runs / name, dest / name)
-    rows, published, worst, unfinished = [], set(), 0.0, []
+    rows, published, worst = [], set(), 0.0
+    unfinished = [p.name for p in chosen(runs, None) if not (p / "final.pt").is_file()]  # --only or not
     for run in folders:
         if not (run / "final.pt").is_file():
-            unfinished.append(run.name)
             continue
         (dest / "runs" / run.name).mkdir(parents=True, exist_ok=True)
         for name in RECORD:

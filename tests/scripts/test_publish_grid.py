@@ -168,3 +168,4 @@ def test_only_publishes_the_runs_named_and_keeps_the_others_rows_unevaluated(gri
     assert old in text.splitlines() and (dest / "net-seed0.pt").read_bytes() == b"published before"
     assert "| net-seed2 | `net-seed2.pt` |" in text and f"| {error:.2f} (test) |" in text
     assert (dest / "runs" / "net-seed2" / "config.yaml").is_file() and not (dest / "runs" / "net-seed0").exists()
+    assert "Started, not finished (no final.pt): net-seed1." in text  # named with --only too
