@@ -73,17 +73,25 @@ def earlier_rows(dest: Path, published: set[str]) -> dict[str, str]:
     return kept
 
 
-def chosen(runs: Path, names: list[str] | None) -> list[Path]:
-    """The run folders to publish: every one in RUNS, or those `--only` names (each finished)."""
+def run_folders(runs: Path) -> tuple[list[Path], list[str]]:
+    """RUNS' run folders: the finished ones (with final.pt), and the names of the others."""
     folders = sorted(p for p in runs.iterdir() if (p / "config.yaml").is_file())
+    return [p for p in folders if (p / "final.pt").is_file()], [
+        p.name for p in folders if not (p / "final.pt").is_file()
+    ]
+
+
+def chosen(runs: Path, names: list[str] | None) -> list[Path]:
+    """The finished runs to publish: every one in RUNS, or those `--only` names."""
+    finished, unfinished = run_folders(runs)
     if names is None:
-        return folders
-    finished = [p.name for p in folders if (p / "final.pt").is_file()]
+        return finished
+    done = [p.name for p in finished]
     for name in names:
-        if name not in finished:
-            why = "has no final.pt (not finished)" if name in [p.name for p in folders] else "is not a run there"
-            raise ValueError(f"--only {name}: {runs / name} {why}; finished runs: {', '.join(finished) or 'none'}")
-    return [p for p in folders if p.name in names]
+        if name not in done:
+            why = "has no final.pt (not finished)" if name in unfinished else "is not a run there"
+            raise ValueError(f"--only {name}: {runs / name} {why}; finished runs: {', '.join(done) or 'none'}")
+    return [p for p in finished if p.name in names]
 
 
 def publish(runs: Path, folders: list[Path], dest: Path, data_dir: str, device: str, tolerance: float) -> int:
@@ -92,10 +100,8 @@ def publish(runs: Path, folders: list[Path], dest: Path, data_dir: str, device: 
         if (runs / name).is_file():
             shutil.copy2(runs / name, dest / name)
     rows, published, worst = [], set(), 0.0
-    unfinished = [p.name for p in chosen(runs, None) if not (p / "final.pt").is_file()]  # --only or not
+    unfinished = run_folders(runs)[1]  # all of RUNS', with --only too
     for run in folders:
-        if not (run / "final.pt").is_file():
-            continue
         (dest / "runs" / run.name).mkdir(parents=True, exist_ok=True)
         for name in RECORD:
             if (run / name).is_file():
