@@ -189,6 +189,7 @@ def checkpoint_responses(
         "kind": kind,
         "depth": depth,
         "images": images,
+        "weights": meta.get("weights_dtype", "fp32"),  # "fp16": exported weights (a restored run's final.pt)
         "test_error": 100.0 * wrong[0] / wrong[1] if wrong[1] else None,  # top-1 %, on these images
         "layers": layers,
     }
