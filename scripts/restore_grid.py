@@ -11,7 +11,9 @@ compared as for any finished run), trains only the others, and writes the report
 table and curves from the records, fig. 7 from the weights. The weights are fp16 (their meta says
 `weights_dtype: fp16`, and the report's responses.json names each checkpoint's), so those responses
 are of the rounded network; evaluating it gives the run's test error within publish_grid's tolerance.
-A run folder that already exists in RUNS is left as it is and named; so is a record without weights.
+PUBLISHED/commands.txt (how the published runs were made) goes first in RUNS/commands.txt, before the
+lines RUNS had, so that publishing again keeps the history. A run folder that already exists in RUNS is
+left as it is and named; so is a record without weights.
 Each folder appears whole or not at all (written aside, then renamed). A restored final.pt holds no
 optimizer state and no kept checkpoints: a later `--branch-from` cannot start from it.
 """
@@ -56,6 +58,18 @@ def restore(published: Path, runs: Path, names: list[str], log=print) -> list[st
     return restored
 
 
+def merge_commands(published: Path, runs: Path) -> None:
+    """RUNS/commands.txt = PUBLISHED's lines, then those of RUNS' own that PUBLISHED lacks."""
+    if not (published / "commands.txt").is_file():
+        return
+    lines = (published / "commands.txt").read_text().splitlines()
+    own = (runs / "commands.txt").read_text().splitlines() if (runs / "commands.txt").is_file() else []
+    lines += [line for line in own if line not in lines]
+    tmp = runs / ".commands.txt.restoring"
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(runs / "commands.txt")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("published", type=Path, help="a folder publish_grid.py wrote (runs/RUN/ records, RUN.pt weights)")
@@ -73,6 +87,7 @@ def main() -> int:
     for name in no_weights if args.only is None else []:
         print(f"{name}: record without weights ({args.published / f'{name}.pt'} missing), not restored")
     done = restore(args.published, args.runs, args.only or complete)
+    merge_commands(args.published, args.runs)
     print(f"restored {len(done)} of {len(args.only or complete)} runs into {args.runs}")
     return 0
 

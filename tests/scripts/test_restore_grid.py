@@ -55,10 +55,15 @@ def published(tmp_path, fake_data, one_thread) -> tuple[Path, Path]:
 def test_a_restored_run_is_finished_for_reproduce_and_reports_as_the_original(published, tmp_path):
     runs, dest = published
     again = tmp_path / "again"
+    (dest / "commands.txt").write_text("resnetlab reproduce A\nresnetlab reproduce B\n")
+    again.mkdir()
+    (again / "commands.txt").write_text("resnetlab reproduce B\nresnetlab reproduce C\n")  # started here
     r = _restore(dest, again)
     assert r.returncode == 0, r.stderr
     assert "resnet32-seed0: record without weights" in r.stdout and "restored 1 of 1 runs" in r.stdout
-    assert sorted(p.name for p in again.iterdir()) == ["resnet20-seed0"]  # nothing half-written beside it
+    assert sorted(p.name for p in again.iterdir()) == ["commands.txt", "resnet20-seed0"]  # nothing half-written
+    # the published history first, then this folder's own commands, none twice
+    assert (again / "commands.txt").read_text().splitlines() == [f"resnetlab reproduce {c}" for c in "ABC"]
     for name in RECORD:
         assert (again / "resnet20-seed0" / name).read_bytes() == (runs / "resnet20-seed0" / name).read_bytes()
     # The final.pt holds the network rounded to fp16: the original's tensors through half() and back.
