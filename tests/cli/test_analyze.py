@@ -114,7 +114,8 @@ def test_reproduce_unknown_net_is_one_line(tmp_path, capsys):
         ["cifar-section", "--out", "o", "--rerun-changed", "--set", "optim.lr=0.2"],
         ["table6", "--seeds", "3", "--dataset", "imagefolder", "--data-dir", "d x", "--schedule", "short",
          "--iters", "80", "--eval-every", "20", "--procs", "2", "--threads", "1", "--budget-s", "60",
-         "--nets", "resnet20", "resnet56", "--with-1202", "--no-responses", "--no-tf32", "--batch-runs", "2"],
+         "--nets", "resnet20", "resnet56", "--with-1202", "--no-responses", "--no-tf32", "--batch-runs", "2",
+         "--report-only"],
     ],
 )  # fmt: skip
 def test_the_recorded_command_line_parses_back_to_the_same_grid(argv):
@@ -174,6 +175,32 @@ def test_reproduce_procs_end_to_end(tmp_path, capsys):
     commands = (out / "commands.txt").read_text().splitlines()
     assert commands[0].endswith("--procs 2 --threads 1 --nets resnet20 plain20") and len(commands) == 2
     assert "--procs 2 --threads 1" in commands[1] and "--nets" not in commands[1]
+
+
+def test_report_only_reports_the_finished_runs_and_trains_nothing(tmp_path, capsys):
+    """--report-only: the table and figures of the runs finished so far, the others named, none trained;
+    a grid with none finished is one line."""
+    data, out = jpeg_folder(tmp_path / "jpeg"), tmp_path / "rep"
+    argv = ["reproduce", "degradation", "--dataset", "imagefolder", "--data-dir", str(data), "--out", str(out)]
+    argv += ["--schedule", "short", "--iters", "4", "--eval-every", "2", "--device", "cpu", "--max-images", "4"]
+    argv += ["--quiet", "--set", "train.batch_size=4", "train.eval_batch_size=8", "data.workers=0"]
+    argv += ["--nets", "resnet20", "plain20"]
+    assert main(argv) == 0
+    (out / "plain20-seed0" / "final.pt").unlink()  # as if still training: its checkpoint of iteration 2 is there
+    for name in ("table.md", "responses.json"):
+        (out / name).unlink()
+    capsys.readouterr()
+    assert main([*argv, "--report-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "report of 1 of 2 runs; not finished: plain20-seed0" in printed
+    table = (out / "table.md").read_text()
+    assert "| ResNet-20 |" in table and "plain-20" not in table
+    assert [r["label"] for r in json.loads((out / "responses.json").read_text())] == ["ResNet-20"]
+    assert not (out / "plain20-seed0" / "final.pt").exists()  # not trained on
+    assert (out / "commands.txt").read_text().splitlines()[-1].endswith("--report-only")
+    (out / "resnet20-seed0" / "final.pt").unlink()
+    assert main([*argv, "--report-only"]) == 2
+    one_line_error(capsys, f"no finished runs under {out}")
 
 
 def test_a_refused_reproduce_leaves_no_line_in_commands_txt(tmp_path, capsys):

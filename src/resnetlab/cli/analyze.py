@@ -143,6 +143,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where each run stands and about how long the rest takes; reads the folders, starts nothing",
     )
     rep.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table and figures of the runs finished so far and train nothing (the others are named)",
+    )
+    rep.add_argument(
         "--branch-from",
         metavar="GRID",
         default=None,
@@ -207,7 +212,6 @@ def _responses(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
-    from resnetlab.analysis.report import report
     from resnetlab.errors import UserError
     from resnetlab.runner.plan import plan
     from resnetlab.runner.pool import refuse_other_recipes, run_jobs
@@ -260,7 +264,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         print("\n".join(status_lines(jobs, slots, batch_runs=args.batch_runs, branch_from=source)))
         return 0
     refuse_other_recipes(jobs)  # before commands.txt records a line that would train nothing
-    if args.branch_from:
+    if args.branch_from and not args.report_only:
         from resnetlab.runner.branch import branch_new_jobs
 
         branch_new_jobs(jobs, Path(args.branch_from))
@@ -270,6 +274,8 @@ def _reproduce(args: argparse.Namespace) -> int:
             f.write(_command_line(args) + "\n")  # how these results were made, one line per invocation
     except OSError as e:  # a file where the folder goes, a folder that cannot be written
         raise UserError(f"--out {out}: cannot write the grid there ({e.strerror or e})") from None
+    if args.report_only:
+        return _report(jobs, out, device, args, only_finished=True)
     train_fn = batched_fn = None
     if args.quiet:
         from resnetlab.train import run_training
@@ -290,6 +296,13 @@ def _reproduce(args: argparse.Namespace) -> int:
             "the same command resumes them (report when all are done)"
         )
         return 124
+    return _report(jobs, out, device, args)
+
+
+def _report(jobs: list, out: Path, device, args: argparse.Namespace, *, only_finished: bool = False) -> int:
+    """The grid's report, printed; with `only_finished` (--report-only) of the runs finished so far."""
+    from resnetlab.analysis.report import report
+
     report(
         jobs,
         out,
@@ -298,6 +311,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         **pick(args, "dataset", "max_images", "quiet"),
     )
     print((out / "table.md").read_text(), end="")
+    left = [j.name for j in jobs if j.state() != "done"] if only_finished else []
+    if left:
+        print(f"report of {len(jobs) - len(left)} of {len(jobs)} runs; not finished: {', '.join(left)}")
     return 0
 
 
@@ -320,5 +336,6 @@ def _command_line(args: argparse.Namespace) -> str:
     if args.batch_runs != 1:
         words += ["--batch-runs", str(args.batch_runs)]
     words += ["--with-1202"] * args.with_1202 + ["--no-responses"] * args.no_responses + ["--no-tf32"] * args.no_tf32
+    words += ["--report-only"] * args.report_only
     words += ["--rerun-changed"] * args.rerun_changed  # it picks the folders (-r1, ...) the runs go to
     return shlex.join(words)
