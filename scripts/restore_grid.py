@@ -65,9 +65,10 @@ def merge_commands(published: Path, runs: Path) -> None:
     lines = (published / "commands.txt").read_text().splitlines()
     own = (runs / "commands.txt").read_text().splitlines() if (runs / "commands.txt").is_file() else []
     lines += [line for line in own if line not in lines]
-    tmp = runs / ".commands.txt.restoring"
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(runs / "commands.txt")
+    from resnetlab.utils.files import atomic_path
+
+    with atomic_path(runs / "commands.txt") as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines))
 
 
 def main() -> int:

@@ -275,7 +275,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     except OSError as e:  # a file where the folder goes, a folder that cannot be written
         raise UserError(f"--out {out}: cannot write the grid there ({e.strerror or e})") from None
     if args.report_only:
-        return _report(jobs, out, device, args, only_finished=True)
+        return _report(jobs, out, device, args)
     train_fn = batched_fn = None
     if args.quiet:
         from resnetlab.train import run_training
@@ -299,8 +299,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     return _report(jobs, out, device, args)
 
 
-def _report(jobs: list, out: Path, device, args: argparse.Namespace, *, only_finished: bool = False) -> int:
-    """The grid's report, printed; with `only_finished` (--report-only) of the runs finished so far."""
+def _report(jobs: list, out: Path, device, args: argparse.Namespace) -> int:
+    """The report of the grid's finished runs, printed, with the others named (only --report-only has any)."""
     from resnetlab.analysis.report import report
 
     report(
@@ -311,7 +311,7 @@ def _report(jobs: list, out: Path, device, args: argparse.Namespace, *, only_fin
         **pick(args, "dataset", "max_images", "quiet"),
     )
     print((out / "table.md").read_text(), end="")
-    left = [j.name for j in jobs if j.state() != "done"] if only_finished else []
+    left = [j.name for j in jobs if j.state() != "done"]
     if left:
         print(f"report of {len(jobs) - len(left)} of {len(jobs)} runs; not finished: {', '.join(left)}")
     return 0
